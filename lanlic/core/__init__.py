@@ -1,0 +1,1 @@
+"""The licensing domain with no I/O and no clock: network keys, the seat pool, the service."""

@@ -1,0 +1,288 @@
+"""The seat pool: floating leases per product, in memory, with time passed in.
+
+The invariant everything else leans on: for every product, seats in use plus seats borrowed never
+exceed the seats the network key grants. ``check_invariant`` states it in code and the Hypothesis
+state machine in tests/core holds it over thousands of steps.
+
+Why it looks like this:
+
+* Checkout, renew and release are O(1): a dict of leases by id, a dict of lease ids by owner,
+  and a per-product counter. No task or timer exists per lease.
+* Expiry is driven by one min-heap of (deadline, lease id). Renewal does not touch the heap: it
+  only moves the lease's own deadline, and an entry popped early is pushed back with the lease's
+  current deadline (lazy deletion). Released leases leave stale entries behind; when the stale
+  entries outnumber the live ones the heap is rebuilt, so memory stays proportional to the seats
+  held and the cost stays amortised O(1) per operation.
+* A lease is dead from the moment ``now >= expires``, whether or not the sweep has run: renew
+  refuses it, and a checkout that finds no free seat sweeps first, so a late sweep can never make
+  a seat look taken.
+* ``now`` is the server's monotonic clock in seconds: a wall-clock jump can neither expire nor
+  extend a lease.
+"""
+
+from __future__ import annotations
+
+import heapq
+import secrets
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from lanlic.core.netkey import ProductEntitlement
+
+__all__ = [
+    "Denied",
+    "Granted",
+    "Holder",
+    "Lease",
+    "ReleaseResult",
+    "RenewResult",
+    "SeatPool",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """Who holds a seat, as the client introduced itself in its hello."""
+
+    user: str
+    host: str
+    app: str = ""
+    version: str = ""
+    """The application version given at checkout."""
+
+
+@dataclass(slots=True)
+class Lease:
+    id: bytes
+    """128 random bits: knowing it is the capability to renew or release the seat."""
+    product: str
+    owner: bytes
+    """The client id that took the seat; only it may renew or release."""
+    holder: Holder
+    since: float
+    """Monotonic time of the checkout."""
+    renewed: float
+    """Monotonic time of the last heartbeat (or the checkout)."""
+    expires: float
+    """Monotonic deadline; at or after it the seat is free."""
+
+
+@dataclass(frozen=True, slots=True)
+class Granted:
+    lease: Lease
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:
+    code: str
+    """A stable error code: no_seat, unknown_product, version_not_licensed."""
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class RenewResult:
+    renewed: list[bytes]
+    lost: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseResult:
+    released: list[Lease]
+    lost: list[bytes]
+
+
+class _Product:
+    __slots__ = ("borrowed", "entitlement", "in_use")
+
+    def __init__(self, entitlement: ProductEntitlement) -> None:
+        self.entitlement = entitlement
+        self.in_use = 0
+        self.borrowed = 0
+
+
+class SeatPool:
+    """Floating seats for the products of one network key."""
+
+    def __init__(
+        self,
+        products: Iterable[ProductEntitlement],
+        lease_seconds: float = 60.0,
+        new_lease_id: Callable[[], bytes] = lambda: secrets.token_bytes(16),
+    ) -> None:
+        self.lease_seconds = lease_seconds
+        self._new_lease_id = new_lease_id
+        self._products: dict[str, _Product] = {p.name: _Product(p) for p in products}
+        self._leases: dict[bytes, Lease] = {}
+        self._by_owner: dict[bytes, set[bytes]] = {}
+        self._heap: list[tuple[float, bytes]] = []
+
+    # ------------------------------------------------------------------------------ queries
+
+    @property
+    def products(self) -> Mapping[str, ProductEntitlement]:
+        return {name: p.entitlement for name, p in self._products.items()}
+
+    def seats(self, product: str) -> int:
+        return self._products[product].entitlement.seats
+
+    def in_use(self, product: str) -> int:
+        return self._products[product].in_use
+
+    def borrowed(self, product: str) -> int:
+        return self._products[product].borrowed
+
+    def free(self, product: str) -> int:
+        p = self._products[product]
+        return p.entitlement.seats - p.in_use - p.borrowed
+
+    def lease(self, lease_id: bytes) -> Lease | None:
+        return self._leases.get(lease_id)
+
+    def leases(self, product: str | None = None) -> Iterator[Lease]:
+        for lease in self._leases.values():
+            if product is None or lease.product == product:
+                yield lease
+
+    def leases_of(self, owner: bytes) -> list[bytes]:
+        return list(self._by_owner.get(owner, ()))
+
+    def __len__(self) -> int:
+        return len(self._leases)
+
+    def next_deadline(self) -> float | None:
+        """The earliest time ``expire`` may have work to do (possibly early, never late)."""
+        return self._heap[0][0] if self._heap else None
+
+    def check_invariant(self) -> None:
+        """Raise AssertionError if any count is off or any product is over-granted."""
+        counts: dict[str, int] = dict.fromkeys(self._products, 0)
+        for lease in self._leases.values():
+            counts[lease.product] += 1
+            assert lease.id in self._by_owner.get(lease.owner, ())
+        for name, p in self._products.items():
+            assert p.in_use == counts[name], (name, p.in_use, counts[name])
+            assert p.borrowed >= 0
+            assert p.in_use + p.borrowed <= p.entitlement.seats, (
+                f"{name}: {p.in_use} in use + {p.borrowed} borrowed > {p.entitlement.seats}"
+            )
+        assert sum(len(s) for s in self._by_owner.values()) == len(self._leases)
+
+    # ---------------------------------------------------------------------------- changes
+
+    def checkout(
+        self, product: str, version: str, owner: bytes, holder: Holder, now: float
+    ) -> Granted | Denied:
+        p = self._products.get(product)
+        if p is None:
+            return Denied("unknown_product", f"no product {product!r} in the network key")
+        if not p.entitlement.allows_version(version):
+            lo, hi = p.entitlement.versions or ("", "")
+            return Denied(
+                "version_not_licensed",
+                f"{product} version {version!r} is not licensed (licensed: {lo} to {hi})",
+            )
+        if p.in_use + p.borrowed >= p.entitlement.seats:
+            self.expire(now)
+            if p.in_use + p.borrowed >= p.entitlement.seats:
+                return Denied(
+                    "no_seat",
+                    f"all {p.entitlement.seats} seats of {product} are in use"
+                    + (f" ({p.borrowed} borrowed)" if p.borrowed else ""),
+                )
+        lease_id = self._new_lease_id()
+        while lease_id in self._leases:  # pragma: no cover - 2**-128
+            lease_id = self._new_lease_id()
+        expires = now + self.lease_seconds
+        lease = Lease(lease_id, product, owner, holder, now, now, expires)
+        self._leases[lease_id] = lease
+        owned = self._by_owner.get(owner)
+        if owned is None:
+            self._by_owner[owner] = {lease_id}
+        else:
+            owned.add(lease_id)
+        p.in_use += 1
+        heapq.heappush(self._heap, (expires, lease_id))
+        return Granted(lease)
+
+    def renew(self, lease_ids: Iterable[bytes], owner: bytes, now: float) -> RenewResult:
+        renewed: list[bytes] = []
+        lost: list[bytes] = []
+        expires = now + self.lease_seconds
+        leases = self._leases
+        for lease_id in lease_ids:
+            lease = leases.get(lease_id)
+            if lease is None or lease.owner != owner:
+                lost.append(lease_id)
+            elif lease.expires <= now:
+                self._remove(lease)
+                lost.append(lease_id)
+            else:
+                lease.expires = expires
+                lease.renewed = now
+                renewed.append(lease_id)
+        return RenewResult(renewed, lost)
+
+    def release(self, lease_ids: Iterable[bytes], owner: bytes | None, now: float) -> ReleaseResult:
+        """Give seats back. ``owner=None`` is the admin's remove: any lease, whoever holds it."""
+        released: list[Lease] = []
+        lost: list[bytes] = []
+        for lease_id in lease_ids:
+            lease = self._leases.get(lease_id)
+            if lease is None or (owner is not None and lease.owner != owner):
+                lost.append(lease_id)
+            elif lease.expires <= now:
+                self._remove(lease)
+                lost.append(lease_id)
+            else:
+                self._remove(lease)
+                released.append(lease)
+        return ReleaseResult(released, lost)
+
+    def release_owner(self, owner: bytes, now: float) -> list[Lease]:
+        """Release every seat of one client (its clean goodbye)."""
+        return self.release(list(self._by_owner.get(owner, ())), owner, now).released
+
+    def expire(self, now: float) -> list[Lease]:
+        """Free every lease whose deadline has passed; return them."""
+        heap = self._heap
+        leases = self._leases
+        expired: list[Lease] = []
+        while heap and heap[0][0] <= now:
+            _, lease_id = heapq.heappop(heap)
+            lease = leases.get(lease_id)
+            if lease is None:
+                continue  # released earlier: a stale entry
+            if lease.expires > now:
+                heapq.heappush(heap, (lease.expires, lease_id))  # renewed since it was pushed
+                continue
+            self._remove(lease, from_heap=False)
+            expired.append(lease)
+        return expired
+
+    def take_borrowed(self, product: str) -> bool:
+        """Move one free seat out of the pool as borrowed; False if none is free."""
+        p = self._products[product]
+        if p.in_use + p.borrowed >= p.entitlement.seats:
+            return False
+        p.borrowed += 1
+        return True
+
+    def return_borrowed(self, product: str) -> None:
+        p = self._products[product]
+        if p.borrowed <= 0:
+            raise ValueError(f"no borrowed seat of {product} to return")
+        p.borrowed -= 1
+
+    # ---------------------------------------------------------------------------- internal
+
+    def _remove(self, lease: Lease, from_heap: bool = True) -> None:
+        del self._leases[lease.id]
+        owned = self._by_owner[lease.owner]
+        owned.discard(lease.id)
+        if not owned:
+            del self._by_owner[lease.owner]
+        self._products[lease.product].in_use -= 1
+        # The heap entry stays behind as stale; rebuild once stale entries dominate.
+        if from_heap and len(self._heap) > 64 and len(self._heap) > 2 * len(self._leases) + 64:
+            self._heap = [(x.expires, x.id) for x in self._leases.values()]
+            heapq.heapify(self._heap)

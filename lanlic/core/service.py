@@ -1,0 +1,211 @@
+"""The licence service: maps one validated request to its reply and the changes it makes.
+
+It is sans-IO like the rest of ``core``: the adapter hands it a message, the connection's
+``Session`` and the time (monotonic ``now`` for leases, ``wall`` UTC seconds only for display and
+the key's expiry date), and sends back what it returns. Expected refusals (``no_seat`` ...) are
+``Error`` replies, not exceptions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from lanlic.core import signing
+from lanlic.core.netkey import NetworkKey
+from lanlic.core.pool import Denied, Holder, Lease, SeatPool
+from lanlic.proto import messages as m
+
+__all__ = ["LicenseService", "ServiceConfig", "Session", "handshake_payload"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    lease_seconds: float = 60.0
+    """A seat not renewed for this long returns to the pool."""
+    heartbeat_seconds: float = 20.0
+    """How often clients are told to renew; a third of the lease leaves room for two misses."""
+
+
+class Session:
+    """What the server knows of one connection after its hello."""
+
+    __slots__ = ("client_id", "holder", "version")
+
+    def __init__(self) -> None:
+        self.client_id = b""
+        self.holder = Holder("", "")
+        self.version = 0
+
+
+def handshake_payload(nonce: bytes, client_id: bytes, server_id: str, vendor_fp: str) -> bytes:
+    """The bytes the server signs in its welcome (after the handshake domain prefix)."""
+    out: bytes = msgpack.packb([nonce, client_id, server_id, vendor_fp], use_bin_type=True)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    message: m.Message
+    close: bool = False
+    """Close the connection once the reply is written."""
+    released: tuple[Lease, ...] = ()
+
+
+class LicenseService:
+    def __init__(
+        self,
+        key: NetworkKey,
+        server_key: Ed25519PrivateKey,
+        config: ServiceConfig = ServiceConfig(),
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.key = key
+        self.config = config
+        self.pool = SeatPool(key.products, config.lease_seconds)
+        self._server_key = server_key
+        self.server_pub = signing.public_bytes(server_key.public_key())
+        self.server_id = signing.fingerprint(self.server_pub)
+        self._on_event = on_event
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        if self._on_event is not None:
+            self._on_event(kind, fields)
+
+    def handle(self, session: Session, msg: m.Message, now: float, wall: float) -> Reply:
+        if isinstance(msg, m.Renew):
+            return self._renew(session, msg, now)
+        if isinstance(msg, m.Checkout):
+            return self._checkout(session, msg, now, wall)
+        if isinstance(msg, m.Release):
+            return self._release(session, msg, now)
+        if isinstance(msg, m.Hello):
+            return self._hello(session, msg)
+        if isinstance(msg, m.Status):
+            return Reply(self.status(msg.id, now, wall))
+        if isinstance(msg, m.Bye):
+            released = self.pool.release_owner(session.client_id, now)
+            for lease in released:
+                self._event("release", lease=lease, reason="bye")
+            return Reply(m.Goodbye(id=msg.id, released=len(released)), close=True)
+        # The connection state machine admits only the requests above.
+        return Reply(m.Error(0, "unexpected_message", f"{msg.TYPE!r} is not a request"))
+
+    def _hello(self, session: Session, msg: m.Hello) -> Reply:
+        common = set(msg.versions).intersection(m.PROTOCOL_VERSIONS)
+        if not common:
+            return Reply(
+                m.Error(
+                    msg.id,
+                    "unsupported_version",
+                    f"server speaks protocol versions {list(m.PROTOCOL_VERSIONS)}, "
+                    f"client offered {msg.versions[:8]}",
+                ),
+                close=True,
+            )
+        session.version = max(common)
+        session.client_id = msg.client_id
+        session.holder = Holder(msg.user, msg.host, msg.app)
+        payload = handshake_payload(msg.nonce, msg.client_id, self.server_id, self.key.vendor_fp)
+        return Reply(
+            m.Welcome(
+                id=msg.id,
+                version=session.version,
+                server_id=self.server_id,
+                lease_s=self.config.lease_seconds,
+                heartbeat_s=self.config.heartbeat_seconds,
+                server_key=self.server_pub,
+                signature=signing.sign(self._server_key, signing.DOMAIN_HANDSHAKE, payload),
+                vendor_fp=self.key.vendor_fp,
+                customer=self.key.customer,
+            )
+        )
+
+    def _checkout(self, session: Session, msg: m.Checkout, now: float, wall: float) -> Reply:
+        if self.key.is_expired(dt.datetime.fromtimestamp(wall, dt.UTC).date()):
+            return Reply(
+                m.Error(msg.id, "license_expired", f"the network key expired on {self.key.expires}")
+            )
+        h = session.holder
+        holder = h if h.version == msg.version else Holder(h.user, h.host, h.app, msg.version)
+        result = self.pool.checkout(msg.product, msg.version, session.client_id, holder, now)
+        if isinstance(result, Denied):
+            self._event("refusal", product=msg.product, holder=holder, code=result.code)
+            return Reply(m.Error(msg.id, result.code, result.message))
+        lease = result.lease
+        self._event("checkout", lease=lease)
+        return Reply(
+            m.Granted(
+                id=msg.id, lease=lease.id, product=lease.product, lease_s=self.pool.lease_seconds
+            )
+        )
+
+    def _renew(self, session: Session, msg: m.Renew, now: float) -> Reply:
+        result = self.pool.renew(msg.leases, session.client_id, now)
+        lost = [m.Lost(lease, "lease_unknown") for lease in result.lost]
+        return Reply(m.Renewed(id=msg.id, leases=result.renewed, lost=lost))
+
+    def _release(self, session: Session, msg: m.Release, now: float) -> Reply:
+        result = self.pool.release(msg.leases, session.client_id, now)
+        for lease in result.released:
+            self._event("release", lease=lease, reason="release")
+        lost = [m.Lost(lease, "lease_unknown") for lease in result.lost]
+        return Reply(
+            m.Released(id=msg.id, leases=[x.id for x in result.released], lost=lost),
+            released=tuple(result.released),
+        )
+
+    def expire(self, now: float) -> list[Lease]:
+        expired = self.pool.expire(now)
+        for lease in expired:
+            self._event("expiry", lease=lease)
+        return expired
+
+    def remove(self, lease_id: bytes, now: float) -> Lease | None:
+        """The admin ends a lease, whoever holds it (FlexNet's lmremove)."""
+        released = self.pool.release([lease_id], None, now).released
+        for lease in released:
+            self._event("release", lease=lease, reason="removed")
+        return released[0] if released else None
+
+    def status(self, request_id: int, now: float, wall: float) -> m.StatusReply:
+        products: list[dict[str, Any]] = []
+        for name, ent in self.pool.products.items():
+            holders: list[dict[str, Any]] = [
+                {
+                    "user": x.holder.user,
+                    "host": x.holder.host,
+                    "app": x.holder.app,
+                    "version": x.holder.version,
+                    "since": wall - (now - x.since),
+                    "last_heartbeat": wall - (now - x.renewed),
+                }
+                for x in self.pool.leases(name)
+                if x.expires > now
+            ]
+            holders.sort(key=lambda h: h["since"])
+            products.append(
+                {
+                    "name": name,
+                    "seats": ent.seats,
+                    "in_use": len(holders),
+                    "borrowed": self.pool.borrowed(name),
+                    "free": ent.seats - len(holders) - self.pool.borrowed(name),
+                    "borrowable": ent.borrowable,
+                    "addon": ent.addon,
+                    "versions": list(ent.versions) if ent.versions else None,
+                    "holders": holders,
+                }
+            )
+        return m.StatusReply(
+            id=request_id,
+            server_id=self.server_id,
+            customer=self.key.customer,
+            expires=self.key.expires.isoformat(),
+            products=products,
+        )

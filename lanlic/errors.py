@@ -1,0 +1,200 @@
+"""Every error lanlic raises, each with a stable ``code`` that travels on the wire.
+
+The tree::
+
+    LanlicError                       code            whose fault
+    ├── ProtocolError                                 the peer broke the protocol
+    │   ├── BadFrame                  bad_frame       bytes that are not a frame / not msgpack
+    │   ├── BadMessage                bad_message     a map with missing or mistyped fields
+    │   ├── UnknownMessage            unknown_message a message type we do not know
+    │   ├── UnexpectedMessage         unexpected_message  a known message in the wrong state
+    │   └── UnsupportedVersion        unsupported_version no protocol version in common
+    ├── LicenseRefused                                the request was fine; the answer is no
+    │   ├── NoSeat                    no_seat
+    │   ├── UnknownProduct            unknown_product
+    │   ├── VersionNotLicensed        version_not_licensed
+    │   ├── LicenseExpired            license_expired
+    │   └── LeaseUnknown              lease_unknown
+    ├── NetworkKeyError               (the server refuses to start on this key)
+    │   ├── KeyMalformed              key_malformed   not a network key file at all
+    │   ├── KeyUnsigned               key_unsigned    no signature in the file
+    │   ├── KeyBadSignature           key_bad_signature  signature does not match (edited)
+    │   ├── KeyWrongVendor            key_wrong_vendor   signed by another vendor
+    │   └── KeyExpired                key_expired
+    ├── ServerUnavailable             server_unavailable  client side: no server answered
+    ├── ServerBusy                    server_busy     the server is at its connection cap
+    ├── SeatLost                      seat_lost       client side: a held seat is gone for good
+    └── InternalError                 internal_error  a bug on the server; the request is dropped
+
+Expected outcomes of a well-formed request (``no_seat`` and friends) are values in the sans-IO
+core; they become exceptions only at the client API, where raising is what Python users expect.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadFrame",
+    "BadMessage",
+    "InternalError",
+    "KeyBadSignature",
+    "KeyExpired",
+    "KeyMalformed",
+    "KeyUnsigned",
+    "KeyWrongVendor",
+    "LanlicError",
+    "LeaseUnknown",
+    "LicenseExpired",
+    "LicenseRefused",
+    "NetworkKeyError",
+    "NoSeat",
+    "ProtocolError",
+    "SeatLost",
+    "ServerBusy",
+    "ServerUnavailable",
+    "UnexpectedMessage",
+    "UnknownMessage",
+    "UnknownProduct",
+    "UnsupportedVersion",
+    "VersionNotLicensed",
+    "error_for_code",
+]
+
+
+class LanlicError(Exception):
+    """Base of every lanlic error. ``code`` is stable and is what goes on the wire."""
+
+    code: str = "error"
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.code)
+        self.message = message or self.code
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class ProtocolError(LanlicError):
+    """The peer sent something the protocol does not allow."""
+
+    code = "protocol_error"
+
+
+class BadFrame(ProtocolError):
+    """A frame that is too large, truncated, or whose body is not a msgpack map."""
+
+    code = "bad_frame"
+
+
+class BadMessage(ProtocolError):
+    """A map that is a message, but with missing fields or fields of the wrong type."""
+
+    code = "bad_message"
+
+
+class UnknownMessage(ProtocolError):
+    """A message type this side does not know."""
+
+    code = "unknown_message"
+
+
+class UnexpectedMessage(ProtocolError):
+    """A known message that the connection's state does not allow (e.g. before the handshake)."""
+
+    code = "unexpected_message"
+
+
+class UnsupportedVersion(ProtocolError):
+    """Client and server share no protocol version."""
+
+    code = "unsupported_version"
+
+
+class LicenseRefused(LanlicError):
+    """A well-formed request that the licence says no to."""
+
+    code = "refused"
+
+
+class NoSeat(LicenseRefused):
+    code = "no_seat"
+
+
+class UnknownProduct(LicenseRefused):
+    code = "unknown_product"
+
+
+class VersionNotLicensed(LicenseRefused):
+    code = "version_not_licensed"
+
+
+class LicenseExpired(LicenseRefused):
+    code = "license_expired"
+
+
+class LeaseUnknown(LicenseRefused):
+    """The lease does not exist, has expired, or belongs to another client (we do not say which)."""
+
+    code = "lease_unknown"
+
+
+class NetworkKeyError(LanlicError):
+    """A network key file that must not be served."""
+
+    code = "key_invalid"
+
+
+class KeyMalformed(NetworkKeyError):
+    code = "key_malformed"
+
+
+class KeyUnsigned(NetworkKeyError):
+    code = "key_unsigned"
+
+
+class KeyBadSignature(NetworkKeyError):
+    code = "key_bad_signature"
+
+
+class KeyWrongVendor(NetworkKeyError):
+    code = "key_wrong_vendor"
+
+
+class KeyExpired(NetworkKeyError):
+    code = "key_expired"
+
+
+class ServerUnavailable(LanlicError):
+    code = "server_unavailable"
+
+
+class ServerBusy(LanlicError):
+    code = "server_busy"
+
+
+class SeatLost(LanlicError):
+    code = "seat_lost"
+
+
+class InternalError(LanlicError):
+    code = "internal_error"
+
+
+def _all_subclasses(cls: type[LanlicError]) -> list[type[LanlicError]]:
+    out: list[type[LanlicError]] = []
+    for sub in cls.__subclasses__():
+        out.append(sub)
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+_BY_CODE: dict[str, type[LanlicError]] = {c.code: c for c in _all_subclasses(LanlicError)}
+
+
+def error_for_code(code: str, message: str = "") -> LanlicError:
+    """Rebuild the exception for a code received on the wire (unknown codes stay LanlicError)."""
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        err = LanlicError(message or code)
+        err.code = code
+        return err
+    return cls(message)

@@ -1,0 +1,456 @@
+"""The asyncio client: one connection, a background heartbeat, reconnects that keep the seats.
+
+Usage::
+
+    async with Client("licserver:7766", app="MyCAD 16.2") as client:
+        async with client.checkout("cad", version="16") as seat:
+            ...  # work; seat.lost tells if the seat was taken away for good
+
+How it keeps seats through trouble:
+
+* One heartbeat task renews every held lease in one ``renew`` frame every ``heartbeat_s`` (the
+  server says how often in its welcome).
+* When the connection drops, one reconnect task retries with backoff, says hello again with the
+  same client id, and re-presents the leases in a ``renew``; the server still holds them if the
+  lease has not run out, so the application does not notice.
+* The client gives up on a seat a margin *before* the server would free it
+  (``sent + lease_s - margin``, where ``sent`` is when the last successful renew left), so the
+  same seat is never in use on two machines. It then tells the application: ``seat.lost`` is set
+  and the ``on_seat_lost`` callback runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import inspect
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Callable, Generator
+from typing import Any
+
+from lanlic.errors import (
+    BadFrame,
+    LanlicError,
+    ProtocolError,
+    SeatLost,
+    ServerUnavailable,
+    error_for_code,
+)
+from lanlic.proto import messages as m
+from lanlic.proto.framing import FrameDecoder, encode_frame
+
+__all__ = ["DEFAULT_PORT", "Client", "Seat", "parse_address"]
+
+log = logging.getLogger("lanlic.client")
+
+DEFAULT_PORT = 7766
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]:port`` or ``v6`` -> (host, port)."""
+    text = text.strip()
+    if not text:
+        raise ValueError("empty server address")
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, ""
+    if not host:
+        raise ValueError(f"no host in server address {text!r}")
+    try:
+        port_no = int(port) if port else DEFAULT_PORT
+    except ValueError:
+        raise ValueError(f"bad port in server address {text!r}") from None
+    if not 0 < port_no < 65536:
+        raise ValueError(f"port out of range in server address {text!r}")
+    return host, port_no
+
+
+class Seat:
+    """A floating seat held by this client."""
+
+    def __init__(self, client: Client, product: str, version: str, lease_id: bytes, sent: float):
+        self.product = product
+        self.version = version
+        self.lease_id = lease_id
+        self.source = "network"
+        """Where the seat came from: ``network`` (a floating seat)."""
+        self._client = client
+        self._renew_sent = sent
+        self._lost = asyncio.Event()
+        self.reason: LanlicError | None = None
+
+    @property
+    def lost(self) -> bool:
+        """True once the seat is gone for good (lease ran out, removed by the admin...)."""
+        return self._lost.is_set()
+
+    async def wait_lost(self) -> LanlicError:
+        """Wait until the seat is lost; returns why."""
+        await self._lost.wait()
+        assert self.reason is not None
+        return self.reason
+
+    def __repr__(self) -> str:
+        state = f"lost ({self.reason})" if self.lost else "held"
+        return f"<Seat {self.product} {self.lease_id.hex()[:8]} {state}>"
+
+
+class Client:
+    """An asyncio licence client. Use ``async with``, or ``await connect()`` and ``close()``."""
+
+    def __init__(
+        self,
+        server: str | tuple[str, int] | None = None,
+        *,
+        user: str | None = None,
+        host: str | None = None,
+        app: str = "",
+        on_seat_lost: Callable[[Seat, LanlicError], Any] | None = None,
+        connect_timeout: float = 5.0,
+        request_timeout: float = 10.0,
+    ) -> None:
+        if server is None:
+            server = os.environ.get("LANLIC_SERVER") or None
+        if server is None:
+            raise ServerUnavailable("no server address: pass one, or set LANLIC_SERVER=HOST:PORT")
+        self.address = parse_address(server) if isinstance(server, str) else server
+        self.user = user if user is not None else _current_user()
+        self.host = host if host is not None else socket.gethostname()
+        self.app = app
+        self.client_id = secrets.token_bytes(16)
+        self.on_seat_lost = on_seat_lost
+        self.connect_timeout = connect_timeout
+        self.request_timeout = request_timeout
+        self.lease_s = 60.0
+        self.heartbeat_s = 20.0
+        self.server_id = ""
+        self.server_key = b""
+        self.customer = ""
+        self.seats: dict[bytes, Seat] = {}
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._pending: dict[int, asyncio.Future[m.Message]] = {}
+        self._next_id = 1
+        self._connected = asyncio.Event()
+        self._closing = False
+        self._read_task: asyncio.Task[None] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._connect_lock = asyncio.Lock()
+        self._callbacks: set[asyncio.Future[Any]] = set()
+        self._loop = asyncio.get_running_loop()
+
+    # ----------------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def margin(self) -> float:
+        """How long before the server's deadline the client stops counting a seat as held."""
+        return min(5.0, self.lease_s * 0.1)
+
+    async def connect(self) -> None:
+        async with self._connect_lock:
+            if self.connected:
+                return
+            await self._open()
+        if self._heartbeat_task is None:
+            self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="lanlic-heartbeat")
+
+    async def _open(self) -> None:
+        host, port = self.address
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port), self.connect_timeout
+            )
+        except (OSError, TimeoutError) as exc:
+            raise ServerUnavailable(
+                f"cannot reach the licence server at {host}:{port}: {exc}"
+            ) from exc
+        self._reader, self._writer = reader, writer
+        self._read_task = asyncio.create_task(self._read_loop(reader), name="lanlic-reader")
+        try:
+            hello = m.Hello(
+                id=self._take_id(),
+                versions=list(m.PROTOCOL_VERSIONS),
+                client_id=self.client_id,
+                user=self.user[: m.MAX_NAME],
+                host=self.host[: m.MAX_NAME],
+                app=self.app[: m.MAX_NAME],
+                nonce=secrets.token_bytes(m.NONCE_SIZE),
+            )
+            welcome = await self._send_request(hello, require_connected=False)
+            assert isinstance(welcome, m.Welcome)
+        except BaseException:
+            writer.close()
+            raise
+        self.lease_s, self.heartbeat_s = welcome.lease_s, welcome.heartbeat_s
+        self.server_id, self.server_key = welcome.server_id, welcome.server_key
+        self.customer = welcome.customer
+        self._connected.set()
+
+    async def close(self) -> None:
+        """Release every seat (a clean ``bye``) and close. Safe to call twice."""
+        if self._closing:
+            return
+        self._closing = True
+        for task in (self._heartbeat_task, self._reconnect_task):
+            if task is not None:
+                task.cancel()
+        if self.connected:
+            with contextlib.suppress(LanlicError, TimeoutError, OSError):
+                await asyncio.wait_for(self._send_request(m.Bye(id=self._take_id())), 2.0)
+        self._connected.clear()
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await self._writer.wait_closed()
+        if self._read_task is not None:
+            self._read_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._read_task
+        for task in (self._heartbeat_task, self._reconnect_task):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for seat in list(self.seats.values()):
+            self._forget(seat, SeatLost("client closed"), notify=False)
+
+    # -------------------------------------------------------------------------- seats
+
+    def checkout(self, product: str, version: str = "") -> _SeatContext:
+        """``async with client.checkout(...) as seat`` (released on exit) or ``await`` it."""
+        return _SeatContext(self, product, version)
+
+    async def acquire(self, product: str, version: str = "") -> Seat:
+        """Take one floating seat; raises ``NoSeat``, ``UnknownProduct``... on refusal."""
+        await self._ensure_connected()
+        sent = self._loop.time()
+        reply = await self._send_request(
+            m.Checkout(id=self._take_id(), product=product, version=version)
+        )
+        assert isinstance(reply, m.Granted)
+        seat = Seat(self, product, version, reply.lease, sent)
+        self.seats[seat.lease_id] = seat
+        return seat
+
+    async def release(self, seat: Seat) -> None:
+        """Give a seat back now. Releasing a seat that is already lost does nothing."""
+        if seat.lease_id not in self.seats:
+            return
+        self._forget(seat, SeatLost("released"), notify=False)
+        if self.connected:
+            with contextlib.suppress(ServerUnavailable):
+                await self._send_request(m.Release(id=self._take_id(), leases=[seat.lease_id]))
+
+    async def status(self) -> dict[str, Any]:
+        """The server's status: products, counts and holders (see protocol/SPEC.md)."""
+        await self._ensure_connected()
+        reply = await self._send_request(m.Status(id=self._take_id()))
+        assert isinstance(reply, m.StatusReply)
+        return m.to_wire(reply)
+
+    async def renew_now(self) -> None:
+        """Send a heartbeat for every held seat at once (the heartbeat task does this itself)."""
+        await self._renew_all()
+
+    # ------------------------------------------------------------------------- internals
+
+    def _take_id(self) -> int:
+        rid = self._next_id
+        self._next_id += 1
+        return rid
+
+    async def _ensure_connected(self) -> None:
+        if self._closing:
+            raise ServerUnavailable("client is closed")
+        if not self.connected:
+            await self.connect()
+
+    async def _send_request(self, msg: m.Message, require_connected: bool = True) -> m.Message:
+        writer = self._writer
+        if writer is None or (require_connected and not self.connected):
+            raise ServerUnavailable("not connected to the licence server")
+        rid: int = getattr(msg, "id")  # noqa: B009 - every request has one
+        fut: asyncio.Future[m.Message] = self._loop.create_future()
+        self._pending[rid] = fut
+        try:
+            writer.write(encode_frame(m.to_wire(msg)))
+            reply = await asyncio.wait_for(fut, self.request_timeout)
+        except TimeoutError:
+            raise ServerUnavailable(
+                f"no answer to {msg.TYPE} within {self.request_timeout} s"
+            ) from None
+        finally:
+            self._pending.pop(rid, None)
+        if isinstance(reply, m.Error):
+            raise error_for_code(reply.code, reply.message)
+        return reply
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        decoder = FrameDecoder()
+        reason: LanlicError = ServerUnavailable("connection to the licence server closed")
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                for item in decoder.feed(data):
+                    if isinstance(item, BadFrame):
+                        log.warning("server sent a bad frame: %s", item)
+                        continue
+                    try:
+                        msg = m.parse(item)
+                    except ProtocolError as exc:
+                        log.warning("server sent a bad message: %s", exc)
+                        continue
+                    self._dispatch(msg)
+        except (OSError, BadFrame) as exc:
+            reason = ServerUnavailable(f"connection to the licence server lost: {exc}")
+        finally:
+            if self._reader is reader:
+                self._disconnected(reason)
+
+    def _dispatch(self, msg: m.Message) -> None:
+        if isinstance(msg, m.Notice):
+            if msg.kind == "lease_removed":
+                for lease_id in msg.leases:
+                    seat = self.seats.get(lease_id)
+                    if seat is not None:
+                        self._forget(seat, SeatLost(msg.message or "removed by the administrator"))
+            return
+        rid = getattr(msg, "id", 0)
+        fut = self._pending.get(rid)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+        elif isinstance(msg, m.Error):
+            log.warning("server error: %s: %s", msg.code, msg.message)
+
+    def _disconnected(self, reason: LanlicError) -> None:
+        self._connected.clear()
+        self._reader = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(reason)
+        self._pending.clear()
+        if not self._closing and self._reconnect_task is None:
+            self._reconnect_task = asyncio.create_task(self._reconnect(), name="lanlic-reconnect")
+
+    async def _reconnect(self) -> None:
+        delay = 0.05
+        try:
+            while not self._closing:
+                try:
+                    async with self._connect_lock:
+                        if not self.connected:
+                            await self._open()
+                except LanlicError as exc:
+                    log.debug("reconnect failed: %s", exc)
+                    self._give_up_overdue()
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                log.info("reconnected to %s:%d", *self.address)
+                await self._renew_all()
+                return
+        finally:
+            self._reconnect_task = None
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(min(self.heartbeat_s, max(self.lease_s - 2 * self.margin, 0.05)))
+            self._give_up_overdue()
+            if self.connected and self.seats:
+                with contextlib.suppress(ServerUnavailable):
+                    await self._renew_all()
+
+    async def _renew_all(self) -> None:
+        if not self.seats:
+            return
+        ids = list(self.seats)
+        sent = self._loop.time()
+        reply = await self._send_request(m.Renew(id=self._take_id(), leases=ids))
+        assert isinstance(reply, m.Renewed)
+        for lease_id in reply.leases:
+            seat = self.seats.get(lease_id)
+            if seat is not None:
+                seat._renew_sent = sent
+        for lost in reply.lost:
+            seat = self.seats.get(lost.lease)
+            if seat is not None:
+                self._forget(
+                    seat, error_for_code(lost.code, "the server no longer holds this seat")
+                )
+
+    def _give_up_overdue(self) -> None:
+        now = self._loop.time()
+        for seat in list(self.seats.values()):
+            if now >= seat._renew_sent + self.lease_s - self.margin:
+                self._forget(
+                    seat,
+                    SeatLost(
+                        "no contact with the licence server for"
+                        f" {self.lease_s - self.margin:.0f} s: the seat may be given to someone else"
+                    ),
+                )
+
+    def _forget(self, seat: Seat, reason: LanlicError, notify: bool = True) -> None:
+        if self.seats.pop(seat.lease_id, None) is None:
+            return
+        seat.reason = reason
+        seat._lost.set()
+        if notify:
+            log.warning("seat of %s lost: %s", seat.product, reason)
+            if self.on_seat_lost is not None:
+                try:
+                    result = self.on_seat_lost(seat, reason)
+                    if inspect.isawaitable(result):
+                        task = asyncio.ensure_future(result)
+                        self._callbacks.add(task)
+                        task.add_done_callback(self._callbacks.discard)
+                except Exception:
+                    log.exception("on_seat_lost callback failed")
+
+
+class _SeatContext:
+    def __init__(self, client: Client, product: str, version: str) -> None:
+        self._client, self._product, self._version = client, product, version
+        self._seat: Seat | None = None
+
+    def __await__(self) -> Generator[Any, None, Seat]:
+        return self._client.acquire(self._product, self._version).__await__()
+
+    async def __aenter__(self) -> Seat:
+        self._seat = await self._client.acquire(self._product, self._version)
+        return self._seat
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._seat is not None:
+            await self._client.release(self._seat)
+
+
+def _current_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"

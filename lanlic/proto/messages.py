@@ -1,0 +1,406 @@
+"""The messages of protocol version 1, as frozen dataclasses, with validation from wire maps.
+
+Every message on the wire is a msgpack map with a string type under ``"t"``. Requests carry a
+request id under ``"id"`` (an unsigned integer the client chooses) and every reply repeats it, so
+a client may pipeline requests and match replies out of order. Fields this version does not know
+are ignored (that is how the protocol grows without breaking old peers, see protocol/SPEC.md);
+missing or mistyped known fields are ``BadMessage``; an unknown ``"t"`` is ``UnknownMessage``.
+
+``parse(map)`` turns a wire map into a message; ``to_wire(message)`` the reverse. Field names on
+the wire are the dataclass field names, except ``t`` which is the class's ``TYPE``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Final
+
+from lanlic.errors import BadMessage, UnknownMessage
+
+__all__ = [
+    "LEASE_ID_SIZE",
+    "MAX_REQUEST_ID",
+    "NONCE_SIZE",
+    "PROTOCOL_VERSIONS",
+    "Bye",
+    "Checkout",
+    "Error",
+    "Goodbye",
+    "Granted",
+    "Hello",
+    "Lost",
+    "Message",
+    "Notice",
+    "Release",
+    "Released",
+    "Renew",
+    "Renewed",
+    "Status",
+    "StatusReply",
+    "Welcome",
+    "parse",
+    "to_wire",
+]
+
+#: Protocol versions this implementation speaks, newest last.
+PROTOCOL_VERSIONS: Final = (1,)
+LEASE_ID_SIZE: Final = 16
+NONCE_SIZE: Final = 32
+MAX_REQUEST_ID: Final = 2**63 - 1
+#: Upper bounds on client-supplied strings and lists, so a valid frame cannot balloon state.
+MAX_NAME: Final = 256
+MAX_LEASES_PER_REQUEST: Final = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    TYPE: ClassVar[str] = ""
+    REQUEST: ClassVar[bool] = False
+
+
+# ---------------------------------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    """The first message a client sends: who it is and which protocol versions it speaks."""
+
+    TYPE: ClassVar[str] = "hello"
+    REQUEST: ClassVar[bool] = True
+    id: int
+    versions: list[int]
+    """Protocol versions the client speaks; the server picks the highest it shares."""
+    client_id: bytes
+    """16 random bytes the client keeps for its lifetime; leases belong to it."""
+    user: str
+    host: str
+    app: str = ""
+    """Free text naming the application and its version, shown to the admin."""
+    nonce: bytes = b""
+    """32 random bytes the server signs in its welcome, proving it holds the server key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkout(Message):
+    """Ask for one floating seat of a product, for an application of a given version."""
+
+    TYPE: ClassVar[str] = "checkout"
+    REQUEST: ClassVar[bool] = True
+    id: int
+    product: str
+    version: str = ""
+    """The application's version, checked against the product's licensed range ("" = any)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Renew(Message):
+    """Heartbeat: extend every listed lease by one lease period. One frame for all of them."""
+
+    TYPE: ClassVar[str] = "renew"
+    REQUEST: ClassVar[bool] = True
+    id: int
+    leases: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Release(Message):
+    """Give the listed seats back at once."""
+
+    TYPE: ClassVar[str] = "release"
+    REQUEST: ClassVar[bool] = True
+    id: int
+    leases: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Status(Message):
+    """Ask for the products, their counts and their holders."""
+
+    TYPE: ClassVar[str] = "status"
+    REQUEST: ClassVar[bool] = True
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Bye(Message):
+    """A clean goodbye: release every seat this client holds, then the server closes."""
+
+    TYPE: ClassVar[str] = "bye"
+    REQUEST: ClassVar[bool] = True
+    id: int
+
+
+# ----------------------------------------------------------------------------------------- replies
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome(Message):
+    """The server's answer to hello."""
+
+    TYPE: ClassVar[str] = "welcome"
+    id: int
+    version: int
+    """The protocol version chosen for this connection."""
+    server_id: str
+    lease_s: float
+    """Lease period in seconds: a seat not renewed for this long returns to the pool."""
+    heartbeat_s: float
+    """How often the client should renew."""
+    server_key: bytes = b""
+    """The server's Ed25519 public key (32 bytes)."""
+    signature: bytes = b""
+    """Signature by the server key over the handshake domain, the client's nonce and ids."""
+    vendor_fp: str = ""
+    """Fingerprint of the vendor key that signed the served network key."""
+    customer: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Granted(Message):
+    TYPE: ClassVar[str] = "granted"
+    id: int
+    lease: bytes
+    product: str
+    lease_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Lost(Message):
+    """Not a message of its own: one entry in ``renewed.lost`` / ``released.lost``."""
+
+    TYPE: ClassVar[str] = "lost"
+    lease: bytes
+    code: str
+
+
+@dataclass(frozen=True, slots=True)
+class Renewed(Message):
+    TYPE: ClassVar[str] = "renewed"
+    id: int
+    leases: list[bytes]
+    """The leases that were extended."""
+    lost: list[Lost] = field(default_factory=list)
+    """The leases that were not, each with its error code (e.g. lease_unknown)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Released(Message):
+    TYPE: ClassVar[str] = "released"
+    id: int
+    leases: list[bytes]
+    lost: list[Lost] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReply(Message):
+    TYPE: ClassVar[str] = "status_reply"
+    id: int
+    server_id: str
+    customer: str
+    expires: str
+    """The network key's expiry date, YYYY-MM-DD."""
+    products: list[dict[str, Any]]
+    """One map per product: name, seats, in_use, borrowed, free, borrowable, addon, versions,
+    and holders (a list of maps: user, host, app, version, since, last_heartbeat as UTC
+    seconds)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Goodbye(Message):
+    TYPE: ClassVar[str] = "goodbye"
+    id: int
+    released: int
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Message):
+    """A request failed. ``id`` is the request's id, or 0 when it could not be read."""
+
+    TYPE: ClassVar[str] = "error"
+    id: int
+    code: str
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Notice(Message):
+    """Pushed by the server, not a reply: e.g. ``lease_removed`` by an admin, ``shutdown``."""
+
+    TYPE: ClassVar[str] = "notice"
+    kind: str
+    message: str = ""
+    leases: list[bytes] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------- validation
+
+_TYPES: dict[str, type[Message]] = {
+    c.TYPE: c
+    for c in (
+        Hello,
+        Checkout,
+        Renew,
+        Release,
+        Status,
+        Bye,
+        Welcome,
+        Granted,
+        Renewed,
+        Released,
+        StatusReply,
+        Goodbye,
+        Error,
+        Notice,
+    )
+}
+
+
+def _fail(t: str, name: str, want: str) -> BadMessage:
+    return BadMessage(f"{t}: field {name!r} must be {want}")
+
+
+def _check_int(t: str, name: str, v: Any) -> int:
+    if type(v) is not int or not 0 <= v <= MAX_REQUEST_ID:
+        raise _fail(t, name, f"an integer in 0..{MAX_REQUEST_ID}")
+    return v
+
+
+def _check_float(t: str, name: str, v: Any) -> float:
+    if type(v) not in (int, float) or not 0 <= v < 1e9:  # rejects NaN too
+        raise _fail(t, name, "a non-negative number")
+    return float(v)
+
+
+def _check_str(t: str, name: str, v: Any, limit: int = MAX_NAME) -> str:
+    if type(v) is not str or len(v) > limit:
+        raise _fail(t, name, f"a string of at most {limit} characters")
+    return v
+
+
+def _check_bytes(t: str, name: str, v: Any, size: int | None) -> bytes:
+    if type(v) is not bytes or (size is not None and len(v) != size):
+        raise _fail(t, name, f"{size} bytes" if size is not None else "bytes")
+    return v
+
+
+def _check_lease_list(t: str, name: str, v: Any) -> list[bytes]:
+    if type(v) is not list or len(v) > MAX_LEASES_PER_REQUEST:
+        raise _fail(t, name, f"a list of at most {MAX_LEASES_PER_REQUEST} lease ids")
+    for item in v:
+        if type(item) is not bytes or len(item) != LEASE_ID_SIZE:
+            raise _fail(t, name, f"a list of {LEASE_ID_SIZE}-byte lease ids")
+    return v
+
+
+def _check_lost(t: str, name: str, v: Any) -> list[Lost]:
+    if type(v) is not list:
+        raise _fail(t, name, "a list of maps")
+    out = []
+    for item in v:
+        if type(item) is not dict:
+            raise _fail(t, name, "a list of maps")
+        out.append(
+            Lost(
+                lease=_check_bytes(t, "lease", item.get("lease"), LEASE_ID_SIZE),
+                code=_check_str(t, "code", item.get("code")),
+            )
+        )
+    return out
+
+
+def _check_versions(t: str, name: str, v: Any) -> list[int]:
+    if type(v) is not list or not v or len(v) > 64:
+        raise _fail(t, name, "a non-empty list of protocol versions")
+    for item in v:
+        if type(item) is not int or not 0 < item < 2**31:
+            raise _fail(t, name, "a list of positive integers")
+    return v
+
+
+def _check_maps(t: str, name: str, v: Any) -> list[dict[str, Any]]:
+    if type(v) is not list or any(type(i) is not dict for i in v):
+        raise _fail(t, name, "a list of maps")
+    return v
+
+
+_CHECKERS: dict[tuple[str, str], Any] = {}
+
+
+def _checker_for(cls: type[Message], f: dataclasses.Field[Any]) -> Any:
+    name, t = f.name, cls.TYPE
+    ann = str(f.type)
+    if name == "client_id":
+        return lambda v: _check_bytes(t, name, v, 16)
+    if name in ("nonce",):
+        return lambda v: _check_bytes(t, name, v, None if v == b"" else 32)
+    if name == "lease":
+        return lambda v: _check_bytes(t, name, v, LEASE_ID_SIZE)
+    if name == "server_key":
+        return lambda v: _check_bytes(t, name, v, None)
+    if name == "signature":
+        return lambda v: _check_bytes(t, name, v, None)
+    if name == "versions":
+        return lambda v: _check_versions(t, name, v)
+    if name == "leases":
+        return lambda v: _check_lease_list(t, name, v)
+    if name == "lost":
+        return lambda v: _check_lost(t, name, v)
+    if name == "message":
+        return lambda v: _check_str(t, name, v, 4096)
+    if ann == "int":
+        return lambda v: _check_int(t, name, v)
+    if ann == "float":
+        return lambda v: _check_float(t, name, v)
+    if ann == "str":
+        return lambda v: _check_str(t, name, v)
+    if ann.startswith("list[dict"):
+        return lambda v: _check_maps(t, name, v)
+    raise AssertionError(f"no checker for {cls.__name__}.{name}: {ann}")  # pragma: no cover
+
+
+# Precomputed per type: (name, checker, required). Built once at import.
+_SCHEMA: dict[str, tuple[type[Message], list[tuple[str, Any, bool]]]] = {}
+for _t, _cls in _TYPES.items():
+    _fields = []
+    for _f in dataclasses.fields(_cls):
+        _required = _f.default is dataclasses.MISSING and _f.default_factory is dataclasses.MISSING
+        _fields.append((_f.name, _checker_for(_cls, _f), _required))
+    _SCHEMA[_t] = (_cls, _fields)
+
+
+def parse(wire: dict[str, Any]) -> Message:
+    """Validate a decoded wire map and build its message, or raise a ``ProtocolError``."""
+    t = wire.get("t")
+    if type(t) is not str:
+        raise BadMessage("message has no string type field 't'")
+    entry = _SCHEMA.get(t)
+    if entry is None:
+        raise UnknownMessage(f"unknown message type {t[:64]!r}")
+    cls, fields = entry
+    kwargs: dict[str, Any] = {}
+    for name, check, required in fields:
+        if name in wire:
+            kwargs[name] = check(wire[name])
+        elif required:
+            raise BadMessage(f"{t}: missing field {name!r}")
+    return cls(**kwargs)
+
+
+def to_wire(msg: Message) -> dict[str, Any]:
+    """The wire map of a message (ready for ``encode_frame``)."""
+    out: dict[str, Any] = {"t": msg.TYPE}
+    for f in dataclasses.fields(msg):
+        v = getattr(msg, f.name)
+        if f.name == "lost":
+            v = [{"lease": x.lease, "code": x.code} for x in v]
+        out[f.name] = v
+    return out
+
+
+def request_id_of(wire: dict[str, Any]) -> int:
+    """Best-effort request id of a map that failed validation, so the error can carry it."""
+    rid = wire.get("id")
+    if type(rid) is int and 0 <= rid <= MAX_REQUEST_ID:
+        return rid
+    return 0
