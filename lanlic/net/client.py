@@ -409,8 +409,8 @@ class Client:
                 self._forget(
                     seat,
                     SeatLost(
-                        "no contact with the licence server for"
-                        f" {self.lease_s - self.margin:.0f} s: the seat may be given to someone else"
+                        f"no contact with the licence server for {self.lease_s - self.margin:.0f}"
+                        " s: the seat may be given to someone else"
                     ),
                 )
 
