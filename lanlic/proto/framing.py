@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 
 from lanlic.errors import BadFrame
 
@@ -55,6 +55,8 @@ def _check_depth(obj: Any, depth: int = 0) -> None:
         raise BadFrame(f"frame nests deeper than {_MAX_DEPTH} levels")
     if isinstance(obj, dict):
         # strict_map_key still lets bin keys through; the protocol allows only str keys.
+        if any(type(k) is not str for k in obj):
+            raise BadFrame("map keys must be msgpack str")
         for v in obj.values():
             if isinstance(v, (dict, list)):
                 _check_depth(v, depth + 1)
@@ -152,7 +154,7 @@ class FrameDecoder:
                     del buf[:]
                     self._need = -1
                     raise FrameTooLarge(
-                        f"frame length {need} exceeds the limit of {self.max_frame}", []
+                        f"frame length {need} exceeds the limit of {self.max_frame}", out
                     )
             if end - pos < need:
                 break

@@ -1,0 +1,479 @@
+"""Generate the protocol test vectors: ``python protocol/vectors/make_vectors.py``.
+
+Writes ``frames.json`` and ``sessions.json`` beside this file. The output is deterministic, so a
+test can regenerate both and compare them with the committed files. Only msgpack, the standard
+library and ``lanlic.proto`` are used.
+
+In the JSON, bytes inside a message are written as ``{"$bin": "<hex>"}``. The welcome vector's
+``server_key`` and ``signature`` are fixed filler bytes, not a real key and signature.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from lanlic.proto import messages as m
+from lanlic.proto.framing import MAX_FRAME, encode_frame
+
+HERE = Path(__file__).resolve().parent
+
+CLIENT_ID = bytes(range(16))
+NONCE = bytes(range(0x20, 0x40))
+LEASE_A = bytes.fromhex("a0a1a2a3a4a5a6a7a8a9aaabacadaeaf")
+LEASE_B = bytes.fromhex("b0b1b2b3b4b5b6b7b8b9babbbcbdbebf")
+SERVER_KEY = bytes(range(0x40, 0x60))
+SIGNATURE = bytes(range(0x80, 0xC0))
+SERVER_ID = "sha256:" + "5e" * 16
+VENDOR_FP = "sha256:" + "7a" * 16
+
+
+def frame(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
+
+
+def pack(obj: Any) -> bytes:
+    out: bytes = msgpack.packb(obj, use_bin_type=True)
+    return out
+
+
+def jsonable(obj: Any) -> Any:
+    if isinstance(obj, bytes):
+        return {"$bin": obj.hex()}
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [jsonable(v) for v in obj]
+    return obj
+
+
+HELLO = m.Hello(
+    id=1,
+    versions=[1],
+    client_id=CLIENT_ID,
+    user="alice",
+    host="ws-17.example.lan",
+    app="cadpro 2024.1",
+    nonce=NONCE,
+)
+
+VALID: list[tuple[str, m.Message]] = [
+    ("hello", HELLO),
+    (
+        "hello_several_versions_unicode",
+        m.Hello(
+            id=1,
+            versions=[1, 2, 7],
+            client_id=CLIENT_ID,
+            user="zoë",
+            host="büro-3",
+            app="",
+            nonce=NONCE,
+        ),
+    ),
+    (
+        "hello_user_at_limit",
+        m.Hello(
+            id=1, versions=[1], client_id=CLIENT_ID, user="u" * 256, host="h", app="", nonce=NONCE
+        ),
+    ),
+    ("checkout", m.Checkout(id=2, product="cadpro", version="2024.1")),
+    ("checkout_any_version", m.Checkout(id=3, product="cadpro", version="")),
+    ("checkout_max_id", m.Checkout(id=m.MAX_REQUEST_ID, product="cadpro", version="2024.1")),
+    ("renew", m.Renew(id=4, leases=[LEASE_A, LEASE_B])),
+    ("renew_empty", m.Renew(id=5, leases=[])),
+    ("release", m.Release(id=6, leases=[LEASE_A])),
+    ("status", m.Status(id=7)),
+    ("bye", m.Bye(id=8)),
+    (
+        "welcome",
+        m.Welcome(
+            id=1,
+            version=1,
+            server_id=SERVER_ID,
+            lease_s=60.0,
+            heartbeat_s=20.0,
+            server_key=SERVER_KEY,
+            signature=SIGNATURE,
+            vendor_fp=VENDOR_FP,
+            customer="Acme Engineering Ltd",
+        ),
+    ),
+    ("granted", m.Granted(id=2, lease=LEASE_A, product="cadpro", lease_s=60.0)),
+    (
+        "renewed",
+        m.Renewed(id=4, leases=[LEASE_A], lost=[m.Lost(lease=LEASE_B, code="lease_unknown")]),
+    ),
+    ("released", m.Released(id=6, leases=[LEASE_A], lost=[])),
+    (
+        "status_reply",
+        m.StatusReply(
+            id=7,
+            server_id=SERVER_ID,
+            customer="Acme Engineering Ltd",
+            expires="2026-12-31",
+            products=[
+                {
+                    "name": "cadpro",
+                    "seats": 10,
+                    "in_use": 1,
+                    "borrowed": 1,
+                    "free": 8,
+                    "borrowable": 2,
+                    "addon": False,
+                    "versions": ["2024", "2025.2"],
+                    "holders": [
+                        {
+                            "user": "alice",
+                            "host": "ws-17.example.lan",
+                            "app": "cadpro 2024.1",
+                            "version": "2024.1",
+                            "since": 1764300000.5,
+                            "last_heartbeat": 1764300040.25,
+                        }
+                    ],
+                },
+                {
+                    "name": "cadpro-render",
+                    "seats": 2,
+                    "in_use": 0,
+                    "borrowed": 0,
+                    "free": 2,
+                    "borrowable": 0,
+                    "addon": True,
+                    "versions": None,
+                    "holders": [],
+                },
+            ],
+        ),
+    ),
+    ("goodbye", m.Goodbye(id=8, released=1)),
+    ("error", m.Error(id=2, code="no_seat", message="all 10 seats of 'cadpro' are in use")),
+    ("error_unreadable_request", m.Error(id=0, code="bad_frame", message="empty frame")),
+    (
+        "notice_lease_removed",
+        m.Notice(kind="lease_removed", message="removed by an administrator", leases=[LEASE_A]),
+    ),
+    ("notice_shutdown", m.Notice(kind="shutdown", message="server stopping", leases=[])),
+]
+
+
+def _wire(msg: m.Message, **changes: Any) -> dict[str, Any]:
+    out = m.to_wire(msg)
+    out.update(changes)
+    return out
+
+
+def _without(msg: m.Message, name: str) -> dict[str, Any]:
+    out = m.to_wire(msg)
+    del out[name]
+    return out
+
+
+_STATUS = {"t": "status", "id": 7}
+_RENEW = m.Renew(id=4, leases=[LEASE_A])
+_GRANTED = m.Granted(id=2, lease=LEASE_A, product="cadpro", lease_s=60.0)
+_CHECKOUT = m.Checkout(id=2, product="cadpro", version="2024.1")
+
+
+def _nested(depth: int) -> bytes:
+    # {"t": "status", "id": 7, "x": [[...[nil]...]]} with `depth` arrays
+    return b"\x83\xa1t\xa6status\xa2id\x07\xa1x" + b"\x91" * depth + b"\xc0"
+
+
+# (name, frame bytes, error code, fatal)
+INVALID: list[tuple[str, bytes, str, bool]] = [
+    ("length_over_limit", struct.pack(">I", MAX_FRAME + 1), "bad_frame", True),
+    ("length_max_u32", b"\xff\xff\xff\xff", "bad_frame", True),
+    ("zero_length", struct.pack(">I", 0), "bad_frame", False),
+    ("not_msgpack", frame(b"\xc1"), "bad_frame", False),
+    ("truncated_msgpack", frame(b"\x82\xa1t\xa6status"), "bad_frame", False),
+    ("trailing_bytes", frame(pack(_STATUS) + b"\xc0"), "bad_frame", False),
+    ("two_maps_in_one_frame", frame(pack(_STATUS) + pack(_STATUS)), "bad_frame", False),
+    ("body_is_array", frame(pack(["status", 7])), "bad_frame", False),
+    ("body_is_int", frame(pack(7)), "bad_frame", False),
+    ("body_is_nil", frame(b"\xc0"), "bad_frame", False),
+    ("key_int", frame(pack({"t": "status", "id": 7, 1: "x"})), "bad_frame", False),
+    ("key_bin", frame(pack({b"t": "status", b"id": 7})), "bad_frame", False),
+    ("key_nil", frame(b"\x81\xc0\x07"), "bad_frame", False),
+    (
+        "nested_key_bin",
+        frame(
+            pack(
+                _wire(m.StatusReply(7, SERVER_ID, "c", "2026-12-31", []), products=[{b"name": "x"}])
+            )
+        ),
+        "bad_frame",
+        False,
+    ),
+    ("ext_type", frame(pack({**_STATUS, "x": msgpack.ExtType(5, b"ab")})), "bad_frame", False),
+    ("ext_empty", frame(b"\x83\xa1t\xa6status\xa2id\x07\xa1x\xc7\x00\x05"), "bad_frame", False),
+    ("ext_timestamp", frame(pack({**_STATUS, "x": msgpack.Timestamp(0)})), "bad_frame", False),
+    ("invalid_utf8", frame(b"\x82\xa1t\xa6stat\xff\xfe\xa2id\x07"), "bad_frame", False),
+    ("deep_nesting", frame(_nested(17)), "bad_frame", False),
+    ("very_deep_nesting", frame(_nested(5000)), "bad_frame", False),
+    (
+        "array_header_2e32_minus_1",
+        frame(b"\x83\xa1t\xa6status\xa2id\x07\xa1x\xdd\xff\xff\xff\xff"),
+        "bad_frame",
+        False,
+    ),
+    (
+        "map_header_2e32_minus_1",
+        frame(b"\x83\xa1t\xa6status\xa2id\x07\xa1x\xdf\xff\xff\xff\xff"),
+        "bad_frame",
+        False,
+    ),
+    (
+        "str_header_2e32_minus_1",
+        frame(b"\x83\xa1t\xa6status\xa2id\x07\xa1x\xdb\xff\xff\xff\xff"),
+        "bad_frame",
+        False,
+    ),
+    (
+        "bin_header_2e32_minus_1",
+        frame(b"\x83\xa1t\xa6status\xa2id\x07\xa1x\xc6\xff\xff\xff\xff"),
+        "bad_frame",
+        False,
+    ),
+    ("type_missing", frame(pack({"id": 7})), "bad_message", False),
+    ("type_not_str", frame(pack({"t": 1, "id": 7})), "bad_message", False),
+    ("type_bin", frame(pack({"t": b"status", "id": 7})), "bad_message", False),
+    ("type_unknown", frame(pack({"t": "teleport", "id": 7})), "unknown_message", False),
+    ("type_lost_is_not_a_message", frame(pack({"t": "lost", "id": 7})), "unknown_message", False),
+    ("id_missing", frame(pack({"t": "status"})), "bad_message", False),
+    ("id_as_string", frame(pack({"t": "status", "id": "7"})), "bad_message", False),
+    ("id_bool", frame(pack({"t": "status", "id": True})), "bad_message", False),
+    ("id_float", frame(pack({"t": "status", "id": 7.0})), "bad_message", False),
+    ("id_negative", frame(pack({"t": "status", "id": -1})), "bad_message", False),
+    ("id_2e63", frame(pack({"t": "status", "id": 2**63})), "bad_message", False),
+    ("id_2e64_minus_1", frame(pack({"t": "status", "id": 2**64 - 1})), "bad_message", False),
+    ("id_nil", frame(pack({"t": "status", "id": None})), "bad_message", False),
+    ("hello_missing_client_id", frame(pack(_without(HELLO, "client_id"))), "bad_message", False),
+    ("hello_missing_user", frame(pack(_without(HELLO, "user"))), "bad_message", False),
+    (
+        "hello_client_id_15_bytes",
+        frame(pack(_wire(HELLO, client_id=CLIENT_ID[:15]))),
+        "bad_message",
+        False,
+    ),
+    (
+        "hello_client_id_as_str",
+        frame(pack(_wire(HELLO, client_id=CLIENT_ID.hex()))),
+        "bad_message",
+        False,
+    ),
+    ("hello_nonce_31_bytes", frame(pack(_wire(HELLO, nonce=NONCE[:31]))), "bad_message", False),
+    ("hello_versions_empty", frame(pack(_wire(HELLO, versions=[]))), "bad_message", False),
+    ("hello_versions_bool", frame(pack(_wire(HELLO, versions=[True]))), "bad_message", False),
+    ("hello_versions_zero", frame(pack(_wire(HELLO, versions=[0]))), "bad_message", False),
+    ("hello_versions_not_list", frame(pack(_wire(HELLO, versions=1))), "bad_message", False),
+    ("hello_user_over_limit", frame(pack(_wire(HELLO, user="u" * 257))), "bad_message", False),
+    ("hello_user_huge", frame(pack(_wire(HELLO, user="u" * 10_000))), "bad_message", False),
+    ("hello_user_as_bin", frame(pack(_wire(HELLO, user=b"alice"))), "bad_message", False),
+    ("checkout_missing_product", frame(pack(_without(_CHECKOUT, "product"))), "bad_message", False),
+    ("checkout_product_nil", frame(pack(_wire(_CHECKOUT, product=None))), "bad_message", False),
+    (
+        "renew_lease_15_bytes",
+        frame(pack(_wire(_RENEW, leases=[LEASE_A[:15]]))),
+        "bad_message",
+        False,
+    ),
+    (
+        "renew_lease_17_bytes",
+        frame(pack(_wire(_RENEW, leases=[LEASE_A + b"\x00"]))),
+        "bad_message",
+        False,
+    ),
+    (
+        "renew_lease_as_str",
+        frame(pack(_wire(_RENEW, leases=[LEASE_A.hex()]))),
+        "bad_message",
+        False,
+    ),
+    ("renew_leases_not_list", frame(pack(_wire(_RENEW, leases=LEASE_A))), "bad_message", False),
+    (
+        "renew_4097_leases",
+        frame(pack(_wire(_RENEW, leases=[LEASE_A] * (m.MAX_LEASES_PER_REQUEST + 1)))),
+        "bad_message",
+        False,
+    ),
+    (
+        "granted_lease_s_nan",
+        frame(pack(_wire(_GRANTED, lease_s=float("nan")))),
+        "bad_message",
+        False,
+    ),
+    (
+        "granted_lease_s_inf",
+        frame(pack(_wire(_GRANTED, lease_s=float("inf")))),
+        "bad_message",
+        False,
+    ),
+    ("granted_lease_s_negative", frame(pack(_wire(_GRANTED, lease_s=-1.0))), "bad_message", False),
+    ("granted_lease_s_bool", frame(pack(_wire(_GRANTED, lease_s=True))), "bad_message", False),
+    ("granted_lease_s_str", frame(pack(_wire(_GRANTED, lease_s="60"))), "bad_message", False),
+    (
+        "goodbye_released_bool",
+        frame(pack({"t": "goodbye", "id": 8, "released": True})),
+        "bad_message",
+        False,
+    ),
+    (
+        "renewed_lost_entry_without_code",
+        frame(pack({"t": "renewed", "id": 4, "leases": [], "lost": [{"lease": LEASE_B}]})),
+        "bad_message",
+        False,
+    ),
+    (
+        "status_reply_products_not_maps",
+        frame(pack(_wire(m.StatusReply(7, SERVER_ID, "c", "2026-12-31", []), products=[1]))),
+        "bad_message",
+        False,
+    ),
+    (
+        "error_message_over_limit",
+        frame(pack(_wire(m.Error(id=2, code="no_seat"), message="x" * 4097))),
+        "bad_message",
+        False,
+    ),
+]
+
+
+def frames() -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for name, msg in VALID:
+        wire = m.to_wire(msg)
+        out.append(
+            {
+                "name": name,
+                "hex": encode_frame(wire).hex(),
+                "valid": True,
+                "message": jsonable(wire),
+            }
+        )
+    for name, data, code, fatal in INVALID:
+        out.append({"name": name, "hex": data.hex(), "valid": False, "error": code, "fatal": fatal})
+    names = [v["name"] for v in out]
+    assert len(names) == len(set(names)), "duplicate vector names"
+    return out
+
+
+def _s(send: str, expect: str) -> dict[str, str]:
+    return {"send": send, "expect": expect}
+
+
+SESSIONS: list[dict[str, Any]] = [
+    {
+        "name": "happy_path",
+        "steps": [
+            _s("hello", "message:hello"),
+            _s("checkout", "message:checkout"),
+            _s("renew", "message:renew"),
+            _s("status", "message:status"),
+            _s("release", "message:release"),
+            _s("bye", "message:bye"),
+        ],
+    },
+    {
+        "name": "request_before_hello",
+        "steps": [
+            _s("checkout", "error:unexpected_message"),
+            _s("status", "error:unexpected_message"),
+            _s("bye", "error:unexpected_message"),
+            _s("hello", "message:hello"),
+            _s("checkout", "message:checkout"),
+        ],
+    },
+    {
+        "name": "second_hello",
+        "steps": [
+            _s("hello", "message:hello"),
+            _s("hello", "error:unexpected_message"),
+            _s("status", "message:status"),
+        ],
+    },
+    {
+        "name": "request_after_bye",
+        "steps": [
+            _s("hello", "message:hello"),
+            _s("bye", "message:bye"),
+            _s("checkout", "error:unexpected_message"),
+            _s("hello", "error:unexpected_message"),
+        ],
+    },
+    {
+        "name": "server_message_from_client",
+        "steps": [
+            _s("welcome", "error:unexpected_message"),
+            _s("hello", "message:hello"),
+            _s("granted", "error:unexpected_message"),
+            _s("notice_shutdown", "error:unexpected_message"),
+            _s("status", "message:status"),
+        ],
+    },
+    {
+        "name": "bad_hello_then_good_hello",
+        "steps": [
+            _s("hello_client_id_15_bytes", "error:bad_message"),
+            _s("type_unknown", "error:unknown_message"),
+            _s("not_msgpack", "error:bad_frame"),
+            _s("hello", "message:hello"),
+        ],
+    },
+    {
+        "name": "bad_frames_keep_the_connection",
+        "steps": [
+            _s("hello", "message:hello"),
+            _s("zero_length", "error:bad_frame"),
+            _s("not_msgpack", "error:bad_frame"),
+            _s("body_is_array", "error:bad_frame"),
+            _s("key_bin", "error:bad_frame"),
+            _s("deep_nesting", "error:bad_frame"),
+            _s("array_header_2e32_minus_1", "error:bad_frame"),
+            _s("type_unknown", "error:unknown_message"),
+            _s("checkout_missing_product", "error:bad_message"),
+            _s("renew_lease_15_bytes", "error:bad_message"),
+            _s("id_2e64_minus_1", "error:bad_message"),
+            _s("checkout", "message:checkout"),
+        ],
+    },
+    {
+        "name": "over_limit_closes",
+        "steps": [
+            _s("hello", "message:hello"),
+            _s("checkout", "message:checkout"),
+            _s("length_over_limit", "fatal:bad_frame"),
+        ],
+    },
+    {
+        "name": "over_limit_before_hello",
+        "steps": [_s("length_max_u32", "fatal:bad_frame")],
+    },
+]
+
+
+def render() -> dict[str, str]:
+    """The generated files' contents, by file name."""
+
+    def dump(obj: Any) -> str:
+        return json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+    return {"frames.json": dump(frames()), "sessions.json": dump(SESSIONS)}
+
+
+def main() -> None:
+    for name, text in render().items():
+        (HERE / name).write_text(text, encoding="utf-8")
+        print(f"wrote {HERE / name}")
+
+
+if __name__ == "__main__":
+    main()
