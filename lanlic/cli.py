@@ -213,7 +213,11 @@ def cmd_checkout(args: argparse.Namespace) -> int:
             else:
                 print(
                     f"checked out {seat.product} from {client.address[0]}:{client.address[1]}"
-                    + (f", holding for {args.hold:g} s" if args.hold is not None else ", Ctrl-C to release"),
+                    + (
+                        f", holding for {args.hold:g} s"
+                        if args.hold is not None
+                        else ", Ctrl-C to release"
+                    ),
                     flush=True,
                 )
             waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(lost.wait())]

@@ -15,6 +15,13 @@ The tree::
     │   ├── VersionNotLicensed        version_not_licensed
     │   ├── LicenseExpired            license_expired
     │   └── LeaseUnknown              lease_unknown
+    ├── BorrowRefused                 (code per reason) a borrow, return or enrollment refused:
+    │                                 not_borrowable, wrong_borrow_kind, borrow_too_long,
+    │                                 no_borrowable_seat, not_enrolled, borrow_unknown ...
+    ├── BorrowedFileError             (code per reason) a borrowed file refused offline:
+    │                                 file_tampered, file_untrusted_server, file_wrong_machine,
+    │                                 file_no_key, file_not_yet_valid, file_expired,
+    │                                 clock_set_back, file_returned
     ├── NetworkKeyError               (the server refuses to start on this key)
     │   ├── KeyMalformed              key_malformed   not a network key file at all
     │   ├── KeyUnsigned               key_unsigned    no signature in the file
@@ -35,6 +42,8 @@ from __future__ import annotations
 __all__ = [
     "BadFrame",
     "BadMessage",
+    "BorrowRefused",
+    "BorrowedFileError",
     "InternalError",
     "KeyBadSignature",
     "KeyExpired",
@@ -137,6 +146,58 @@ class LeaseUnknown(LicenseRefused):
     code = "lease_unknown"
 
 
+class _CodedError(LanlicError):
+    """An error family whose members differ only by code: the code is given per instance."""
+
+    CODES: frozenset[str] = frozenset()
+
+    def __init__(self, message: str = "", code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            if code not in self.CODES:
+                raise ValueError(f"{type(self).__name__} has no code {code!r}")
+            self.code = code
+
+
+class BorrowRefused(_CodedError):
+    """The server says no to a borrow, a return or an enrollment; ``code`` says why."""
+
+    code = "borrow_refused"
+    CODES = frozenset(
+        {
+            "borrow_refused",
+            "not_borrowable",
+            "wrong_borrow_kind",
+            "borrow_too_long",
+            "no_borrowable_seat",
+            "not_enrolled",
+            "borrow_unknown",
+            "bad_proof",
+            "store_failed",
+        }
+    )
+
+
+class BorrowedFileError(_CodedError):
+    """A borrowed licence file (or enrollment document) that must not be used; ``code`` says
+    why."""
+
+    code = "borrowed_file"
+    CODES = frozenset(
+        {
+            "borrowed_file",
+            "file_tampered",
+            "file_untrusted_server",
+            "file_wrong_machine",
+            "file_no_key",
+            "file_not_yet_valid",
+            "file_expired",
+            "clock_set_back",
+            "file_returned",
+        }
+    )
+
+
 class NetworkKeyError(LanlicError):
     """A network key file that must not be served."""
 
@@ -188,6 +249,9 @@ def _all_subclasses(cls: type[LanlicError]) -> list[type[LanlicError]]:
 
 
 _BY_CODE: dict[str, type[LanlicError]] = {c.code: c for c in _all_subclasses(LanlicError)}
+for _cls in (BorrowRefused, BorrowedFileError):
+    for _code in _cls.CODES:
+        _BY_CODE[_code] = _cls
 
 
 def error_for_code(code: str, message: str = "") -> LanlicError:
@@ -197,4 +261,6 @@ def error_for_code(code: str, message: str = "") -> LanlicError:
         err = LanlicError(message or code)
         err.code = code
         return err
+    if issubclass(cls, _CodedError):
+        return cls(message, code)
     return cls(message)

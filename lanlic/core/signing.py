@@ -24,8 +24,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 __all__ = [
     "DOMAINS",
     "DOMAIN_BORROWED_FILE",
+    "DOMAIN_CONTAINER_REQUEST",
     "DOMAIN_ENROLLMENT",
     "DOMAIN_HANDSHAKE",
+    "DOMAIN_LOCAL_STATE",
     "DOMAIN_NETWORK_KEY",
     "PUBLIC_KEY_SIZE",
     "SIGNATURE_SIZE",
@@ -44,9 +46,20 @@ DOMAIN_NETWORK_KEY: Final = b"lanlic/v1/network-key\x00"
 DOMAIN_HANDSHAKE: Final = b"lanlic/v1/handshake\x00"
 DOMAIN_BORROWED_FILE: Final = b"lanlic/v1/borrowed-file\x00"
 DOMAIN_ENROLLMENT: Final = b"lanlic/v1/enrollment\x00"
+#: Borrow and return requests, signed by the client's container key (proof it holds it).
+DOMAIN_CONTAINER_REQUEST: Final = b"lanlic/v1/container-request\x00"
+#: The client's local borrowing state (last-seen time, returned borrows), signed by its container.
+DOMAIN_LOCAL_STATE: Final = b"lanlic/v1/local-state\x00"
 #: Every domain a signature may be made in.
 DOMAINS: Final = frozenset(
-    {DOMAIN_NETWORK_KEY, DOMAIN_HANDSHAKE, DOMAIN_BORROWED_FILE, DOMAIN_ENROLLMENT}
+    {
+        DOMAIN_NETWORK_KEY,
+        DOMAIN_HANDSHAKE,
+        DOMAIN_BORROWED_FILE,
+        DOMAIN_ENROLLMENT,
+        DOMAIN_CONTAINER_REQUEST,
+        DOMAIN_LOCAL_STATE,
+    }
 )
 
 PUBLIC_KEY_SIZE: Final = 32

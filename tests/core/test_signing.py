@@ -20,6 +20,8 @@ ALL_DOMAINS = [
     signing.DOMAIN_HANDSHAKE,
     signing.DOMAIN_BORROWED_FILE,
     signing.DOMAIN_ENROLLMENT,
+    signing.DOMAIN_CONTAINER_REQUEST,
+    signing.DOMAIN_LOCAL_STATE,
 ]
 PRIVATE = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 PUBLIC = PRIVATE.public_key()
@@ -31,6 +33,8 @@ def test_domain_values_are_fixed() -> None:
     assert signing.DOMAIN_HANDSHAKE == b"lanlic/v1/handshake\x00"
     assert signing.DOMAIN_BORROWED_FILE == b"lanlic/v1/borrowed-file\x00"
     assert signing.DOMAIN_ENROLLMENT == b"lanlic/v1/enrollment\x00"
+    assert signing.DOMAIN_CONTAINER_REQUEST == b"lanlic/v1/container-request\x00"
+    assert signing.DOMAIN_LOCAL_STATE == b"lanlic/v1/local-state\x00"
     assert set(ALL_DOMAINS) == signing.DOMAINS
 
 
