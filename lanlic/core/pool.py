@@ -259,9 +259,14 @@ class SeatPool:
             expired.append(lease)
         return expired
 
-    def take_borrowed(self, product: str) -> bool:
-        """Move one free seat out of the pool as borrowed; False if none is free."""
+    def take_borrowed(self, product: str, now: float | None = None) -> bool:
+        """Move one free seat out of the pool as borrowed; False if none is free.
+
+        With ``now`` given, a full product is swept first, as checkout does, so a lease that is
+        dead but not yet swept does not block a borrow."""
         p = self._products[product]
+        if p.in_use + p.borrowed >= p.entitlement.seats and now is not None:
+            self.expire(now)
         if p.in_use + p.borrowed >= p.entitlement.seats:
             return False
         p.borrowed += 1
