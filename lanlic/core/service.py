@@ -17,8 +17,10 @@ import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lanlic.core import signing
+from lanlic.core.lending import BorrowDesk, Durable
 from lanlic.core.netkey import NetworkKey
 from lanlic.core.pool import Denied, Holder, Lease, SeatPool
+from lanlic.core.records import HistoryRow
 from lanlic.proto import messages as m
 
 __all__ = ["LicenseService", "ServiceConfig", "Session", "handshake_payload"]
@@ -51,7 +53,10 @@ def handshake_payload(nonce: bytes, client_id: bytes, server_id: str, vendor_fp:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    message: m.Message
+    message: m.Message | None
+    """The answer, or None when ``durable`` will make it."""
+    durable: Durable | None = None
+    """A change to write to the store before answering (borrow, return, enrollment)."""
     close: bool = False
     """Close the connection once the reply is written."""
     released: tuple[Lease, ...] = ()
@@ -63,7 +68,7 @@ class LicenseService:
         key: NetworkKey,
         server_key: Ed25519PrivateKey,
         config: ServiceConfig = ServiceConfig(),
-        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        on_event: Callable[[HistoryRow], None] | None = None,
     ) -> None:
         self.key = key
         self.config = config
@@ -72,10 +77,23 @@ class LicenseService:
         self.server_pub = signing.public_bytes(server_key.public_key())
         self.server_id = signing.fingerprint(self.server_pub)
         self._on_event = on_event
+        self.desk = BorrowDesk(key, self.pool, server_key, self.server_id, self._event)
 
-    def _event(self, kind: str, **fields: Any) -> None:
+    def set_event_sink(self, sink: Callable[[HistoryRow], None] | None) -> None:
+        """Where history rows go (the adapter stamps and batches them)."""
+        self._on_event = sink
+
+    def _event(
+        self, kind: str, product: str = "", user: str = "", host: str = "", detail: str = ""
+    ) -> None:
+        """Hand one history row to the adapter (``at`` is stamped there, off the core)."""
         if self._on_event is not None:
-            self._on_event(kind, fields)
+            self._on_event(HistoryRow(0.0, kind, product, user, host, detail))
+
+    def _lease_event(self, kind: str, lease: Lease, detail: str = "") -> None:
+        if self._on_event is not None:
+            h = lease.holder
+            self._on_event(HistoryRow(0.0, kind, lease.product, h.user, h.host, detail))
 
     def handle(self, session: Session, msg: m.Message, now: float, wall: float) -> Reply:
         if isinstance(msg, m.Renew):
@@ -88,13 +106,25 @@ class LicenseService:
             return self._hello(session, msg)
         if isinstance(msg, m.Status):
             return Reply(self.status(msg.id, now, wall))
+        if isinstance(msg, m.Borrow):
+            return self._durable(self.desk.borrow(msg, wall, now))
+        if isinstance(msg, m.Return):
+            return self._durable(self.desk.return_(msg, wall))
+        if isinstance(msg, m.Enroll):
+            return self._durable(self.desk.enroll(msg, wall))
         if isinstance(msg, m.Bye):
             released = self.pool.release_owner(session.client_id, now)
             for lease in released:
-                self._event("release", lease=lease, reason="bye")
+                self._lease_event("release", lease, "bye")
             return Reply(m.Goodbye(id=msg.id, released=len(released)), close=True)
         # The connection state machine admits only the requests above.
         return Reply(m.Error(0, "unexpected_message", f"{msg.TYPE!r} is not a request"))
+
+    @staticmethod
+    def _durable(result: Durable | m.Message) -> Reply:
+        if isinstance(result, Durable):
+            return Reply(None, durable=result)
+        return Reply(result)
 
     def _hello(self, session: Session, msg: m.Hello) -> Reply:
         common = set(msg.versions).intersection(m.PROTOCOL_VERSIONS)
@@ -135,10 +165,10 @@ class LicenseService:
         holder = h if h.version == msg.version else Holder(h.user, h.host, h.app, msg.version)
         result = self.pool.checkout(msg.product, msg.version, session.client_id, holder, now)
         if isinstance(result, Denied):
-            self._event("refusal", product=msg.product, holder=holder, code=result.code)
+            self._event("refusal", msg.product, holder.user, holder.host, result.code)
             return Reply(m.Error(msg.id, result.code, result.message))
         lease = result.lease
-        self._event("checkout", lease=lease)
+        self._lease_event("checkout", lease, msg.version)
         return Reply(
             m.Granted(
                 id=msg.id, lease=lease.id, product=lease.product, lease_s=self.pool.lease_seconds
@@ -153,7 +183,7 @@ class LicenseService:
     def _release(self, session: Session, msg: m.Release, now: float) -> Reply:
         result = self.pool.release(msg.leases, session.client_id, now)
         for lease in result.released:
-            self._event("release", lease=lease, reason="release")
+            self._lease_event("release", lease, "release")
         lost = [m.Lost(lease, "lease_unknown") for lease in result.lost]
         return Reply(
             m.Released(id=msg.id, leases=[x.id for x in result.released], lost=lost),
@@ -163,14 +193,14 @@ class LicenseService:
     def expire(self, now: float) -> list[Lease]:
         expired = self.pool.expire(now)
         for lease in expired:
-            self._event("expiry", lease=lease)
+            self._lease_event("expiry", lease)
         return expired
 
     def remove(self, lease_id: bytes, now: float) -> Lease | None:
         """The admin ends a lease, whoever holds it (FlexNet's lmremove)."""
         released = self.pool.release([lease_id], None, now).released
         for lease in released:
-            self._event("release", lease=lease, reason="removed")
+            self._lease_event("release", lease, "removed by admin")
         return released[0] if released else None
 
     def status(self, request_id: int, now: float, wall: float) -> m.StatusReply:
@@ -196,7 +226,8 @@ class LicenseService:
                     "in_use": len(holders),
                     "borrowed": self.pool.borrowed(name),
                     "free": ent.seats - len(holders) - self.pool.borrowed(name),
-                    "borrowable": ent.borrowable,
+                    "borrowable": self.desk.terms(name).borrowable,
+                    "max_borrow_days": self.desk.terms(name).max_days,
                     "addon": ent.addon,
                     "versions": list(ent.versions) if ent.versions else None,
                     "holders": holders,
@@ -208,4 +239,5 @@ class LicenseService:
             customer=self.key.customer,
             expires=self.key.expires.isoformat(),
             products=products,
+            borrows=self.desk.listing(),
         )

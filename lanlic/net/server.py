@@ -14,15 +14,20 @@ no hello within ``handshake_timeout``, or half a frame that does not complete wi
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
 from typing import cast
 
+from lanlic.core.lending import Durable
+from lanlic.core.records import HistoryRow
 from lanlic.core.service import LicenseService
 from lanlic.core.service import Session as _Session
 from lanlic.proto import messages as m
 from lanlic.proto.connection import ConnState, FatalError, RequestError, ServerConnection
+from lanlic.store import Store
 
 __all__ = ["LicenseServer", "ServerLimits"]
 
@@ -88,7 +93,10 @@ class _Protocol(asyncio.Protocol):
                     log.exception("internal error handling %s", event.TYPE)
                     out.append(_encode(m.Error(getattr(event, "id", 0), "internal_error", "")))
                     continue
-                out.append(_encode(reply.message))
+                if reply.message is not None:
+                    out.append(_encode(reply.message))
+                elif reply.durable is not None:
+                    srv.run_durable(reply.durable, self)
                 if isinstance(event, m.Hello) and not reply.close:
                     srv.owner_connected(self._session.client_id, self)
                 if reply.close:
@@ -147,8 +155,20 @@ class LicenseServer:
         host: str = "127.0.0.1",
         port: int = 0,
         limits: ServerLimits = ServerLimits(),
+        store: Store | None = None,
     ) -> None:
         self.service = service
+        self.store = store
+        # One thread owns the database: store calls never block the event loop, and writes
+        # are serialised in the order the loop issued them.
+        self._store_thread = (
+            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lanlic-store")
+            if store is not None
+            else None
+        )
+        self._durables: set[asyncio.Task[None]] = set()
+        self._history: list[tuple[float, HistoryRow]] = []
+        service.set_event_sink(self._history_event)
         self.host = host
         self.port = port
         self.limits = limits
@@ -173,6 +193,17 @@ class LicenseServer:
         self._housekeeping = self.loop.call_later(self.limits.housekeeping_interval, self._sweep)
         log.info("serving on %s:%d", self.host, self.port)
 
+    async def load_store(self) -> list[str]:
+        """Take the store's borrows, enrollments and policy into memory (before ``start``)."""
+        if self.store is None:
+            return []
+        warnings: list[str] = await self.loop.run_in_executor(
+            self._store_thread, self.service.desk.load, self.store, time.time()
+        )
+        for w in warnings:
+            log.warning("%s", w)
+        return warnings
+
     async def stop(self) -> None:
         """Stop accepting, tell connected clients, close every connection."""
         if self._server is not None:
@@ -186,6 +217,11 @@ class LicenseServer:
             conn.close()
         if self._server is not None:
             await self._server.wait_closed()
+        if self._durables:
+            await asyncio.wait(list(self._durables), timeout=10)
+        await self.flush_history()
+        if self._store_thread is not None:
+            self._store_thread.shutdown(wait=True)
 
     async def serve_forever(self) -> None:
         assert self._server is not None
@@ -233,7 +269,55 @@ class LicenseServer:
             log.info("%d lease(s) expired", len(expired))
         self.arm_expiry_timer()
 
+    # ------------------------------------------------------------------- durable changes
+
+    def run_durable(self, durable: Durable, conn: _Protocol | None) -> None:
+        """Write to the store on its thread, then commit (or abort) and answer ``conn``."""
+        task = self.loop.create_task(self._durable(durable, conn))
+        self._durables.add(task)
+        task.add_done_callback(self._durables.discard)
+
+    async def _durable(self, durable: Durable, conn: _Protocol | None) -> None:
+        if self.store is None:
+            reply = durable.abort(RuntimeError("this server runs without a data folder"))
+        else:
+            try:
+                result = await self.loop.run_in_executor(
+                    self._store_thread, durable.write, self.store
+                )
+            except Exception as exc:
+                log.error("store write failed: %s", exc)
+                reply = durable.abort(exc)
+            else:
+                reply = durable.commit(result)
+        if conn is not None:
+            conn.send(reply)
+        self.arm_expiry_timer()
+
+    def _history_event(self, row: HistoryRow) -> None:
+        self._history.append((time.time(), row))  # stamped here, built into rows off the path
+
+    async def flush_history(self) -> None:
+        """Write the pending history rows in one batch (a crash loses at most this batch)."""
+        if self.store is None or self._store_thread is None:
+            self._history.clear()  # no data folder: nothing to keep them in
+            return
+        if not self._history:
+            return
+        batch = [dataclasses.replace(row, at=at) for at, row in self._history]
+        self._history = []
+        try:
+            await self.loop.run_in_executor(self._store_thread, self.store.append_history, batch)
+        except Exception as exc:
+            log.error("could not write %d history rows: %s", len(batch), exc)
+
     def _sweep(self) -> None:
+        for durable in self.service.desk.due(time.time()):
+            self.run_durable(durable, None)
+        if self._history:
+            task = self.loop.create_task(self.flush_history())
+            self._durables.add(task)
+            task.add_done_callback(self._durables.discard)
         now = self.loop.time()
         for conn in list(self.connections):
             reason = conn.stalled(now, self.limits)

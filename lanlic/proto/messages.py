@@ -23,8 +23,12 @@ __all__ = [
     "MAX_REQUEST_ID",
     "NONCE_SIZE",
     "PROTOCOL_VERSIONS",
+    "Borrow",
+    "Borrowed",
     "Bye",
     "Checkout",
+    "Enroll",
+    "Enrolled",
     "Error",
     "Goodbye",
     "Granted",
@@ -36,6 +40,8 @@ __all__ = [
     "Released",
     "Renew",
     "Renewed",
+    "Return",
+    "Returned",
     "Status",
     "StatusReply",
     "Welcome",
@@ -51,6 +57,8 @@ MAX_REQUEST_ID: Final = 2**63 - 1
 #: Upper bounds on client-supplied strings and lists, so a valid frame cannot balloon state.
 MAX_NAME: Final = 256
 MAX_LEASES_PER_REQUEST: Final = 4096
+#: Largest signed document (enrollment request/response, borrowed file) carried in a message.
+MAX_DOCUMENT: Final = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +212,8 @@ class StatusReply(Message):
     """One map per product: name, seats, in_use, borrowed, free, borrowable, addon, versions,
     and holders (a list of maps: user, host, app, version, since, last_heartbeat as UTC
     seconds)."""
+    borrows: list[dict[str, Any]] = field(default_factory=list)
+    """Active borrows: borrow_id, product, user, host, start, end (UTC seconds)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +243,80 @@ class Notice(Message):
     leases: list[bytes] = field(default_factory=list)
 
 
+# ------------------------------------------------------------------------------------ borrowing
+
+
+@dataclass(frozen=True, slots=True)
+class Enroll(Message):
+    """Register a borrowing container (a machine or a portable key) with the server."""
+
+    TYPE: ClassVar[str] = "enroll"
+    REQUEST: ClassVar[bool] = True
+    id: int
+    request: bytes
+    """The signed enrollment request document (the same bytes as the offline request file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Enrolled(Message):
+    TYPE: ClassVar[str] = "enrolled"
+    id: int
+    response: bytes
+    """The server-signed enrollment response document."""
+
+
+@dataclass(frozen=True, slots=True)
+class Borrow(Message):
+    """Take a seat off the network for ``days``, into a licence file bound to the container."""
+
+    TYPE: ClassVar[str] = "borrow"
+    REQUEST: ClassVar[bool] = True
+    id: int
+    request_id: bytes
+    """16 random bytes naming this borrow attempt: a retry with the same id gets the same
+    borrow, never a second seat."""
+    product: str
+    days: float
+    container_key: bytes
+    """The enrolled container's raw public key."""
+    proof: bytes
+    """Container signature over (``borrow``, server id, request_id, product, version, days)."""
+    version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Borrowed(Message):
+    TYPE: ClassVar[str] = "borrowed"
+    id: int
+    borrow_id: str
+    file: bytes
+    """The server-signed borrowed licence file."""
+    end: float
+    """When the borrow ends and the seat returns to the pool, UTC seconds."""
+
+
+@dataclass(frozen=True, slots=True)
+class Return(Message):
+    """Give a borrowed seat back early. Idempotent."""
+
+    TYPE: ClassVar[str] = "return"
+    REQUEST: ClassVar[bool] = True
+    id: int
+    borrow_id: str
+    container_key: bytes
+    proof: bytes
+    """Container signature over (``return``, server id, borrow_id)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Returned(Message):
+    TYPE: ClassVar[str] = "returned"
+    id: int
+    borrow_id: str
+    already: bool = False
+    """True when the borrow had already ended (returned or expired): nothing changed."""
+
+
 # ----------------------------------------------------------------------------------- validation
 
 _TYPES: dict[str, type[Message]] = {
@@ -252,6 +336,12 @@ _TYPES: dict[str, type[Message]] = {
         Goodbye,
         Error,
         Notice,
+        Enroll,
+        Enrolled,
+        Borrow,
+        Borrowed,
+        Return,
+        Returned,
     )
 }
 
@@ -267,7 +357,7 @@ def _check_int(t: str, name: str, v: Any) -> int:
 
 
 def _check_float(t: str, name: str, v: Any) -> float:
-    if type(v) not in (int, float) or not 0 <= v < 1e9:  # rejects NaN too
+    if type(v) not in (int, float) or not 0 <= v < 1e12:  # rejects NaN and infinities too
         raise _fail(t, name, "a non-negative number")
     return float(v)
 
@@ -281,6 +371,18 @@ def _check_str(t: str, name: str, v: Any, limit: int = MAX_NAME) -> str:
 def _check_bytes(t: str, name: str, v: Any, size: int | None) -> bytes:
     if type(v) is not bytes or (size is not None and len(v) != size):
         raise _fail(t, name, f"{size} bytes" if size is not None else "bytes")
+    return v
+
+
+def _check_bytes_upto(t: str, name: str, v: Any, limit: int) -> bytes:
+    if type(v) is not bytes or len(v) > limit:
+        raise _fail(t, name, f"at most {limit} bytes")
+    return v
+
+
+def _check_bool(t: str, name: str, v: Any) -> bool:
+    if type(v) is not bool:
+        raise _fail(t, name, "true or false")
     return v
 
 
@@ -348,6 +450,16 @@ def _checker_for(cls: type[Message], f: dataclasses.Field[Any]) -> Any:
         return lambda v: _check_lost(t, name, v)
     if name == "message":
         return lambda v: _check_str(t, name, v, 4096)
+    if name in ("request", "response", "file"):
+        return lambda v: _check_bytes_upto(t, name, v, MAX_DOCUMENT)
+    if name == "request_id":
+        return lambda v: _check_bytes(t, name, v, 16)
+    if name == "container_key":
+        return lambda v: _check_bytes(t, name, v, 32)
+    if name == "proof":
+        return lambda v: _check_bytes(t, name, v, 64)
+    if ann == "bool":
+        return lambda v: _check_bool(t, name, v)
     if ann == "int":
         return lambda v: _check_int(t, name, v)
     if ann == "float":

@@ -162,6 +162,39 @@ VALID: list[tuple[str, m.Message]] = [
         m.Notice(kind="lease_removed", message="removed by an administrator", leases=[LEASE_A]),
     ),
     ("notice_shutdown", m.Notice(kind="shutdown", message="server stopping", leases=[])),
+    ("enroll", m.Enroll(id=9, request=b'{"format": "lanlic-enrollment-request", "version": 1}')),
+    (
+        "enrolled",
+        m.Enrolled(id=9, response=b'{"format": "lanlic-enrollment-response", "version": 1}'),
+    ),
+    (
+        "borrow",
+        m.Borrow(
+            id=10,
+            request_id=bytes(range(100, 116)),
+            product="cadpro",
+            days=14.0,
+            container_key=bytes(range(32)),
+            proof=bytes(range(64)),
+            version="2024.1",
+        ),
+    ),
+    (
+        "borrowed",
+        m.Borrowed(
+            id=10,
+            borrow_id="b-5f3a",
+            file=b'{"format": "lanlic-borrowed-license", "version": 1}',
+            end=1765509600.0,
+        ),
+    ),
+    (
+        "return",
+        m.Return(
+            id=11, borrow_id="b-5f3a", container_key=bytes(range(32)), proof=bytes(range(64))
+        ),
+    ),
+    ("returned", m.Returned(id=11, borrow_id="b-5f3a", already=False)),
 ]
 
 

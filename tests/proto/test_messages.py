@@ -57,6 +57,12 @@ SAMPLES: list[m.Message] = [
     m.Goodbye(6, released=2),
     m.Error(2, "no_seat", message="all seats in use"),
     m.Notice("lease_removed", message="by admin", leases=[LEASE_A]),
+    m.Enroll(7, request=b'{"format": "lanlic-enrollment-request"}'),
+    m.Enrolled(7, response=b'{"format": "lanlic-enrollment-response"}'),
+    m.Borrow(8, bytes(16), "cadpro", 14.0, bytes(32), bytes(64), version="16"),
+    m.Borrowed(8, "b-1", b'{"format": "lanlic-borrowed-license"}', 1764300000.0),
+    m.Return(9, "b-1", bytes(32), bytes(64)),
+    m.Returned(9, "b-1", already=True),
 ]
 
 IDS = [s.TYPE for s in SAMPLES]

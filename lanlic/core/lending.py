@@ -1,0 +1,343 @@
+"""The server's borrowing desk: enrollment, borrow, return and expiry, over the seat pool.
+
+Every change here must be on disk before the client hears yes, and the disk is not ours to touch
+from the core. So each request becomes a ``Durable``: the core reserves what it needs in memory
+at once (a borrowed seat leaves the pool immediately, so two borrows in flight can never both
+take the last seat), hands the adapter a ``write`` to run against the store on its thread, and
+then either ``commit(result)`` (the write was fsynced: make it visible, answer yes) or
+``abort(error)`` (the write failed: undo the reservation, answer no). The reservation is the
+pessimistic side: a seat is out of the pool from before the write until the borrow ends.
+
+Borrow periods are UTC wall time (a laptop off the network has nothing else to agree on); the
+``wall`` passed in is the server's clock.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from lanlic.core import borrowing, signing
+from lanlic.core.netkey import NetworkKey
+from lanlic.core.pool import SeatPool
+from lanlic.core.records import BorrowRecord, EnrollmentRecord
+from lanlic.errors import BorrowedFileError, BorrowRefused, LanlicError
+from lanlic.proto import messages as m
+
+if TYPE_CHECKING:  # the store is the adapter's; the core only names its interface
+    from lanlic.store import Store
+
+__all__ = ["ActiveBorrow", "BorrowDesk", "Durable"]
+
+DAY = 86400.0
+
+
+@dataclass(slots=True)
+class ActiveBorrow:
+    borrow_id: str
+    request_id: str
+    product: str
+    container_fp: str
+    user: str
+    host: str
+    start: float
+    end: float
+    file: bytes
+    committed: bool = True
+    """False while the borrow's write is in flight."""
+
+
+@dataclass(frozen=True, slots=True)
+class Durable:
+    """A change to make durable before answering (see the module docstring)."""
+
+    write: Callable[[Store], Any]
+    """Runs on the store's thread; its return value goes to ``commit``."""
+    commit: Callable[[Any], m.Message]
+    abort: Callable[[Exception], m.Message]
+
+
+def _error(rid: int, exc: LanlicError) -> m.Error:
+    return m.Error(rid, exc.code, exc.message)
+
+
+class BorrowDesk:
+    def __init__(
+        self,
+        key: NetworkKey,
+        pool: SeatPool,
+        server_key: Ed25519PrivateKey,
+        server_id: str,
+        on_event: Callable[..., None] = lambda kind, **fields: None,
+    ) -> None:
+        self.key = key
+        self.pool = pool
+        self._server_key = server_key
+        self.server_id = server_id
+        self.active: dict[str, ActiveBorrow] = {}
+        self._by_request: dict[str, str] = {}
+        self.enrollments: dict[str, EnrollmentRecord] = {}
+        self.policy: dict[str, tuple[int | None, int | None]] = {}
+        self._event = on_event
+
+    # ------------------------------------------------------------------------------ restart
+
+    def load(self, store: Store, wall: float) -> list[str]:
+        """Take the store's state into memory at start; return warnings for the admin.
+
+        Every active borrow is counted out of the pool again, expired or not: the sweep ends the
+        overdue ones durably right after, so a crash in between still counts them.
+        """
+        warnings: list[str] = []
+        self.enrollments = {e.container_fp: e for e in store.enrollments()}
+        self.policy = store.policy()
+        for rec in store.active_borrows():
+            if self.pool.products.get(rec.product) is None:
+                warnings.append(
+                    f"borrow {rec.borrow_id} is of {rec.product!r}, which the current network "
+                    "key does not serve; it is kept until it ends"
+                )
+                continue
+            if not self.pool.take_borrowed(rec.product):
+                warnings.append(
+                    f"borrow {rec.borrow_id} of {rec.product} does not fit in the current key's "
+                    "seats; it is counted as soon as a seat is free"
+                )
+                continue
+            self._remember(
+                ActiveBorrow(
+                    rec.borrow_id, rec.request_id, rec.product, rec.container_fp, rec.user,
+                    rec.host, rec.start, rec.end, rec.file,
+                )
+            )  # fmt: skip
+        return warnings
+
+    def _remember(self, b: ActiveBorrow) -> None:
+        self.active[b.borrow_id] = b
+        self._by_request[b.request_id] = b.borrow_id
+
+    def _forget(self, b: ActiveBorrow) -> None:
+        self.active.pop(b.borrow_id, None)
+        self._by_request.pop(b.request_id, None)
+
+    # ------------------------------------------------------------------------------ queries
+
+    def terms(self, product: str) -> borrowing.BorrowTerms:
+        ent = self.pool.products[product]
+        return borrowing.borrow_terms(ent.borrowable, ent.max_borrow_days, self.policy.get(product))
+
+    def borrowed_count(self, product: str) -> int:
+        return sum(1 for b in self.active.values() if b.product == product)
+
+    def listing(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "borrow_id": b.borrow_id,
+                "product": b.product,
+                "user": b.user,
+                "host": b.host,
+                "start": b.start,
+                "end": b.end,
+            }
+            for b in sorted(self.active.values(), key=lambda b: b.end)
+            if b.committed
+        ]
+
+    def next_end(self) -> float | None:
+        ends = [b.end for b in self.active.values() if b.committed]
+        return min(ends) if ends else None
+
+    # ---------------------------------------------------------------------------- requests
+
+    def enroll(self, msg: m.Enroll, wall: float, via: str = "online") -> Durable | m.Error:
+        try:
+            req = borrowing.read_enrollment_request(msg.request)
+        except BorrowedFileError as exc:
+            return m.Error(msg.id, "bad_proof", exc.message)
+        if req.kind != self.key.borrow_kind:
+            return _error(
+                msg.id,
+                BorrowRefused(
+                    f"this site's network key borrows with kind {self.key.borrow_kind!r}; "
+                    f"the container is of kind {req.kind!r}",
+                    "wrong_borrow_kind",
+                ),
+            )
+        response = borrowing.make_enrollment_response(
+            self._server_key, req, self.server_id, self.key.customer, wall
+        )
+        record = EnrollmentRecord(
+            req.container_fp, req.container_key, req.kind, req.machine_fp, req.user, req.host,
+            wall, via,
+        )  # fmt: skip
+
+        def commit(_: object) -> m.Message:
+            self.enrollments[record.container_fp] = record
+            self._event("enroll", product="", user=req.user, host=req.host, detail=via)
+            return m.Enrolled(msg.id, response)
+
+        return Durable(
+            write=lambda store: store.add_enrollment(record),
+            commit=commit,
+            abort=lambda exc: m.Error(msg.id, "store_failed", f"enrollment not saved: {exc}"),
+        )
+
+    def borrow(self, msg: m.Borrow, wall: float, now: float) -> Durable | m.Message:
+        """``wall`` (UTC) dates the borrow; ``now`` (monotonic) lets the pool sweep dead leases."""
+        rid = msg.request_id.hex()
+        # A retry of a borrow we already made gets the same borrow back, never a second seat.
+        existing = self._by_request.get(rid)
+        if existing is not None:
+            b = self.active[existing]
+            if not b.committed:
+                return m.Error(msg.id, "borrow_refused", "that borrow is still being recorded")
+            return m.Borrowed(msg.id, b.borrow_id, b.file, b.end)
+        try:
+            enrollment, ent = self._check_borrow(msg)
+        except LanlicError as exc:
+            self._event("refusal", product=msg.product, detail=exc.code)
+            return _error(msg.id, exc)
+        if not self.pool.take_borrowed(msg.product, now):
+            free = self.pool.free(msg.product)
+            self._event("refusal", product=msg.product, detail="no_seat")
+            return m.Error(
+                msg.id, "no_seat", f"no seat of {msg.product} is free to borrow ({free} free)"
+            )
+        borrow_id = "b-" + secrets.token_hex(8)
+        start, end = wall, wall + msg.days * DAY
+        file = borrowing.issue_borrowed_file(
+            self._server_key,
+            borrow_id=borrow_id,
+            product=msg.product,
+            versions=ent.versions,
+            kind=self.key.borrow_kind,
+            server_id=self.server_id,
+            customer=self.key.customer,
+            container_key=enrollment.container_key,
+            machine_fp=enrollment.machine_fp,
+            user=enrollment.user,
+            host=enrollment.host,
+            start=start,
+            end=end,
+        )
+        active = ActiveBorrow(
+            borrow_id, rid, msg.product, enrollment.container_fp, enrollment.user,
+            enrollment.host, start, end, file, committed=False,
+        )  # fmt: skip
+        self._remember(active)
+        record = BorrowRecord(
+            borrow_id, rid, msg.product, enrollment.container_fp, enrollment.user,
+            enrollment.host, start, end, "active", None, file,
+        )  # fmt: skip
+
+        def commit(_: object) -> m.Message:
+            active.committed = True
+            self._event(
+                "borrow", product=msg.product, user=enrollment.user, host=enrollment.host,
+                detail=f"{borrow_id} until {end:.0f}",
+            )  # fmt: skip
+            return m.Borrowed(msg.id, borrow_id, file, end)
+
+        def abort(exc: Exception) -> m.Message:
+            self._forget(active)
+            self.pool.return_borrowed(msg.product)
+            self._event("refusal", product=msg.product, detail="store_failed")
+            return m.Error(msg.id, "store_failed", f"the borrow could not be recorded: {exc}")
+
+        return Durable(write=lambda store: store.add_borrow(record), commit=commit, abort=abort)
+
+    def _check_borrow(self, msg: m.Borrow) -> tuple[EnrollmentRecord, Any]:
+        ent = self.pool.products.get(msg.product)
+        if ent is None:
+            raise BorrowRefused(f"no product {msg.product!r} in the network key", "not_borrowable")
+        if not ent.allows_version(msg.version):
+            raise BorrowRefused(
+                f"{msg.product} version {msg.version!r} is not licensed", "not_borrowable"
+            )
+        fp = signing.fingerprint(msg.container_key)
+        enrollment = self.enrollments.get(fp)
+        if enrollment is None:
+            raise BorrowRefused(
+                "this machine is not enrolled for borrowing: run 'lanlic enroll' first "
+                "(or 'lanlic enroll --request FILE' when the server cannot be reached)",
+                "not_enrolled",
+            )
+        payload = borrowing.container_proof_payload(
+            "borrow", self.server_id, [msg.request_id, msg.product, msg.version, msg.days]
+        )
+        pub = signing.public_from_bytes(msg.container_key)
+        if not signing.verify(pub, signing.DOMAIN_CONTAINER_REQUEST, payload, msg.proof):
+            raise BorrowRefused("the borrow request's proof does not verify", "bad_proof")
+        borrowing.check_borrow_request(
+            product=msg.product,
+            terms=self.terms(msg.product),
+            key_kind=self.key.borrow_kind,
+            container_kind=enrollment.kind,
+            days=msg.days,
+            active_borrows=self.borrowed_count(msg.product),
+        )
+        return enrollment, ent
+
+    def return_(self, msg: m.Return, wall: float) -> Durable | m.Message:
+        b = self.active.get(msg.borrow_id)
+        payload = borrowing.container_proof_payload("return", self.server_id, [msg.borrow_id])
+        pub = signing.public_from_bytes(msg.container_key)
+        if not signing.verify(pub, signing.DOMAIN_CONTAINER_REQUEST, payload, msg.proof):
+            return m.Error(msg.id, "bad_proof", "the return request's proof does not verify")
+        fp = signing.fingerprint(msg.container_key)
+        if b is None:
+            # Ended already (returned, expired) or never ours: returning again does no harm,
+            # but only the container that borrowed may hear about it.
+            def check(store: Store) -> BorrowRecord | None:
+                return store.borrow(msg.borrow_id)
+
+            def known(rec: BorrowRecord | None) -> m.Message:
+                if rec is None or rec.container_fp != fp:
+                    return m.Error(msg.id, "borrow_unknown", f"no borrow {msg.borrow_id!r}")
+                return m.Returned(msg.id, msg.borrow_id, already=True)
+
+            return Durable(
+                write=check,
+                commit=known,
+                abort=lambda exc: m.Error(msg.id, "store_failed", str(exc)),
+            )
+        if b.container_fp != fp:
+            return m.Error(msg.id, "borrow_unknown", f"no borrow {msg.borrow_id!r}")
+        if not b.committed:
+            return m.Error(msg.id, "borrow_refused", "that borrow is still being recorded")
+        return self._end(b, "returned", wall, rid=msg.id)
+
+    def _end(self, b: ActiveBorrow, state: str, wall: float, rid: int = 0) -> Durable:
+        # Out of ``active`` at once so a second return or the sweep cannot end it twice; the
+        # seat itself stays out of the pool until the end is on disk.
+        self._forget(b)
+
+        def commit(changed: object) -> m.Message:
+            self.pool.return_borrowed(b.product)
+            self._event(
+                "return" if state == "returned" else "expiry_borrow",
+                product=b.product, user=b.user, host=b.host, detail=b.borrow_id,
+            )  # fmt: skip
+            return m.Returned(rid, b.borrow_id, already=not changed)
+
+        def abort(exc: Exception) -> m.Message:
+            self._remember(b)
+            return m.Error(rid, "store_failed", f"the return could not be recorded: {exc}")
+
+        return Durable(
+            write=lambda store: store.end_borrow(b.borrow_id, state, wall),
+            commit=commit,
+            abort=abort,
+        )
+
+    def due(self, wall: float) -> list[Durable]:
+        """The borrows whose end has come: one Durable each to end them."""
+        return [
+            self._end(b, "expired", wall)
+            for b in list(self.active.values())
+            if b.committed and b.end <= wall
+        ]
