@@ -29,6 +29,10 @@ The tree::
     │   ├── KeyWrongVendor            key_wrong_vendor   signed by another vendor
     │   └── KeyExpired                key_expired
     ├── ServerUnavailable             server_unavailable  client side: no server answered
+    ├── ServerUntrusted               server_untrusted    client side: the server did not prove
+    │   │                                                 it holds its key, or serves another vendor
+    │   └── ServerKeyChanged          server_key_changed  client side: another key than the one
+    │                                                     pinned for this site (an impostor?)
     ├── ServerBusy                    server_busy     the server is at its connection cap
     ├── SeatLost                      seat_lost       client side: a held seat is gone for good
     └── InternalError                 internal_error  a bug on the server; the request is dropped
@@ -59,7 +63,9 @@ __all__ = [
     "ProtocolError",
     "SeatLost",
     "ServerBusy",
+    "ServerKeyChanged",
     "ServerUnavailable",
+    "ServerUntrusted",
     "UnexpectedMessage",
     "UnknownMessage",
     "UnknownProduct",
@@ -226,6 +232,22 @@ class KeyExpired(NetworkKeyError):
 
 class ServerUnavailable(LanlicError):
     code = "server_unavailable"
+
+
+class ServerUntrusted(LanlicError):
+    """The server could not prove who it is: no valid signature over this connection's nonce, a
+    server id that does not name its key, or another vendor's key than the one asked for."""
+
+    code = "server_untrusted"
+
+
+class ServerKeyChanged(ServerUntrusted):
+    """The server proved it holds a key, but not the key pinned for its site (see lanlic.trust).
+
+    Like SSH's changed host key: either an impostor, or a server replaced on purpose, which the
+    user confirms with ``lanlic trust --server HOST:PORT``."""
+
+    code = "server_key_changed"
 
 
 class ServerBusy(LanlicError):

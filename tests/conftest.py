@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -14,6 +15,19 @@ from lanlic.core import netkey
 from lanlic.core.netkey import ProductEntitlement
 from lanlic.core.service import LicenseService, ServiceConfig
 from lanlic.net.server import LicenseServer, ServerLimits
+from lanlic.store import Store
+
+
+@pytest.fixture(autouse=True)
+def own_config_folder(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test pins server keys in a folder of its own, never in ~/.config/lanlic; set through
+    XDG_CONFIG_HOME too, so that CLI subprocesses started with LANLIC_* removed use it as well."""
+    folder = tmp_path_factory.mktemp("config")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(folder))
+    monkeypatch.setenv("LANLIC_CONFIG", str(folder / "lanlic"))
+    monkeypatch.delenv("LANLIC_SERVER", raising=False)
 
 
 @pytest.fixture(autouse=True)
@@ -47,15 +61,19 @@ async def start_server(vendor_key: Ed25519PrivateKey) -> AsyncIterator[StartServ
         limits: ServerLimits = ServerLimits(),
         service: LicenseService | None = None,
         port: int = 0,
+        store: Store | None = None,
+        server_key: Ed25519PrivateKey | None = None,
+        wall: Callable[[], float] = time.time,
         **kw: Any,
     ) -> LicenseServer:
         if service is None:
             service = LicenseService(
                 make_key(vendor_key, products, **kw),
-                Ed25519PrivateKey.generate(),
+                server_key or Ed25519PrivateKey.generate(),
                 ServiceConfig(lease_seconds=lease, heartbeat_seconds=heartbeat),
             )
-        server = LicenseServer(service, "127.0.0.1", port, limits)
+        server = LicenseServer(service, "127.0.0.1", port, limits, store=store, wall=wall)
+        await server.load_store()
         await server.start()
         servers.append(server)
         return server

@@ -8,6 +8,10 @@ an application should hand them to its own UI thread.
     with BlockingClient("licserver:7766", app="MyCAD 16.2") as client:
         with client.checkout("cad", version="16") as seat:
             ...
+
+    # or, with no address: find the vendor's server on the LAN
+    with BlockingClient.discover(VENDOR_PUBLIC_KEY, "cad", app="MyCAD 16.2") as client:
+        ...
 """
 
 from __future__ import annotations
@@ -15,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from lanlic.net.client import Client, Seat
+from lanlic.net.client import DISCOVER_TIMEOUT, Client, Seat, VendorKey
 
 __all__ = ["BlockingClient"]
 
@@ -30,11 +34,31 @@ class BlockingClient:
     """Same arguments as ``Client``; methods block until done."""
 
     def __init__(self, server: str | tuple[str, int] | None = None, **kwargs: Any) -> None:
+        self._start(self._make(server, kwargs))
+
+    @classmethod
+    def discover(
+        cls,
+        vendor_key: VendorKey | None,
+        product: str | None = None,
+        *,
+        timeout: float = DISCOVER_TIMEOUT,
+        interfaces: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> BlockingClient:
+        """``Client.discover``'s twin: find the server on the LAN; returns a connected client."""
+        self = cls.__new__(cls)
+        self._start(
+            Client.discover(vendor_key, product, timeout=timeout, interfaces=interfaces, **kwargs)
+        )
+        return self
+
+    def _start(self, make: Coroutine[Any, Any, Client]) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="lanlic-client", daemon=True)
         self._thread.start()
         try:
-            self._client: Client = self._call(self._make(server, kwargs))
+            self._client: Client = self._call(make)
         except BaseException:
             self._stop_loop()
             raise

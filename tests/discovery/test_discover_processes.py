@@ -1,0 +1,346 @@
+"""Discovery with real processes: ``lanlic serve`` announcing on loopback, the CLI finding it
+with no address, the goodbye on SIGTERM, a server killed and restarted on another port, and a
+server and a client in two network namespaces joined by a veth pair, over real multicast."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from discovery_helpers import CLI, LOOPBACK, ServerProcess, cli_env
+from zeroconf import ServiceStateChange, Zeroconf
+from zeroconf.asyncio import AsyncServiceBrowser, AsyncZeroconf
+
+from lanlic.core import signing
+from lanlic.discovery import SERVICE_TYPE
+from lanlic.net.client import Client
+
+#: Bound on one CLI command expected to finish by itself.
+RUN_TIMEOUT = 30.0
+
+
+async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def serve_args(lic: Path, pub: Path, data: Path, *extra: str) -> list[str]:
+    # Listening on 127.0.0.1, the server announces on loopback only (no --interface needed).
+    return [
+        "--license",
+        str(lic),
+        "--vendor-pub",
+        str(pub),
+        "--data",
+        str(data),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        *extra,
+    ]
+
+
+async def test_cli_finds_pins_and_refuses_on_loopback(
+    vendor_files: tuple[Path, Path],
+    vendor_key: Ed25519PrivateKey,
+    tmp_path: Path,
+    server_processes: list[ServerProcess],
+) -> None:
+    lic, pub = vendor_files
+    env = cli_env(tmp_path / "config")
+    vendor_fp = signing.fingerprint(vendor_key.public_key())
+    server = await ServerProcess.start(*serve_args(lic, pub, tmp_path / "data"), env=env)
+    server_processes.append(server)
+    listening = await server.event("listening")
+    announced = await server.event("announced")
+    assert announced["interfaces"] == "127.0.0.1"
+
+    find = ["--interface", "127.0.0.1", "--vendor", vendor_fp]
+    code, out, err = await run_cli("servers", "--json", "--timeout", "1.5", *find, env=env)
+    assert code == 0, err
+    (row,) = json.loads(out)["servers"]
+    assert (row["port"], row["server_fp"], row["verified"], row["pinned"]) == (
+        listening["port"],
+        listening["server_id"],
+        True,
+        "no",
+    )
+    assert row["products"] == ["cad", "render"] and row["site"] == "ACME Engineering"
+
+    # No --server, no LANLIC_SERVER: checkout and status find it, and pin it.
+    code, out, err = await run_cli("checkout", "cad", *find, "--hold", "0.1", "--json", env=env)
+    assert code == 0, err
+    assert json.loads(out.splitlines()[0])["server_id"] == listening["server_id"]
+    code, out, err = await run_cli("status", "--json", "--interface", "127.0.0.1", env=env)
+    assert code == 0, err
+    assert json.loads(out)["server_id"] == listening["server_id"]
+    code, out, err = await run_cli("trust", "--list", "--json", env=env)
+    (pin,) = json.loads(out)["pins"]
+    assert pin["server_fp"] == listening["server_id"] and pin["site"] == "ACME Engineering"
+
+    # SIGTERM: the server says goodbye over mDNS before it exits.
+    removed = asyncio.Event()
+
+    def on_change(
+        zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
+    ) -> None:
+        if state_change is ServiceStateChange.Removed and name.startswith(announced["name"]):
+            removed.set()
+
+    async with AsyncZeroconf(interfaces=LOOPBACK) as aiozc:
+        browser = AsyncServiceBrowser(aiozc.zeroconf, SERVICE_TYPE, handlers=[on_change])
+        try:
+            await asyncio.sleep(0.5)  # the browser has seen the service by now
+            assert await server.stop() == 0
+            await asyncio.wait_for(removed.wait(), 5)
+        finally:
+            await browser.async_cancel()
+
+    # A new server for the same site, with another key (another data folder): refused.
+    rogue = await ServerProcess.start(*serve_args(lic, pub, tmp_path / "data2"), env=env)
+    server_processes.append(rogue)
+    rogue_id = (await rogue.event("listening"))["server_id"]
+    await rogue.event("announced")
+    code, out, err = await run_cli("checkout", "cad", *find, "--hold", "0.1", env=env)
+    assert code == 1
+    assert err.startswith("lanlic: server_key_changed: ") and err.count("\n") == 1
+    assert listening["server_id"] in err and rogue_id in err and "lanlic trust --server" in err
+    # Re-pinning needs a confirmation; a wrong expected fingerprint pins nothing.
+    code, out, err = await run_cli("servers", "--json", "--timeout", "1", *find, env=env)
+    (row,) = json.loads(out)["servers"]
+    assert row["pinned"] == "KEY CHANGED" and row["server_fp"] == rogue_id
+    address = f"127.0.0.1:{row['port']}"
+    code, _, err = await run_cli("trust", "--server", address, env=env)
+    assert code == 1 and "--yes" in err
+    code, _, err = await run_cli("trust", "--server", address, "--expect", vendor_fp, env=env)
+    assert code == 1 and "not pinned" in err
+    code, out, err = await run_cli("trust", "--server", address, "--expect", rogue_id, env=env)
+    assert code == 0, err
+    assert f"REPLACES the pinned key {listening['server_id']}" in out
+    code, out, err = await run_cli("checkout", "cad", *find, "--hold", "0.1", env=env)
+    assert code == 0, err
+    code, out, err = await run_cli("trust", "--forget", "ACME Engineering", env=env)
+    assert code == 0 and "forgot 'ACME Engineering'" in out
+    code, out, _ = await run_cli("trust", "--list", "--json", env=env)
+    assert json.loads(out)["pins"] == []
+
+
+async def test_cli_with_nothing_there_says_so_within_its_timeout(tmp_path: Path) -> None:
+    env = cli_env(tmp_path / "config")
+    started = time.monotonic()
+    code, out, err = await run_cli(
+        "status", "--interface", "127.0.0.1", "--discover-timeout", "1", env=env
+    )
+    assert code == 1 and time.monotonic() - started < RUN_TIMEOUT
+    assert err.startswith("lanlic: server_unavailable: no lanlic server answered on 127.0.0.1")
+    code, out, err = await run_cli(
+        "servers", "--interface", "127.0.0.1", "--timeout", "0.5", env=env
+    )
+    assert code == 0 and "no lanlic server answered on 127.0.0.1" in out
+
+
+async def test_serve_refuses_to_announce_where_it_does_not_listen(
+    vendor_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    lic, pub = vendor_files
+    env = cli_env(tmp_path / "config")
+    code, _, err = await run_cli(
+        "serve", *serve_args(lic, pub, tmp_path / "data", "--interface", "10.11.12.13"), env=env
+    )
+    assert code == 1 and "listens on 127.0.0.1 only" in err
+
+
+async def test_killed_server_restarted_on_another_port_is_found_again(
+    vendor_files: tuple[Path, Path],
+    vendor_key: Ed25519PrivateKey,
+    tmp_path: Path,
+    server_processes: list[ServerProcess],
+) -> None:
+    lic, pub = vendor_files
+    env = cli_env(tmp_path / "config")
+    data = tmp_path / "data"
+    first = await ServerProcess.start(*serve_args(lic, pub, data, "--lease", "20"), env=env)
+    server_processes.append(first)
+    before = await first.event("listening")
+    await first.event("announced")
+    client = await Client.discover(vendor_key.public_key(), "cad", interfaces=LOOPBACK, timeout=5)
+    try:
+        assert client.address == ("127.0.0.1", before["port"])
+        await client.acquire("cad")
+        await first.stop(signal.SIGKILL)  # no goodbye, no notice: the process is just gone
+        second = await ServerProcess.start(*serve_args(lic, pub, data, "--lease", "20"), env=env)
+        server_processes.append(second)
+        after = await second.event("listening")
+        assert after["port"] != before["port"] and after["server_id"] == before["server_id"]
+        deadline = time.monotonic() + 15
+        while not (client.connected and client.address[1] == after["port"]):
+            assert time.monotonic() < deadline, "the client did not find the restarted server"
+            await asyncio.sleep(0.05)
+        assert client.server_id == before["server_id"]
+        # Whether the seat itself survives a server *process* restart is the store's business
+        # (issue 5: leases reclaimed after a restart); the client is back, and can take seats.
+        await client.acquire("cad")
+    finally:
+        await client.close()
+
+
+# ------------------------------------------------------------------- two network namespaces
+
+
+def _netns_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces"
+    if shutil.which("ip") is None:
+        return "needs the ip command (iproute2) to create network namespaces"
+    return None
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+class Netns:
+    """Two namespaces, A (10.99.0.1) and B (10.99.0.2), joined by a veth pair; each has lo."""
+
+    def __init__(self) -> None:
+        tag = uuid.uuid4().hex[:6]
+        self.a, self.b = f"lanlic-{tag}-a", f"lanlic-{tag}-b"
+        self.made: list[str] = []
+
+    def make(self) -> None:
+        for ns in (self.a, self.b):
+            _ip("netns", "add", ns)
+            self.made.append(ns)
+        _ip(
+            "link",
+            "add",
+            "va",
+            "netns",
+            self.a,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "vb",
+            "netns",
+            self.b,
+        )
+        _ip("-n", self.a, "addr", "add", "10.99.0.1/24", "dev", "va")
+        _ip("-n", self.b, "addr", "add", "10.99.0.2/24", "dev", "vb")
+        for ns, dev in ((self.a, "va"), (self.b, "vb")):
+            _ip("-n", ns, "link", "set", "lo", "up")
+            _ip("-n", ns, "link", "set", dev, "up")
+        _ip("-n", self.a, "route", "add", "default", "via", "10.99.0.2")
+        _ip("-n", self.b, "route", "add", "default", "via", "10.99.0.1")
+
+    def remove(self) -> None:
+        for ns in self.made:  # deleting a namespace removes its end of the veth pair too
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10, check=False)
+
+    def cmd(self, ns: str, *args: str) -> list[str]:
+        return ["ip", "netns", "exec", ns, *CLI, *args]
+
+
+def _read_json_line(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    line = b""
+    while not line.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
+            raise AssertionError(f"no output line within {timeout} s")
+        chunk = os.read(proc.stdout.fileno(), 1)
+        if not chunk:
+            raise AssertionError(f"process exited: {proc.wait(5)}")
+        line += chunk
+    out = json.loads(line)
+    assert isinstance(out, dict)
+    return out
+
+
+def test_discovery_between_two_network_namespaces(
+    vendor_files: tuple[Path, Path], vendor_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    reason = _netns_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    lic, pub = vendor_files
+    env = cli_env(tmp_path / "config")
+    vendor_fp = signing.fingerprint(vendor_key.public_key())
+    net = Netns()
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        net.make()
+        # In its own namespace the server may listen on every address and announce everywhere:
+        # "everywhere" is lo and the veth end.
+        server = subprocess.Popen(
+            net.cmd(
+                net.a, "serve", "--license", str(lic), "--vendor-pub", str(pub),
+                "--data", str(tmp_path / "data"), "--host", "0.0.0.0", "--port", "0", "--json",
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )  # fmt: skip
+        listening = _read_json_line(server, 20)
+        announced = _read_json_line(server, 20)
+        assert announced["event"] == "announced" and announced["interfaces"] == "every interface"
+        # The client, in the other namespace, is given no address and no interface.
+        result = subprocess.run(
+            net.cmd(net.b, "checkout", "cad", "--vendor", vendor_fp, "--hold", "0.2", "--json"),
+            capture_output=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr.decode()
+        checked_out = json.loads(result.stdout.decode().splitlines()[0])
+        assert checked_out["event"] == "checked_out"
+        assert checked_out["server_id"] == listening["server_id"]
+        listed = subprocess.run(
+            net.cmd(net.b, "servers", "--json", "--timeout", "1.5"),
+            capture_output=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+        (row,) = json.loads(listed.stdout)["servers"]
+        assert (row["address"], row["port"], row["pinned"]) == (
+            "10.99.0.1",
+            listening["port"],
+            "yes",
+        )
+    finally:
+        if server is not None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(5)
+            for f in (server.stdout, server.stderr):
+                if f is not None:
+                    f.close()
+        net.remove()
+    assert server is not None and server.returncode == 0
