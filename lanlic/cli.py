@@ -17,10 +17,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lanlic import __version__
 from lanlic.errors import LanlicError, NetworkKeyError
+
+if TYPE_CHECKING:
+    from lanlic.net.client import Client
 
 __all__ = ["main"]
 
@@ -108,6 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from lanlic.core.vendorfiles import load_vendor_public
     from lanlic.datadir import DataDir, default_data_dir
     from lanlic.net.server import LicenseServer
+    from lanlic.store import Store
 
     if args.demo:
         from lanlic.demo import ensure_demo
@@ -135,20 +139,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise
     datadir = DataDir(data)
     datadir.lock()
+    try:
+        store = Store(data / "lanlic.db")
+    except BaseException:
+        datadir.unlock()
+        raise
     config = ServiceConfig(lease_seconds=args.lease, heartbeat_seconds=args.heartbeat)
     service = LicenseService(key, datadir.server_key(), config)
 
     async def run() -> None:
-        server = LicenseServer(service, host, port)
+        server = LicenseServer(service, host, port, store=store)
+        await server.load_store()
         try:
             await server.start()
         except OSError as exc:
             raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        try:
+            announcer = None if args.no_mdns else _announcer(service, server, args.interface)
+        except CliError:
+            await server.stop()
+            raise
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         h, p = server.address
+        datadir.write_address(h, p)
         if args.json:
             _print_json(
                 {
@@ -170,7 +186,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 + "\n  stop with Ctrl-C",
                 flush=True,
             )
+        announcing = None
+        if announcer is not None:
+            announcing = asyncio.ensure_future(_announce(announcer, args.json))
         await stop.wait()
+        if announcing is not None and announcer is not None:
+            announcing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await announcing
+            await announcer.close()  # the mDNS goodbye, before clients are told to reconnect
         await server.stop()
         if not args.json:
             print("lanlic: stopped", flush=True)
@@ -178,15 +202,74 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         _run_async(run())
     finally:
+        store.close()
+        datadir.clear_address()
         datadir.unlock()
     return 0
+
+
+def _announcer(service: Any, server: Any, interfaces: list[str] | None) -> Any:
+    from lanlic.net.announce import announcer_for
+
+    try:
+        return announcer_for(service, server.host, server.port, interfaces)
+    except ValueError as exc:
+        raise CliError(f"--interface: {exc}") from None
+
+
+async def _announce(announcer: Any, as_json: bool) -> None:
+    """Register over mDNS (about 1.2 s of probing); a failure leaves the server serving."""
+    where = ", ".join(announcer.interfaces) if announcer.interfaces else "every interface"
+    try:
+        await announcer.start()
+    except Exception as exc:
+        print(f"lanlic: warning: cannot announce over mDNS on {where}: {exc}", file=sys.stderr)
+        return
+    if as_json:
+        _print_json({"event": "announced", "name": announcer.name, "interfaces": where})
+    else:
+        print(f"  announced over mDNS as {announcer.name!r} on {where}", flush=True)
 
 
 # ---------------------------------------------------------------------------- client side
 
 
+def _vendor_key(text: str | None) -> Any:
+    """``--vendor``: a fingerprint (``sha256:...``) or a vendor public key file."""
+    if text is None:
+        return None
+    if text.strip().lower().startswith("sha256:"):
+        from lanlic.trust import fingerprint_of
+
+        try:
+            return fingerprint_of(text)
+        except ValueError as exc:
+            raise CliError(f"--vendor: {exc}") from None
+    from lanlic.core.vendorfiles import load_vendor_public
+
+    try:
+        return load_vendor_public(Path(text))
+    except OSError as exc:
+        raise CliError(f"--vendor: cannot read {text}: {exc.strerror}") from None
+
+
+async def _connect(args: argparse.Namespace, product: str | None, **kwargs: Any) -> Client:
+    """A connected client: at ``--server``, else ``$LANLIC_SERVER`` or ``client.toml``, else the
+    server found over mDNS (on ``--interface``, of ``--vendor``, serving ``product``)."""
+    from lanlic.net.client import Client
+
+    vendor = _vendor_key(args.vendor)
+    if args.server:
+        client = Client(args.server, vendor_key=vendor, **kwargs)
+        await client.connect()
+        return client
+    return await Client.discover(
+        vendor, product, timeout=args.discover_timeout, interfaces=args.interface, **kwargs
+    )
+
+
 def cmd_checkout(args: argparse.Namespace) -> int:
-    from lanlic.net.client import Client, Seat
+    from lanlic.net.client import Seat
 
     async def run() -> int:
         lost = asyncio.Event()
@@ -194,10 +277,14 @@ def cmd_checkout(args: argparse.Namespace) -> int:
         def on_lost(seat: Seat, reason: LanlicError) -> None:
             lost.set()
 
-        async with Client(args.server, app=args.app, on_seat_lost=on_lost) as client:
+        stop = asyncio.Event()
+        lic = _borrowed_licence(args)
+        if lic is not None:
+            return await _hold_borrowed(args, lic, stop)
+        client = await _connect(args, args.product, app=args.app, on_seat_lost=on_lost)
+        async with client:
             seat = await client.acquire(args.product, args.version or "")
             # Before the "checked out" line: a signal sent as soon as it is read must release.
-            stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
@@ -208,6 +295,7 @@ def cmd_checkout(args: argparse.Namespace) -> int:
                         "product": seat.product,
                         "lease": seat.lease_id.hex(),
                         "server_id": client.server_id,
+                        "source": seat.source,
                     }
                 )
             else:
@@ -238,15 +326,224 @@ def cmd_checkout(args: argparse.Namespace) -> int:
     return result
 
 
+def _borrowed_licence(args: argparse.Namespace) -> Any:
+    """A valid borrowed licence for ``args.product`` on this machine, or None (a refused one is
+    said on stderr, then the network is tried)."""
+    from lanlic.borrower import Borrower
+
+    key = getattr(args, "portable_key", None)
+    try:
+        return Borrower(portable_key=Path(key) if key else None).offline(
+            args.product, args.version or ""
+        )
+    except LanlicError as exc:
+        if exc.code != "borrow_unknown":
+            print(
+                f"lanlic: borrowed licence not usable: {exc.code}: {exc.message}", file=sys.stderr
+            )
+    except OSError as exc:
+        print(f"lanlic: borrowed licences unreadable: {exc}", file=sys.stderr)
+    return None
+
+
+async def _hold_borrowed(args: argparse.Namespace, lic: Any, stop: asyncio.Event) -> int:
+    """Hold a borrowed licence: no network, nothing to give back at the end."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    source = "borrowed (license file)" if lic.kind == "act" else "borrowed (portable key)"
+    until = dt.datetime.fromtimestamp(lic.end, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if args.json:
+        _print_json(
+            {"event": "checked_out", "product": lic.product, "source": source,
+             "borrow_id": lic.borrow_id, "end": lic.end}
+        )  # fmt: skip
+    else:
+        print(f"using the {source} licence of {lic.product}, valid until {until}", flush=True)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), args.hold)
+    if args.json:
+        _print_json({"event": "released", "product": lic.product, "source": source})
+    else:
+        print(f"done with {lic.product} (the borrowed licence stays on this machine)", flush=True)
+    return 0
+
+
+# ------------------------------------------------------------------------ servers and trust
+
+
+def cmd_servers(args: argparse.Namespace) -> int:
+    from lanlic.discovery import Announcement, Browser
+    from lanlic.errors import ServerUntrusted
+    from lanlic.net.finder import PROBE_TIMEOUT, probe
+    from lanlic.trust import TrustStore, fingerprint_of
+
+    vendor = _vendor_key(args.vendor)
+    vendor_fp = fingerprint_of(vendor) if vendor is not None else None
+    trust = TrustStore.default()
+
+    async def look(ann: Announcement) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "name": ann.name,
+            "address": ann.addresses[0],
+            "addresses": list(ann.addresses),
+            "port": ann.port,
+            "site": ann.site,
+            "server_fp": ann.server_fp,
+            "vendor_fp": ann.vendor_fp,
+            "products": list(ann.products),
+            "products_complete": ann.products_complete,
+            "verified": False,
+            "pinned": "unverified",
+            "error": None,
+        }
+        loop = asyncio.get_running_loop()
+        try:
+            probed = await probe((ann.addresses[0], ann.port), deadline=loop.time() + PROBE_TIMEOUT)
+        except LanlicError as exc:
+            row["error"] = f"{exc.code}: {exc.message}"
+            row["pinned"] = "refused" if isinstance(exc, ServerUntrusted) else "unreachable"
+            return row
+        ident = probed.identity
+        row.update(verified=True, site=ident.site, server_fp=ident.server_fp)
+        row["vendor_fp"] = ident.vendor_fp
+        pin = trust.lookup(ident.vendor_fp, ident.site)
+        if pin is None:
+            row["pinned"] = "no"
+        elif pin.server_key == ident.server_key:
+            row["pinned"] = "yes"
+        else:
+            row["pinned"] = "KEY CHANGED"
+            row["error"] = f"pinned key for this site is {pin.server_fp}"
+        return row
+
+    async def run() -> list[dict[str, Any]]:
+        found: dict[str, Announcement] = {}
+        loop = asyncio.get_running_loop()
+        async with Browser(args.interface) as browser:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(loop.time() + args.timeout):
+                    while True:
+                        ann = await browser.next()
+                        if vendor_fp is None or ann.vendor_fp == vendor_fp:
+                            found[ann.name] = ann  # a later announcement updates an earlier one
+        return list(await asyncio.gather(*(look(a) for a in found.values())))
+
+    rows: list[dict[str, Any]] = _run_async(run())
+    rows.sort(key=lambda r: (r["site"], r["name"]))
+    if args.json:
+        _print_json({"servers": rows})
+        return 0
+    if not rows:
+        where = ", ".join(args.interface) if args.interface else "every interface"
+        print(f"no lanlic server answered on {where} within {args.timeout:g} s")
+        return 0
+    for r in rows:
+        print(f"{r['name']}  {r['address']}:{r['port']}  pinned: {r['pinned']}")
+        print(f"  site {r['site']!r}, server {r['server_fp']}, vendor {r['vendor_fp']}")
+        more = "" if r["products_complete"] else ", ..."
+        print(f"  products: {', '.join(r['products'])}{more}")
+        if r["error"]:
+            print(f"  {r['error']}")
+    return 0
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    from lanlic.trust import TrustStore
+
+    trust = TrustStore.default()
+    if args.list:
+        pins = trust.pins()
+        if args.json:
+            _print_json({"pins": [p.to_json() for p in pins]})
+        elif not pins:
+            print(f"no pinned servers ({trust.path})")
+        for p in [] if args.json else pins:
+            print(f"{p.site!r}  server {p.server_fp}  vendor {p.vendor_fp}")
+            print(f"  pinned {p.pinned_at} ({p.source}){' at ' + p.address if p.address else ''}")
+        return 0
+    if args.forget is not None:
+        vendor = _vendor_key(args.vendor)
+        gone = trust.forget(args.forget, None if vendor is None else _fp(vendor))
+        if not gone:
+            raise CliError(f"no pin for site {args.forget!r}; see lanlic trust --list")
+        if args.json:
+            _print_json({"forgotten": [p.to_json() for p in gone]})
+        else:
+            for p in gone:
+                print(f"forgot {p.site!r} (server {p.server_fp}, vendor {p.vendor_fp})")
+        return 0
+    return _trust_server(args, trust)
+
+
+def _fp(vendor: Any) -> str:
+    from lanlic.trust import fingerprint_of
+
+    return fingerprint_of(vendor)
+
+
+def _trust_server(args: argparse.Namespace, trust: Any) -> int:
+    from lanlic.net.client import format_address, parse_address
+    from lanlic.net.finder import PROBE_TIMEOUT, probe
+
+    try:
+        address = parse_address(args.server)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    where = format_address(address)
+
+    async def run() -> Any:
+        loop = asyncio.get_running_loop()
+        return await probe(address, deadline=loop.time() + PROBE_TIMEOUT)
+
+    ident = _run_async(run()).identity
+    old = trust.lookup(ident.vendor_fp, ident.site)
+    facts = {
+        "address": where,
+        "site": ident.site,
+        "vendor_fp": ident.vendor_fp,
+        "server_fp": ident.server_fp,
+        "previous_fp": old.server_fp if old is not None else None,
+    }
+    if not args.json:
+        print(f"{where} proved it holds the server key {ident.server_fp}")
+        print(f"  site {ident.site!r}, vendor {ident.vendor_fp}")
+        if old is None:
+            print("  this site is not pinned yet")
+        elif old.server_key == ident.server_key:
+            print("  already pinned: nothing to do")
+        else:
+            print(f"  REPLACES the pinned key {old.server_fp} (pinned {old.pinned_at})")
+    if old is not None and old.server_key == ident.server_key:
+        if args.json:
+            _print_json({**facts, "pinned": True, "changed": False})
+        return 0
+    if args.expect is not None:
+        if args.expect.strip().lower() != ident.server_fp:
+            raise CliError(
+                f"{where} presents {ident.server_fp}, not the expected {args.expect}: not pinned"
+            )
+    elif not args.yes:
+        if not sys.stdin.isatty():
+            raise CliError("not pinned: confirm with --yes, or --expect FINGERPRINT")
+        answer = input(f"pin {ident.server_fp} for {ident.site!r}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            raise CliError("not pinned")
+    trust.pin(ident, where)
+    if args.json:
+        _print_json({**facts, "pinned": True, "changed": True})
+    else:
+        print(f"pinned {ident.server_fp} for {ident.site!r}")
+    return 0
+
+
 def _fmt_time(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from lanlic.net.client import Client
-
     async def run() -> dict[str, Any]:
-        async with Client(args.server) as client:
+        async with await _connect(args, None) as client:
             return await client.status()
 
     status: dict[str, Any] = _run_async(run())
@@ -268,6 +565,14 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"  {p['name']}: {h['user']}@{h['host']}{app}{ver} since {_fmt_time(h['since'])},"
                 f" last heartbeat {_fmt_time(h['last_heartbeat'])}"
             )
+    borrows = status.get("borrows", [])
+    if borrows:
+        print("borrowed:")
+    for b in borrows:
+        print(
+            f"  {b['product']}: {b['user']}@{b['host']} from {_fmt_time(b['start'])}"
+            f" until {_fmt_time(b['end'])} ({b['borrow_id']})"
+        )
     return 0
 
 
@@ -313,15 +618,61 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--lease", type=float, default=60.0, help="lease period, s (default 60)")
     sp.add_argument("--heartbeat", type=float, default=20.0, help="heartbeat, s (default 20)")
 
+    sp.add_argument("--no-mdns", action="store_true", help="do not announce over mDNS")
+    sp.add_argument(
+        "--interface",
+        action="append",
+        metavar="IP",
+        help="announce on this interface's address (repeatable; default: the listen address's "
+        "interface, every interface only when listening on 0.0.0.0)",
+    )
+
+    def add_find(sp: Any) -> None:
+        sp.add_argument(
+            "--server", help="HOST:PORT (default: $LANLIC_SERVER, else find it over mDNS)"
+        )
+        sp.add_argument(
+            "--interface", action="append", metavar="IP", help="browse on this interface only"
+        )
+        sp.add_argument("--vendor", help="only servers of this vendor: fingerprint or .pub file")
+        sp.add_argument(
+            "--discover-timeout", type=float, default=3.0, help="seconds to look (default 3)"
+        )
+
     sp = add("checkout", cmd_checkout, "take a seat and hold it")
     sp.add_argument("product")
-    sp.add_argument("--server", help="HOST:PORT (default: $LANLIC_SERVER)")
+    add_find(sp)
     sp.add_argument("--version", dest="version", help="the application's version")
     sp.add_argument("--hold", type=float, help="seconds to hold (default: until Ctrl-C)")
     sp.add_argument("--app", default="lanlic-cli", help="application name shown to the admin")
+    sp.add_argument(
+        "--portable-key", metavar="PATH", help="use a licence borrowed into this portable key"
+    )
 
     sp = add("status", cmd_status, "show products, seats and holders")
-    sp.add_argument("--server", help="HOST:PORT (default: $LANLIC_SERVER)")
+    add_find(sp)
+
+    sp = add("servers", cmd_servers, "list the licence servers announced on the LAN")
+    sp.add_argument("--timeout", type=float, default=2.0, help="seconds to listen (default 2)")
+    sp.add_argument(
+        "--interface", action="append", metavar="IP", help="browse on this interface only"
+    )
+    sp.add_argument("--vendor", help="only servers of this vendor: fingerprint or .pub file")
+
+    sp = add("trust", cmd_trust, "pin, list or forget trusted server keys")
+    what = sp.add_mutually_exclusive_group(required=True)
+    what.add_argument("--server", metavar="HOST:PORT", help="pin the key this server presents")
+    what.add_argument("--list", action="store_true", help="list the pinned servers")
+    what.add_argument("--forget", metavar="SITE", help="drop the pin of a site (customer name)")
+    sp.add_argument("--vendor", help="with --forget: only this vendor's site")
+    sp.add_argument("--expect", metavar="FINGERPRINT", help="pin only if the key is this one")
+    sp.add_argument("--yes", action="store_true", help="pin without asking")
+
+    admin = sub.add_parser("admin", help="administration of the server on this machine")
+    asub = admin.add_subparsers(dest="admin_command", required=True)
+    from lanlic import cli_borrow
+
+    cli_borrow.register(add, add_find, asub)
     return parser
 
 

@@ -9,7 +9,9 @@ Layout (more files arrive with the store)::
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import json
 import os
 from pathlib import Path
 
@@ -81,6 +83,15 @@ class DataDir:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def write_address(self, host: str, port: int) -> None:
+        """Say where this folder's server listens, for admin commands on the same machine."""
+        info = {"host": host, "port": port, "pid": os.getpid()}
+        (self.path / "server.json").write_text(json.dumps(info) + "\n")
+
+    def clear_address(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.path / "server.json").unlink()
 
     def server_key(self) -> Ed25519PrivateKey:
         """The server's identity key, made on first use and kept across restarts."""

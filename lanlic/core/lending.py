@@ -153,7 +153,7 @@ class BorrowDesk:
 
     # ---------------------------------------------------------------------------- requests
 
-    def enroll(self, msg: m.Enroll, wall: float, via: str = "online") -> Durable | m.Error:
+    def enroll(self, msg: m.Enroll, wall: float) -> Durable | m.Error:
         try:
             req = borrowing.read_enrollment_request(msg.request)
         except BorrowedFileError as exc:
@@ -170,6 +170,7 @@ class BorrowDesk:
         response = borrowing.make_enrollment_response(
             self._server_key, req, self.server_id, self.key.customer, wall
         )
+        via = "offline" if msg.via == "offline" else "online"
         record = EnrollmentRecord(
             req.container_fp, req.container_key, req.kind, req.machine_fp, req.user, req.host,
             wall, via,

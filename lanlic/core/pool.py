@@ -23,6 +23,7 @@ Why it looks like this:
 from __future__ import annotations
 
 import heapq
+import os
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -100,6 +101,38 @@ class _Product:
         self.borrowed = 0
 
 
+class _LeaseIds:
+    """128-bit lease ids from the OS's CSPRNG, drawn 4 KiB at a time.
+
+    One ``getrandom`` call per 256 checkouts instead of one per checkout (it was a tenth of a
+    checkout's cost). The bytes are the same CSPRNG output ``secrets`` would hand out; a child
+    process made by ``fork`` throws the inherited buffer away, so no two processes share ids.
+    """
+
+    __slots__ = ("_buf", "_pos")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._pos = 0
+
+    def reset(self) -> None:
+        self._buf = b""
+        self._pos = 0
+
+    def __call__(self) -> bytes:
+        pos = self._pos
+        if pos >= len(self._buf):
+            self._buf = secrets.token_bytes(4096)
+            pos = 0
+        self._pos = pos + 16
+        return self._buf[pos : pos + 16]
+
+
+_lease_ids = _LeaseIds()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_lease_ids.reset)
+
+
 class SeatPool:
     """Floating seats for the products of one network key."""
 
@@ -107,7 +140,7 @@ class SeatPool:
         self,
         products: Iterable[ProductEntitlement],
         lease_seconds: float = 60.0,
-        new_lease_id: Callable[[], bytes] = lambda: secrets.token_bytes(16),
+        new_lease_id: Callable[[], bytes] = _lease_ids,
     ) -> None:
         self.lease_seconds = lease_seconds
         self._new_lease_id = new_lease_id

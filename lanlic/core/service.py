@@ -20,10 +20,12 @@ from lanlic.core import signing
 from lanlic.core.lending import BorrowDesk, Durable
 from lanlic.core.netkey import NetworkKey
 from lanlic.core.pool import Denied, Holder, Lease, SeatPool
-from lanlic.core.records import HistoryRow
 from lanlic.proto import messages as m
 
-__all__ = ["LicenseService", "ServiceConfig", "Session", "handshake_payload"]
+__all__ = ["EventFields", "LicenseService", "ServiceConfig", "Session", "handshake_payload"]
+
+#: A history event as the service hands it out: (event, product, user, host, detail).
+EventFields = tuple[str, str, str, str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +70,7 @@ class LicenseService:
         key: NetworkKey,
         server_key: Ed25519PrivateKey,
         config: ServiceConfig = ServiceConfig(),
-        on_event: Callable[[HistoryRow], None] | None = None,
+        on_event: Callable[[EventFields], None] | None = None,
     ) -> None:
         self.key = key
         self.config = config
@@ -77,10 +79,13 @@ class LicenseService:
         self.server_pub = signing.public_bytes(server_key.public_key())
         self.server_id = signing.fingerprint(self.server_pub)
         self._on_event = on_event
+        self._expiry_day = (0.0, 0.0, False)  # (start, end, expired) of the last UTC day asked
         self.desk = BorrowDesk(key, self.pool, server_key, self.server_id, self._event)
 
-    def set_event_sink(self, sink: Callable[[HistoryRow], None] | None) -> None:
-        """Where history rows go (the adapter stamps and batches them)."""
+    def set_event_sink(self, sink: Callable[[EventFields], None] | None) -> None:
+        """Where history events go: ``(event, product, user, host, detail)``, a ``HistoryRow``
+        without its time (the adapter stamps and batches them, and builds the rows off the hot
+        path: a frozen dataclass costs more to make than the checkout it records)."""
         self._on_event = sink
 
     def _event(
@@ -88,12 +93,12 @@ class LicenseService:
     ) -> None:
         """Hand one history row to the adapter (``at`` is stamped there, off the core)."""
         if self._on_event is not None:
-            self._on_event(HistoryRow(0.0, kind, product, user, host, detail))
+            self._on_event((kind, product, user, host, detail))
 
     def _lease_event(self, kind: str, lease: Lease, detail: str = "") -> None:
         if self._on_event is not None:
             h = lease.holder
-            self._on_event(HistoryRow(0.0, kind, lease.product, h.user, h.host, detail))
+            self._on_event((kind, lease.product, h.user, h.host, detail))
 
     def handle(self, session: Session, msg: m.Message, now: float, wall: float) -> Reply:
         if isinstance(msg, m.Renew):
@@ -156,19 +161,36 @@ class LicenseService:
             )
         )
 
-    def _checkout(self, session: Session, msg: m.Checkout, now: float, wall: float) -> Reply:
-        if self.key.is_expired(dt.datetime.fromtimestamp(wall, dt.UTC).date()):
-            return Reply(
-                m.Error(msg.id, "license_expired", f"the network key expired on {self.key.expires}")
-            )
+    def _key_expired(self, wall: float) -> bool:
+        """Whether the network key has expired on the UTC day of ``wall`` (asked once a day)."""
+        start, end, expired = self._expiry_day
+        if not start <= wall < end:
+            day = dt.datetime.fromtimestamp(wall, dt.UTC).date()
+            start = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp()
+            end = start + 86400.0
+            expired = self.key.is_expired(day)
+            self._expiry_day = (start, end, expired)
+        return expired
+
+    def _take_seat(
+        self, session: Session, rid: int, product: str, version: str, now: float, wall: float
+    ) -> Lease | m.Error:
+        if self._key_expired(wall):
+            return m.Error(rid, "license_expired", f"the network key expired on {self.key.expires}")
         h = session.holder
-        holder = h if h.version == msg.version else Holder(h.user, h.host, h.app, msg.version)
-        result = self.pool.checkout(msg.product, msg.version, session.client_id, holder, now)
+        holder = h if h.version == version else Holder(h.user, h.host, h.app, version)
+        result = self.pool.checkout(product, version, session.client_id, holder, now)
         if isinstance(result, Denied):
-            self._event("refusal", msg.product, holder.user, holder.host, result.code)
-            return Reply(m.Error(msg.id, result.code, result.message))
+            self._event("refusal", product, holder.user, holder.host, result.code)
+            return m.Error(rid, result.code, result.message)
         lease = result.lease
-        self._lease_event("checkout", lease, msg.version)
+        self._lease_event("checkout", lease, version)
+        return lease
+
+    def _checkout(self, session: Session, msg: m.Checkout, now: float, wall: float) -> Reply:
+        lease = self._take_seat(session, msg.id, msg.product, msg.version, now, wall)
+        if isinstance(lease, m.Error):
+            return Reply(lease)
         return Reply(
             m.Granted(
                 id=msg.id, lease=lease.id, product=lease.product, lease_s=self.pool.lease_seconds
@@ -179,6 +201,58 @@ class LicenseService:
         result = self.pool.renew(msg.leases, session.client_id, now)
         lost = [m.Lost(lease, "lease_unknown") for lease in result.lost]
         return Reply(m.Renewed(id=msg.id, leases=result.renewed, lost=lost))
+
+    # ----------------------------------------------------------- the fast path (wire maps)
+    # The adapter's fast path for the three commonest requests: the same checks, changes and
+    # events as ``handle``, but from and to wire maps, so no message object is built on the way.
+    # None means "not a well-formed request of this type": the adapter then takes ``parse`` and
+    # ``handle``, which say what is wrong. tests/test_fastpath.py holds both paths to the same
+    # bytes and the same pool. The caller has checked the connection's state table.
+
+    def renew_wire(
+        self, session: Session, wire: dict[str, Any], now: float, wall: float
+    ) -> dict[str, Any] | None:
+        req = m.lease_request(wire)
+        if req is None:
+            return None
+        result = self.pool.renew(req[1], session.client_id, now)
+        lost = [{"lease": x, "code": "lease_unknown"} for x in result.lost] if result.lost else []
+        return {"t": "renewed", "id": req[0], "leases": result.renewed, "lost": lost}
+
+    def release_wire(
+        self, session: Session, wire: dict[str, Any], now: float, wall: float
+    ) -> dict[str, Any] | None:
+        req = m.lease_request(wire)
+        if req is None:
+            return None
+        result = self.pool.release(req[1], session.client_id, now)
+        for lease in result.released:
+            self._lease_event("release", lease, "release")
+        lost = [{"lease": x, "code": "lease_unknown"} for x in result.lost] if result.lost else []
+        return {
+            "t": "released",
+            "id": req[0],
+            "leases": [x.id for x in result.released],
+            "lost": lost,
+        }
+
+    def checkout_wire(
+        self, session: Session, wire: dict[str, Any], now: float, wall: float
+    ) -> dict[str, Any] | None:
+        req = m.checkout_request(wire)
+        if req is None:
+            return None
+        rid = req[0]
+        lease = self._take_seat(session, rid, req[1], req[2], now, wall)
+        if type(lease) is m.Error:
+            return m.to_wire(lease)
+        return {
+            "t": "granted",
+            "id": rid,
+            "lease": lease.id,
+            "product": lease.product,
+            "lease_s": self.pool.lease_seconds,
+        }
 
     def _release(self, session: Session, msg: m.Release, now: float) -> Reply:
         result = self.pool.release(msg.leases, session.client_id, now)

@@ -17,6 +17,11 @@ How it keeps seats through trouble:
   (``sent + lease_s - margin``, where ``sent`` is when the last successful renew left), so the
   same seat is never in use on two machines. It then tells the application: ``seat.lost`` is set
   and the ``on_seat_lost`` callback runs.
+
+Who the server is: every handshake sends a fresh nonce and checks the welcome's signature, then
+the server key against the key pinned for its site (``lanlic.trust``; the first connection to a
+site pins it). A client made by ``Client.discover`` finds its server over mDNS, and when the old
+address stops answering it finds the same server (same site, same key) wherever it moved.
 """
 
 from __future__ import annotations
@@ -29,8 +34,11 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Callable, Generator
-from typing import Any
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from lanlic.errors import (
     BadFrame,
@@ -38,16 +46,50 @@ from lanlic.errors import (
     ProtocolError,
     SeatLost,
     ServerUnavailable,
+    ServerUntrusted,
     error_for_code,
 )
 from lanlic.proto import messages as m
 from lanlic.proto.framing import FrameDecoder, encode_frame
+from lanlic.trust import TrustStore, configured_server, fingerprint_of, verify_welcome
 
-__all__ = ["DEFAULT_PORT", "Client", "Seat", "parse_address"]
+if TYPE_CHECKING:
+    from lanlic.net.finder import Found
+
+__all__ = [
+    "DEFAULT_PORT",
+    "DISCOVER_TIMEOUT",
+    "REDISCOVER_TIMEOUT",
+    "Client",
+    "Seat",
+    "format_address",
+    "parse_address",
+]
 
 log = logging.getLogger("lanlic.client")
 
 DEFAULT_PORT = 7766
+#: Seconds ``Client.discover`` browses by default (a server on a quiet LAN answers in ~0.1 s).
+DISCOVER_TIMEOUT: Final = 3.0
+#: Seconds one re-discovery may take when the server stopped answering at its old address.
+REDISCOVER_TIMEOUT: Final = 2.0
+
+VendorKey = Ed25519PublicKey | bytes | str
+"""A vendor's public key, its raw 32 bytes, or its fingerprint (``sha256:...``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Discovery:
+    """How a client made by ``discover`` finds its server again."""
+
+    product: str | None
+    interfaces: Sequence[str] | None
+
+
+class BorrowedSource(Protocol):
+    """What the client needs of ``lanlic.borrower.Borrower`` (kept apart to avoid a cycle)."""
+
+    def offline(self, product: str, version: str = "") -> Any: ...
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -81,7 +123,10 @@ class Seat:
         self.version = version
         self.lease_id = lease_id
         self.source = "network"
-        """Where the seat came from: ``network`` (a floating seat)."""
+        """Where the seat came from: ``network`` (a floating seat), ``borrowed (license file)``
+        or ``borrowed (portable key)`` (used offline; releasing it does nothing)."""
+        self.license: Any = None
+        """The ``BorrowedLicense`` behind a borrowed seat."""
         self._client = client
         self._renew_sent = sent
         self._lost = asyncio.Event()
@@ -116,12 +161,30 @@ class Client:
         on_seat_lost: Callable[[Seat, LanlicError], Any] | None = None,
         connect_timeout: float = 5.0,
         request_timeout: float = 10.0,
+        vendor_key: VendorKey | None = None,
+        trust: TrustStore | None = None,
+        borrowed: BorrowedSource | None = None,
     ) -> None:
+        """``server`` is ``HOST:PORT`` or ``(host, port)``; None takes ``$LANLIC_SERVER``, then
+        ``server`` in the config folder's ``client.toml`` (to find a server with no address, use
+        ``Client.discover``). ``vendor_key`` refuses a server of another vendor. ``trust`` holds
+        the pinned server keys (default: the config folder's, see ``lanlic.trust``)."""
         if server is None:
-            server = os.environ.get("LANLIC_SERVER") or None
+            server = _explicit_server()
         if server is None:
-            raise ServerUnavailable("no server address: pass one, or set LANLIC_SERVER=HOST:PORT")
+            raise ServerUnavailable(
+                "no server address: pass one, set LANLIC_SERVER=HOST:PORT, or find the server "
+                "on the LAN with Client.discover"
+            )
         self.address = parse_address(server) if isinstance(server, str) else server
+        self.borrowed = borrowed
+        """Where borrowed licences are looked up first (``lanlic.borrower.Borrower``), or None."""
+        self.vendor_fp = fingerprint_of(vendor_key) if vendor_key is not None else None
+        """Only a server of this vendor is accepted (None: any vendor)."""
+        self.trust = trust if trust is not None else TrustStore.default()
+        self.pinned = False
+        """The server's key was pinned for its site before this client connected."""
+        self._discovery: _Discovery | None = None
         self.user = user if user is not None else _current_user()
         self.host = host if host is not None else socket.gethostname()
         self.app = app
@@ -149,6 +212,42 @@ class Client:
         self._loop = asyncio.get_running_loop()
 
     # ----------------------------------------------------------------------- lifecycle
+
+    @classmethod
+    async def discover(
+        cls,
+        vendor_key: VendorKey | None,
+        product: str | None = None,
+        *,
+        timeout: float = DISCOVER_TIMEOUT,  # noqa: ASYNC109 - a deadline for the whole search
+        interfaces: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> Client:
+        """Find a licence server on the LAN over mDNS and return a client connected to it.
+
+        Only servers of ``vendor_key`` (the vendor's public key or its fingerprint; None takes
+        any vendor, for tools) serving ``product`` (if given) are considered; each is proved by
+        a handshake. A server pinned for its site is preferred, else the first that proves
+        itself (``lanlic.net.finder``). Raises ``ServerUnavailable`` when none fits within
+        ``timeout`` seconds, ``ServerKeyChanged`` / ``ServerUntrusted`` when the only ones found
+        are refused. ``interfaces``: IP addresses of the interfaces to browse on (None: all).
+
+        An explicit address (``$LANLIC_SERVER`` or ``client.toml``) skips discovery. Other
+        keyword arguments are ``Client``'s. The client re-discovers its server if it moves.
+        """
+        explicit = _explicit_server()
+        client = cls(explicit or ("", 0), vendor_key=vendor_key, **kwargs)
+        if explicit is None:
+            client._discovery = _Discovery(product, None if interfaces is None else [*interfaces])
+        try:
+            if client._discovery is not None:
+                async with client._connect_lock:
+                    await client._find_and_open(client._loop.time() + timeout, same_server=False)
+            await client.connect()
+        except BaseException:
+            await client.close()
+            raise
+        return client
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -187,6 +286,7 @@ class Client:
         self._reader, self._writer = reader, writer
         self._read_task = asyncio.create_task(self._read_loop(reader), name="lanlic-reader")
         try:
+            nonce = secrets.token_bytes(m.NONCE_SIZE)
             hello = m.Hello(
                 id=self._take_id(),
                 versions=list(m.PROTOCOL_VERSIONS),
@@ -194,17 +294,62 @@ class Client:
                 user=self.user[: m.MAX_NAME],
                 host=self.host[: m.MAX_NAME],
                 app=self.app[: m.MAX_NAME],
-                nonce=secrets.token_bytes(m.NONCE_SIZE),
+                nonce=nonce,
             )
             welcome = await self._send_request(hello, require_connected=False)
             assert isinstance(welcome, m.Welcome)
+            self._check_server(welcome, nonce)
         except BaseException:
+            # A handshake that failed is not a lost connection: nothing to reconnect.
+            self._reader = self._writer = None
             writer.close()
             raise
         self.lease_s, self.heartbeat_s = welcome.lease_s, welcome.heartbeat_s
         self.server_id, self.server_key = welcome.server_id, welcome.server_key
         self.customer = welcome.customer
         self._connected.set()
+
+    def _check_server(self, welcome: m.Welcome, nonce: bytes) -> None:
+        """The server proves it holds its key, serves our vendor, and is the one pinned for its
+        site (pinning it if the site is new). Reconnects must find the same server."""
+        where = format_address(self.address)
+        identity = verify_welcome(welcome, nonce, self.client_id, where)
+        if self.vendor_fp is not None and identity.vendor_fp != self.vendor_fp:
+            raise ServerUntrusted(
+                f"{where} serves a network key of vendor {identity.vendor_fp}, not of "
+                f"{self.vendor_fp}"
+            )
+        if self.server_key and identity.server_key != self.server_key:
+            self.trust.check(identity, where, pin_new=False)  # ServerKeyChanged if pinned
+            raise ServerUntrusted(
+                f"{where} presents the key {identity.server_fp}, not {self.server_id} of the "
+                "server this client was connected to"
+            )
+        self.pinned = self.trust.check(identity, where)
+
+    async def _find_and_open(self, deadline: float, *, same_server: bool) -> None:
+        """Find the server over mDNS and connect; ``same_server``: the one we had."""
+        from lanlic.net.finder import find_server
+
+        assert self._discovery is not None
+        while True:
+            found: Found = await find_server(
+                vendor_fp=self.vendor_fp,
+                product=self._discovery.product,
+                deadline=deadline,
+                interfaces=self._discovery.interfaces,
+                trust=self.trust,
+                site=self.customer if same_server else None,
+                server_key=self.server_key if same_server else None,
+            )
+            self.address = found.address
+            try:
+                await self._open()
+                return
+            except ServerUnavailable:
+                if self._loop.time() >= deadline:
+                    raise
+                # Gone between the probe and now: look again while time is left.
 
     async def close(self) -> None:
         """Release every seat (a clean ``bye``) and close. Safe to call twice."""
@@ -240,7 +385,14 @@ class Client:
         return _SeatContext(self, product, version)
 
     async def acquire(self, product: str, version: str = "") -> Seat:
-        """Take one floating seat; raises ``NoSeat``, ``UnknownProduct``... on refusal."""
+        """Take one seat; raises ``NoSeat``, ``UnknownProduct``... on refusal.
+
+        With ``borrowed`` set, a valid borrowed licence for the product is used first, with no
+        network at all (``seat.source`` says which kind of seat it is)."""
+        if self.borrowed is not None:
+            seat = self._borrowed_seat(product, version)
+            if seat is not None:
+                return seat
         await self._ensure_connected()
         sent = self._loop.time()
         reply = await self._send_request(
@@ -249,6 +401,19 @@ class Client:
         assert isinstance(reply, m.Granted)
         seat = Seat(self, product, version, reply.lease, sent)
         self.seats[seat.lease_id] = seat
+        return seat
+
+    def _borrowed_seat(self, product: str, version: str) -> Seat | None:
+        assert self.borrowed is not None
+        try:
+            lic = self.borrowed.offline(product, version)
+        except LanlicError as exc:
+            if exc.code != "borrow_unknown":
+                log.warning("borrowed licence for %s not usable: %s", product, exc)
+            return None
+        seat = Seat(self, product, version, lic.borrow_id.encode(), self._loop.time())
+        seat.source = "borrowed (license file)" if lic.kind == "act" else "borrowed (portable key)"
+        seat.license = lic
         return seat
 
     async def release(self, seat: Seat) -> None:
@@ -270,6 +435,12 @@ class Client:
     async def renew_now(self) -> None:
         """Send a heartbeat for every held seat at once (the heartbeat task does this itself)."""
         await self._renew_all()
+
+    async def call(self, make: Callable[[int], m.Message]) -> m.Message:
+        """Send the request ``make(request_id)`` and return its reply; an error reply raises.
+        For requests the client has no method of its own for (borrowing uses it)."""
+        await self._ensure_connected()
+        return await self._send_request(make(self._take_id()))
 
     # ------------------------------------------------------------------------- internals
 
@@ -363,7 +534,7 @@ class Client:
                 try:
                     async with self._connect_lock:
                         if not self.connected:
-                            await self._open()
+                            await self._reopen()
                 except LanlicError as exc:
                     log.debug("reconnect failed: %s", exc)
                     self._give_up_overdue()
@@ -375,6 +546,18 @@ class Client:
                 return
         finally:
             self._reconnect_task = None
+
+    async def _reopen(self) -> None:
+        """Reconnect at the old address; a discovered client looks for its server elsewhere."""
+        try:
+            await self._open()
+        except LanlicError:
+            if self._discovery is None or self._closing:
+                raise
+            log.info(
+                "no licence server at %s any more: looking for it", format_address(self.address)
+            )
+            await self._find_and_open(self._loop.time() + REDISCOVER_TIMEOUT, same_server=True)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -447,6 +630,17 @@ class _SeatContext:
     async def __aexit__(self, *exc: object) -> None:
         if self._seat is not None:
             await self._client.release(self._seat)
+
+
+def format_address(address: tuple[str, int]) -> str:
+    """``host:port``, or ``[v6]:port``."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _explicit_server() -> str | None:
+    """An address given outside the code: ``$LANLIC_SERVER``, else ``client.toml``."""
+    return os.environ.get("LANLIC_SERVER") or configured_server()
 
 
 def _current_user() -> str:

@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from lanlic.core.lending import Durable
 from lanlic.core.records import HistoryRow
-from lanlic.core.service import LicenseService
+from lanlic.core.service import EventFields, LicenseService
 from lanlic.core.service import Session as _Session
 from lanlic.proto import messages as m
-from lanlic.proto.connection import ConnState, FatalError, RequestError, ServerConnection
+from lanlic.proto.connection import ConnState, RequestError, ServerConnection
+from lanlic.proto.framing import encode_frame
 from lanlic.store import Store
 
 __all__ = ["LicenseServer", "ServerLimits"]
@@ -34,6 +35,13 @@ __all__ = ["LicenseServer", "ServerLimits"]
 log = logging.getLogger("lanlic.server")
 
 _encode = ServerConnection.send
+
+#: Requests answered on the fast path, by wire type.
+_FAST: dict[str, Callable[[LicenseService, _Session, dict[str, Any], float, float], Any]] = {
+    "renew": LicenseService.renew_wire,
+    "release": LicenseService.release_wire,
+    "checkout": LicenseService.checkout_wire,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,14 +89,33 @@ class _Protocol(asyncio.Protocol):
         srv = self._server
         now = srv.loop.time()
         self.last_data = now
-        wall = time.time()
+        wall = srv.wall()
         out: list[bytes] = []
         close = False
         service = srv.service
-        for event in self._conn.receive_data(data):
+        session = self._session
+        conn = self._conn
+        frames, fatal = conn.receive_frames(data)
+        steady = conn.steady_types
+        for item in frames:
+            # The fast path: a well-formed renew, release or checkout that the state table
+            # allows here goes from wire map to wire map (see LicenseService.renew_wire).
+            if type(item) is dict:
+                t = item.get("t")
+                fast = _FAST.get(t) if type(t) is str else None
+                if fast is not None and t in steady:
+                    try:
+                        wire = fast(service, session, item, now, wall)
+                    except Exception:
+                        log.exception("internal error handling %s", t)
+                        wire = m.to_wire(m.Error(m.request_id_of(item), "internal_error", ""))
+                    if wire is not None:
+                        out.append(encode_frame(wire))
+                        continue
+            event = conn.event_for(item)
             if isinstance(event, m.Message):
                 try:
-                    reply = service.handle(self._session, event, now, wall)
+                    reply = service.handle(session, event, now, wall)
                 except Exception:
                     log.exception("internal error handling %s", event.TYPE)
                     out.append(_encode(m.Error(getattr(event, "id", 0), "internal_error", "")))
@@ -98,17 +125,18 @@ class _Protocol(asyncio.Protocol):
                 elif reply.durable is not None:
                     srv.run_durable(reply.durable, self)
                 if isinstance(event, m.Hello) and not reply.close:
-                    srv.owner_connected(self._session.client_id, self)
+                    srv.owner_connected(session.client_id, self)
                 if reply.close:
                     close = True
                     break
+                steady = conn.steady_types
             elif isinstance(event, RequestError):
                 out.append(_encode(m.Error(event.id, event.error.code, event.error.message)))
-            elif isinstance(event, FatalError):
-                log.info("closing connection: %s", event.error)
-                out.append(_encode(m.Error(0, event.error.code, event.error.message)))
-                close = True
-                break
+        if fatal is not None and not close:
+            conn.fail(fatal)
+            log.info("closing connection: %s", fatal.error)
+            out.append(_encode(m.Error(0, fatal.error.code, fatal.error.message)))
+            close = True
         transport = self._transport
         assert transport is not None
         if out:
@@ -156,9 +184,13 @@ class LicenseServer:
         port: int = 0,
         limits: ServerLimits = ServerLimits(),
         store: Store | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.service = service
         self.store = store
+        self.wall = wall
+        """UTC wall clock: borrow periods and display only (leases use the loop's monotonic
+        clock). Tests pass a controllable one."""
         # One thread owns the database: store calls never block the event loop, and writes
         # are serialised in the order the loop issued them.
         self._store_thread = (
@@ -167,7 +199,8 @@ class LicenseServer:
             else None
         )
         self._durables: set[asyncio.Task[None]] = set()
-        self._history: list[tuple[float, HistoryRow]] = []
+        self._policy_task: asyncio.Task[None] | None = None
+        self._history: list[tuple[float, EventFields]] = []
         service.set_event_sink(self._history_event)
         self.host = host
         self.port = port
@@ -198,7 +231,7 @@ class LicenseServer:
         if self.store is None:
             return []
         warnings: list[str] = await self.loop.run_in_executor(
-            self._store_thread, self.service.desk.load, self.store, time.time()
+            self._store_thread, self.service.desk.load, self.store, self.wall()
         )
         for w in warnings:
             log.warning("%s", w)
@@ -219,6 +252,8 @@ class LicenseServer:
             await self._server.wait_closed()
         if self._durables:
             await asyncio.wait(list(self._durables), timeout=10)
+        if self._policy_task is not None:
+            await asyncio.wait([self._policy_task], timeout=10)
         await self.flush_history()
         if self._store_thread is not None:
             self._store_thread.shutdown(wait=True)
@@ -294,8 +329,19 @@ class LicenseServer:
             conn.send(reply)
         self.arm_expiry_timer()
 
-    def _history_event(self, row: HistoryRow) -> None:
-        self._history.append((time.time(), row))  # stamped here, built into rows off the path
+    async def _reload_policy(self) -> None:
+        assert self.store is not None
+        try:
+            self.service.desk.policy = await self.loop.run_in_executor(
+                self._store_thread, self.store.policy
+            )
+        except Exception as exc:
+            log.error("could not read the borrowing policy: %s", exc)
+        finally:
+            self._policy_task = None
+
+    def _history_event(self, fields: EventFields) -> None:
+        self._history.append((self.wall(), fields))  # stamped here, built into rows off the path
 
     async def flush_history(self) -> None:
         """Write the pending history rows in one batch (a crash loses at most this batch)."""
@@ -304,7 +350,7 @@ class LicenseServer:
             return
         if not self._history:
             return
-        batch = [dataclasses.replace(row, at=at) for at, row in self._history]
+        batch = [HistoryRow(at, *fields) for at, fields in self._history]
         self._history = []
         try:
             await self.loop.run_in_executor(self._store_thread, self.store.append_history, batch)
@@ -312,8 +358,11 @@ class LicenseServer:
             log.error("could not write %d history rows: %s", len(batch), exc)
 
     def _sweep(self) -> None:
-        for durable in self.service.desk.due(time.time()):
+        for durable in self.service.desk.due(self.wall()):
             self.run_durable(durable, None)
+        if self.store is not None and self._policy_task is None:
+            # The admin lowers borrowing terms in the database (lanlic admin policy).
+            self._policy_task = self.loop.create_task(self._reload_policy())
         if self._history:
             task = self.loop.create_task(self.flush_history())
             self._durables.add(task)

@@ -11,6 +11,7 @@ buffered: a peer cannot make us hold more than ``MAX_FRAME`` bytes of one frame.
 from __future__ import annotations
 
 import struct
+import threading
 from typing import Any
 
 import msgpack
@@ -42,28 +43,48 @@ _MAX_DEPTH = 16
 _header = struct.Struct(">I")
 
 
+# A Packer is cheaper to reuse than to make per frame (``packb`` makes one each call), but it is
+# not thread-safe: one per thread (the blocking client runs its loop on a thread of its own).
+_packers = threading.local()
+
+
 def encode_frame(message: dict[str, Any]) -> bytes:
     """Encode one message map as a frame (header + msgpack body)."""
-    body: bytes = msgpack.packb(message, use_bin_type=True)
+    try:
+        pack = _packers.pack
+    except AttributeError:
+        pack = _packers.pack = msgpack.Packer(use_bin_type=True).pack
+    body: bytes = pack(message)
     if len(body) > MAX_FRAME:
         raise BadFrame(f"frame of {len(body)} bytes exceeds the limit of {MAX_FRAME}")
     return _header.pack(len(body)) + body
 
 
 def _check_depth(obj: Any, depth: int = 0) -> None:
+    # msgpack builds only exact dicts and lists here, so ``type(x) is`` is exact (and cheaper).
     if depth > _MAX_DEPTH:
         raise BadFrame(f"frame nests deeper than {_MAX_DEPTH} levels")
-    if isinstance(obj, dict):
+    if type(obj) is dict:
         # strict_map_key still lets bin keys through; the protocol allows only str keys.
-        if any(type(k) is not str for k in obj):
-            raise BadFrame("map keys must be msgpack str")
-        for v in obj.values():
-            if isinstance(v, (dict, list)):
-                _check_depth(v, depth + 1)
-    elif isinstance(obj, list):
-        for v in obj:
-            if isinstance(v, (dict, list)):
-                _check_depth(v, depth + 1)
+        for k in obj:
+            if type(k) is not str:
+                raise BadFrame("map keys must be msgpack str")
+        values: Any = obj.values()
+    else:
+        values = obj
+    for v in values:
+        t = type(v)
+        if t is dict:
+            _check_depth(v, depth + 1)
+        elif t is list:
+            # Most lists hold only scalars (lease ids): look before descending into one.
+            if depth >= _MAX_DEPTH:
+                raise BadFrame(f"frame nests deeper than {_MAX_DEPTH} levels")
+            for x in v:
+                tx = type(x)
+                if tx is dict or tx is list:
+                    _check_depth(v, depth + 1)
+                    break
 
 
 def _no_ext(code: int, data: bytes) -> Any:
@@ -76,20 +97,29 @@ def decode_body(body: bytes) -> dict[str, Any]:
     Anything msgpack can raise on hostile bytes is turned into ``BadFrame`` here, so callers
     have one error path.
     """
+    n = len(body)
     try:
-        obj = msgpack.unpackb(
-            body,
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-            ext_hook=_no_ext,
-            max_str_len=len(body),
-            max_bin_len=len(body),
-            max_array_len=min(len(body), _MAX_CONTAINER),
-            max_map_len=min(len(body), _MAX_CONTAINER),
-            max_ext_len=0,
-            timestamp=0,
-        )
+        if n <= _MAX_CONTAINER:
+            # The fast path for every frame of ordinary size. msgpack >= 1.0 defaults to
+            # raw=False, use_list=True, strict_map_key=True and timestamp=0, and bounds every
+            # str and bin by the body's length, every array by it and every map by half of it:
+            # for a body this small that is within the limits below, so only the ext rules need
+            # saying (and each keyword costs time on every frame).
+            obj = msgpack.unpackb(body, ext_hook=_no_ext, max_ext_len=0)
+        else:
+            obj = msgpack.unpackb(
+                body,
+                raw=False,
+                use_list=True,
+                strict_map_key=True,
+                ext_hook=_no_ext,
+                max_str_len=n,
+                max_bin_len=n,
+                max_array_len=min(n, _MAX_CONTAINER),
+                max_map_len=min(n, _MAX_CONTAINER),
+                max_ext_len=0,
+                timestamp=0,
+            )
     except BadFrame:
         raise
     except RecursionError as exc:
@@ -139,16 +169,23 @@ class FrameDecoder:
 
     def feed(self, data: bytes) -> list[dict[str, Any] | BadFrame]:
         buf = self._buf
-        buf += data
+        # When nothing is held over (the usual case: reads end on a frame boundary), frames are
+        # cut straight from ``data`` and only a trailing partial frame is copied into the buffer.
+        src: bytes | bytearray
+        if buf:
+            buf += data
+            src = buf
+        else:
+            src = data
         out: list[dict[str, Any] | BadFrame] = []
         pos = 0
-        end = len(buf)
+        end = len(src)
         need = self._need
         while True:
             if need < 0:
                 if end - pos < HEADER_SIZE:
                     break
-                (need,) = _header.unpack_from(buf, pos)
+                (need,) = _header.unpack_from(src, pos)
                 pos += HEADER_SIZE
                 if need > self.max_frame:
                     del buf[:]
@@ -158,7 +195,7 @@ class FrameDecoder:
                     )
             if end - pos < need:
                 break
-            body = bytes(buf[pos : pos + need])
+            body = src[pos : pos + need]
             pos += need
             need = -1
             if not body:
@@ -168,7 +205,10 @@ class FrameDecoder:
                 out.append(decode_body(body))
             except BadFrame as exc:
                 out.append(exc)
-        if pos:
-            del buf[:pos]
+        if src is buf:
+            if pos:
+                del buf[:pos]
+        elif pos < end:
+            buf += src[pos:]
         self._need = need
         return out

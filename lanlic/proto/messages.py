@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar, Final
 
 from lanlic.errors import BadMessage, UnknownMessage
@@ -45,6 +46,8 @@ __all__ = [
     "Status",
     "StatusReply",
     "Welcome",
+    "checkout_request",
+    "lease_request",
     "parse",
     "to_wire",
 ]
@@ -255,6 +258,8 @@ class Enroll(Message):
     id: int
     request: bytes
     """The signed enrollment request document (the same bytes as the offline request file)."""
+    via: str = "online"
+    """``online``, or ``offline`` when an administrator forwards a request file."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,41 +438,41 @@ def _checker_for(cls: type[Message], f: dataclasses.Field[Any]) -> Any:
     name, t = f.name, cls.TYPE
     ann = str(f.type)
     if name == "client_id":
-        return lambda v: _check_bytes(t, name, v, 16)
+        return partial(_check_bytes, t, name, size=16)
     if name in ("nonce",):
         return lambda v: _check_bytes(t, name, v, None if v == b"" else 32)
     if name == "lease":
-        return lambda v: _check_bytes(t, name, v, LEASE_ID_SIZE)
+        return partial(_check_bytes, t, name, size=LEASE_ID_SIZE)
     if name == "server_key":
-        return lambda v: _check_bytes(t, name, v, None)
+        return partial(_check_bytes, t, name, size=None)
     if name == "signature":
-        return lambda v: _check_bytes(t, name, v, None)
+        return partial(_check_bytes, t, name, size=None)
     if name == "versions":
-        return lambda v: _check_versions(t, name, v)
+        return partial(_check_versions, t, name)
     if name == "leases":
-        return lambda v: _check_lease_list(t, name, v)
+        return partial(_check_lease_list, t, name)
     if name == "lost":
-        return lambda v: _check_lost(t, name, v)
+        return partial(_check_lost, t, name)
     if name == "message":
-        return lambda v: _check_str(t, name, v, 4096)
+        return partial(_check_str, t, name, limit=4096)
     if name in ("request", "response", "file"):
-        return lambda v: _check_bytes_upto(t, name, v, MAX_DOCUMENT)
+        return partial(_check_bytes_upto, t, name, limit=MAX_DOCUMENT)
     if name == "request_id":
-        return lambda v: _check_bytes(t, name, v, 16)
+        return partial(_check_bytes, t, name, size=16)
     if name == "container_key":
-        return lambda v: _check_bytes(t, name, v, 32)
+        return partial(_check_bytes, t, name, size=32)
     if name == "proof":
-        return lambda v: _check_bytes(t, name, v, 64)
+        return partial(_check_bytes, t, name, size=64)
     if ann == "bool":
-        return lambda v: _check_bool(t, name, v)
+        return partial(_check_bool, t, name)
     if ann == "int":
-        return lambda v: _check_int(t, name, v)
+        return partial(_check_int, t, name)
     if ann == "float":
-        return lambda v: _check_float(t, name, v)
+        return partial(_check_float, t, name)
     if ann == "str":
-        return lambda v: _check_str(t, name, v)
+        return partial(_check_str, t, name)
     if ann.startswith("list[dict"):
-        return lambda v: _check_maps(t, name, v)
+        return partial(_check_maps, t, name)
     raise AssertionError(f"no checker for {cls.__name__}.{name}: {ann}")  # pragma: no cover
 
 
@@ -481,6 +486,9 @@ for _t, _cls in _TYPES.items():
     _SCHEMA[_t] = (_cls, _fields)
 
 
+_ABSENT: Final = object()
+
+
 def parse(wire: dict[str, Any]) -> Message:
     """Validate a decoded wire map and build its message, or raise a ``ProtocolError``."""
     t = wire.get("t")
@@ -492,8 +500,9 @@ def parse(wire: dict[str, Any]) -> Message:
     cls, fields = entry
     kwargs: dict[str, Any] = {}
     for name, check, required in fields:
-        if name in wire:
-            kwargs[name] = check(wire[name])
+        v = wire.get(name, _ABSENT)
+        if v is not _ABSENT:
+            kwargs[name] = check(v)
         elif required:
             raise BadMessage(f"{t}: missing field {name!r}")
     return cls(**kwargs)
@@ -501,13 +510,59 @@ def parse(wire: dict[str, Any]) -> Message:
 
 def to_wire(msg: Message) -> dict[str, Any]:
     """The wire map of a message (ready for ``encode_frame``)."""
+    names = _WIRE_FIELDS.get(type(msg))
+    if names is None:
+        names = _WIRE_FIELDS[type(msg)] = tuple(f.name for f in dataclasses.fields(msg))
     out: dict[str, Any] = {"t": msg.TYPE}
-    for f in dataclasses.fields(msg):
-        v = getattr(msg, f.name)
-        if f.name == "lost":
+    for name in names:
+        v = getattr(msg, name)
+        if name == "lost":
             v = [{"lease": x.lease, "code": x.code} for x in v]
-        out[f.name] = v
+        out[name] = v
     return out
+
+
+# Field names per message class, in declaration order: ``dataclasses.fields`` is slow per call.
+_WIRE_FIELDS: dict[type[Message], tuple[str, ...]] = {}
+
+
+def lease_request(wire: dict[str, Any]) -> tuple[int, list[bytes]] | None:
+    """``(id, leases)`` of a ``renew`` or ``release`` map that ``parse`` accepts, else None.
+
+    The server's fast path for its commonest requests: the same checks as ``parse`` (unknown
+    fields ignored), without building a message. On None, ``parse`` says what is wrong.
+    tests/test_fastpath.py holds the two to the same answer on generated maps.
+    """
+    rid = wire.get("id")
+    leases = wire.get("leases")
+    if (
+        type(rid) is not int
+        or not 0 <= rid <= MAX_REQUEST_ID
+        or type(leases) is not list
+        or len(leases) > MAX_LEASES_PER_REQUEST
+    ):
+        return None
+    for item in leases:
+        if type(item) is not bytes or len(item) != LEASE_ID_SIZE:
+            return None
+    return rid, leases
+
+
+def checkout_request(wire: dict[str, Any]) -> tuple[int, str, str] | None:
+    """``(id, product, version)`` of a ``checkout`` map that ``parse`` accepts, else None."""
+    rid = wire.get("id")
+    product = wire.get("product")
+    version = wire.get("version", "")
+    if (
+        type(rid) is not int
+        or not 0 <= rid <= MAX_REQUEST_ID
+        or type(product) is not str
+        or len(product) > MAX_NAME
+        or type(version) is not str
+        or len(version) > MAX_NAME
+    ):
+        return None
+    return rid, product, version
 
 
 def request_id_of(wire: dict[str, Any]) -> int:
