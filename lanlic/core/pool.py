@@ -93,12 +93,14 @@ class ReleaseResult:
 
 
 class _Product:
-    __slots__ = ("borrowed", "entitlement", "in_use")
+    __slots__ = ("borrowed", "entitlement", "held", "in_use")
 
     def __init__(self, entitlement: ProductEntitlement) -> None:
         self.entitlement = entitlement
         self.in_use = 0
         self.borrowed = 0
+        self.held = 0
+        """Seats held out after a restart for clients to reclaim (see ``hold``)."""
 
 
 class _LeaseIds:
@@ -164,9 +166,12 @@ class SeatPool:
     def borrowed(self, product: str) -> int:
         return self._products[product].borrowed
 
+    def held(self, product: str) -> int:
+        return self._products[product].held
+
     def free(self, product: str) -> int:
         p = self._products[product]
-        return p.entitlement.seats - p.in_use - p.borrowed
+        return p.entitlement.seats - p.in_use - p.borrowed - p.held
 
     def lease(self, lease_id: bytes) -> Lease | None:
         return self._leases.get(lease_id)
@@ -175,6 +180,9 @@ class SeatPool:
         for lease in self._leases.values():
             if product is None or lease.product == product:
                 yield lease
+
+    def lease_ids(self) -> Iterable[bytes]:
+        return self._leases.keys()
 
     def leases_of(self, owner: bytes) -> list[bytes]:
         return list(self._by_owner.get(owner, ()))
@@ -194,9 +202,10 @@ class SeatPool:
             assert lease.id in self._by_owner.get(lease.owner, ())
         for name, p in self._products.items():
             assert p.in_use == counts[name], (name, p.in_use, counts[name])
-            assert p.borrowed >= 0
-            assert p.in_use + p.borrowed <= p.entitlement.seats, (
-                f"{name}: {p.in_use} in use + {p.borrowed} borrowed > {p.entitlement.seats}"
+            assert p.borrowed >= 0 and p.held >= 0
+            assert p.in_use + p.borrowed + p.held <= p.entitlement.seats, (
+                f"{name}: {p.in_use} in use + {p.borrowed} borrowed + {p.held} held"
+                f" > {p.entitlement.seats}"
             )
         assert sum(len(s) for s in self._by_owner.values()) == len(self._leases)
 
@@ -214,17 +223,26 @@ class SeatPool:
                 "version_not_licensed",
                 f"{product} version {version!r} is not licensed (licensed: {lo} to {hi})",
             )
-        if p.in_use + p.borrowed >= p.entitlement.seats:
+        if p.in_use + p.borrowed + p.held >= p.entitlement.seats:
             self.expire(now)
-            if p.in_use + p.borrowed >= p.entitlement.seats:
-                return Denied(
-                    "no_seat",
-                    f"all {p.entitlement.seats} seats of {product} are in use"
-                    + (f" ({p.borrowed} borrowed)" if p.borrowed else ""),
-                )
+            if p.in_use + p.borrowed + p.held >= p.entitlement.seats:
+                return Denied("no_seat", self._full_message(product, p))
         lease_id = self._new_lease_id()
         while lease_id in self._leases:  # pragma: no cover - 2**-128
             lease_id = self._new_lease_id()
+        return Granted(self._add(lease_id, p, product, owner, holder, now))
+
+    @staticmethod
+    def _full_message(product: str, p: _Product) -> str:
+        why = [f"{n} {what}" for n, what in ((p.borrowed, "borrowed"), (p.held, "held for "
+               "clients reconnecting after a restart")) if n]  # fmt: skip
+        return f"all {p.entitlement.seats} seats of {product} are in use" + (
+            f" ({', '.join(why)})" if why else ""
+        )
+
+    def _add(
+        self, lease_id: bytes, p: _Product, product: str, owner: bytes, holder: Holder, now: float
+    ) -> Lease:
         expires = now + self.lease_seconds
         lease = Lease(lease_id, product, owner, holder, now, now, expires)
         self._leases[lease_id] = lease
@@ -235,9 +253,59 @@ class SeatPool:
             owned.add(lease_id)
         p.in_use += 1
         heapq.heappush(self._heap, (expires, lease_id))
-        return Granted(lease)
+        return lease
+
+    def adopt(
+        self,
+        lease_id: bytes,
+        product: str,
+        owner: bytes,
+        holder: Holder,
+        now: float,
+        use_hold: bool = True,
+    ) -> Granted | Denied:
+        """Take a lease back under its old id after a restart: from the held seats if any are
+        left (and ``use_hold``), else from the free ones. A lease already held by ``owner`` is
+        simply granted."""
+        existing = self._leases.get(lease_id)
+        if existing is not None:
+            if existing.owner == owner and existing.product == product:
+                return Granted(existing)
+            return Denied("lease_unknown", "that lease belongs to someone else")
+        p = self._products.get(product)
+        if p is None:
+            return Denied("unknown_product", f"no product {product!r} in the network key")
+        if use_hold and p.held > 0:
+            p.held -= 1
+        elif p.in_use + p.borrowed + p.held >= p.entitlement.seats:
+            self.expire(now)
+            if p.in_use + p.borrowed + p.held >= p.entitlement.seats:
+                return Denied("no_seat", self._full_message(product, p))
+        return Granted(self._add(lease_id, p, product, owner, holder, now))
+
+    def hold(self, product: str, seats: int) -> int:
+        """Hold up to ``seats`` free seats out of the pool (for reclaim after a restart);
+        returns how many are now held."""
+        p = self._products[product]
+        room = p.entitlement.seats - p.in_use - p.borrowed
+        p.held = max(0, min(seats, room))
+        return p.held
+
+    def release_holds(self) -> dict[str, int]:
+        """End the reclaim window: every seat still held goes back to the pool."""
+        freed = {name: p.held for name, p in self._products.items() if p.held}
+        for p in self._products.values():
+            p.held = 0
+        return freed
 
     def renew(self, lease_ids: Iterable[bytes], owner: bytes, now: float) -> RenewResult:
+        return RenewResult(*self.renew_pair(lease_ids, owner, now))
+
+    def renew_pair(
+        self, lease_ids: Iterable[bytes], owner: bytes, now: float
+    ) -> tuple[list[bytes], list[bytes]]:
+        """``renew`` as a plain (renewed, lost) pair, for the server's fast path: making the
+        frozen result object costs as much as the renewal."""
         renewed: list[bytes] = []
         lost: list[bytes] = []
         expires = now + self.lease_seconds
@@ -253,10 +321,16 @@ class SeatPool:
                 lease.expires = expires
                 lease.renewed = now
                 renewed.append(lease_id)
-        return RenewResult(renewed, lost)
+        return renewed, lost
 
     def release(self, lease_ids: Iterable[bytes], owner: bytes | None, now: float) -> ReleaseResult:
         """Give seats back. ``owner=None`` is the admin's remove: any lease, whoever holds it."""
+        return ReleaseResult(*self.release_pair(lease_ids, owner, now))
+
+    def release_pair(
+        self, lease_ids: Iterable[bytes], owner: bytes | None, now: float
+    ) -> tuple[list[Lease], list[bytes]]:
+        """``release`` as a plain (released, lost) pair (see ``renew_pair``)."""
         released: list[Lease] = []
         lost: list[bytes] = []
         for lease_id in lease_ids:
@@ -269,7 +343,7 @@ class SeatPool:
             else:
                 self._remove(lease)
                 released.append(lease)
-        return ReleaseResult(released, lost)
+        return released, lost
 
     def release_owner(self, owner: bytes, now: float) -> list[Lease]:
         """Release every seat of one client (its clean goodbye)."""
@@ -298,9 +372,9 @@ class SeatPool:
         With ``now`` given, a full product is swept first, as checkout does, so a lease that is
         dead but not yet swept does not block a borrow."""
         p = self._products[product]
-        if p.in_use + p.borrowed >= p.entitlement.seats and now is not None:
+        if p.in_use + p.borrowed + p.held >= p.entitlement.seats and now is not None:
             self.expire(now)
-        if p.in_use + p.borrowed >= p.entitlement.seats:
+        if p.in_use + p.borrowed + p.held >= p.entitlement.seats:
             return False
         p.borrowed += 1
         return True

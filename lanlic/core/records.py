@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["BorrowRecord", "EnrollmentRecord", "HistoryRow"]
+__all__ = ["BorrowRecord", "EnrollmentRecord", "HistoryRow", "LeaseRecord"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,3 +46,15 @@ class HistoryRow:
     user: str = ""
     host: str = ""
     detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRecord:
+    """A floating lease as last written to disk (in batches, about once a second)."""
+
+    lease_id: bytes
+    product: str
+    owner: bytes
+    user: str
+    host: str
+    epoch: int

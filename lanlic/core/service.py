@@ -20,6 +20,7 @@ from lanlic.core import signing
 from lanlic.core.lending import BorrowDesk, Durable
 from lanlic.core.netkey import NetworkKey
 from lanlic.core.pool import Denied, Holder, Lease, SeatPool
+from lanlic.core.restart import RestartGuard
 from lanlic.proto import messages as m
 
 __all__ = ["EventFields", "LicenseService", "ServiceConfig", "Session", "handshake_payload"]
@@ -64,6 +65,10 @@ class Reply:
     released: tuple[Lease, ...] = ()
 
 
+def _no_clock() -> tuple[float, float]:
+    raise RuntimeError("the adapter must set LicenseService.clock to finish durable work")
+
+
 class LicenseService:
     def __init__(
         self,
@@ -81,6 +86,10 @@ class LicenseService:
         self._on_event = on_event
         self._expiry_day = (0.0, 0.0, False)  # (start, end, expired) of the last UTC day asked
         self.desk = BorrowDesk(key, self.pool, server_key, self.server_id, self._event)
+        self.guard = RestartGuard(self.pool)
+        self.clock: Callable[[], tuple[float, float]] = _no_clock
+        """(monotonic now, UTC wall) for work finished after a durable write; the adapter
+        sets it (the core reads no clock of its own)."""
 
     def set_event_sink(self, sink: Callable[[EventFields], None] | None) -> None:
         """Where history events go: ``(event, product, user, host, detail)``, a ``HistoryRow``
@@ -117,6 +126,8 @@ class LicenseService:
             return self._durable(self.desk.return_(msg, wall))
         if isinstance(msg, m.Enroll):
             return self._durable(self.desk.enroll(msg, wall))
+        if isinstance(msg, m.Reclaim):
+            return self._reclaim(session, msg, now)
         if isinstance(msg, m.Bye):
             released = self.pool.release_owner(session.client_id, now)
             for lease in released:
@@ -158,6 +169,7 @@ class LicenseService:
                 signature=signing.sign(self._server_key, signing.DOMAIN_HANDSHAKE, payload),
                 vendor_fp=self.key.vendor_fp,
                 customer=self.key.customer,
+                epoch=self.guard.epoch,
             )
         )
 
@@ -188,19 +200,85 @@ class LicenseService:
         return lease
 
     def _checkout(self, session: Session, msg: m.Checkout, now: float, wall: float) -> Reply:
+        need = self._reservation_needed(msg.product, msg.version, now)
+        if need is not None:
+            return Reply(None, durable=self._reserve_then_checkout(session, msg, need))
+        return Reply(self._granted(session, msg, now, wall))
+
+    def _granted(self, session: Session, msg: m.Checkout, now: float, wall: float) -> m.Message:
         lease = self._take_seat(session, msg.id, msg.product, msg.version, now, wall)
         if isinstance(lease, m.Error):
-            return Reply(lease)
-        return Reply(
-            m.Granted(
-                id=msg.id, lease=lease.id, product=lease.product, lease_s=self.pool.lease_seconds
-            )
+            return lease
+        return m.Granted(
+            id=msg.id,
+            lease=lease.id,
+            product=lease.product,
+            lease_s=self.pool.lease_seconds,
+            epoch=self.guard.epoch,
+        )
+
+    def _reservation_needed(self, product: str, version: str, now: float) -> int | None:
+        """With a store: the reservation to make durable before this grant (None: go ahead;
+        also for requests that will be refused anyway)."""
+        guard = self.guard
+        if not guard.enabled or product not in self.pool.products:
+            return None
+        need = guard.needed(product)
+        if need is None:
+            return None
+        if self.pool.free(product) <= 0:
+            self.pool.expire(now)
+            if self.pool.free(product) <= 0:
+                return None  # no_seat: nothing to reserve
+        return need
+
+    def _reserve_then_checkout(self, session: Session, msg: m.Checkout, need: int) -> Durable:
+        product = msg.product
+
+        guard = self.guard
+        guard.pending[product] += 1
+
+        def commit(_: object) -> m.Message:
+            guard.pending[product] -= 1
+            guard.raised(product, need)
+            now, wall = self.clock()  # time moved on while the store wrote
+            if guard.needed(product) is not None:
+                # Cannot happen while reservations count the ones in flight; never grant past
+                # what is on disk all the same.
+                return m.Error(msg.id, "server_busy", "seat reservation raced; retry")
+            return self._granted(session, msg, now, wall)
+
+        def abort(exc: Exception) -> m.Message:
+            guard.pending[product] -= 1
+            return m.Error(msg.id, "internal_error", f"the seat could not be reserved: {exc}")
+
+        return Durable(
+            write=lambda store: store.set_reservations({product: need}),
+            commit=commit,
+            abort=abort,
         )
 
     def _renew(self, session: Session, msg: m.Renew, now: float) -> Reply:
         result = self.pool.renew(msg.leases, session.client_id, now)
-        lost = [m.Lost(lease, "lease_unknown") for lease in result.lost]
+        code = "reclaim" if self.guard.in_window(now) else "lease_unknown"
+        lost = [m.Lost(lease, code) for lease in result.lost]
         return Reply(m.Renewed(id=msg.id, leases=result.renewed, lost=lost))
+
+    def _reclaim(self, session: Session, msg: m.Reclaim, now: float) -> Reply:
+        leases: list[bytes] = []
+        lost: list[m.Lost] = []
+        h = session.holder
+        for item in msg.seats:
+            lease_id, product = item["lease"], item["product"]
+            version = item.get("version", "")
+            holder = Holder(h.user, h.host, h.app, version)
+            denied = self.guard.reclaim(lease_id, product, version, session.client_id, holder, now)
+            if denied is None:
+                leases.append(lease_id)
+                self._event("reclaim", product, h.user, h.host, version)
+            else:
+                lost.append(m.Lost(lease_id, denied.code))
+        return Reply(m.Reclaimed(id=msg.id, leases=leases, epoch=self.guard.epoch, lost=lost))
 
     # ----------------------------------------------------------- the fast path (wire maps)
     # The adapter's fast path for the three commonest requests: the same checks, changes and
@@ -215,9 +293,13 @@ class LicenseService:
         req = m.lease_request(wire)
         if req is None:
             return None
-        result = self.pool.renew(req[1], session.client_id, now)
-        lost = [{"lease": x, "code": "lease_unknown"} for x in result.lost] if result.lost else []
-        return {"t": "renewed", "id": req[0], "leases": result.renewed, "lost": lost}
+        renewed, gone = self.pool.renew_pair(req[1], session.client_id, now)
+        if gone:
+            code = "reclaim" if self.guard.in_window(now) else "lease_unknown"
+            lost = [{"lease": x, "code": code} for x in gone]
+        else:
+            lost = []
+        return {"t": "renewed", "id": req[0], "leases": renewed, "lost": lost}
 
     def release_wire(
         self, session: Session, wire: dict[str, Any], now: float, wall: float
@@ -225,16 +307,11 @@ class LicenseService:
         req = m.lease_request(wire)
         if req is None:
             return None
-        result = self.pool.release(req[1], session.client_id, now)
-        for lease in result.released:
+        released, gone = self.pool.release_pair(req[1], session.client_id, now)
+        for lease in released:
             self._lease_event("release", lease, "release")
-        lost = [{"lease": x, "code": "lease_unknown"} for x in result.lost] if result.lost else []
-        return {
-            "t": "released",
-            "id": req[0],
-            "leases": [x.id for x in result.released],
-            "lost": lost,
-        }
+        lost = [{"lease": x, "code": "lease_unknown"} for x in gone] if gone else []
+        return {"t": "released", "id": req[0], "leases": [x.id for x in released], "lost": lost}
 
     def checkout_wire(
         self, session: Session, wire: dict[str, Any], now: float, wall: float
@@ -243,8 +320,11 @@ class LicenseService:
         if req is None:
             return None
         rid = req[0]
+        guard = self.guard
+        if guard.enabled and req[1] in self.pool.products and guard.needed(req[1]) is not None:
+            return None  # a reservation must be written first: the general path does that
         lease = self._take_seat(session, rid, req[1], req[2], now, wall)
-        if type(lease) is m.Error:
+        if isinstance(lease, m.Error):
             return m.to_wire(lease)
         return {
             "t": "granted",
@@ -252,6 +332,7 @@ class LicenseService:
             "lease": lease.id,
             "product": lease.product,
             "lease_s": self.pool.lease_seconds,
+            "epoch": guard.epoch,
         }
 
     def _release(self, session: Session, msg: m.Release, now: float) -> Reply:

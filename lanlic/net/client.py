@@ -129,6 +129,8 @@ class Seat:
         """The ``BorrowedLicense`` behind a borrowed seat."""
         self._client = client
         self._renew_sent = sent
+        self.epoch = 0
+        """The server epoch the seat was granted (or reclaimed) in."""
         self._lost = asyncio.Event()
         self.reason: LanlicError | None = None
 
@@ -197,6 +199,8 @@ class Client:
         self.server_id = ""
         self.server_key = b""
         self.customer = ""
+        self.epoch = 0
+        """The epoch of the server this client last spoke to."""
         self.seats: dict[bytes, Seat] = {}
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -305,6 +309,7 @@ class Client:
             writer.close()
             raise
         self.lease_s, self.heartbeat_s = welcome.lease_s, welcome.heartbeat_s
+        self.epoch = welcome.epoch
         self.server_id, self.server_key = welcome.server_id, welcome.server_key
         self.customer = welcome.customer
         self._connected.set()
@@ -400,6 +405,7 @@ class Client:
         )
         assert isinstance(reply, m.Granted)
         seat = Seat(self, product, version, reply.lease, sent)
+        seat.epoch = reply.epoch
         self.seats[seat.lease_id] = seat
         return seat
 
@@ -570,7 +576,13 @@ class Client:
     async def _renew_all(self) -> None:
         if not self.seats:
             return
-        ids = list(self.seats)
+        # Seats granted before the server restarted are reclaimed, not renewed.
+        old = [s for s in self.seats.values() if s.epoch != self.epoch]
+        if old:
+            await self._reclaim(old)
+        ids = [lease_id for lease_id, s in self.seats.items() if s.epoch == self.epoch]
+        if not ids:
+            return
         sent = self._loop.time()
         reply = await self._send_request(m.Renew(id=self._take_id(), leases=ids))
         assert isinstance(reply, m.Renewed)
@@ -578,11 +590,39 @@ class Client:
             seat = self.seats.get(lease_id)
             if seat is not None:
                 seat._renew_sent = sent
+        again = []
+        for lost in reply.lost:
+            seat = self.seats.get(lost.lease)
+            if seat is None:
+                continue
+            if lost.code == "reclaim":
+                again.append(seat)
+            else:
+                self._forget(
+                    seat, error_for_code(lost.code, "the server no longer holds this seat")
+                )
+        if again:
+            await self._reclaim(again)
+
+    async def _reclaim(self, seats: list[Seat]) -> None:
+        """Ask the restarted server for seats of an older epoch, under their lease ids."""
+        sent = self._loop.time()
+        items = [{"lease": s.lease_id, "product": s.product, "version": s.version} for s in seats]
+        reply = await self._send_request(m.Reclaim(id=self._take_id(), seats=items))
+        assert isinstance(reply, m.Reclaimed)
+        for lease_id in reply.leases:
+            seat = self.seats.get(lease_id)
+            if seat is not None:
+                seat.epoch = reply.epoch
+                seat._renew_sent = sent
         for lost in reply.lost:
             seat = self.seats.get(lost.lease)
             if seat is not None:
                 self._forget(
-                    seat, error_for_code(lost.code, "the server no longer holds this seat")
+                    seat,
+                    error_for_code(
+                        lost.code, "the server restarted and could not give this seat back"
+                    ),
                 )
 
     def _give_up_overdue(self) -> None:

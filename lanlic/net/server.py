@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from lanlic.core.lending import Durable
-from lanlic.core.records import HistoryRow
+from lanlic.core.records import HistoryRow, LeaseRecord
 from lanlic.core.service import EventFields, LicenseService
 from lanlic.core.service import Session as _Session
 from lanlic.proto import messages as m
@@ -212,6 +212,9 @@ class LicenseServer:
         self._timer_at = float("inf")
         self._housekeeping: asyncio.TimerHandle | None = None
         self.loop = asyncio.get_running_loop()
+        service.clock = lambda: (self.loop.time(), self.wall())
+        self._synced_leases: set[bytes] = set()
+        self._lease_task: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -230,11 +233,26 @@ class LicenseServer:
         """Take the store's borrows, enrollments and policy into memory (before ``start``)."""
         if self.store is None:
             return []
-        warnings: list[str] = await self.loop.run_in_executor(
-            self._store_thread, self.service.desk.load, self.store, self.wall()
+        store = self.store
+
+        def read() -> tuple[list[str], int, dict[str, int], list[LeaseRecord]]:
+            warnings = self.service.desk.load(store, self.wall())
+            return warnings, store.begin_epoch(), store.reservations(), store.leases()
+
+        warnings, epoch, reserved, leases = await self.loop.run_in_executor(
+            self._store_thread, read
         )
+        held = self.service.guard.start(epoch, reserved, leases, self.loop.time())
+        self._synced_leases = {x.lease_id for x in leases}
         for w in warnings:
             log.warning("%s", w)
+        if held:
+            log.warning(
+                "epoch %d: holding %s for clients to reclaim during the next %.0f s",
+                epoch,
+                ", ".join(f"{n} seat(s) of {p}" for p, n in held.items()),
+                self.service.pool.lease_seconds,
+            )
         return warnings
 
     async def stop(self) -> None:
@@ -252,8 +270,10 @@ class LicenseServer:
             await self._server.wait_closed()
         if self._durables:
             await asyncio.wait(list(self._durables), timeout=10)
-        if self._policy_task is not None:
-            await asyncio.wait([self._policy_task], timeout=10)
+        for task in (self._policy_task, self._lease_task):
+            if task is not None:
+                await asyncio.wait([task], timeout=10)
+        await self.sync_leases()
         await self.flush_history()
         if self._store_thread is not None:
             self._store_thread.shutdown(wait=True)
@@ -261,6 +281,13 @@ class LicenseServer:
     async def serve_forever(self) -> None:
         assert self._server is not None
         await self._server.serve_forever()
+
+    async def store_call(self, fn: Callable[[Store], Any]) -> Any:
+        """Run ``fn(store)`` on the store's own thread, in order with the server's writes (the
+        admin page reads and writes through this). RuntimeError without a data folder."""
+        if self.store is None or self._store_thread is None:
+            raise RuntimeError("this server runs without a data folder")
+        return await self.loop.run_in_executor(self._store_thread, fn, self.store)
 
     # --------------------------------------------------------------- owners (push notices)
 
@@ -329,6 +356,39 @@ class LicenseServer:
             conn.send(reply)
         self.arm_expiry_timer()
 
+    async def sync_leases(self) -> None:
+        """Write the batch of lease changes since the last one, and lowered reservations.
+        (A crash loses at most this batch: the reservations still bound what was granted.)"""
+        store = self.store
+        if store is None:
+            return
+        pool = self.service.pool
+        epoch = self.service.guard.epoch
+        current = set(pool.lease_ids())
+        synced = self._synced_leases
+        added = []
+        for lease_id in current - synced:
+            lease = pool.lease(lease_id)
+            if lease is not None:
+                h = lease.holder
+                added.append(
+                    LeaseRecord(lease_id, lease.product, lease.owner, h.user, h.host, epoch)
+                )
+        removed = list(synced - current)
+        lowered = self.service.guard.to_lower()
+        try:
+            if added or removed:
+                await self.loop.run_in_executor(
+                    self._store_thread, store.sync_leases, added, removed
+                )
+                self._synced_leases = current
+            if lowered:
+                await self.loop.run_in_executor(self._store_thread, store.set_reservations, lowered)
+        except Exception as exc:
+            log.error("could not write the lease batch: %s", exc)
+        finally:
+            self._lease_task = None
+
     async def _reload_policy(self) -> None:
         assert self.store is not None
         try:
@@ -360,6 +420,11 @@ class LicenseServer:
     def _sweep(self) -> None:
         for durable in self.service.desk.due(self.wall()):
             self.run_durable(durable, None)
+        freed = self.service.guard.close_window(self.loop.time())
+        if freed:
+            log.info("reclaim window over: %s back in the pool", freed)
+        if self.store is not None and self._lease_task is None:
+            self._lease_task = self.loop.create_task(self.sync_leases())
         if self.store is not None and self._policy_task is None:
             # The admin lowers borrowing terms in the database (lanlic admin policy).
             self._policy_task = self.loop.create_task(self._reload_policy())

@@ -37,6 +37,8 @@ __all__ = [
     "Lost",
     "Message",
     "Notice",
+    "Reclaim",
+    "Reclaimed",
     "Release",
     "Released",
     "Renew",
@@ -165,6 +167,9 @@ class Welcome(Message):
     vendor_fp: str = ""
     """Fingerprint of the vendor key that signed the served network key."""
     customer: str = ""
+    epoch: int = 0
+    """How many times this server's data folder has been started: a client whose seats came
+    from an older epoch reclaims them (``reclaim``) instead of renewing them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +179,8 @@ class Granted(Message):
     lease: bytes
     product: str
     lease_s: float
+    epoch: int = 0
+    """The server epoch the lease was granted in."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +329,34 @@ class Returned(Message):
     """True when the borrow had already ended (returned or expired): nothing changed."""
 
 
+# ------------------------------------------------------------------------------ restart/reclaim
+
+
+@dataclass(frozen=True, slots=True)
+class Reclaim(Message):
+    """After the server restarted (a new epoch): ask for seats held before it, by lease id.
+
+    Within the reclaim window (one lease period from the restart) the server holds the seats
+    that may have been in use for exactly this; the leases keep their ids."""
+
+    TYPE: ClassVar[str] = "reclaim"
+    REQUEST: ClassVar[bool] = True
+    id: int
+    seats: list[dict[str, Any]]
+    """One map per seat: ``lease`` (bytes 16), ``product`` (str), ``version`` (str)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reclaimed(Message):
+    TYPE: ClassVar[str] = "reclaimed"
+    id: int
+    leases: list[bytes]
+    """The leases the client holds again, in the new epoch."""
+    epoch: int
+    lost: list[Lost] = field(default_factory=list)
+    """Those it does not, with the reason (``no_seat``, ``lease_unknown``...)."""
+
+
 # ----------------------------------------------------------------------------------- validation
 
 _TYPES: dict[str, type[Message]] = {
@@ -347,6 +382,8 @@ _TYPES: dict[str, type[Message]] = {
         Borrowed,
         Return,
         Returned,
+        Reclaim,
+        Reclaimed,
     )
 }
 
@@ -388,6 +425,23 @@ def _check_bytes_upto(t: str, name: str, v: Any, limit: int) -> bytes:
 def _check_bool(t: str, name: str, v: Any) -> bool:
     if type(v) is not bool:
         raise _fail(t, name, "true or false")
+    return v
+
+
+def _check_reclaim_seats(t: str, name: str, v: Any) -> list[dict[str, Any]]:
+    if type(v) is not list or len(v) > MAX_LEASES_PER_REQUEST:
+        raise _fail(t, name, f"a list of at most {MAX_LEASES_PER_REQUEST} maps")
+    for item in v:
+        if (
+            type(item) is not dict
+            or type(item.get("lease")) is not bytes
+            or len(item["lease"]) != LEASE_ID_SIZE
+            or type(item.get("product")) is not str
+            or len(item["product"]) > MAX_NAME
+            or type(item.get("version", "")) is not str
+            or len(item.get("version", "")) > MAX_NAME
+        ):
+            raise _fail(t, name, "a list of {lease: 16 bytes, product: str, version: str} maps")
     return v
 
 
@@ -463,6 +517,8 @@ def _checker_for(cls: type[Message], f: dataclasses.Field[Any]) -> Any:
         return partial(_check_bytes, t, name, size=32)
     if name == "proof":
         return partial(_check_bytes, t, name, size=64)
+    if name == "seats":
+        return lambda v: _check_reclaim_seats(t, name, v)
     if ann == "bool":
         return partial(_check_bool, t, name)
     if ann == "int":

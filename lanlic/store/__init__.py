@@ -10,12 +10,13 @@ event loop), which also serialises writers.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 
-from lanlic.core.records import BorrowRecord, EnrollmentRecord, HistoryRow
+from lanlic.core.records import BorrowRecord, EnrollmentRecord, HistoryRow, LeaseRecord
 from lanlic.errors import LanlicError
 
 __all__ = [
@@ -46,11 +47,66 @@ def _migrations() -> list[tuple[int, str]]:
 SCHEMA_VERSION = max(v for v, _ in _migrations())
 
 
+def _open_checked(path: Path) -> sqlite3.Connection:
+    """Open an existing database read-only and check it before anything writes to it: a corrupt
+    file or one from a newer lanlic is refused with its bytes untouched."""
+    # A read-only open of a WAL-mode file still makes its -wal and -shm; a refusal removes the
+    # ones it made (an empty WAL holds nothing), so the folder is left as it was found.
+    sides = [Path(f"{path}{s}") for s in ("-wal", "-shm")]
+    had = [s.exists() for s in sides]
+
+    def refuse(db: sqlite3.Connection | None, message: str) -> StoreError:
+        if db is not None:
+            db.close()
+        if not had[0] and sides[0].exists() and sides[0].stat().st_size == 0:
+            for side, existed in zip(sides, had, strict=True):
+                if not existed:
+                    side.unlink(missing_ok=True)
+        return StoreError(message)
+
+    try:
+        db = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+            check_same_thread=False,
+        )  # fmt: skip
+    except sqlite3.Error as exc:
+        raise refuse(None, f"cannot open the database {path}: {exc}") from exc
+    restore = "nothing was changed: restore a backup (lanlic serve --restore FILE)"
+    try:
+        db.execute("PRAGMA busy_timeout=5000")
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        problems = [str(r[0]) for r in db.execute("PRAGMA quick_check(3)")]
+    except sqlite3.DatabaseError as exc:
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+            raise refuse(db, f"the database {path} is corrupt ({exc}); {restore}") from exc
+        raise refuse(db, f"cannot read the database {path}: {exc}") from exc
+    if problems != ["ok"]:
+        raise refuse(db, f"the database {path} is corrupt ({'; '.join(problems)}); {restore}")
+    if version > SCHEMA_VERSION:
+        raise refuse(
+            db,
+            f"the database {path} has schema version {version}, newer than this lanlic reads "
+            f"({SCHEMA_VERSION}); upgrade lanlic (nothing was changed)",
+        )
+    return db
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class Store:
     """The server's database: ``Store(path)`` opens (creating and migrating) it."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        if self.path.exists():
+            _open_checked(self.path).close()  # refuse a corrupt or newer file before writing
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             # Another process (an admin command) may write while the server runs: wait for it.
@@ -64,6 +120,53 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> Store:
+        """An existing database, for reading only (admin commands beside a running server: WAL
+        lets them read while it writes). No migration, nothing written."""
+        store = cls.__new__(cls)
+        store.path = Path(path)
+        if not store.path.is_file():
+            raise StoreError(f"there is no lanlic database at {store.path}")
+        store._db = _open_checked(store.path)
+        return store
+
+    def backup(self, dest: Path) -> None:
+        """Write a consistent copy to ``dest`` with SQLite's online backup API (one snapshot,
+        even while a server writes), self-contained (no WAL), fsynced, put in place atomically."""
+        dest = Path(dest)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        try:
+            target = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                self._db.backup(target)
+                target.execute("PRAGMA journal_mode=DELETE")
+                problems = [str(r[0]) for r in target.execute("PRAGMA quick_check(3)")]
+            finally:
+                target.close()
+            if problems != ["ok"]:
+                raise StoreError(f"the copy of {self.path} does not check: {'; '.join(problems)}")
+            _fsync_path(tmp)
+            os.replace(tmp, dest)
+            _fsync_path(dest.parent)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"could not back up {self.path} to {dest}: {exc}") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def summary(self) -> dict[str, int]:
+        """Counts for the admin: schema version, enrollments, borrows, active borrows, history."""
+        one = self._db.execute
+        return {
+            "schema_version": self._version(),
+            "enrollments": int(one("SELECT count(*) FROM enrollments").fetchone()[0]),
+            "borrows": int(one("SELECT count(*) FROM borrows").fetchone()[0]),
+            "active_borrows": int(
+                one("SELECT count(*) FROM borrows WHERE state = 'active'").fetchone()[0]
+            ),
+            "history": int(one("SELECT count(*) FROM history").fetchone()[0]),
+        }
 
     # ------------------------------------------------------------------------------ schema
 
@@ -166,6 +269,46 @@ class Store:
         ).fetchall()
         return [BorrowRecord(*r) for r in rows]
 
+    # ------------------------------------------------------------------ restart and reclaim
+
+    def reservations(self) -> dict[str, int]:
+        return {str(p): int(n) for p, n in self._db.execute("SELECT * FROM reservations")}
+
+    def set_reservations(self, seats: dict[str, int]) -> None:
+        """Record upper bounds of floating seats in use (one transaction, fsynced)."""
+        self._write("BEGIN")
+        try:
+            for product, n in seats.items():
+                self._write("INSERT OR REPLACE INTO reservations VALUES (?, ?)", (product, n))
+            self._write("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:  # SQLite already rolled back on a full disk
+                self._db.execute("ROLLBACK")
+            raise
+
+    def leases(self) -> list[LeaseRecord]:
+        rows = self._db.execute("SELECT * FROM leases").fetchall()
+        return [LeaseRecord(*r) for r in rows]
+
+    def sync_leases(self, added: Sequence[LeaseRecord], removed: Sequence[bytes]) -> None:
+        """Apply one batch of lease changes (one transaction)."""
+        self._write("BEGIN")
+        try:
+            self._db.executemany("DELETE FROM leases WHERE lease_id = ?", [(x,) for x in removed])
+            self._db.executemany(
+                "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?)",
+                [(r.lease_id, r.product, r.owner, r.user, r.host, r.epoch) for r in added],
+            )
+            self._write("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if self._db.in_transaction:  # SQLite already rolled back on a full disk
+                self._db.execute("ROLLBACK")
+            raise StoreError(f"could not write to {self.path}: {exc}") from exc
+        except BaseException:
+            if self._db.in_transaction:  # SQLite already rolled back on a full disk
+                self._db.execute("ROLLBACK")
+            raise
+
     # ----------------------------------------------------------------------------- policy
 
     def policy(self) -> dict[str, tuple[int | None, int | None]]:
@@ -190,7 +333,8 @@ class Store:
             )
             self._write("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # SQLite already rolled back on a full disk
+                self._db.execute("ROLLBACK")
             raise
 
     def history(
@@ -207,3 +351,49 @@ class Store:
         sql += " ORDER BY seq LIMIT ?"
         params.append(limit)
         return [HistoryRow(*r) for r in self._db.execute(sql, params)]
+
+    def history_page(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        product: str | None = None,
+        event: str | None = None,
+        offset: int = 0,
+        limit: int = 100,
+        newest_first: bool = True,
+    ) -> tuple[int, list[HistoryRow]]:
+        """One page of the rows that match (the admin page's table and CSV export), and how many
+        match in all."""
+        where = " WHERE 1"
+        params: list[object] = []
+        for sql, value in (
+            (" AND at >= ?", since),
+            (" AND at < ?", until),
+            (" AND product = ?", product),
+            (" AND event = ?", event),
+        ):
+            if value is not None:
+                where += sql
+                params.append(value)
+        # The clauses are fixed text; every value is bound.
+        count = "SELECT count(*) FROM history" + where  # noqa: S608
+        total = int(self._db.execute(count, params).fetchone()[0])
+        order = "DESC" if newest_first else "ASC"
+        rows = self._db.execute(
+            "SELECT at, event, product, user, host, detail FROM history"  # noqa: S608
+            f"{where} ORDER BY at {order}, seq {order} LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        return total, [HistoryRow(*r) for r in rows]
+
+    def history_events(self, since: float, events: Sequence[str]) -> list[tuple[float, str, str]]:
+        """``(at, product, event)`` of the given kinds from ``since`` on, oldest first: the raw
+        material of the admin page's usage chart, without building a row object each."""
+        marks = ", ".join("?" * len(events))
+        rows = self._db.execute(
+            f"SELECT at, product, event FROM history WHERE at >= ? AND event IN ({marks})"  # noqa: S608
+            " ORDER BY at, seq",
+            [since, *events],
+        )
+        return [(float(a), str(p), str(e)) for a, p, e in rows]

@@ -195,6 +195,16 @@ VALID: list[tuple[str, m.Message]] = [
         ),
     ),
     ("returned", m.Returned(id=11, borrow_id="b-5f3a", already=False)),
+    (
+        "reclaim",
+        m.Reclaim(id=12, seats=[{"lease": LEASE_A, "product": "cadpro", "version": "2024.1"}]),
+    ),
+    (
+        "reclaimed",
+        m.Reclaimed(
+            id=12, leases=[LEASE_A], epoch=4, lost=[m.Lost(lease=LEASE_B, code="no_seat")]
+        ),
+    ),
 ]
 
 

@@ -73,7 +73,9 @@ def clock() -> Clock:
 
 def make_laptop(tmp_path: Path, name: str, clock: Clock, kind: str = "act") -> Borrower:
     if kind == "key":
-        return Borrower(portable_key=tmp_path / f"usb-{name}", machine_fp=f"mfp:{name}", clock=clock)
+        return Borrower(
+            portable_key=tmp_path / f"usb-{name}", machine_fp=f"mfp:{name}", clock=clock
+        )
     return Borrower(tmp_path / f"home-{name}", machine_fp=f"mfp:{name}", clock=clock)
 
 
@@ -84,7 +86,9 @@ async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
 
 
 @pytest.mark.parametrize("kind", ["act", "key"])
-async def test_the_whole_life_of_a_borrow(start_server, tmp_path: Path, clock: Clock, kind: str) -> None:  # type: ignore[no-untyped-def]
+async def test_the_whole_life_of_a_borrow(
+    start_server: Any, tmp_path: Path, clock: Clock, kind: str
+) -> None:
     site = Site(start_server, tmp_path, clock, kind)
     server = await site.start()
     ann = make_laptop(tmp_path, "ann", clock, kind)
@@ -120,7 +124,9 @@ async def test_the_whole_life_of_a_borrow(start_server, tmp_path: Path, clock: C
     assert refused.value.code == "file_returned"
 
 
-async def test_borrowable_seats_run_out_floating_seats_do_not(start_server, tmp_path: Path, clock: Clock) -> None:  # type: ignore[no-untyped-def]
+async def test_borrowable_seats_run_out_floating_seats_do_not(
+    start_server: Any, tmp_path: Path, clock: Clock
+) -> None:
     site = Site(start_server, tmp_path, clock, "act")
     server = await site.start()
     laptops = [make_laptop(tmp_path, n, clock) for n in ("a", "b", "c")]
@@ -142,7 +148,9 @@ async def test_borrowable_seats_run_out_floating_seats_do_not(start_server, tmp_
     server.service.pool.check_invariant()
 
 
-async def test_expiry_returns_the_seat_with_the_laptop_never_heard_from(start_server, tmp_path: Path, clock: Clock) -> None:  # type: ignore[no-untyped-def]
+async def test_expiry_returns_the_seat_with_the_laptop_never_heard_from(
+    start_server: Any, tmp_path: Path, clock: Clock
+) -> None:
     site = Site(start_server, tmp_path, clock, "act")
     server = await site.start()
     ann = make_laptop(tmp_path, "ann", clock)
@@ -171,7 +179,9 @@ async def test_expiry_returns_the_seat_with_the_laptop_never_heard_from(start_se
     assert refused.value.code == "file_expired"
 
 
-async def test_a_key_of_one_kind_refuses_the_other(start_server, tmp_path: Path, clock: Clock) -> None:  # type: ignore[no-untyped-def]
+async def test_a_key_of_one_kind_refuses_the_other(
+    start_server: Any, tmp_path: Path, clock: Clock
+) -> None:
     site = Site(start_server, tmp_path, clock, "act")
     server = await site.start()
     usb = make_laptop(tmp_path, "usb", clock, kind="key")
@@ -182,7 +192,9 @@ async def test_a_key_of_one_kind_refuses_the_other(start_server, tmp_path: Path,
 
 
 @pytest.mark.parametrize("kind", ["act", "key"])
-async def test_portable_key_works_on_another_machine_act_file_does_not(start_server, tmp_path: Path, clock: Clock, kind: str) -> None:  # type: ignore[no-untyped-def]
+async def test_portable_key_works_on_another_machine_act_file_does_not(
+    start_server: Any, tmp_path: Path, clock: Clock, kind: str
+) -> None:
     site = Site(start_server, tmp_path, clock, kind)
     server = await site.start()
     mine = make_laptop(tmp_path, "mine", clock, kind)
@@ -207,7 +219,7 @@ async def test_portable_key_works_on_another_machine_act_file_does_not(start_ser
         assert refused.value.code == "file_wrong_machine"
 
 
-async def test_a_clock_set_back_is_refused(start_server, tmp_path: Path, clock: Clock) -> None:  # type: ignore[no-untyped-def]
+async def test_a_clock_set_back_is_refused(start_server: Any, tmp_path: Path, clock: Clock) -> None:
     site = Site(start_server, tmp_path, clock, "act")
     server = await site.start()
     ann = make_laptop(tmp_path, "ann", clock)
@@ -222,7 +234,9 @@ async def test_a_clock_set_back_is_refused(start_server, tmp_path: Path, clock: 
     assert refused.value.code == "clock_set_back"
 
 
-async def test_admin_lowers_the_terms_while_the_server_runs(start_server, tmp_path: Path, clock: Clock) -> None:  # type: ignore[no-untyped-def]
+async def test_admin_lowers_the_terms_while_the_server_runs(
+    start_server: Any, tmp_path: Path, clock: Clock
+) -> None:
     site = Site(start_server, tmp_path, clock, "act")
     server = await site.start()
     ann = make_laptop(tmp_path, "ann", clock)
@@ -245,7 +259,9 @@ async def test_admin_lowers_the_terms_while_the_server_runs(start_server, tmp_pa
         assert info.value.code == "no_borrowable_seat"
 
 
-async def test_a_return_cut_off_midway_is_kept_and_sent_again(start_server, tmp_path: Path, clock: Clock) -> None:  # type: ignore[no-untyped-def]
+async def test_a_return_cut_off_midway_is_kept_and_sent_again(
+    start_server: Any, tmp_path: Path, clock: Clock
+) -> None:
     site = Site(start_server, tmp_path, clock, "act")
     server = await site.start()
     ann = make_laptop(tmp_path, "ann", clock)
