@@ -128,8 +128,13 @@ class Borrower:
         days: float | None = None,
         until: dt.datetime | None = None,
         version: str = "",
+        request_id: bytes | None = None,
     ) -> BorrowedLicense:
-        """Borrow a seat and keep the signed licence file; ``days`` or ``until`` (UTC)."""
+        """Borrow a seat and keep the signed licence file; ``days`` or ``until`` (UTC).
+
+        ``request_id`` (16 bytes) names the attempt: after a lost answer, calling again with the
+        same id (and the same days) gets the same borrow back if the server made it, never a
+        second seat."""
         home, enrollment = self._enrolled()
         if home.borrowed(product) is not None:
             # One file per product here: a second borrow would overwrite the first one's file,
@@ -157,7 +162,7 @@ class Borrower:
         if days is None:
             raise BorrowRefused("say how long to borrow: --days N or --until DATE")
         days = float(days)  # the proof signs the float the server will decode
-        request_id = secrets.token_bytes(16)
+        request_id = request_id or secrets.token_bytes(16)
         server_id = client.server_id
         proof = home.proof("borrow", server_id, [request_id, product, version, days])
 

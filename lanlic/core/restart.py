@@ -11,9 +11,9 @@ On start the server reads the reservations and holds that many seats out of the 
 lease period, the *reclaim window*. Every start is a new *epoch*; grants carry it. A client that
 comes back with leases from an older epoch asks for them with ``reclaim`` and gets them back
 under the same ids from the held seats; a renew of such a lease is answered ``reclaim``, never a
-silent success. Leases written in the last batch (about once a second) prove their owner; one
-the server never wrote down may still reclaim, but only from held seats that no known lease may
-need. When the window closes, unclaimed seats return to the pool.
+silent success. Leases written in the last batch (about once a second) must come back from their
+owner; one granted after that batch is taken on its word (its 128-bit id is the proof). When the
+window closes, unclaimed seats return to the pool.
 
 Pure: time is passed in, the store is the adapter's.
 """
@@ -40,7 +40,6 @@ class RestartGuard:
         self.reclaim_until = 0.0
         """Monotonic end of the reclaim window (0: no window)."""
         self._recorded: dict[bytes, LeaseRecord] = {}
-        self._unclaimed: Counter[str] = Counter()
         self.pending: Counter[str] = Counter()
         """Reservation writes in flight per product: each will cover one more grant."""
 
@@ -59,7 +58,6 @@ class RestartGuard:
         held = {p: self.pool.hold(p, n) for p, n in self.reserved.items() if n > 0}
         held = {p: n for p, n in held.items() if n}
         self._recorded = {r.lease_id: r for r in recorded if r.product in products}
-        self._unclaimed = Counter(r.product for r in self._recorded.values())
         self.reclaim_until = now + self.pool.lease_seconds if held else 0.0
         return held
 
@@ -90,7 +88,9 @@ class RestartGuard:
         for product, reserved in self.reserved.items():
             seats = self.pool.seats(product)
             chunk = max(1, -(-seats // 8))
-            target = min(seats, self.pool.in_use(product) + self.pool.held(product) + chunk)
+            # At most one chunk of slack stays reserved: after a crash, that is how many seats
+            # beyond the ones in use (at the last batch) are held for a lease period.
+            target = min(seats, self.pool.in_use(product) + self.pool.held(product))
             if reserved > target + chunk and not self.pending[product]:
                 self.reserved[product] = target
                 out[product] = target
@@ -107,7 +107,6 @@ class RestartGuard:
             return {}
         self.reclaim_until = 0.0
         self._recorded.clear()
-        self._unclaimed.clear()
         return self.pool.release_holds()
 
     def reclaim(
@@ -123,18 +122,13 @@ class RestartGuard:
         rec = self._recorded.get(lease_id)
         if rec is not None and (rec.owner != owner or rec.product != product):
             return Denied("lease_unknown", "that lease was someone else's")
-        if rec is None and self.pool.lease(lease_id) is None:
-            # Never written down: only held seats that no known lease may still need.
-            spare = self.pool.held(product) - self._unclaimed[product]
-            if spare <= 0 and self.pool.free(product) <= 0:
-                return Denied("no_seat", f"no seat of {product} is free to reclaim")
-            if spare <= 0:
-                result = self.pool.adopt(lease_id, product, owner, holder, now, use_hold=False)
-                return result if isinstance(result, Denied) else None
+        # A lease granted after the last batch was never written down; it takes a held seat
+        # like any other. The held seats cover every lease that can be in use (the reservation
+        # bounds them), while some written ones may have been released just before the crash,
+        # so keeping seats back for the written ones could refuse a real lease.
         result = self.pool.adopt(lease_id, product, owner, holder, now)
         if isinstance(result, Denied):
             return result
         if rec is not None:
             del self._recorded[lease_id]
-            self._unclaimed[product] -= 1
         return None

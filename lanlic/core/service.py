@@ -253,7 +253,7 @@ class LicenseService:
             return m.Error(msg.id, "internal_error", f"the seat could not be reserved: {exc}")
 
         return Durable(
-            write=lambda store: store.set_reservations({product: need}),
+            write=lambda store: store.raise_reservations({product: need}),
             commit=commit,
             abort=abort,
         )

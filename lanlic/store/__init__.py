@@ -286,6 +286,21 @@ class Store:
                 self._db.execute("ROLLBACK")
             raise
 
+    def raise_reservations(self, seats: dict[str, int]) -> None:
+        """Raise reservations, never lowering one (raises may finish in any order)."""
+        self._write("BEGIN")
+        try:
+            for product, n in seats.items():
+                self._write(
+                    "INSERT INTO reservations VALUES (?, ?) ON CONFLICT(product) DO UPDATE"
+                    " SET seats = max(seats, excluded.seats)",
+                    (product, n),
+                )
+            self._write("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
     def leases(self) -> list[LeaseRecord]:
         rows = self._db.execute("SELECT * FROM leases").fetchall()
         return [LeaseRecord(*r) for r in rows]
