@@ -106,7 +106,6 @@ def cmd_vendor_issue(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from lanlic.core import netkey
     from lanlic.core.service import LicenseService, ServiceConfig
     from lanlic.core.vendorfiles import load_vendor_public
     from lanlic.datadir import DataDir, default_data_dir
@@ -128,10 +127,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         data = Path(args.data) if args.data else default_data_dir()
         host = args.host or "0.0.0.0"  # noqa: S104 - a LAN server listens on the LAN
         port = DEMO_PORT if args.port is None else args.port
+    from lanlic.admin.keys import INSTALLED_KEY, choose_network_key, read_installed_key
+
     try:
-        key = netkey.verify_network_key(
-            license_path.read_bytes(), load_vendor_public(pub_path), _today()
+        vendor_pub = load_vendor_public(pub_path)
+        # A renewed key installed from the admin page is served in place of --license.
+        choice = choose_network_key(
+            license_path.read_bytes(), read_installed_key(data), vendor_pub, _today()
         )
+        key = choice.key
+        key_file = data / INSTALLED_KEY if choice.installed else license_path
+        if choice.note:
+            print(f"lanlic: note: {choice.note}; serving {key_file}", file=sys.stderr)
     except OSError as exc:
         raise CliError(f"cannot read {license_path}: {exc.strerror}") from None
     except NetworkKeyError as exc:
@@ -140,6 +147,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     datadir = DataDir(data)
     datadir.lock()
     try:
+        if getattr(args, "restore", None):
+            from lanlic.cli_admin import restore_for_serve
+
+            restore_for_serve(args, data)
         store = Store(data / "lanlic.db")
     except BaseException:
         datadir.unlock()
@@ -163,6 +174,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        announced: list[asyncio.Future[bool]] = []
+        admin = None
+        if not args.no_admin:
+            from lanlic.admin.app import serve_admin
+
+            try:
+                admin = await serve_admin(
+                    server, args.admin_host, args.admin_port, port, vendor_pub, data, key_file,
+                    lambda: _discovery_state(announcer, announced[0] if announced else None),
+                )  # fmt: skip
+            except BaseException:
+                await server.stop()
+                raise
         h, p = server.address
         datadir.write_address(h, p)
         if args.json:
@@ -174,6 +198,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     "server_id": service.server_id,
                     "customer": key.customer,
                     "data": str(data),
+                    "admin_host": admin.host if admin else None,
+                    "admin_port": admin.port if admin else None,
                 }
             )
         else:
@@ -183,18 +209,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 f"  products: "
                 + ", ".join(f"{x.name} ({x.seats} seats)" for x in key.products)
                 + f"\n  try: lanlic checkout {key.products[0].name} --server {h}:{p}"
+                + (f"\n  admin page: {admin.url}" if admin else "")
                 + "\n  stop with Ctrl-C",
                 flush=True,
             )
         announcing = None
         if announcer is not None:
             announcing = asyncio.ensure_future(_announce(announcer, args.json))
+            announced.append(announcing)
         await stop.wait()
         if announcing is not None and announcer is not None:
             announcing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await announcing
             await announcer.close()  # the mDNS goodbye, before clients are told to reconnect
+        if admin is not None:
+            await admin.stop()
         await server.stop()
         if not args.json:
             print("lanlic: stopped", flush=True)
@@ -217,18 +247,33 @@ def _announcer(service: Any, server: Any, interfaces: list[str] | None) -> Any:
         raise CliError(f"--interface: {exc}") from None
 
 
-async def _announce(announcer: Any, as_json: bool) -> None:
+async def _announce(announcer: Any, as_json: bool) -> bool:
     """Register over mDNS (about 1.2 s of probing); a failure leaves the server serving."""
     where = ", ".join(announcer.interfaces) if announcer.interfaces else "every interface"
     try:
         await announcer.start()
     except Exception as exc:
         print(f"lanlic: warning: cannot announce over mDNS on {where}: {exc}", file=sys.stderr)
-        return
+        return False
     if as_json:
         _print_json({"event": "announced", "name": announcer.name, "interfaces": where})
     else:
         print(f"  announced over mDNS as {announcer.name!r} on {where}", flush=True)
+    return True
+
+
+def _discovery_state(announcer: Any, task: asyncio.Future[bool] | None) -> dict[str, Any]:
+    """What the admin page shows of the mDNS announcement."""
+    if announcer is None:
+        return {"enabled": False}
+    where = ", ".join(announcer.interfaces) if announcer.interfaces else "every interface"
+    if task is None or not task.done():
+        state = "probing"
+    elif task.cancelled():
+        state = "stopped"
+    else:
+        state = "announced" if task.result() else "failed"
+    return {"enabled": True, "state": state, "name": announcer.name, "interfaces": where}
 
 
 # ---------------------------------------------------------------------------- client side
@@ -275,6 +320,10 @@ def cmd_checkout(args: argparse.Namespace) -> int:
         lost = asyncio.Event()
 
         def on_lost(seat: Seat, reason: LanlicError) -> None:
+            # Said at once: closing afterwards may take a while when the server is unreachable.
+            if args.json:
+                _print_json({"event": "lost", "product": seat.product, "error": reason.code,
+                             "message": reason.message})  # fmt: skip
             lost.set()
 
         stop = asyncio.Event()
@@ -579,6 +628,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------- main
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from lanlic.bench.run import run_from_args
+
+    return run_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lanlic", description="LAN floating-license server")
     parser.add_argument("--version", action="version", version=f"lanlic {__version__}")
@@ -617,6 +672,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, help=f"port (default {DEMO_PORT}; 0 picks a free one)")
     sp.add_argument("--lease", type=float, default=60.0, help="lease period, s (default 60)")
     sp.add_argument("--heartbeat", type=float, default=20.0, help="heartbeat, s (default 20)")
+    sp.add_argument(
+        "--admin-port",
+        type=int,
+        help="admin page port (default 7767; with --port 0, a free one; 0 picks a free one)",
+    )
+    sp.add_argument(
+        "--admin-host",
+        default="127.0.0.1",
+        help="admin page address (default 127.0.0.1; any other needs 'lanlic admin password')",
+    )
+    sp.add_argument("--no-admin", action="store_true", help="serve no admin page")
 
     sp.add_argument("--no-mdns", action="store_true", help="do not announce over mDNS")
     sp.add_argument(
@@ -668,11 +734,26 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--expect", metavar="FINGERPRINT", help="pin only if the key is this one")
     sp.add_argument("--yes", action="store_true", help="pin without asking")
 
+    from lanlic.bench import add_arguments as add_bench_arguments
+
+    sp = sub.add_parser(
+        "bench",
+        help="load a server on loopback beside the bare-asyncio ceiling and Redis",
+        description="Load a lanlic server on loopback beside the bare-asyncio ceiling and Redis "
+        "(python tools/bench.py is the same tool).",
+    )
+    add_bench_arguments(sp)
+    sp.set_defaults(func=cmd_bench)
+
     admin = sub.add_parser("admin", help="administration of the server on this machine")
     asub = admin.add_subparsers(dest="admin_command", required=True)
-    from lanlic import cli_borrow
+    from lanlic import cli_admin, cli_borrow
 
     cli_borrow.register(add, add_find, asub)
+    from lanlic.admin import command as admin_command
+
+    admin_command.register(add, asub)
+    cli_admin.register(add, asub, sub.choices["serve"])
     return parser
 
 

@@ -212,6 +212,7 @@ class Client:
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._reconnect_task: asyncio.Task[None] | None = None
         self._connect_lock = asyncio.Lock()
+        self._give_up_timer: asyncio.TimerHandle | None = None
         self._callbacks: set[asyncio.Future[Any]] = set()
         self._loop = asyncio.get_running_loop()
 
@@ -361,6 +362,8 @@ class Client:
         if self._closing:
             return
         self._closing = True
+        if self._give_up_timer is not None:
+            self._give_up_timer.cancel()
         for task in (self._heartbeat_task, self._reconnect_task):
             if task is not None:
                 task.cancel()
@@ -407,6 +410,7 @@ class Client:
         seat = Seat(self, product, version, reply.lease, sent)
         seat.epoch = reply.epoch
         self.seats[seat.lease_id] = seat
+        self._arm_give_up()
         return seat
 
     def _borrowed_seat(self, product: str, version: str) -> Seat | None:
@@ -570,8 +574,9 @@ class Client:
             await asyncio.sleep(min(self.heartbeat_s, max(self.lease_s - 2 * self.margin, 0.05)))
             self._give_up_overdue()
             if self.connected and self.seats:
-                with contextlib.suppress(ServerUnavailable):
-                    await self._renew_all()
+                # A stalled server must not stall the give-up check: wait at most a heartbeat.
+                with contextlib.suppress(ServerUnavailable, TimeoutError):
+                    await asyncio.wait_for(self._renew_all(), max(self.heartbeat_s, 0.05))
 
     async def _renew_all(self) -> None:
         if not self.seats:
@@ -603,6 +608,7 @@ class Client:
                 )
         if again:
             await self._reclaim(again)
+        self._arm_give_up()
 
     async def _reclaim(self, seats: list[Seat]) -> None:
         """Ask the restarted server for seats of an older epoch, under their lease ids."""
@@ -624,6 +630,7 @@ class Client:
                         lost.code, "the server restarted and could not give this seat back"
                     ),
                 )
+        self._arm_give_up()
 
     def _give_up_overdue(self) -> None:
         now = self._loop.time()
@@ -636,6 +643,19 @@ class Client:
                         " s: the seat may be given to someone else"
                     ),
                 )
+        self._arm_give_up()
+
+    def _arm_give_up(self) -> None:
+        """One timer at the earliest moment a seat must be given up: exactly then, whatever the
+        heartbeat is waiting for (a stalled server must not delay it)."""
+        if self._give_up_timer is not None:
+            self._give_up_timer.cancel()
+            self._give_up_timer = None
+        if self.seats and not self._closing:
+            first = min(s._renew_sent for s in self.seats.values())
+            self._give_up_timer = self._loop.call_at(
+                first + self.lease_s - self.margin, self._give_up_overdue
+            )
 
     def _forget(self, seat: Seat, reason: LanlicError, notify: bool = True) -> None:
         if self.seats.pop(seat.lease_id, None) is None:

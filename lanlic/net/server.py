@@ -32,6 +32,9 @@ from lanlic.store import Store
 
 __all__ = ["LicenseServer", "ServerLimits"]
 
+#: History rows kept in memory while the store cannot take them (about 100 bytes each).
+MAX_PENDING_HISTORY = 100_000
+
 log = logging.getLogger("lanlic.server")
 
 _encode = ServerConnection.send
@@ -410,12 +413,19 @@ class LicenseServer:
             return
         if not self._history:
             return
-        batch = [HistoryRow(at, *fields) for at, fields in self._history]
+        pending = self._history
+        batch = [HistoryRow(at, *fields) for at, fields in pending]
         self._history = []
         try:
             await self.loop.run_in_executor(self._store_thread, self.store.append_history, batch)
         except Exception as exc:
-            log.error("could not write %d history rows: %s", len(batch), exc)
+            # Keep them for the next try (a full disk may free up), within a bound.
+            kept = pending[-MAX_PENDING_HISTORY:]
+            self._history[:0] = kept
+            log.error(
+                "could not write %d history rows (%s); keeping %d to retry",
+                len(batch), exc, len(kept),
+            )  # fmt: skip
 
     def _sweep(self) -> None:
         for durable in self.service.desk.due(self.wall()):

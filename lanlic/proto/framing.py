@@ -91,7 +91,7 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise BadFrame(f"msgpack extension type {code} is not allowed")
 
 
-def decode_body(body: bytes) -> dict[str, Any]:
+def decode_body(body: bytes | bytearray) -> dict[str, Any]:
     """Decode one frame body into a map with string keys, or raise ``BadFrame``.
 
     Anything msgpack can raise on hostile bytes is turned into ``BadFrame`` here, so callers

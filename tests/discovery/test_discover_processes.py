@@ -8,17 +8,16 @@ import asyncio
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from discovery_helpers import CLI, LOOPBACK, ServerProcess, cli_env
+from netns import Netns, netns_unavailable
 from zeroconf import ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncZeroconf
 
@@ -208,60 +207,6 @@ async def test_killed_server_restarted_on_another_port_is_found_again(
 # ------------------------------------------------------------------- two network namespaces
 
 
-def _netns_unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces"
-    if shutil.which("ip") is None:
-        return "needs the ip command (iproute2) to create network namespaces"
-    return None
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
-
-
-class Netns:
-    """Two namespaces, A (10.99.0.1) and B (10.99.0.2), joined by a veth pair; each has lo."""
-
-    def __init__(self) -> None:
-        tag = uuid.uuid4().hex[:6]
-        self.a, self.b = f"lanlic-{tag}-a", f"lanlic-{tag}-b"
-        self.made: list[str] = []
-
-    def make(self) -> None:
-        for ns in (self.a, self.b):
-            _ip("netns", "add", ns)
-            self.made.append(ns)
-        _ip(
-            "link",
-            "add",
-            "va",
-            "netns",
-            self.a,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "vb",
-            "netns",
-            self.b,
-        )
-        _ip("-n", self.a, "addr", "add", "10.99.0.1/24", "dev", "va")
-        _ip("-n", self.b, "addr", "add", "10.99.0.2/24", "dev", "vb")
-        for ns, dev in ((self.a, "va"), (self.b, "vb")):
-            _ip("-n", ns, "link", "set", "lo", "up")
-            _ip("-n", ns, "link", "set", dev, "up")
-        _ip("-n", self.a, "route", "add", "default", "via", "10.99.0.2")
-        _ip("-n", self.b, "route", "add", "default", "via", "10.99.0.1")
-
-    def remove(self) -> None:
-        for ns in self.made:  # deleting a namespace removes its end of the veth pair too
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10, check=False)
-
-    def cmd(self, ns: str, *args: str) -> list[str]:
-        return ["ip", "netns", "exec", ns, *CLI, *args]
-
-
 def _read_json_line(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
@@ -282,7 +227,7 @@ def _read_json_line(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, 
 def test_discovery_between_two_network_namespaces(
     vendor_files: tuple[Path, Path], vendor_key: Ed25519PrivateKey, tmp_path: Path
 ) -> None:
-    reason = _netns_unavailable()
+    reason = netns_unavailable()
     if reason is not None:
         pytest.skip(reason)
     lic, pub = vendor_files
