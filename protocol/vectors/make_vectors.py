@@ -190,9 +190,7 @@ VALID: list[tuple[str, m.Message]] = [
     ),
     (
         "return",
-        m.Return(
-            id=11, borrow_id="b-5f3a", container_key=bytes(range(32)), proof=bytes(range(64))
-        ),
+        m.Return(id=11, borrow_id="b-5f3a", container_key=bytes(range(32)), proof=bytes(range(64))),
     ),
     ("returned", m.Returned(id=11, borrow_id="b-5f3a", already=False)),
     (
@@ -201,9 +199,7 @@ VALID: list[tuple[str, m.Message]] = [
     ),
     (
         "reclaimed",
-        m.Reclaimed(
-            id=12, leases=[LEASE_A], epoch=4, lost=[m.Lost(lease=LEASE_B, code="no_seat")]
-        ),
+        m.Reclaimed(id=12, leases=[LEASE_A], epoch=4, lost=[m.Lost(lease=LEASE_B, code="no_seat")]),
     ),
 ]
 
