@@ -1,14 +1,22 @@
 """The asyncio TCP server: a thin adapter that feeds bytes to the sans-IO core.
 
-One ``asyncio.Protocol`` per connection (cheaper than streams: no reader task per client). Every
+One ``asyncio.Protocol`` per connection (cheaper than streams: no reader task per client; the
+benchmark's bare servers measured streams at about a third of Protocol's rate). Every
 ``data_received`` decodes all complete frames of that read, handles them in order, and writes all
 replies with one ``transport.write``, so a pipelining client costs one syscall per read, not per
-request. Lease expiry is driven by exactly one ``loop.call_at`` timer armed at the pool's next
+request. Renew, release and checkout, when the state table allows them, take a fast path from wire
+map to wire map (``LicenseService.renew_wire`` and friends: the same checks, no message objects);
+every other frame, and any the fast path does not accept, goes through ``parse`` and ``handle``.
+Lease expiry is driven by exactly one ``loop.call_at`` timer armed at the pool's next
 deadline; the loop's clock is monotonic, so wall-clock jumps do not touch leases.
 
 Connections that stall are closed by one housekeeping sweep a second (no timer per connection):
-no hello within ``handshake_timeout``, or half a frame that does not complete within
-``frame_timeout``.
+no hello within ``handshake_timeout`` of the connect, a frame not complete within
+``frame_timeout`` of its first byte (a trickle does not reset it), or replies left unread above
+``write_buffer_high`` for ``write_timeout`` (reading stops meanwhile, so a peer that does not read
+cannot make the server buffer more). Past ``max_connections`` (by default the open-file limit less
+a reserve) a new connection is told ``server_busy`` and closed, before ``accept`` could run out of
+descriptors.
 """
 
 from __future__ import annotations
@@ -49,17 +57,61 @@ _FAST: dict[str, Callable[[LicenseService, _Session, dict[str, Any], float, floa
 
 @dataclass(frozen=True, slots=True)
 class ServerLimits:
+    """What one peer may cost the server, and how long it may stall (protocol/SPEC.md, 9)."""
+
     handshake_timeout: float = 10.0
-    """Seconds a new connection has to send its hello."""
+    """Seconds a new connection has to send its hello, counted from the connect."""
     frame_timeout: float = 10.0
-    """Seconds a started frame has to arrive in full."""
-    max_connections: int = 15000
-    """New connections beyond this are told ``server_busy`` and closed."""
+    """Seconds a frame has to arrive in full, counted from its first byte: a peer that drips
+    a byte at a time cannot keep a half frame (and its buffer) alive by trickling."""
+    write_timeout: float = 30.0
+    """Seconds a connection's unsent replies may stay above ``write_buffer_high`` (its peer
+    is not reading them) before the connection is closed."""
+    write_buffer_high: int = 256 * 1024
+    """Unsent bytes a connection may have before the server stops reading its requests
+    (and starts its write timeout); it reads again below a quarter of this."""
+    write_buffer_max: int = 4 * 1024 * 1024
+    """Bytes of replies one read of requests may ask for (small requests with big replies,
+    such as ``status``, pipelined by a peer that does not read): past it the connection is
+    closed, so a connection never holds more than about this plus ``write_buffer_high``."""
+    max_connections: int | None = None
+    """New connections beyond this are told ``server_busy`` and closed. None: the process's
+    open-file limit (``RLIMIT_NOFILE``) less ``fd_reserve``, so the cap is met before the OS
+    limit and ``accept`` never fails for want of a descriptor."""
+    fd_reserve: int = 64
+    """File descriptors kept back from connections (store, logs, mDNS, the admin page)."""
     housekeeping_interval: float = 1.0
+    """Seconds between sweeps that close stalled connections."""
+
+    def connection_cap(self) -> int:
+        """``max_connections``, or the one derived from ``RLIMIT_NOFILE`` when it is None."""
+        if self.max_connections is not None:
+            return self.max_connections
+        try:
+            import resource
+        except ImportError:  # not on POSIX: no descriptor limit to derive it from
+            return _UNLIMITED_FDS
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            soft = _UNLIMITED_FDS
+        return max(1, min(soft, _UNLIMITED_FDS) - self.fd_reserve)
+
+
+#: Descriptors counted for an unlimited (or absurdly high) RLIMIT_NOFILE.
+_UNLIMITED_FDS = 1 << 20
 
 
 class _Protocol(asyncio.Protocol):
-    __slots__ = ("_closing", "_conn", "_server", "_session", "_transport", "last_data", "opened")
+    __slots__ = (
+        "_closing",
+        "_conn",
+        "_server",
+        "_session",
+        "_transport",
+        "frame_started",
+        "opened",
+        "write_paused",
+    )
 
     def __init__(self, server: LicenseServer) -> None:
         self._server = server
@@ -67,18 +119,38 @@ class _Protocol(asyncio.Protocol):
         self._session = _Session()
         self._transport: asyncio.Transport | None = None
         self._closing = False
-        self.opened = self.last_data = server.loop.time()
+        self.opened = server.loop.time()
+        self.frame_started: float | None = None
+        """When the first byte of the frame now half-received arrived (None: no half frame)."""
+        self.write_paused: float | None = None
+        """Since when replies have piled up past the high-water mark (None: they have not)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self._transport = t = cast(asyncio.Transport, transport)
         srv = self._server
-        if len(srv.connections) >= srv.limits.max_connections:
+        if len(srv.connections) >= srv.max_connections:
             t.write(_encode(m.Error(0, "server_busy", "connection limit reached")))
             t.close()
             self._closing = True
             return
         srv.connections.add(self)
+        high = srv.limits.write_buffer_high
+        t.set_write_buffer_limits(high=high, low=high // 4)
+
+    def pause_writing(self) -> None:
+        # The peer is not reading its replies: read no more of its requests (which would only
+        # make more replies) and start the write timeout.
+        self.write_paused = self._server.loop.time()
+        if self._transport is not None and not self._closing:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = None
+        if self.frame_started is not None:
+            self.frame_started = self._server.loop.time()  # its rest waited on us, not the peer
+        if self._transport is not None and not self._closing:
+            self._transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         # Leases stay: a client that vanished keeps its seats until they expire, so one that
@@ -91,14 +163,19 @@ class _Protocol(asyncio.Protocol):
             return
         srv = self._server
         now = srv.loop.time()
-        self.last_data = now
         wall = srv.wall()
         out: list[bytes] = []
+        spent = 0  # bytes of replies made off the fast path (whose replies are small)
         close = False
         service = srv.service
         session = self._session
         conn = self._conn
         frames, fatal = conn.receive_frames(data)
+        # The frame timeout runs from a frame's first byte, so a trickle cannot reset it.
+        if not conn.has_partial_frame:
+            self.frame_started = None
+        elif frames or self.frame_started is None:
+            self.frame_started = now
         steady = conn.steady_types
         for item in frames:
             # The fast path: a well-formed renew, release or checkout that the state table
@@ -124,7 +201,9 @@ class _Protocol(asyncio.Protocol):
                     out.append(_encode(m.Error(getattr(event, "id", 0), "internal_error", "")))
                     continue
                 if reply.message is not None:
-                    out.append(_encode(reply.message))
+                    answer = _encode(reply.message)
+                    spent += len(answer)
+                    out.append(answer)
                 elif reply.durable is not None:
                     srv.run_durable(reply.durable, self)
                 if isinstance(event, m.Hello) and not reply.close:
@@ -134,7 +213,16 @@ class _Protocol(asyncio.Protocol):
                     break
                 steady = conn.steady_types
             elif isinstance(event, RequestError):
-                out.append(_encode(m.Error(event.id, event.error.code, event.error.message)))
+                answer = _encode(m.Error(event.id, event.error.code, event.error.message))
+                spent += len(answer)
+                out.append(answer)
+            if spent > srv.limits.write_buffer_max:
+                # Small requests with big replies (status, errors), pipelined: one read must not
+                # make the server hold an unbounded heap of replies for a peer that never reads.
+                log.info("closing a connection: its requests asked for over %d bytes at once",
+                         srv.limits.write_buffer_max)  # fmt: skip
+                close = True
+                break
         if fatal is not None and not close:
             conn.fail(fatal)
             log.info("closing connection: %s", fatal.error)
@@ -162,7 +250,10 @@ class _Protocol(asyncio.Protocol):
             and now - self.opened > limits.handshake_timeout
         ):
             return "no hello within the handshake timeout"
-        if self._conn.has_partial_frame and now - self.last_data > limits.frame_timeout:
+        if self.write_paused is not None:
+            if now - self.write_paused > limits.write_timeout:
+                return "replies not read within the write timeout"
+        elif self.frame_started is not None and now - self.frame_started > limits.frame_timeout:
             return "frame not completed within the frame timeout"
         return None
 
@@ -208,6 +299,8 @@ class LicenseServer:
         self.host = host
         self.port = port
         self.limits = limits
+        self.max_connections = limits.connection_cap()
+        """Connections served at once; the next is told ``server_busy``."""
         self.connections: set[_Protocol] = set()
         self._owners: dict[bytes, _Protocol] = {}
         self._server: asyncio.Server | None = None

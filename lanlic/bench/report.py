@@ -1,0 +1,443 @@
+"""What the benchmark prints and draws: the live progress line, the table, ratios, targets, PNG."""
+
+from __future__ import annotations
+
+import sys
+import time
+from array import array
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Progress",
+    "latency",
+    "merge_counts",
+    "merge_lat",
+    "merge_samples",
+    "one_line",
+    "plot",
+    "ratios",
+    "table",
+    "targets",
+]
+
+#: Percentiles kept in the JSON for each latency distribution (the plot draws these).
+PERCENTILES = (0, 1, 5, 10, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99, 100)
+
+#: Order and labels of the targets in tables and plots.
+TARGET_LABELS = {
+    "lanlic": "lanlic",
+    "ceiling": "ceiling",
+    "ceiling-streams": "ceiling (streams)",
+    "redis": "Redis",
+}
+
+
+class Progress:
+    """A live line on stderr when it is a terminal; one line at the end otherwise."""
+
+    def __init__(
+        self, label: str, total: int | None, quiet: bool, start: float | None = None
+    ) -> None:
+        self.label = label
+        self.total = total
+        self.tty = sys.stderr.isatty() and not quiet
+        self.start = start if start is not None else time.monotonic()
+        self.count = 0
+        self._last = 0.0
+
+    def update(self, count: int) -> None:
+        self.count = count
+        now = time.monotonic()
+        if not self.tty or now - self._last < 0.2:
+            return
+        self._last = now
+        el = max(now - self.start, 0.0)
+        of = f"/{self.total}" if self.total else ""
+        rate = f"  {count / el:,.0f}/s" if el > 0.5 else ""
+        sys.stderr.write(f"\r\x1b[K  {self.label}  {el:5.1f} s  {count:,}{of}{rate}")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.tty:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+# --------------------------------------------------------------------------------- merging
+
+
+def merge_counts(results: Iterable[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in results:
+        for k, v in r["counts"].items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def merge_lat(results: Iterable[dict[str, Any]]) -> array[float]:
+    out = array("d")
+    for r in results:
+        out.extend(r["lat"])
+    return out
+
+
+def merge_samples(results: Iterable[dict[str, Any]], key: str) -> array[float]:
+    out = array("d")
+    for r in results:
+        out.extend(r["extra"].get(key, ()))
+    return out
+
+
+def latency(samples: array[float]) -> dict[str, Any]:
+    """Percentiles in milliseconds (nearest rank) of samples in seconds."""
+    if not samples:
+        return {"n": 0}
+    s = sorted(samples)
+    n = len(s)
+
+    def pct(p: float) -> float:
+        i = min(n - 1, max(0, round(p / 100 * n + 0.5) - 1))
+        return round(s[i] * 1000, 4)
+
+    return {
+        "n": n,
+        "mean": round(sum(s) / n * 1000, 4),
+        "p50": pct(50),
+        "p99": pct(99),
+        "p999": pct(99.9),
+        "max": round(s[-1] * 1000, 4),
+        "percentiles": [[p, pct(p)] for p in PERCENTILES],
+    }
+
+
+# ----------------------------------------------------------------------------------- figures
+
+
+def _f(v: Any, digits: int = 0) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and digits:
+        return f"{v:,.{digits}f}"
+    if isinstance(v, (int, float)):
+        return f"{v:,.0f}"
+    return str(v)
+
+
+def _ms(lat: dict[str, Any], key: str) -> str:
+    v = lat.get(key)
+    return "-" if v is None else f"{v:.2f}"
+
+
+def one_line(scenario: str, name: str, d: dict[str, Any]) -> str:
+    """The line printed as each (scenario, target) finishes."""
+    lat = d.get("latency", {})
+    head = f"{scenario:<18} {TARGET_LABELS.get(name, name):<18}"
+    cpu = f"server CPU {_f(d.get('server_cpu_pct'))}%, generators {_f(d.get('gen_cpu_pct'))}%"
+    if scenario == "burst":
+        return (
+            f"{head} {d['seated']}/{d['n']} seated in {_f(d['all_seated_s'], 2)} s, "
+            f"refused {d['refused']}, errors {d['errors']}; {cpu}"
+        )
+    if scenario == "steady":
+        return (
+            f"{head} {d['rate']:,.0f}/s renews, p50 {_ms(lat, 'p50')} p99 {_ms(lat, 'p99')} "
+            f"p99.9 {_ms(lat, 'p999')} max {_ms(lat, 'max')} ms, lost {d['lost']}; {cpu}"
+        )
+    if scenario.startswith("saturate"):
+        return f"{head} {d['ops_per_s']:,.0f} ops/s, p50 {_ms(lat, 'p50')} ms; {cpu}"
+    return (
+        f"{head} {d['sessions_per_s']:,.0f} sessions/s, refused {d['refused']}, "
+        f"vanished {d['vanished']}, held after expiry {_f(d['leaked_after_expiry'])}; {cpu}"
+    )
+
+
+#: The throughput figure of each scenario, used for ratios and the lower row of the plot.
+THROUGHPUT = {
+    "burst": ("seats_per_s", "seats taken /s"),
+    "steady": ("answered_rate", "renews answered /s"),
+    "saturate-renew": ("ops_per_s", "renews /s"),
+    "saturate-checkout": ("ops_per_s", "checkouts + releases /s"),
+    "churn": ("sessions_per_s", "sessions /s"),
+}
+
+
+def ratios(scenarios: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    out: dict[str, dict[str, float | None]] = {}
+    for sc, by_target in scenarios.items():
+        key = THROUGHPUT.get(sc, (None, ""))[0]
+        lan = by_target.get("lanlic", {}).get(key) if key else None
+        r: dict[str, float | None] = {}
+        for other in ("ceiling", "ceiling-streams", "redis"):
+            v = by_target.get(other, {}).get(key) if key else None
+            if v is not None and lan is not None and v > 0:
+                r[f"lanlic/{other}"] = round(lan / v, 3)
+        if sc == "saturate-renew":
+            a = by_target.get("ceiling-streams", {}).get("ops_per_s")
+            b = by_target.get("ceiling", {}).get("ops_per_s")
+            if a and b:
+                r["streams/protocol"] = round(a / b, 3)
+        out[sc] = r
+    return out
+
+
+def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each met, missed, or not measured at these sizes."""
+    sc = data["scenarios"]
+    rt = data.get("ratios", {})
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, met: bool | None, value: str) -> None:
+        out.append({"target": name, "met": met, "measured": value})
+
+    r = rt.get("saturate-renew", {})
+    if "lanlic/ceiling" in r:
+        add(
+            "saturate renew >= 70% of ceiling",
+            r["lanlic/ceiling"] >= 0.70,
+            f"{r['lanlic/ceiling']:.0%}",
+        )
+    if "lanlic/redis" in r:
+        add("saturate renew above Redis", r["lanlic/redis"] > 1.0, f"{r['lanlic/redis']:.2f}x")
+    r = rt.get("saturate-checkout", {})
+    if "lanlic/ceiling" in r:
+        add(
+            "saturate checkout+release >= 50% of ceiling",
+            r["lanlic/ceiling"] >= 0.50,
+            f"{r['lanlic/ceiling']:.0%}",
+        )
+    st = sc.get("steady", {}).get("lanlic")
+    if st and "latency" in st:
+        big = st["held"] >= 10_000 and abs(data["params"]["heartbeat"] - 1.0) < 1e-9
+        p99 = st["latency"].get("p99")
+        ok = p99 is not None and p99 < 5.0 and st["lost"] == 0 and st["unanswered"] == 0
+        add(
+            "steady 10k seats renewing 1/s: p99 < 5 ms, none lost",
+            ok if big else None,
+            f"{st['held']} seats, p99 {p99} ms, lost {st['lost']}"
+            + ("" if big else " (not at full size)"),
+        )
+    b = sc.get("burst", {}).get("lanlic")
+    if b and "seated" in b:
+        big = b["n"] >= 10_000
+        ok = b["seated"] == b["n"] and b["refused"] == 0 and (b["all_seated_s"] or 99) <= 3.0
+        add(
+            "burst 10k within 3 s, none refused",
+            ok if big else None,
+            f"{b['seated']}/{b['n']} in {b['all_seated_s']} s, refused {b['refused']}"
+            + ("" if big else " (not at full size)"),
+        )
+    mem = [sc.get(k, {}).get("lanlic", {}).get("bytes_per_seat") for k in ("burst", "steady")]
+    mem = [m for m in mem if m is not None]
+    if mem:
+        worst = max(mem)
+        add("<= 4 KiB per held seat", worst <= 4096, f"{worst:,} B (RSS, seat + connection)")
+    return out
+
+
+def _borrows(d: dict[str, Any]) -> str:
+    return _f(d["borrow_pairs_per_s"], 1) if d.get("borrowers") else "n/a"
+
+
+def _borrow_lat(d: dict[str, Any]) -> str:
+    if not d.get("borrowers") or not d["borrow_latency"].get("n"):
+        return "n/a"
+    return f"{d['borrow_latency']['p50']:.1f}/{d['return_latency'].get('p50', 0):.1f}"
+
+
+def table(data: dict[str, Any]) -> str:
+    sc = data["scenarios"]
+    names = [t for t in TARGET_LABELS if any(t in by for by in sc.values())]
+    cols = [TARGET_LABELS[t] for t in names]
+    rows: list[tuple[str, str, list[str], str]] = []
+
+    def cell(d: dict[str, Any] | None, fn: Any) -> str:
+        if d is None:
+            return ""
+        if "skipped" in d:
+            return "skipped"
+        try:
+            return str(fn(d))
+        except (KeyError, TypeError):
+            return "-"
+
+    def row(scn: str, label: str, fn: Any, ratio: str = "") -> None:
+        by = sc.get(scn, {})
+        rows.append((scn, label, [cell(by.get(t), fn) for t in names], ratio))
+
+    def rtext(scn: str) -> str:
+        r = data.get("ratios", {}).get(scn, {})
+        parts = []
+        for k in ("lanlic/ceiling", "lanlic/redis"):
+            if k in r:
+                parts.append(f"{k.split('/')[1]} {r[k]:.0%}")
+        return ", ".join(parts)
+
+    def lat3(d: dict[str, Any]) -> str:
+        lt = d["latency"]
+        return f"{lt['p50']:.2f}/{lt['p99']:.2f}/{lt['p999']:.2f}/{lt['max']:.1f}"
+
+    def cpu(d: dict[str, Any]) -> str:
+        return f"{_f(d['server_cpu_pct'])}/{_f(d['gen_cpu_pct'])}"
+
+    def mem(d: dict[str, Any]) -> str:
+        return _f(d["bytes_per_seat"])
+
+    if "burst" in sc:
+        row("burst", "all seated, s", lambda d: _f(d["all_seated_s"], 2), rtext("burst"))
+        row(
+            "burst",
+            "seated/refused/errors",
+            lambda d: f"{d['seated']}/{d['refused']}/{d['errors']}",
+        )
+        row("burst", "p50/p99/p99.9/max ms", lat3)
+        row("burst", "bytes per held seat", mem)
+        row("burst", "CPU % server/gen", cpu)
+    if "steady" in sc:
+        row(
+            "steady",
+            "renews/s asked/answered",
+            lambda d: f"{d['target_rate']:,.0f}/{d['answered_rate']:,.0f}",
+            rtext("steady"),
+        )
+        row("steady", "p50/p99/p99.9/max ms", lat3)
+        row("steady", "lost/unanswered", lambda d: f"{d['lost']}/{d['unanswered']}")
+        row("steady", "bytes per held seat", mem)
+        row("steady", "CPU % server/gen", cpu)
+    for key, label in (("saturate-renew", "renews/s"), ("saturate-checkout", "ops/s")):
+        if key in sc:
+            row(key, label, lambda d: _f(d["ops_per_s"]), rtext(key))
+            row(key, "p50/p99/p99.9/max ms", lat3)
+            row(key, "CPU % server/gen", cpu)
+    if "churn" in sc:
+        row("churn", "sessions/s", lambda d: _f(d["sessions_per_s"]), rtext("churn"))
+        row("churn", "refused/vanished", lambda d: f"{d['refused']}/{d['vanished']}")
+        row("churn", "held after expiry", lambda d: _f(d["leaked_after_expiry"]))
+        row(
+            "churn",
+            "checkout p50/p99 ms",
+            lambda d: f"{d['latency']['p50']:.2f}/{d['latency']['p99']:.2f}",
+        )
+        row("churn", "borrow+return pairs/s", _borrows)
+        row("churn", "borrow/return p50 ms", _borrow_lat)
+        row("churn", "CPU % server/gen", cpu)
+
+    w0 = max([len("scenario")] + [len(r[0]) for r in rows])
+    w1 = max([len("figure")] + [len(r[1]) for r in rows])
+    wc = [
+        max(len(c), *(len(r[2][i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)
+    ]
+    lines = []
+    head = (
+        f"{'scenario':<{w0}}  {'figure':<{w1}}  "
+        + "  ".join(f"{c:>{wc[i]}}" for i, c in enumerate(cols))
+        + "  lanlic vs"
+    )
+    lines.append(head)
+    lines.append("-" * len(head))
+    last = ""
+    for scn, label, cells, ratio in rows:
+        name = scn if scn != last else ""
+        last = scn
+        lines.append(
+            f"{name:<{w0}}  {label:<{w1}}  "
+            + "  ".join(f"{c:>{wc[i]}}" for i, c in enumerate(cells))
+            + (f"  {ratio}" if ratio else "")
+        )
+    r = data.get("ratios", {}).get("saturate-renew", {})
+    if "streams/protocol" in r:
+        lines.append(
+            f"\nceiling with asyncio streams / with asyncio.Protocol: {r['streams/protocol']:.0%}"
+        )
+    for s, by in sc.items():
+        for t, d in by.items():
+            if "skipped" in d:
+                lines.append(f"{s} {t}: skipped: {d['skipped']}")
+    if "churn" in sc:
+        d = sc["churn"].get("lanlic", {})
+        if "borrows" in d:
+            lines.append(f"churn borrows and returns (lanlic): {d['borrows']}")
+    tg = data.get("targets", [])
+    if tg:
+        lines.append("\ntargets:")
+        for t in tg:
+            mark = {True: "met ", False: "MISS", None: "n/a "}[t["met"]]
+            lines.append(f"  [{mark}] {t['target']}: {t['measured']}")
+    p = data["params"]
+    pressure = data.get("cpu_pressure_pct")
+    lines.append(
+        f"\n{data['machine'].get('cpus')} CPUs, loop {p['loop']}, {p['procs']} generator "
+        f"processes, run took {data['duration_s']} s"
+        + (f"; some task waited for a CPU {pressure}% of the time" if pressure is not None else "")
+    )
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------- plot
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
+    """Latency percentiles (top) and throughput (bottom) per scenario; raises ImportError."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sc = {k: v for k, v in data["scenarios"].items() if k in THROUGHPUT}
+    if not sc:
+        return
+    colours = {
+        "lanlic": "#1f77b4",
+        "ceiling": "#7f7f7f",
+        "ceiling-streams": "#bcbd22",
+        "redis": "#d62728",
+    }
+    fig, axes = plt.subplots(2, len(sc), figsize=(4.2 * len(sc), 7.5), squeeze=False)
+    for col, (name, by) in enumerate(sc.items()):
+        top, bottom = axes[0][col], axes[1][col]
+        labels, values, bar_colours = [], [], []
+        for t, d in by.items():
+            if "skipped" in d:
+                continue
+            pts = d.get("latency", {}).get("percentiles")
+            if pts:
+                xs = [min(p, 99.999) for p, _ in pts]
+                ys = [max(v, 1e-3) for _, v in pts]
+                # x on a "nines" scale: 1/(1-p) on a log axis spreads the tail out.
+                top.plot(
+                    [1 / (1 - x / 100) for x in xs],
+                    ys,
+                    marker=".",
+                    label=TARGET_LABELS.get(t, t),
+                    color=colours.get(t),
+                )
+            v = d.get(THROUGHPUT[name][0])
+            if v is not None:
+                labels.append(TARGET_LABELS.get(t, t))
+                values.append(v)
+                bar_colours.append(colours.get(t, "#333333"))
+        top.set_xscale("log")
+        top.set_yscale("log")
+        ticks = [1, 2, 10, 100, 1000, 10000]
+        top.set_xticks(ticks)
+        top.set_xticklabels(["0", "50", "90", "99", "99.9", "99.99"])
+        top.set_xlabel("percentile")
+        top.set_ylabel("latency, ms")
+        top.set_title(name)
+        top.grid(True, which="both", alpha=0.3)
+        top.legend(fontsize=8)
+        bottom.bar(labels, values, color=bar_colours)
+        bottom.set_ylabel(THROUGHPUT[name][1])
+        bottom.tick_params(axis="x", labelsize=8)
+        for i, v in enumerate(values):
+            bottom.annotate(f"{v:,.0f}", (i, v), ha="center", va="bottom", fontsize=8)
+    p = data["params"]
+    fig.suptitle(
+        f"lanlic bench: {data['machine'].get('cpus')} CPUs, loop {p['loop']}, "
+        f"{data['started']}" + (" (quick)" if p.get("quick") else ""),
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

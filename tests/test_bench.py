@@ -1,0 +1,126 @@
+"""The benchmark tool keeps working: a tiny run of every scenario reports numbers.
+
+This asserts that the tool runs and reports, never a speed: the figures depend on the machine.
+Every load goes to 127.0.0.1, every size here is small, and the run is bounded by a timeout.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--quick",
+    "--procs",
+    "1",
+    "--n",
+    "40",
+    "--duration",
+    "0.6",
+    "--conns",
+    "4",
+    "--depth",
+    "2",
+    "--clients",
+    "6",
+    "--no-progress",
+]
+
+
+@pytest.mark.slow
+def test_tiny_run_of_every_scenario_reports_numbers(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    plot = tmp_path / "bench.png"
+    has_redis = shutil.which("redis-server") is not None
+    has_matplotlib = importlib.util.find_spec("matplotlib") is not None
+    env = {**os.environ, "LANLIC_CONFIG": str(tmp_path / "config")}  # never the user's pins
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tools" / "bench.py"),
+            *TINY,
+            "--targets",
+            "lanlic,ceiling,redis",
+            "--json",
+            str(out),
+            "--plot",
+            str(plot),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        cwd=tmp_path,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    sc = data["scenarios"]
+    assert set(sc) == {"burst", "steady", "saturate-renew", "saturate-checkout", "churn"}
+
+    burst = sc["burst"]["lanlic"]
+    assert (burst["n"], burst["seated"], burst["refused"], burst["errors"]) == (40, 40, 0, 0)
+    assert burst["all_seated_s"] > 0 and burst["bytes_per_seat"] is not None
+
+    steady = sc["steady"]["lanlic"]
+    assert steady["held"] == 40 and steady["answered_rate"] > 0
+    assert steady["lost"] == 0 and steady["latency"]["p99"] > 0
+
+    for key in ("saturate-renew", "saturate-checkout"):
+        for target in ("lanlic", "ceiling"):
+            d = sc[key][target]
+            assert d["ops_per_s"] > 0 and d["errors"] == 0 and d["lost"] == 0, (key, target, d)
+    assert sc["saturate-renew"]["ceiling-streams"]["ops_per_s"] > 0
+    assert data["ratios"]["saturate-renew"]["lanlic/ceiling"] > 0
+
+    churn = sc["churn"]["lanlic"]
+    assert churn["granted"] > 0 and churn["leaked_after_expiry"] == 0
+    # Two laptops enrolled and tried to borrow (a try may meet a full pool: that is churn).
+    assert churn["borrowers"] == 2
+    assert sum(v for k, v in churn["counts"].items() if k.startswith("borrow")) > 0
+
+    if has_redis:
+        assert sc["saturate-renew"]["redis"]["ops_per_s"] > 0
+        assert sc["churn"]["redis"]["leaked_after_expiry"] == 0
+        assert "lanlic/redis" in data["ratios"]["saturate-renew"]
+    else:
+        assert "redis-server is not installed" in sc["burst"]["redis"]["skipped"]
+
+    assert {t["target"] for t in data["targets"]} >= {"saturate renew >= 70% of ceiling"}
+    assert "scenario" in proc.stdout and "targets:" in proc.stdout  # the table was printed
+    if has_matplotlib:
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert "matplotlib" in proc.stderr
+
+
+def test_lanlic_bench_is_the_same_tool() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "lanlic.cli", "bench", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0
+    assert "--scenario" in proc.stdout and "--quick" in proc.stdout
+
+
+def test_only_loopback_is_loaded() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "bench.py"), "--server", "192.0.2.1:7766"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "loopback" in proc.stderr
