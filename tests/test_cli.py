@@ -10,141 +10,33 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import json
-import os
-import select
 import signal
 import socket
 import stat
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cliproc import Proc, ProcGroup, assert_one_line_error, run
 
 from lanlic.core import netkey
 from lanlic.core.vendorfiles import load_vendor_private, load_vendor_public
 
-CLI = [sys.executable, "-m", "lanlic.cli"]
-#: Bound on any one CLI command that is expected to finish by itself.
-RUN_TIMEOUT = 20.0
-#: Bound on waiting for a process's next line of output.
-LINE_TIMEOUT = 10.0
 #: A server's lease and heartbeat when a test watches leases run out.
 SHORT_LEASE = ["--lease", "2", "--heartbeat", "0.5"]
 CAD_SPEC = "cad:3:borrowable=2:max-days=14:versions=10-16"
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LANLIC_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def _today() -> dt.date:
     return dt.datetime.now(dt.UTC).date()
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *args],
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        env=_env(),
-        cwd=cwd,
-        check=False,
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], code: str) -> str:
-    """A failed command: non-zero exit and exactly ``lanlic: <code>: <reason>`` on stderr."""
-    assert result.returncode != 0, result
-    err = result.stderr
-    assert err.endswith("\n") and err.count("\n") == 1, f"not one line: {err!r}"
-    assert err.startswith(f"lanlic: {code}: "), err
-    assert "Traceback" not in err
-    return err.strip()
-
-
-class Proc:
-    """A background ``lanlic`` process whose stdout is read line by line with a deadline."""
-
-    def __init__(self, args: list[str]) -> None:
-        self.args = args
-        self.popen = subprocess.Popen(
-            [*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env()
-        )
-        self._buf = b""
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def read_line(self, timeout: float = LINE_TIMEOUT) -> str:
-        assert self.popen.stdout is not None
-        fd = self.popen.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no line from {self.args} within {timeout} s")
-            ready, _, _ = select.select([fd], [], [], left)
-            if not ready:
-                continue
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                code = self.popen.wait(timeout=5)
-                raise AssertionError(
-                    f"{self.args} exited {code} before a line; stderr: {self.stderr()!r}"
-                )
-            self._buf += chunk
-        line, _, self._buf = self._buf.partition(b"\n")
-        return line.decode()
-
-    def read_json(self, timeout: float = LINE_TIMEOUT) -> dict[str, Any]:
-        obj = json.loads(self.read_line(timeout))
-        assert isinstance(obj, dict)
-        return obj
-
-    def stderr(self) -> str:
-        assert self.popen.stderr is not None
-        if self.popen.poll() is None:
-            return "<still running>"
-        return self.popen.stderr.read().decode(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        """Send ``sig`` (SIGKILL after 5 s if it is still running); return the exit code."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=5)
-        return self.popen.returncode
-
-    def close(self) -> None:
-        self.stop()
-        for f in (self.popen.stdout, self.popen.stderr):
-            if f is not None:
-                f.close()
-
-
-class Procs:
-    def __init__(self) -> None:
-        self.started: list[Proc] = []
-
-    def start(self, *args: str) -> Proc:
-        proc = Proc(list(args))
-        self.started.append(proc)
-        return proc
-
+class Procs(ProcGroup):
     def serve(self, *args: str) -> tuple[Proc, int]:
         """Start ``lanlic serve ARGS --json`` and wait for its ``listening`` line."""
-        proc = self.start("serve", *args, "--json")
+        proc = self.start(["serve", *args, "--json"])
         event = proc.read_json()
         assert event["event"] == "listening", event
         assert event["host"] == "127.0.0.1", event
@@ -153,7 +45,7 @@ class Procs:
 
     def checkout(self, port: int, product: str, *args: str) -> Proc:
         """Start ``lanlic checkout`` and wait until it holds its seat."""
-        proc = self.start("checkout", product, "--server", f"127.0.0.1:{port}", "--json", *args)
+        proc = self.start(["checkout", product, "--server", f"127.0.0.1:{port}", "--json", *args])
         event = proc.read_json()
         assert event["event"] == "checked_out" and event["product"] == product, event
         return proc
@@ -161,18 +53,13 @@ class Procs:
 
 @pytest.fixture
 def procs() -> Iterator[Procs]:
-    p = Procs()
-    try:
-        yield p
-    finally:
-        for proc in reversed(p.started):
-            proc.close()
+    yield from Procs.running()
 
 
 @pytest.fixture(scope="module")
 def vendor(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("vendor")
-    result = run_cli("vendor", "keygen", "--out", str(out))
+    result = run(["vendor", "keygen", "--out", str(out)])
     assert result.returncode == 0, result.stderr
     return out
 
@@ -183,7 +70,7 @@ def issue(vendor_dir: Path, out: Path, *products: str, expires: str | None = Non
     args += ["--customer", "ACME Engineering", "--expires", expires, "--borrow-kind", "act"]
     for product in products or (CAD_SPEC, "render:1:addon"):
         args += ["--product", product]
-    result = run_cli(*args, "--out", str(out))
+    result = run([*args, "--out", str(out)])
     assert result.returncode == 0, result.stderr
     return out
 
@@ -211,7 +98,7 @@ def serve_args(network_key: Path, vendor: Path, data: Path, *extra: str) -> list
 
 def status(port: int) -> dict[str, dict[str, Any]]:
     """``lanlic status --json``, as a map from product name to its entry."""
-    result = run_cli("status", "--server", f"127.0.0.1:{port}", "--json")
+    result = run(["status", "--server", f"127.0.0.1:{port}", "--json"])
     assert result.returncode == 0, result.stderr
     body = json.loads(result.stdout)
     return {p["name"]: p for p in body["products"]}
@@ -234,7 +121,7 @@ def wait_for_in_use(port: int, product: str, in_use: int, timeout: float) -> flo
 
 def test_keygen_writes_a_private_key_0600_and_refuses_to_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "vendor"
-    result = run_cli("vendor", "keygen", "--out", str(out), "--json")
+    result = run(["vendor", "keygen", "--out", str(out), "--json"])
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert Path(info["private"]) == out / "vendor.key"
@@ -245,7 +132,7 @@ def test_keygen_writes_a_private_key_0600_and_refuses_to_overwrite(tmp_path: Pat
     load_vendor_public(out / "vendor.pub")
     before = (out / "vendor.key").read_bytes()
 
-    again = run_cli("vendor", "keygen", "--out", str(out))
+    again = run(["vendor", "keygen", "--out", str(out)])
     err = assert_one_line_error(again, "usage")
     assert "vendor.key" in err
     assert (out / "vendor.key").read_bytes() == before
@@ -257,7 +144,7 @@ def test_issue_writes_a_network_key_the_vendor_pub_verifies(vendor: Path, tmp_pa
     args += ["--customer", "ACME Engineering", "--borrow-kind", "act"]
     args += ["--expires", (_today() + dt.timedelta(days=30)).isoformat()]
     args += ["--product", CAD_SPEC, "--product", "render:1:addon"]
-    result = run_cli(*args, "--out", str(out), "--json")
+    result = run([*args, "--out", str(out), "--json"])
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {
         "out": str(out),
@@ -297,7 +184,7 @@ def test_issue_refuses_a_bad_product_spec_or_date(
         expires = (_today() + dt.timedelta(days=30)).isoformat()
     args = ["vendor", "issue", "--vendor-key", str(vendor / "vendor.key")]
     args += ["--customer", "ACME", "--borrow-kind", "act", "--expires", expires]
-    result = run_cli(*args, "--product", product, "--out", str(out))
+    result = run([*args, "--product", product, "--out", str(out)])
     assert names in assert_one_line_error(result, "usage")
     assert not out.exists()
 
@@ -330,7 +217,7 @@ def test_a_fourth_checkout_of_three_seats_gets_no_seat(
         procs.checkout(port, "cad", "--version", "16", "--hold", "30")
     assert status(port)["cad"]["in_use"] == 3
 
-    result = run_cli("checkout", "cad", "--server", f"127.0.0.1:{port}", "--version", "16")
+    result = run(["checkout", "cad", "--server", f"127.0.0.1:{port}", "--version", "16"])
     assert result.returncode == 1
     assert_one_line_error(result, "no_seat")
     assert status(port)["cad"]["in_use"] == 3
@@ -351,7 +238,7 @@ def test_checkout_refusals(
     code: str,
 ) -> None:
     server, port = procs.serve(*serve_args(network_key, vendor, tmp_path / "data"))
-    result = run_cli("checkout", product, "--server", f"127.0.0.1:{port}", "--version", version)
+    result = run(["checkout", product, "--server", f"127.0.0.1:{port}", "--version", version])
     assert result.returncode == 1
     err = assert_one_line_error(result, code)
     assert repr(product) in err or product in err
@@ -408,7 +295,7 @@ def _edit_seat_count(content: bytes) -> bytes:
 
 def _other_vendor(vendor: Path, tmp_path: Path) -> bytes:
     other = tmp_path / "other-vendor"
-    assert run_cli("vendor", "keygen", "--out", str(other)).returncode == 0
+    assert run(["vendor", "keygen", "--out", str(other)]).returncode == 0
     return issue(other, tmp_path / "other.lic").read_bytes()
 
 
@@ -457,7 +344,7 @@ def test_serve_refuses_a_bad_network_key(
     lic = tmp_path / "bad.lic"
     lic.write_bytes(bad)
 
-    result = run_cli("serve", *serve_args(lic, vendor, tmp_path / "data"), "--json")
+    result = run(["serve", *serve_args(lic, vendor, tmp_path / "data"), "--json"])
     err = assert_one_line_error(result, code)
     assert str(lic) in err
     for word in words:
@@ -471,7 +358,7 @@ def test_a_second_server_on_the_same_data_folder_refuses(
     data = tmp_path / "data"
     server, port = procs.serve(*serve_args(network_key, vendor, data))
 
-    result = run_cli("serve", *serve_args(network_key, vendor, data))
+    result = run(["serve", *serve_args(network_key, vendor, data)])
     err = assert_one_line_error(result, "data_dir")
     assert str(data) in err
     assert status(port)["cad"]["seats"] == 3
@@ -488,7 +375,7 @@ def test_demo_serves_the_cad_office_and_checkout_works(procs: Procs, tmp_path: P
     assert products["cad"]["seats"] == 10 and not products["cad"]["addon"]
     assert products["cad-render"]["addon"] and products["cad-cam"]["addon"]
 
-    result = run_cli("checkout", "cad", "--server", f"127.0.0.1:{port}", "--hold", "0.5")
+    result = run(["checkout", "cad", "--server", f"127.0.0.1:{port}", "--hold", "0.5"])
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         f"checked out cad from 127.0.0.1:{port}, holding for 0.5 s",
@@ -510,7 +397,7 @@ def _closed_port() -> int:
 
 def test_status_without_a_server_is_server_unavailable() -> None:
     port = _closed_port()
-    result = run_cli("status", "--server", f"127.0.0.1:{port}")
+    result = run(["status", "--server", f"127.0.0.1:{port}"])
     assert result.returncode == 1
     err = assert_one_line_error(result, "server_unavailable")
     assert f"127.0.0.1:{port}" in err

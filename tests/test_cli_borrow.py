@@ -12,27 +12,16 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
-import json
-import os
-import secrets
-import select
-import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cliproc import Laptop, Procs, fails, ok, run
 
-CLI = [sys.executable, "-m", "lanlic.cli"]
-#: Bound on any one CLI command that is expected to finish by itself.
-RUN_TIMEOUT = 20.0
-#: Bound on waiting for a process's next line of output.
-LINE_TIMEOUT = 10.0
 DAY = 86400.0
 ACT_PRODUCTS = (
     "cad:3:borrowable=2:max-days=14:versions=10-16",
@@ -44,153 +33,15 @@ ACT_BORROWED = "Borrowed (license file)"
 KEY_BORROWED = "Borrowed (portable key)"
 
 
-def _base_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LANLIC_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, timeout=RUN_TIMEOUT, env=env, check=False
-    )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> Any:
-    """A command that succeeded with one JSON line (or several: a list of them)."""
-    assert result.returncode == 0, (result.args, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = [json.loads(line) for line in result.stdout.splitlines()]
-    return lines[0] if len(lines) == 1 else lines
-
-
-def fails(result: subprocess.CompletedProcess[str], code: str, notes: int = 0) -> str:
-    """A failed ``--json`` command: exit 1, ``lanlic: <code>: <reason>`` as the last line of
-    stderr after ``notes`` warning lines, and the same code as JSON on stdout; the reason."""
-    assert result.returncode == 1, (result.args, result.stdout, result.stderr)
-    err = result.stderr
-    assert "Traceback" not in err, err
-    assert err.endswith("\n") and err.count("\n") == notes + 1, f"not {notes + 1} line(s): {err!r}"
-    last = err.splitlines()[-1]
-    assert last.startswith(f"lanlic: {code}: "), err
-    body = json.loads(result.stdout)
-    assert body["error"] == code, body
-    assert last == f"lanlic: {code}: {body['message']}"
-    message: str = body["message"]
-    return message
-
-
-class Laptop:
-    """One simulated machine: its container home, machine id and pins under ``tmp``."""
-
-    def __init__(self, tmp: Path, name: str) -> None:
-        self.name = name
-        self.home = tmp / f"home-{name}"
-        self.machine = tmp / f"machine-{name}"
-        self.config = tmp / f"config-{name}"
-        self.machine.write_text(secrets.token_hex(16) + "\n")
-
-    def env(self) -> dict[str, str]:
-        env = _base_env()
-        env["LANLIC_CLIENT_DATA"] = str(self.home)
-        env["LANLIC_MACHINE_ID_FILE"] = str(self.machine)
-        env["LANLIC_CONFIG"] = str(self.config)
-        return env
-
-    def run(self, port: int | None, *args: str) -> subprocess.CompletedProcess[str]:
-        """``lanlic ARGS --json``, with ``--server 127.0.0.1:PORT`` when a port is given."""
-        where = ["--server", f"127.0.0.1:{port}"] if port is not None else []
-        return _run([*args, *where, "--json"], self.env())
-
-    def copied_to(self, tmp: Path, name: str) -> Laptop:
-        """Another machine (a new machine id) holding a copy of this laptop's home folder."""
-        other = Laptop(tmp, name)
-        shutil.copytree(self.home, other.home)
-        return other
-
-
-class Proc:
-    """A background ``lanlic`` process whose stdout is read line by line with a deadline."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.args = args
-        self.popen = subprocess.Popen(
-            [*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
-        )
-        self._buf = b""
-
-    def read_json(self, timeout: float = LINE_TIMEOUT) -> dict[str, Any]:
-        assert self.popen.stdout is not None
-        fd = self.popen.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no line from {self.args} within {timeout} s")
-            ready, _, _ = select.select([fd], [], [], left)
-            if not ready:
-                continue
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                code = self.popen.wait(timeout=5)
-                raise AssertionError(f"{self.args} exited {code} before a line")
-            self._buf += chunk
-        line, _, self._buf = self._buf.partition(b"\n")
-        obj = json.loads(line)
-        assert isinstance(obj, dict)
-        return obj
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        """Send ``sig`` (SIGKILL after 5 s if it is still running); return the exit code."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=5)
-        return self.popen.returncode
-
-    def close(self) -> None:
-        self.stop()
-        for f in (self.popen.stdout, self.popen.stderr):
-            if f is not None:
-                f.close()
-
-
-class Procs:
-    def __init__(self) -> None:
-        self.started: list[Proc] = []
-
-    def start(self, args: list[str], env: dict[str, str] | None = None) -> Proc:
-        proc = Proc(args, env if env is not None else _base_env())
-        self.started.append(proc)
-        return proc
-
-    def serve(self, network_key: Path, vendor: Path, data: Path) -> tuple[Proc, int, str]:
-        """Start a server on ``data`` and wait for its ``listening`` line: (proc, port, id)."""
-        args = ["serve", "--license", str(network_key), "--vendor-pub", str(vendor / "vendor.pub")]
-        args += ["--data", str(data), "--host", "127.0.0.1", "--port", "0", "--no-mdns", "--json"]
-        proc = self.start(args)
-        event = proc.read_json()
-        assert event["event"] == "listening" and event["host"] == "127.0.0.1", event
-        return proc, event["port"], event["server_id"]
-
-
 @pytest.fixture
 def procs() -> Iterator[Procs]:
-    p = Procs()
-    try:
-        yield p
-    finally:
-        for proc in reversed(p.started):
-            proc.close()
+    yield from Procs.running()
 
 
 @pytest.fixture(scope="module")
 def vendor(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("vendor")
-    ok(_run(["vendor", "keygen", "--out", str(out), "--json"], _base_env()))
+    ok(run(["vendor", "keygen", "--out", str(out), "--json"]))
     return out
 
 
@@ -200,7 +51,7 @@ def _issue(vendor: Path, out: Path, customer: str, kind: str, products: tuple[st
     args += ["--expires", expires, "--borrow-kind", kind, "--out", str(out), "--json"]
     for product in products:
         args += ["--product", product]
-    ok(_run(args, _base_env()))
+    ok(run(args))
     return out
 
 
@@ -214,12 +65,6 @@ def act_key(vendor: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def key_key(vendor: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("key") / "net.lic"
     return _issue(vendor, out, "ACME Field Office", "key", ("cad:3:borrowable=2:max-days=14",))
-
-
-def status(laptop: Laptop, port: int) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
-    """``lanlic status --json``: products by name, and the active borrows."""
-    body = ok(laptop.run(port, "status"))
-    return {p["name"]: p for p in body["products"]}, body["borrows"]
 
 
 def borrow(laptop: Laptop, port: int, *args: str) -> dict[str, Any]:
@@ -259,7 +104,7 @@ def test_act_enroll_borrow_until_the_borrowable_seats_are_gone(
     message = fails(a.run(port, "borrow", "cad", "--days", "1"), "borrow_refused")
     assert "borrowed here already" in message and "lanlic return cad" in message
 
-    products, borrows = status(a, port)
+    products, borrows = a.status(port)
     assert borrows == [
         {
             "borrow_id": lic["borrow_id"],
@@ -284,7 +129,7 @@ def test_act_enroll_borrow_until_the_borrowable_seats_are_gone(
     ok(c.run(port, "enroll"))
     message = fails(c.run(port, "borrow", "cad", "--days", "1"), "no_borrowable_seat")
     assert "all 2 borrowable seats of cad" in message
-    products, borrows = status(c, port)
+    products, borrows = c.status(port)
     assert products["cad"]["borrowed"] == 2 and products["cad"]["free"] == 1
     assert {x["borrow_id"] for x in borrows} == {lic["borrow_id"], lic_b["borrow_id"]}
     held, released = ok(c.run(port, "checkout", "cad", "--version", "16", "--hold", "0.3"))
@@ -367,10 +212,10 @@ def test_borrowed_file_works_offline_on_its_machine_only_and_return_deactivates_
 
     # 4. The borrow outlives a restart; returning it frees the seat at once.
     server, port, _ = procs.serve(act_key, vendor, data)
-    products, borrows = status(a, port)
+    products, borrows = a.status(port)
     assert [x["borrow_id"] for x in borrows] == [lic["borrow_id"]]
     assert products["cad"]["borrowed"] == 1
-    text = _run(["status", "--server", f"127.0.0.1:{port}"], a.env())
+    text = run(["status", "--server", f"127.0.0.1:{port}"], a.env())
     assert text.returncode == 0 and lic["borrow_id"] in text.stdout
 
     assert ok(a.run(port, "return", "cad")) == {
@@ -379,7 +224,7 @@ def test_borrowed_file_works_offline_on_its_machine_only_and_return_deactivates_
         "already": False,
     }
     assert not (a.home / "borrows" / "cad.lic").exists()
-    products, borrows = status(a, port)
+    products, borrows = a.status(port)
     assert products["cad"]["borrowed"] == 0 and borrows == []
 
     message = fails(a.run(port, "return", "cad"), "borrow_unknown")
@@ -395,7 +240,7 @@ def test_borrowed_file_works_offline_on_its_machine_only_and_return_deactivates_
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith("lanlic: borrowed licence not usable: file_returned: ")
     assert lic["borrow_id"] in result.stderr
-    assert status(a, port)[0]["cad"]["borrowed"] == 0
+    assert a.status(port)[0]["cad"]["borrowed"] == 0
     assert server.stop() == 0
 
 
@@ -448,7 +293,7 @@ def test_offline_enrollment_through_the_admin_then_borrow(
 
     lic = ok(laptop.run(port, "borrow", "cad", "--days", "1"))
     assert lic["product"] == "cad" and lic["kind"] == "act"
-    assert [x["borrow_id"] for x in status(admin, port)[1]] == [lic["borrow_id"]]
+    assert [x["borrow_id"] for x in admin.status(port)[1]] == [lic["borrow_id"]]
     assert server.stop() == 0
 
 
@@ -467,14 +312,14 @@ def test_enable_holds_an_addon_seat_and_refuses_a_plain_product(
     held = enabled.read_json()
     assert held["event"] == "checked_out" and held["product"] == "cad-render"
     assert held["source"] == "network"
-    assert status(laptop, port)[0]["cad-render"]["in_use"] == 1
+    assert laptop.status(port)[0]["cad-render"]["in_use"] == 1
     assert enabled.stop() == 0
     assert enabled.read_json() == {"event": "released", "product": "cad-render"}
-    assert status(laptop, port)[0]["cad-render"]["in_use"] == 0
+    assert laptop.status(port)[0]["cad-render"]["in_use"] == 0
 
     message = fails(laptop.run(port, "enable", "cad", "--hold", "0.3"), "usage")
     assert "cad is not an add-on" in message and "lanlic checkout cad" in message
-    assert status(laptop, port)[0]["cad"]["in_use"] == 0
+    assert laptop.status(port)[0]["cad"]["in_use"] == 0
     assert server.stop() == 0
 
 
@@ -497,7 +342,7 @@ def test_key_kind_borrows_into_a_portable_key_that_works_on_any_machine(
     assert lic["kind"] == "key" and lic["end"] - lic["start"] == pytest.approx(2 * DAY)
     assert (usb / "borrows" / "cad.lic").is_file()
     assert not laptop.home.exists()
-    assert status(laptop, port)[0]["cad"]["borrowed"] == 1
+    assert laptop.status(port)[0]["cad"]["borrowed"] == 1
     assert server.stop() == 0
 
     # Plugged into another machine, with no server.

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import select
 import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
+from cliproc import read_json_line
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from discovery_helpers import CLI, LOOPBACK, ServerProcess, cli_env
 from netns import Netns, netns_unavailable
@@ -207,23 +205,6 @@ async def test_killed_server_restarted_on_another_port_is_found_again(
 # ------------------------------------------------------------------- two network namespaces
 
 
-def _read_json_line(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    line = b""
-    while not line.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
-            raise AssertionError(f"no output line within {timeout} s")
-        chunk = os.read(proc.stdout.fileno(), 1)
-        if not chunk:
-            raise AssertionError(f"process exited: {proc.wait(5)}")
-        line += chunk
-    out = json.loads(line)
-    assert isinstance(out, dict)
-    return out
-
-
 def test_discovery_between_two_network_namespaces(
     vendor_files: tuple[Path, Path], vendor_key: Ed25519PrivateKey, tmp_path: Path
 ) -> None:
@@ -248,8 +229,8 @@ def test_discovery_between_two_network_namespaces(
             stderr=subprocess.PIPE,
             env=env,
         )  # fmt: skip
-        listening = _read_json_line(server, 20)
-        announced = _read_json_line(server, 20)
+        listening = read_json_line(server, 20)
+        announced = read_json_line(server, 20)
         assert announced["event"] == "announced" and announced["interfaces"] == "every interface"
         # The client, in the other namespace, is given no address and no interface.
         result = subprocess.run(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import select
 import signal
 import subprocess
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cliproc import read_json_line
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from netns import CLI, Netns, ip, netns_unavailable
 
@@ -25,22 +25,6 @@ LEASE = 3.0
 TODAY = dt.datetime.now(dt.UTC).date()
 
 pytestmark = pytest.mark.skipif(netns_unavailable() is not None, reason=str(netns_unavailable()))
-
-
-def read_json(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    line = b""
-    while not line.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
-            raise AssertionError(f"no output line within {timeout} s")
-        chunk = os.read(proc.stdout.fileno(), 1)
-        if not chunk:
-            raise AssertionError(f"process exited with {proc.wait(5)}")
-        line += chunk
-    out: dict[str, Any] = json.loads(line)
-    return out
 
 
 class Office:
@@ -69,7 +53,7 @@ class Office:
     def __enter__(self) -> Office:
         self.net.make()
         server = self.spawn(self.net.a, *self.serve_args)
-        self.port = read_json(server, 30)["port"]
+        self.port = read_json_line(server, 30)["port"]
         self.server = server
         return self
 
@@ -95,7 +79,7 @@ class Office:
             self.net.b, "checkout", "cad", "--server", f"10.99.0.1:{self.port}", "--hold", "60",
             "--json",
         )  # fmt: skip
-        assert read_json(proc, 20)["event"] == "checked_out"
+        assert read_json_line(proc, 20)["event"] == "checked_out"
         return proc
 
     def in_use(self) -> int:
@@ -131,7 +115,7 @@ def test_a_client_cut_off_loses_its_seat_after_the_lease_and_knows_it_first(
         cut = time.monotonic()
         assert office.in_use() == 1, "the seat stays while its lease runs"
         # The client gives up on its own clock before the server frees the seat...
-        lost = read_json(client, LEASE + 5)
+        lost = read_json_line(client, LEASE + 5)
         client_gave_up = time.monotonic() - cut
         assert (lost["event"], lost["error"]) == ("lost", "seat_lost")
         assert client.wait(10) == 1
