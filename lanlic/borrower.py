@@ -212,6 +212,45 @@ class Borrower:
         self._save_pending(home, pending)
         return not reply.already
 
+    async def check_online(self, client: Client, product: str | None = None) -> dict[str, str]:
+        """Show the server the borrowed files kept here (all, or ``product``'s) and learn
+        whether each borrow is still on (``present``). One that is over on the server (returned
+        or expired: say this folder was restored from a backup taken before a return, which no
+        offline check can tell) is deactivated here at once; one the server had no record of
+        (its database restored from an older backup) is counted by it from now on. Returns
+        ``{product: state}``; a file the server cannot place (another server's, a product its
+        key no longer serves) is left as it is."""
+        home = self.home() if (self.home_path / "container.key").exists() else None
+        if home is None:
+            return {}
+        await client.connect()
+        states: dict[str, str] = {}
+        for name in [product] if product else home.borrowed_products():
+            data = home.borrowed(name)
+            if data is None:
+                continue
+            try:
+                lic, _, _ = borrowing.parse_borrowed_file(data)
+            except BorrowedFileError:
+                continue
+            if lic.server_key != client.server_key:
+                continue  # another server's file: nothing this one can say about it
+            proof = home.proof("present", client.server_id, [lic.borrow_id])
+
+            def make(rid: int, file: bytes = data, proof: bytes = proof) -> m.Message:
+                return m.Present(rid, file, proof)
+
+            try:
+                reply = await client.call(make)
+            except BorrowRefused:
+                continue
+            assert isinstance(reply, m.Presented)
+            states[name] = reply.state
+            if reply.state in ("returned", "expired"):
+                home.deactivate(lic.borrow_id, self.clock())
+        home.touch(self.clock())
+        return states
+
     @staticmethod
     def _pending(home: ContainerHome) -> dict[str, str]:
         try:

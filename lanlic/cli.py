@@ -328,6 +328,13 @@ def cmd_checkout(args: argparse.Namespace) -> int:
 
         stop = asyncio.Event()
         lic = _borrowed_licence(args)
+        if lic is not None and not await _borrow_still_on(args):
+            print(
+                f"lanlic: the server says the borrow of {args.product} is over (returned or "
+                "expired): its file is deactivated here; taking a network seat",
+                file=sys.stderr,
+            )
+            lic = None
         if lic is not None:
             return await _hold_borrowed(args, lic, stop)
         client = await _connect(args, args.product, app=args.app, on_seat_lost=on_lost)
@@ -393,6 +400,32 @@ def _borrowed_licence(args: argparse.Namespace) -> Any:
     except OSError as exc:
         print(f"lanlic: borrowed licences unreadable: {exc}", file=sys.stderr)
     return None
+
+
+async def _borrow_still_on(args: argparse.Namespace) -> bool:
+    """With a server address given (``--server``, ``LANLIC_SERVER``, ``client.toml``), ask it
+    whether the borrow of ``args.product`` is still on (a copy of the file restored from a
+    backup taken before its return is not; no offline check can tell). A server that does not
+    answer within a couple of seconds leaves the decision to the file, as offline."""
+    from lanlic.borrower import Borrower
+    from lanlic.net.client import Client, _explicit_server
+
+    server = args.server or _explicit_server()
+    if not server:
+        return True
+    key = getattr(args, "portable_key", None)
+    borrower = Borrower(portable_key=Path(key) if key else None)
+    client = Client(
+        server, vendor_key=_vendor_key(args.vendor), connect_timeout=1.0, request_timeout=1.0
+    )
+    try:
+        async with asyncio.timeout(2.5):
+            states = await borrower.check_online(client, args.product)
+    except (LanlicError, TimeoutError, OSError):
+        return True
+    finally:
+        await client.close()
+    return states.get(args.product) not in ("returned", "expired")
 
 
 async def _hold_borrowed(args: argparse.Namespace, lic: Any, stop: asyncio.Event) -> int:
@@ -614,6 +647,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"  {p['name']}: {h['user']}@{h['host']}{app}{ver} since {_fmt_time(h['since'])},"
                 f" last heartbeat {_fmt_time(h['last_heartbeat'])}"
             )
+        more = p.get("holders_total", len(p["holders"])) - len(p["holders"])
+        if more > 0:
+            print(f"  {p['name']}: ... and {more} more (the admin page lists them all)")
     borrows = status.get("borrows", [])
     if borrows:
         print("borrowed:")

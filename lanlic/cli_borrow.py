@@ -145,6 +145,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     b = _borrower(args)
 
     async def go(client: Any) -> Any:
+        await b.check_online(client)  # a borrow the server has ended stops working here
         return await client.status()
 
     try:

@@ -70,6 +70,9 @@ SERVICE_TYPE: Final = "_lanlic._tcp.local."
 TXT_VERSION: Final = "1"
 #: A DNS TXT string holds at most 255 bytes (key, "=" and value together).
 MAX_TXT_STRING: Final = 255
+#: A whole TXT record a browser reads, bytes: RFC 6763 (6.2) advises against more than 1300;
+#: ours is at most about 650 (``build_txt``). A bigger one is not a lanlic server's: ignored.
+MAX_TXT_RECORD: Final = 1300
 #: An instance name is one DNS label: at most 63 bytes; room is left for zeroconf's "-N" suffix.
 MAX_INSTANCE_BYTES: Final = 58
 #: How long one announcement's records are looked up for, ms (they usually come with the PTR).
@@ -419,6 +422,8 @@ class Browser:
                 log.debug("mDNS: %r did not resolve", name)
                 return
             addresses = info.parsed_addresses(IPVersion.V4Only)
+            if len(info.text or b"") > MAX_TXT_RECORD:
+                raise ValueError(f"TXT record of {len(info.text or b'')} bytes is too big")
             ann = parse_txt(name, addresses, info.port or 0, info.properties)
         except (ValueError, BadTypeInNameException) as exc:
             self._ignored.add(name)

@@ -8,7 +8,8 @@ The tree::
     │   ├── BadMessage                bad_message     a map with missing or mistyped fields
     │   ├── UnknownMessage            unknown_message a message type we do not know
     │   ├── UnexpectedMessage         unexpected_message  a known message in the wrong state
-    │   └── UnsupportedVersion        unsupported_version no protocol version in common
+    │   ├── UnsupportedVersion        unsupported_version no protocol version in common
+    │   └── ReplayedHello             replayed_hello  a hello whose nonce this client id used before
     ├── LicenseRefused                                the request was fine; the answer is no
     │   ├── NoSeat                    no_seat
     │   ├── UnknownProduct            unknown_product
@@ -61,6 +62,7 @@ __all__ = [
     "NetworkKeyError",
     "NoSeat",
     "ProtocolError",
+    "ReplayedHello",
     "SeatLost",
     "ServerBusy",
     "ServerKeyChanged",
@@ -122,6 +124,13 @@ class UnsupportedVersion(ProtocolError):
     """Client and server share no protocol version."""
 
     code = "unsupported_version"
+
+
+class ReplayedHello(ProtocolError):
+    """A hello with a nonce its client id has already used: a recorded session played back (the
+    server refuses it and closes; a real client makes a fresh nonce for every connection)."""
+
+    code = "replayed_hello"
 
 
 class LicenseRefused(LanlicError):

@@ -51,7 +51,8 @@ StartServer = Callable[..., Awaitable[LicenseServer]]
 
 @pytest.fixture
 async def start_server(vendor_key: Ed25519PrivateKey) -> AsyncIterator[StartServer]:
-    """``await start_server(products=..., lease=..., heartbeat=..., limits=...)``."""
+    """``await start_server(products=..., lease=..., heartbeat=..., limits=...)``; ``wall`` and
+    ``uptime`` as ``LicenseServer`` takes them (pass one clock as both to make days pass)."""
     servers: list[LicenseServer] = []
 
     async def start(
@@ -64,6 +65,7 @@ async def start_server(vendor_key: Ed25519PrivateKey) -> AsyncIterator[StartServ
         store: Store | None = None,
         server_key: Ed25519PrivateKey | None = None,
         wall: Callable[[], float] = time.time,
+        uptime: Callable[[], float] | None = None,
         **kw: Any,
     ) -> LicenseServer:
         if service is None:
@@ -72,7 +74,9 @@ async def start_server(vendor_key: Ed25519PrivateKey) -> AsyncIterator[StartServ
                 server_key or Ed25519PrivateKey.generate(),
                 ServiceConfig(lease_seconds=lease, heartbeat_seconds=heartbeat),
             )
-        server = LicenseServer(service, "127.0.0.1", port, limits, store=store, wall=wall)
+        server = LicenseServer(
+            service, "127.0.0.1", port, limits, store=store, wall=wall, uptime=uptime
+        )
         await server.load_store()
         await server.start()
         servers.append(server)

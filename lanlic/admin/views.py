@@ -47,6 +47,7 @@ CHART_EVENTS: Final[Mapping[str, tuple[int, int]]] = {
     "release": (-1, 0),
     "expiry": (-1, 0),
     "borrow": (0, 1),
+    "borrow_adopted": (0, 1),  # a borrow a restored database had lost, counted again
     "return": (0, -1),
     "expiry_borrow": (0, -1),
 }

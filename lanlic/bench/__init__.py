@@ -30,7 +30,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="comma-separated, from lanlic,ceiling,redis (default: all; redis is skipped with "
         "a message when redis-server is not installed)",
     )
-    p.add_argument("--quick", action="store_true", help="small sizes, under a minute")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes, under a minute (the full run takes about 4 to 5 minutes)",
+    )
     p.add_argument("--server", help="an already running lanlic server, HOST:PORT on loopback")
     p.add_argument("--product", help="with --server: the product to load (default: most seats)")
     p.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto")
@@ -48,6 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heartbeat", type=float, help="steady: renew period, s (default 1)")
     p.add_argument("--json", dest="json_out", metavar="FILE", help="write the results as JSON")
     p.add_argument("--plot", metavar="FILE", help="draw a PNG (needs matplotlib: '.[bench]')")
+    p.add_argument("--markdown", metavar="FILE", help="write the headline figures as Markdown")
     p.add_argument("--no-progress", action="store_true", help="no live progress line")
 
 

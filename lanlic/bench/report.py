@@ -12,6 +12,7 @@ from typing import Any
 __all__ = [
     "Progress",
     "latency",
+    "markdown",
     "merge_counts",
     "merge_lat",
     "merge_samples",
@@ -372,6 +373,64 @@ def table(data: dict[str, Any]) -> str:
         + (f"; some task waited for a CPU {pressure}% of the time" if pressure is not None else "")
     )
     return "\n".join(lines)
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """The headline figures as a Markdown table (for a README)."""
+    sc = data["scenarios"]
+    p = data["params"]
+    names = [t for t in ("lanlic", "ceiling", "redis") if any(t in by for by in sc.values())]
+    out = [
+        "| scenario | figure | " + " | ".join(TARGET_LABELS[t] for t in names) + " |",
+        "|---|---|" + "---:|" * len(names),
+    ]
+
+    def add(scn: str, label: str, figure: str, fn: Any) -> None:
+        by = sc.get(scn)
+        if by is None:
+            return
+        cells = []
+        for t in names:
+            d = by.get(t)
+            if d is None or "skipped" in d:
+                cells.append("skipped" if d else "")
+                continue
+            try:
+                cells.append(str(fn(d)))
+            except (KeyError, TypeError):
+                cells.append("-")
+        out.append(f"| {label} | {figure} | " + " | ".join(cells) + " |")
+
+    def lat(d: dict[str, Any]) -> str:
+        lt = d["latency"]
+        return f"{lt['p50']:.2f} / {lt['p99']:.2f} / {lt['p999']:.1f}"
+
+    burst = f"burst: {p['burst_n']:,} clients at once"
+    add("burst", burst, "all seated, s", lambda d: f"{d['all_seated_s']:.2f}")
+    add("burst", "", "refused / errors", lambda d: f"{d['refused']} / {d['errors']}")
+    add("burst", "", "RSS per held seat, bytes", lambda d: f"{d['bytes_per_seat']:,}")
+    steady = f"steady: {p['steady_n']:,} seats renewing every {p['heartbeat']:g} s"
+    add("steady", steady, "renew p50 / p99 / p99.9, ms", lat)
+    add("steady", "", "leases lost", lambda d: d["lost"])
+    sat = f"saturate: {p['sat_conns']} connections x {p['sat_depth']} in flight"
+    add("saturate-renew", sat, "renews/s", lambda d: f"{d['ops_per_s']:,.0f}")
+    add("saturate-checkout", "", "checkouts + releases/s", lambda d: f"{d['ops_per_s']:,.0f}")
+    churn = f"churn: {p['churn_clients']} clients, {p['churn_lease']:g} s leases"
+    add("churn", churn, "sessions/s", lambda d: f"{d['sessions_per_s']:,.0f}")
+    add("churn", "", "seats held after expiry", lambda d: _f(d["leaked_after_expiry"]))
+    add("churn", "", "borrow + return pairs/s", _borrows)
+    rt = data.get("ratios", {})
+    notes = []
+    for scn, label in (("saturate-renew", "renew"), ("saturate-checkout", "checkout+release")):
+        r = rt.get(scn, {})
+        if "lanlic/ceiling" in r:
+            notes.append(f"saturate {label}: lanlic = {r['lanlic/ceiling']:.0%} of the ceiling")
+        if "lanlic/redis" in r:
+            notes[-1] += f", {r['lanlic/redis']:.2f}x Redis"
+    streams = rt.get("saturate-renew", {}).get("streams/protocol")
+    if streams:
+        notes.append(f"the ceiling on asyncio streams runs at {streams:.0%} of asyncio.Protocol")
+    return "\n".join(out) + ("\n\n" + "; ".join(notes) + "." if notes else "")
 
 
 # -------------------------------------------------------------------------------------- plot

@@ -952,6 +952,8 @@ class Bench:
         )
         if prm.rounds > 1:
             self.say(report.one_line(key, name, out) + f" (round {rnd + 1})")
+        if not out["ops"]:
+            self.say(f"  {key} {name}: no operation completed; generator counts {counts}")
         return out
 
     def _sc_churn(self, gens: Generators) -> None:
@@ -1056,6 +1058,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(data, indent=2, default=str) + "\n")
         print(f"wrote {args.json_out}", flush=True)
+    if args.markdown:
+        Path(args.markdown).write_text(report.markdown(data) + "\n")
+        print(f"wrote {args.markdown}", flush=True)
     if args.plot:
         try:
             report.plot(data, Path(args.plot))

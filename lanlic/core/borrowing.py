@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -86,6 +87,7 @@ def _open(data: bytes, fmt: str, what: str) -> tuple[str, bytes]:
         payload, sig_text = doc["payload"], doc["signature"]
         if not isinstance(payload, str) or not isinstance(sig_text, str):
             raise ValueError("wrong field types")
+        payload.encode("utf-8")  # a lone surrogate ("\ud800" in the JSON) has no UTF-8 bytes
         sig = base64.b64decode(sig_text, validate=True)
         if base64.b64encode(sig).decode("ascii") != sig_text:
             raise ValueError("non-canonical base64")
@@ -99,7 +101,7 @@ def _open(data: bytes, fmt: str, what: str) -> tuple[str, bytes]:
 def _body(payload: str, what: str) -> dict[str, Any]:
     try:
         body = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):  # "[[[[..." nests past the recursion limit
         body = None
     if not isinstance(body, dict):
         raise BorrowedFileError(f"the {what} payload is not an object", "file_tampered")
@@ -109,8 +111,8 @@ def _body(payload: str, what: str) -> dict[str, Any]:
 def _field(body: dict[str, Any], name: str, kind: type, what: str) -> Any:
     value = body.get(name)
     if kind is float and type(value) is int:
-        value = float(value)
-    if type(value) is not kind:
+        value = float(value) if abs(value) < 2**1000 else None  # float(10**400) overflows
+    if type(value) is not kind or (type(value) is float and not math.isfinite(value)):  # NaN
         raise BorrowedFileError(f"the {what} has a bad {name!r} field", "file_tampered")
     return value
 

@@ -77,6 +77,7 @@ class BorrowDesk:
         self.key = key
         self.pool = pool
         self._server_key = server_key
+        self._server_pub = signing.public_bytes(server_key.public_key())
         self.server_id = server_id
         self.active: dict[str, ActiveBorrow] = {}
         self._by_request: dict[str, str] = {}
@@ -90,7 +91,9 @@ class BorrowDesk:
         """Take the store's state into memory at start; return warnings for the admin.
 
         Every active borrow is counted out of the pool again, expired or not: the sweep ends the
-        overdue ones durably right after, so a crash in between still counts them.
+        overdue ones durably right after, so a crash in between still counts them. One that does
+        not fit (the key now has fewer seats) is counted all the same: the product is over its
+        seats and nothing new is granted until enough come back (``take_borrowed(force=True)``).
         """
         warnings: list[str] = []
         self.enrollments = {e.container_fp: e for e in store.enrollments()}
@@ -102,12 +105,12 @@ class BorrowDesk:
                     "key does not serve; it is kept until it ends"
                 )
                 continue
-            if not self.pool.take_borrowed(rec.product):
+            if not self.pool.take_borrowed(rec.product, force=True):
                 warnings.append(
                     f"borrow {rec.borrow_id} of {rec.product} does not fit in the current key's "
-                    "seats; it is counted as soon as a seat is free"
+                    "seats; it is counted all the same, and no seat of it is granted until "
+                    "enough come back"
                 )
-                continue
             self._remember(
                 ActiveBorrow(
                     rec.borrow_id, rec.request_id, rec.product, rec.container_fp, rec.user,
@@ -311,6 +314,97 @@ class BorrowDesk:
         if not b.committed:
             return m.Error(msg.id, "borrow_refused", "that borrow is still being recorded")
         return self._end(b, "returned", wall, rid=msg.id)
+
+    def present(self, msg: m.Present, wall: float) -> Durable | m.Message:
+        """A container shows a borrowed file it holds (SPEC section 12, "Presenting a file"):
+        the answer is the borrow's state; a genuine file of ours that the store does not know
+        (the database was restored from a backup older than the borrow) is written down and
+        counted until its end, over the seats if it must be, and the admin is warned."""
+        try:
+            lic, payload, sig = borrowing.parse_borrowed_file(msg.file)
+        except BorrowedFileError as exc:
+            return m.Error(msg.id, "borrow_unknown", f"not a borrowed licence file: {exc.message}")
+        ours = lic.server_key == self._server_pub and signing.verify(
+            self._server_key.public_key(), signing.DOMAIN_BORROWED_FILE, payload.encode(), sig
+        )
+        if not ours:
+            return m.Error(msg.id, "borrow_unknown", "this file was not issued by this server")
+        proof = borrowing.container_proof_payload("present", self.server_id, [lic.borrow_id])
+        if not signing.verify(
+            signing.public_from_bytes(lic.container_key),
+            signing.DOMAIN_CONTAINER_REQUEST,
+            proof,
+            msg.proof,
+        ):
+            return m.Error(
+                msg.id, "bad_proof", "the presenting container does not hold the file's key"
+            )
+        b = self.active.get(lic.borrow_id)
+        if b is not None:
+            if not b.committed:
+                return m.Error(msg.id, "borrow_refused", "that borrow is still being recorded")
+            return m.Presented(msg.id, b.borrow_id, "active", b.end)
+        if lic.end <= wall:
+            return m.Presented(msg.id, lic.borrow_id, "expired", lic.end)
+        if lic.product not in self.pool.products:
+            return m.Error(
+                msg.id, "not_borrowable",
+                f"the network key served now has no product {lic.product!r}; not counted",
+            )  # fmt: skip
+        # Not in memory: ended, or never heard of. The store says which; if it has no record,
+        # the borrow is adopted. The seat is out of the pool from now, as for a borrow.
+        fp = signing.fingerprint(lic.container_key)
+        adopted = ActiveBorrow(
+            lic.borrow_id, "adopted:" + lic.borrow_id, lic.product, fp, lic.user, lic.host,
+            lic.start, lic.end, msg.file, committed=False,
+        )  # fmt: skip
+        self._remember(adopted)
+        fitted = self.pool.take_borrowed(lic.product, force=True)
+        record = BorrowRecord(
+            lic.borrow_id, adopted.request_id, lic.product, fp, lic.user, lic.host, lic.start,
+            lic.end, "active", None, msg.file,
+        )  # fmt: skip
+        enrollment = EnrollmentRecord(
+            fp, lic.container_key, lic.kind, lic.machine_fp, lic.user, lic.host, wall, "adopted"
+        )
+
+        def write(store: Store) -> BorrowRecord | None:
+            known = store.borrow(lic.borrow_id)
+            if known is not None:
+                return known
+            if store.enrollment(fp) is None:
+                store.add_enrollment(enrollment)
+            store.add_borrow(record)
+            return None
+
+        def commit(known: BorrowRecord | None) -> m.Message:
+            if known is not None and known.state != "active":
+                self._forget(adopted)
+                self.pool.return_borrowed(lic.product)
+                return m.Presented(msg.id, lic.borrow_id, known.state, known.end)
+            if known is not None:  # on record but was not counted: it is now
+                self._forget(adopted)
+                adopted.request_id, adopted.committed = known.request_id, True
+                self._remember(adopted)
+                return m.Presented(msg.id, lic.borrow_id, "active", known.end)
+            adopted.committed = True
+            self.enrollments.setdefault(fp, enrollment)
+            over = (
+                "" if fitted else "; no seat was free: the product is over its seats until one is"
+            )
+            self._event(
+                "borrow_adopted", product=lic.product, user=lic.user, host=lic.host,
+                detail=f"{lic.borrow_id} until {lic.end:.0f}, unknown to the database "
+                f"(restored from an older backup?){over}",
+            )  # fmt: skip
+            return m.Presented(msg.id, lic.borrow_id, "adopted", lic.end)
+
+        def abort(exc: Exception) -> m.Message:
+            self._forget(adopted)
+            self.pool.return_borrowed(lic.product)
+            return m.Error(msg.id, "store_failed", f"the borrow could not be recorded: {exc}")
+
+        return Durable(write=write, commit=commit, abort=abort)
 
     def _end(self, b: ActiveBorrow, state: str, wall: float, rid: int = 0) -> Durable:
         # Out of ``active`` at once so a second return or the sweep cannot end it twice; the

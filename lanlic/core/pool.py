@@ -27,6 +27,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from lanlic.core.netkey import ProductEntitlement
 
@@ -93,7 +94,7 @@ class ReleaseResult:
 
 
 class _Product:
-    __slots__ = ("borrowed", "entitlement", "held", "in_use")
+    __slots__ = ("borrowed", "entitlement", "held", "in_use", "over", "peak")
 
     def __init__(self, entitlement: ProductEntitlement) -> None:
         self.entitlement = entitlement
@@ -101,6 +102,11 @@ class _Product:
         self.borrowed = 0
         self.held = 0
         """Seats held out after a restart for clients to reclaim (see ``hold``)."""
+        self.peak = 0
+        """The most seats in use since ``take_peak`` last asked (reservations follow it)."""
+        self.over = 0
+        """Borrows counted although no seat was free (``take_borrowed(force=True)``): a bound
+        on how far the product may be over its seats until they end."""
 
 
 class _LeaseIds:
@@ -147,6 +153,11 @@ class SeatPool:
         self.lease_seconds = lease_seconds
         self._new_lease_id = new_lease_id
         self._products: dict[str, _Product] = {p.name: _Product(p) for p in products}
+        # The entitlements never change after this: one read-only view, not a dict per call
+        # (checkout asks on every request).
+        self._entitlements: Mapping[str, ProductEntitlement] = MappingProxyType(
+            {name: p.entitlement for name, p in self._products.items()}
+        )
         self._leases: dict[bytes, Lease] = {}
         self._by_owner: dict[bytes, set[bytes]] = {}
         self._heap: list[tuple[float, bytes]] = []
@@ -155,7 +166,7 @@ class SeatPool:
 
     @property
     def products(self) -> Mapping[str, ProductEntitlement]:
-        return {name: p.entitlement for name, p in self._products.items()}
+        return self._entitlements
 
     def seats(self, product: str) -> int:
         return self._products[product].entitlement.seats
@@ -171,7 +182,7 @@ class SeatPool:
 
     def free(self, product: str) -> int:
         p = self._products[product]
-        return p.entitlement.seats - p.in_use - p.borrowed - p.held
+        return max(0, p.entitlement.seats - p.in_use - p.borrowed - p.held)
 
     def lease(self, lease_id: bytes) -> Lease | None:
         return self._leases.get(lease_id)
@@ -203,7 +214,7 @@ class SeatPool:
         for name, p in self._products.items():
             assert p.in_use == counts[name], (name, p.in_use, counts[name])
             assert p.borrowed >= 0 and p.held >= 0
-            assert p.in_use + p.borrowed + p.held <= p.entitlement.seats, (
+            assert p.in_use + p.borrowed + p.held <= p.entitlement.seats + p.over, (
                 f"{name}: {p.in_use} in use + {p.borrowed} borrowed + {p.held} held"
                 f" > {p.entitlement.seats}"
             )
@@ -252,8 +263,16 @@ class SeatPool:
         else:
             owned.add(lease_id)
         p.in_use += 1
+        if p.in_use > p.peak:
+            p.peak = p.in_use
         heapq.heappush(self._heap, (expires, lease_id))
         return lease
+
+    def take_peak(self, product: str) -> int:
+        """The most seats of ``product`` in use since the last call; starts a new period."""
+        p = self._products[product]
+        peak, p.peak = max(p.peak, p.in_use), p.in_use
+        return peak
 
     def adopt(
         self,
@@ -366,15 +385,25 @@ class SeatPool:
             expired.append(lease)
         return expired
 
-    def take_borrowed(self, product: str, now: float | None = None) -> bool:
+    def take_borrowed(self, product: str, now: float | None = None, force: bool = False) -> bool:
         """Move one free seat out of the pool as borrowed; False if none is free.
 
         With ``now`` given, a full product is swept first, as checkout does, so a lease that is
-        dead but not yet swept does not block a borrow."""
+        dead but not yet swept does not block a borrow.
+
+        ``force`` counts a borrow that is out already whatever the pool says (one the server
+        learns of after its database was restored from an old backup): with no seat free it is
+        counted all the same, the product is over its seats, and since every grant checks
+        ``in_use + borrowed + held < seats``, nothing new is granted until enough seats come
+        back to pay for it. Returns whether it fitted."""
         p = self._products[product]
         if p.in_use + p.borrowed + p.held >= p.entitlement.seats and now is not None:
             self.expire(now)
         if p.in_use + p.borrowed + p.held >= p.entitlement.seats:
+            if not force:
+                return False
+            p.over += 1
+            p.borrowed += 1
             return False
         p.borrowed += 1
         return True
@@ -384,6 +413,16 @@ class SeatPool:
         if p.borrowed <= 0:
             raise ValueError(f"no borrowed seat of {product} to return")
         p.borrowed -= 1
+        if p.over:
+            p.over -= 1
+
+    def postpone(self, seconds: float) -> None:
+        """Move every lease's deadline ``seconds`` later: the server's loop stalled that long,
+        and a client cannot be blamed for not renewing while nobody was listening."""
+        for lease in self._leases.values():
+            lease.expires += seconds
+        self._heap = [(x.expires, x.id) for x in self._leases.values()]
+        heapq.heapify(self._heap)
 
     # ---------------------------------------------------------------------------- internal
 

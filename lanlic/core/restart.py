@@ -70,11 +70,20 @@ class RestartGuard:
         # Held seats stand for leases of an older epoch that may still be in use: the
         # reservation must cover them as well as the live ones.
         in_use = self.pool.in_use(product) + self.pool.held(product)
-        if in_use < reserved:
+        # Grants waiting for a reservation write have a claim on the room below it: a grant
+        # that skips the write must not take that room from under them.
+        claimed = in_use + self.pending[product]
+        if claimed < reserved:
             return None
         seats = self.pool.seats(product)
         chunk = max(1, -(-seats // 8))
-        return min(seats, max(in_use + self.pending[product] + 1, reserved + chunk))
+        return min(seats, max(claimed + 1, reserved + chunk))
+
+    def covers_one_more(self, product: str) -> bool:
+        """Whether the durable reservation allows one more grant now (for a grant whose own
+        write just finished: the claims of writes still under way are theirs to cover)."""
+        in_use = self.pool.in_use(product) + self.pool.held(product)
+        return in_use < self.reserved.get(product, 0)
 
     def raised(self, product: str, seats: int) -> None:
         """The store confirmed a reservation."""
@@ -88,9 +97,12 @@ class RestartGuard:
         for product, reserved in self.reserved.items():
             seats = self.pool.seats(product)
             chunk = max(1, -(-seats // 8))
-            # At most one chunk of slack stays reserved: after a crash, that is how many seats
-            # beyond the ones in use (at the last batch) are held for a lease period.
-            target = min(seats, self.pool.in_use(product) + self.pool.held(product))
+            # At most one chunk of slack above the most seats in use since the last batch
+            # stays reserved: after a crash, that is how many seats beyond those in use are held
+            # for a lease period. Following the peak, not the moment, keeps a busy product from
+            # lowering and raising (an fsync) every second.
+            peak = self.pool.take_peak(product)
+            target = min(seats, peak + self.pool.held(product))
             if reserved > target + chunk and not self.pending[product]:
                 self.reserved[product] = target
                 out[product] = target

@@ -25,6 +25,9 @@ from lanlic.proto import messages as m
 
 __all__ = ["EventFields", "LicenseService", "ServiceConfig", "Session", "handshake_payload"]
 
+#: Hello nonces remembered per client id (the newest), to refuse a recorded session played back.
+MAX_NONCES_PER_CLIENT = 64
+
 #: A history event as the service hands it out: (event, product, user, host, detail).
 EventFields = tuple[str, str, str, str, str]
 
@@ -48,6 +51,16 @@ class Session:
         self.version = 0
 
 
+class _Client:
+    """What the server remembers of a client id between its connections."""
+
+    __slots__ = ("connections", "nonces")
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.nonces: list[bytes] = []
+
+
 def handshake_payload(nonce: bytes, client_id: bytes, server_id: str, vendor_fp: str) -> bytes:
     """The bytes the server signs in its welcome (after the handshake domain prefix)."""
     out: bytes = msgpack.packb([nonce, client_id, server_id, vendor_fp], use_bin_type=True)
@@ -63,6 +76,10 @@ class Reply:
     close: bool = False
     """Close the connection once the reply is written."""
     released: tuple[Lease, ...] = ()
+
+
+#: Holders listed in one status reply, in all products (about 150 bytes each on the wire).
+MAX_STATUS_HOLDERS = 1000
 
 
 def _no_clock() -> tuple[float, float]:
@@ -87,6 +104,8 @@ class LicenseService:
         self._expiry_day = (0.0, 0.0, False)  # (start, end, expired) of the last UTC day asked
         self.desk = BorrowDesk(key, self.pool, server_key, self.server_id, self._event)
         self.guard = RestartGuard(self.pool)
+        self._clients: dict[bytes, _Client] = {}
+        """Client ids the server knows (connected, or holding leases): their recent nonces."""
         self.clock: Callable[[], tuple[float, float]] = _no_clock
         """(monotonic now, UTC wall) for work finished after a durable write; the adapter
         sets it (the core reads no clock of its own)."""
@@ -124,6 +143,8 @@ class LicenseService:
             return self._durable(self.desk.borrow(msg, wall, now))
         if isinstance(msg, m.Return):
             return self._durable(self.desk.return_(msg, wall))
+        if isinstance(msg, m.Present):
+            return self._durable(self.desk.present(msg, wall))
         if isinstance(msg, m.Enroll):
             return self._durable(self.desk.enroll(msg, wall))
         if isinstance(msg, m.Reclaim):
@@ -154,6 +175,24 @@ class LicenseService:
                 ),
                 close=True,
             )
+        client = self._clients.get(msg.client_id)
+        if msg.nonce and client is not None and msg.nonce in client.nonces:
+            self._event("refusal", "", msg.user, msg.host, "replayed_hello")
+            return Reply(
+                m.Error(
+                    msg.id,
+                    "replayed_hello",
+                    "this hello's nonce was used before by the same client id: a recorded "
+                    "session played back? (a client makes a fresh nonce for every connection)",
+                ),
+                close=True,
+            )
+        if client is None:
+            client = self._clients[msg.client_id] = _Client()
+        client.connections += 1
+        if msg.nonce:
+            client.nonces.append(msg.nonce)
+            del client.nonces[:-MAX_NONCES_PER_CLIENT]
         session.version = max(common)
         session.client_id = msg.client_id
         session.holder = Holder(msg.user, msg.host, msg.app)
@@ -242,7 +281,7 @@ class LicenseService:
             guard.pending[product] -= 1
             guard.raised(product, need)
             now, wall = self.clock()  # time moved on while the store wrote
-            if guard.needed(product) is not None:
+            if not guard.covers_one_more(product):
                 # Cannot happen while reservations count the ones in flight; never grant past
                 # what is on disk all the same.
                 return m.Error(msg.id, "server_busy", "seat reservation raced; retry")
@@ -349,18 +388,49 @@ class LicenseService:
         expired = self.pool.expire(now)
         for lease in expired:
             self._lease_event("expiry", lease)
+            self._forget_if_gone(lease.owner)
         return expired
+
+    def client_gone(self, client_id: bytes) -> None:
+        """A connection of ``client_id`` (after an accepted hello) closed."""
+        client = self._clients.get(client_id)
+        if client is not None:
+            client.connections -= 1
+            self._forget_if_gone(client_id)
+
+    def _forget_if_gone(self, client_id: bytes) -> None:
+        """A client id with no connection and no lease is forgotten: a replay of its hello can
+        no longer reach anything of its own."""
+        client = self._clients.get(client_id)
+        if client is not None and client.connections <= 0 and not self.pool.leases_of(client_id):
+            del self._clients[client_id]
+
+    def postpone(self, seconds: float) -> int:
+        """The server's loop stalled for ``seconds``: give every lease (and the reclaim window)
+        that time back before anything expires. Returns the number of leases extended."""
+        self.pool.postpone(seconds)
+        if self.guard.reclaim_until:
+            self.guard.reclaim_until += seconds
+        return len(self.pool)
 
     def remove(self, lease_id: bytes, now: float) -> Lease | None:
         """The admin ends a lease, whoever holds it (FlexNet's lmremove)."""
         released = self.pool.release([lease_id], None, now).released
         for lease in released:
             self._lease_event("release", lease, "removed by admin")
+            self._forget_if_gone(lease.owner)
         return released[0] if released else None
 
     def status(self, request_id: int, now: float, wall: float) -> m.StatusReply:
+        """Counts per product and who holds the seats. The holder lists are cut to
+        ``MAX_STATUS_HOLDERS`` in all (oldest first) so the reply always fits in one frame;
+        ``holders_total`` says how many there are (the admin page pages through all of them)."""
         products: list[dict[str, Any]] = []
+        budget = MAX_STATUS_HOLDERS
         for name, ent in self.pool.products.items():
+            live = sorted(
+                (x for x in self.pool.leases(name) if x.expires > now), key=lambda x: x.since
+            )
             holders: list[dict[str, Any]] = [
                 {
                     "user": x.holder.user,
@@ -370,22 +440,24 @@ class LicenseService:
                     "since": wall - (now - x.since),
                     "last_heartbeat": wall - (now - x.renewed),
                 }
-                for x in self.pool.leases(name)
-                if x.expires > now
+                for x in live[: max(0, budget)]
             ]
-            holders.sort(key=lambda h: h["since"])
+            budget -= len(holders)
+            borrowed, held = self.pool.borrowed(name), self.pool.held(name)
             products.append(
                 {
                     "name": name,
                     "seats": ent.seats,
-                    "in_use": len(holders),
-                    "borrowed": self.pool.borrowed(name),
-                    "free": ent.seats - len(holders) - self.pool.borrowed(name),
+                    "in_use": len(live),
+                    "borrowed": borrowed,
+                    "held": held,
+                    "free": max(0, ent.seats - len(live) - borrowed - held),
                     "borrowable": self.desk.terms(name).borrowable,
                     "max_borrow_days": self.desk.terms(name).max_days,
                     "addon": ent.addon,
                     "versions": list(ent.versions) if ent.versions else None,
                     "holders": holders,
+                    "holders_total": len(live),
                 }
             )
         return m.StatusReply(
@@ -394,5 +466,5 @@ class LicenseService:
             customer=self.key.customer,
             expires=self.key.expires.isoformat(),
             products=products,
-            borrows=self.desk.listing(),
+            borrows=self.desk.listing()[:MAX_STATUS_HOLDERS],
         )

@@ -17,6 +17,11 @@ How it keeps seats through trouble:
   (``sent + lease_s - margin``, where ``sent`` is when the last successful renew left), so the
   same seat is never in use on two machines. It then tells the application: ``seat.lost`` is set
   and the ``on_seat_lost`` callback runs.
+* It cannot tell a server cut off from one that is stalled (stopped, its VM paused): a stalled
+  server gives every lease the stalled time back, so the seat may still be the client's. It goes
+  on presenting a seat given up for want of contact in its renews; if the server renews it, it
+  was held for this client throughout and is handed back (``seat.lost`` clears and
+  ``on_seat_regained`` runs); if not, it is forgotten.
 
 Who the server is: every handshake sends a fresh nonce and checks the welcome's signature, then
 the server key against the key pinned for its site (``lanlic.trust``; the first connection to a
@@ -91,6 +96,8 @@ class BorrowedSource(Protocol):
 
     def offline(self, product: str, version: str = "") -> Any: ...
 
+    async def check_online(self, client: Client, product: str | None = None) -> dict[str, str]: ...
+
 
 def parse_address(text: str) -> tuple[str, int]:
     """``host``, ``host:port``, ``[v6]:port`` or ``v6`` -> (host, port)."""
@@ -136,7 +143,9 @@ class Seat:
 
     @property
     def lost(self) -> bool:
-        """True once the seat is gone for good (lease ran out, removed by the admin...)."""
+        """True while the seat must not be used: it is gone (lease ran out, removed by the
+        admin...), or was given up for want of contact with the server. In that last case only
+        it may come back (``Client(on_seat_regained=...)``)."""
         return self._lost.is_set()
 
     async def wait_lost(self) -> LanlicError:
@@ -161,6 +170,7 @@ class Client:
         host: str | None = None,
         app: str = "",
         on_seat_lost: Callable[[Seat, LanlicError], Any] | None = None,
+        on_seat_regained: Callable[[Seat], Any] | None = None,
         connect_timeout: float = 5.0,
         request_timeout: float = 10.0,
         vendor_key: VendorKey | None = None,
@@ -192,6 +202,9 @@ class Client:
         self.app = app
         self.client_id = secrets.token_bytes(16)
         self.on_seat_lost = on_seat_lost
+        self.on_seat_regained = on_seat_regained
+        """Called (or awaited) with a seat given up for want of contact that the server turned
+        out to have held for this client throughout (it had stalled, not gone)."""
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self.lease_s = 60.0
@@ -202,6 +215,8 @@ class Client:
         self.epoch = 0
         """The epoch of the server this client last spoke to."""
         self.seats: dict[bytes, Seat] = {}
+        self._given_up: dict[bytes, Seat] = {}
+        """Seats given up for want of contact, still presented in renews (see the module doc)."""
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._pending: dict[int, asyncio.Future[m.Message]] = {}
@@ -385,6 +400,7 @@ class Client:
                     await task
         for seat in list(self.seats.values()):
             self._forget(seat, SeatLost("client closed"), notify=False)
+        self._given_up.clear()
 
     # -------------------------------------------------------------------------- seats
 
@@ -399,6 +415,12 @@ class Client:
         network at all (``seat.source`` says which kind of seat it is)."""
         if self.borrowed is not None:
             seat = self._borrowed_seat(product, version)
+            if seat is not None and self.connected:
+                # Online: the server knows whether the borrow is still on (a copy of the file
+                # restored from a backup after its return is not); an ended one is deactivated.
+                state = (await self.borrowed.check_online(self, product)).get(product)
+                if state in ("returned", "expired"):
+                    seat = None
             if seat is not None:
                 return seat
         await self._ensure_connected()
@@ -427,7 +449,11 @@ class Client:
         return seat
 
     async def release(self, seat: Seat) -> None:
-        """Give a seat back now. Releasing a seat that is already lost does nothing."""
+        """Give a seat back now. Releasing a seat that is already lost does nothing (but one
+        given up for want of contact is released on the server too, if it still holds it)."""
+        if self._given_up.pop(seat.lease_id, None) is not None and self.connected:
+            with contextlib.suppress(LanlicError):
+                await self._send_request(m.Release(id=self._take_id(), leases=[seat.lease_id]))
         if seat.lease_id not in self.seats:
             return
         self._forget(seat, SeatLost("released"), notify=False)
@@ -573,19 +599,23 @@ class Client:
         while True:
             await asyncio.sleep(min(self.heartbeat_s, max(self.lease_s - 2 * self.margin, 0.05)))
             self._give_up_overdue()
-            if self.connected and self.seats:
+            if self.connected and (self.seats or self._given_up):
                 # A stalled server must not stall the give-up check: wait at most a heartbeat.
                 with contextlib.suppress(ServerUnavailable, TimeoutError):
                     await asyncio.wait_for(self._renew_all(), max(self.heartbeat_s, 0.05))
 
     async def _renew_all(self) -> None:
-        if not self.seats:
+        given_up = self._given_up
+        if not self.seats and not given_up:
             return
         # Seats granted before the server restarted are reclaimed, not renewed.
         old = [s for s in self.seats.values() if s.epoch != self.epoch]
         if old:
             await self._reclaim(old)
+        for lease_id in [x for x, s in given_up.items() if s.epoch != self.epoch]:
+            del given_up[lease_id]  # the server restarted: it holds none of them any more
         ids = [lease_id for lease_id, s in self.seats.items() if s.epoch == self.epoch]
+        ids.extend(given_up)
         if not ids:
             return
         sent = self._loop.time()
@@ -595,8 +625,11 @@ class Client:
             seat = self.seats.get(lease_id)
             if seat is not None:
                 seat._renew_sent = sent
+            elif (seat := given_up.pop(lease_id, None)) is not None:
+                self._regain(seat, sent)
         again = []
         for lost in reply.lost:
+            given_up.pop(lost.lease, None)
             seat = self.seats.get(lost.lease)
             if seat is None:
                 continue
@@ -643,7 +676,19 @@ class Client:
                         " s: the seat may be given to someone else"
                     ),
                 )
+                self._given_up[seat.lease_id] = seat
         self._arm_give_up()
+
+    def _regain(self, seat: Seat, sent: float) -> None:
+        """The server renewed a seat given up for want of contact: it held it for us all along
+        (it had stalled, not gone), so nobody else can have had it. Hand it back."""
+        seat.reason = None
+        seat._lost.clear()
+        seat._renew_sent = sent
+        self.seats[seat.lease_id] = seat
+        log.warning("seat of %s regained: the server held it throughout", seat.product)
+        if self.on_seat_regained is not None:
+            self._call_back(self.on_seat_regained, seat)
 
     def _arm_give_up(self) -> None:
         """One timer at the earliest moment a seat must be given up: exactly then, whatever the
@@ -665,14 +710,17 @@ class Client:
         if notify:
             log.warning("seat of %s lost: %s", seat.product, reason)
             if self.on_seat_lost is not None:
-                try:
-                    result = self.on_seat_lost(seat, reason)
-                    if inspect.isawaitable(result):
-                        task = asyncio.ensure_future(result)
-                        self._callbacks.add(task)
-                        task.add_done_callback(self._callbacks.discard)
-                except Exception:
-                    log.exception("on_seat_lost callback failed")
+                self._call_back(self.on_seat_lost, seat, reason)
+
+    def _call_back(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            result = fn(*args)
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(result)
+                self._callbacks.add(task)
+                task.add_done_callback(self._callbacks.discard)
+        except Exception:
+            log.exception("%s callback failed", getattr(fn, "__name__", "seat"))
 
 
 class _SeatContext:

@@ -34,6 +34,7 @@ TRANSITIONS: dict[ConnState, dict[type[m.Message], ConnState]] = {
         m.Enroll: ConnState.READY,
         m.Borrow: ConnState.READY,
         m.Return: ConnState.READY,
+        m.Present: ConnState.READY,
         m.Reclaim: ConnState.READY,
         m.Bye: ConnState.CLOSED,
     },

@@ -37,6 +37,8 @@ __all__ = [
     "Lost",
     "Message",
     "Notice",
+    "Present",
+    "Presented",
     "Reclaim",
     "Reclaimed",
     "Release",
@@ -329,6 +331,34 @@ class Returned(Message):
     """True when the borrow had already ended (returned or expired): nothing changed."""
 
 
+@dataclass(frozen=True, slots=True)
+class Present(Message):
+    """Show the server a borrowed licence file this container holds. The server says whether the
+    borrow is still on, and counts one it has no record of (its database was restored from a
+    backup older than the borrow)."""
+
+    TYPE: ClassVar[str] = "present"
+    REQUEST: ClassVar[bool] = True
+    id: int
+    file: bytes
+    """The server-signed borrowed licence file, exactly as received."""
+    proof: bytes
+    """Container signature over (``present``, server id, borrow id): only the container the
+    file was issued to may present it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Presented(Message):
+    TYPE: ClassVar[str] = "presented"
+    id: int
+    borrow_id: str
+    state: str
+    """``active``; ``adopted`` (the server had no record of it and counts it from now on);
+    ``returned`` or ``expired`` (over: the client deactivates its file)."""
+    end: float
+    """The borrow's end, UTC seconds, as in the file."""
+
+
 # ------------------------------------------------------------------------------ restart/reclaim
 
 
@@ -382,6 +412,8 @@ _TYPES: dict[str, type[Message]] = {
         Borrowed,
         Return,
         Returned,
+        Present,
+        Presented,
         Reclaim,
         Reclaimed,
     )

@@ -339,12 +339,18 @@ class Store:
 
     def append_history(self, rows: Iterable[HistoryRow]) -> None:
         """Append a batch in one transaction."""
+        self.append_history_rows(
+            [(r.at, r.event, r.product, r.user, r.host, r.detail) for r in rows]
+        )
+
+    def append_history_rows(self, rows: Sequence[tuple[float, str, str, str, str, str]]) -> None:
+        """Append a batch of ``(at, event, product, user, host, detail)`` in one transaction."""
         self._write("BEGIN")
         try:
             self._db.executemany(
                 "INSERT INTO history(at, event, product, user, host, detail)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                [(r.at, r.event, r.product, r.user, r.host, r.detail) for r in rows],
+                rows,
             )
             self._write("COMMIT")
         except BaseException:

@@ -194,6 +194,15 @@ VALID: list[tuple[str, m.Message]] = [
     ),
     ("returned", m.Returned(id=11, borrow_id="b-5f3a", already=False)),
     (
+        "present",
+        m.Present(
+            id=13,
+            file=b'{"format": "lanlic-borrowed-license", "version": 1}',
+            proof=bytes(range(64)),
+        ),
+    ),
+    ("presented", m.Presented(id=13, borrow_id="b-5f3a", state="adopted", end=1765509600.0)),
+    (
         "reclaim",
         m.Reclaim(id=12, seats=[{"lease": LEASE_A, "product": "cadpro", "version": "2024.1"}]),
     ),

@@ -184,7 +184,7 @@ async def test_killed_server_restarted_on_another_port_is_found_again(
     client = await Client.discover(vendor_key.public_key(), "cad", interfaces=LOOPBACK, timeout=5)
     try:
         assert client.address == ("127.0.0.1", before["port"])
-        await client.acquire("cad")
+        seat = await client.acquire("cad")
         await first.stop(signal.SIGKILL)  # no goodbye, no notice: the process is just gone
         second = await ServerProcess.start(*serve_args(lic, pub, data, "--lease", "20"), env=env)
         server_processes.append(second)
@@ -195,9 +195,15 @@ async def test_killed_server_restarted_on_another_port_is_found_again(
             assert time.monotonic() < deadline, "the client did not find the restarted server"
             await asyncio.sleep(0.05)
         assert client.server_id == before["server_id"]
-        # Whether the seat itself survives a server *process* restart is the store's business
-        # (issue 5: leases reclaimed after a restart); the client is back, and can take seats.
+        # The held seat survives the killed process: the client reclaims it from the new epoch
+        # under the same lease id, and the application never hears of it.
+        while seat.epoch != client.epoch:
+            assert time.monotonic() < deadline, "the seat was not reclaimed"
+            await asyncio.sleep(0.05)
+        assert not seat.lost and seat.lease_id in client.seats
         await client.acquire("cad")
+        cad = next(p for p in (await client.status())["products"] if p["name"] == "cad")
+        assert cad["in_use"] == 2
     finally:
         await client.close()
 

@@ -254,7 +254,7 @@ async def test_sigkill_at_random_moments_loses_nothing_and_never_over_grants(
         await server.kill()
     print(f"kill9: {KILLS} kills, seed {SEED}, {observations} observations, {stats}")
     assert observations > KILLS * 10
-    assert stats["seats"] > KILLS and stats["files"] > KILLS / 4, stats  # the rounds did work
+    assert stats["seats"] > KILLS and stats["files"] >= KILLS / 10, stats  # the rounds did work
     assert not violations, violations[:3]
 
 

@@ -50,6 +50,7 @@ class Site:
             store=Store(self.db),
             server_key=self.key,
             wall=self.clock,
+            uptime=self.clock,  # days pass (both clocks move), rather than the wall clock jumping
             borrow_kind=self.kind,
             limits=ServerLimits(housekeeping_interval=0.05),
         )

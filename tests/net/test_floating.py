@@ -367,3 +367,20 @@ async def test_no_server_address_is_a_clear_error(monkeypatch) -> None:  # type:
     monkeypatch.delenv("LANLIC_SERVER", raising=False)
     with pytest.raises(ServerUnavailable, match="LANLIC_SERVER"):
         Client()
+
+
+async def test_status_of_a_campus_fits_in_one_frame(start_server) -> None:  # type: ignore[no-untyped-def]
+    from lanlic.core.netkey import ProductEntitlement
+    from lanlic.core.pool import Holder
+
+    server = await start_server(products=(ProductEntitlement("cad", seats=5000),))
+    pool, now = server.service.pool, server.loop.time()
+    for i in range(5000):  # straight into the pool: 5,000 holders with long names
+        pool.checkout(
+            "cad", "", os.urandom(16), Holder("u" * 60 + str(i), "h" * 60, "app" * 20), now
+        )
+    async with Client(server.address) as c:
+        status = await c.status()
+    (cad,) = status["products"]
+    assert (cad["in_use"], cad["holders_total"], cad["free"]) == (5000, 5000, 0)
+    assert 0 < len(cad["holders"]) < 5000

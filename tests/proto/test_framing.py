@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from lanlic.errors import BadFrame, ProtocolError
 from lanlic.proto import messages as m
-from lanlic.proto.connection import FatalError, ServerConnection
+from lanlic.proto.connection import ConnState, FatalError, RequestError, ServerConnection
 from lanlic.proto.framing import (
     HEADER_SIZE,
     MAX_FRAME,
@@ -151,10 +151,13 @@ msgpack_values = st.recursive(
 
 FIELD_NAMES = sorted(
     {f for cls in (m.Hello, m.Welcome, m.StatusReply, m.Renewed, m.Notice) for f in cls.__slots__}
+    | {f for cls in (m.Borrow, m.Borrowed, m.Enroll, m.Return, m.Reclaim) for f in cls.__slots__}
     | {"id", "product", "version", "lease", "lease_s", "code", "message", "released"}
 )
 KNOWN_TYPES = ["hello", "checkout", "renew", "release", "status", "bye", "welcome", "granted"]
 KNOWN_TYPES += ["renewed", "released", "status_reply", "goodbye", "error", "notice", "lost"]
+KNOWN_TYPES += ["enroll", "enrolled", "borrow", "borrowed", "return", "returned", "reclaim"]
+KNOWN_TYPES += ["reclaimed"]
 
 field_values = (
     msgpack_values
@@ -240,3 +243,41 @@ def test_hostile_frames_through_the_connection(data: bytes) -> None:
     bytewise = [e for i in range(len(data)) for e in conn.receive_data(data[i : i + 1])]
     assert [type(e) for e in whole] == [type(e) for e in bytewise]
     assert not any(isinstance(e, FatalError) for e in whole)
+
+
+HELLO = encode_frame(m.to_wire(m.Hello(1, [1], bytes(16), "u", "h")))
+
+
+def events_of(conn: ServerConnection, chunks: list[bytes]) -> list[str]:
+    """Feed ``chunks`` until the first fatal error (the server closes there); each event must be
+    a message, or a request error or fatal error carrying a ProtocolError with its wire code."""
+    out: list[str] = []
+    for chunk in chunks:
+        for event in conn.receive_data(chunk):
+            if isinstance(event, m.Message):
+                out.append(f"message:{event.TYPE}")
+            elif isinstance(event, RequestError):
+                assert isinstance(event.error, ProtocolError) and event.error.code
+                assert 0 <= event.id <= m.MAX_REQUEST_ID
+                out.append(f"error:{event.id}:{event.error.code}")
+            else:
+                assert isinstance(event, FatalError)
+                assert isinstance(event.error, ProtocolError)
+                out.append(f"fatal:{event.error.code}")
+                assert conn.state is ConnState.CLOSED
+                return out
+    return out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=hostile, after_hello=st.booleans())
+def test_arbitrary_bytes_through_the_connection_whole_and_byte_by_byte(
+    data: bytes, after_hello: bool
+) -> None:
+    """Any bytes at all (over-limit headers included), in either state: the decoder, ``parse``
+    and the state table give messages or lanlic ProtocolErrors only, and the same ones whether
+    the bytes come at once or one at a time."""
+    stream = (HELLO if after_hello else b"") + data
+    whole = events_of(ServerConnection(), [stream])
+    bytewise = events_of(ServerConnection(), [stream[i : i + 1] for i in range(len(stream))])
+    assert whole == bytewise

@@ -63,6 +63,8 @@ SAMPLES: list[m.Message] = [
     m.Borrowed(8, "b-1", b'{"format": "lanlic-borrowed-license"}', 1764300000.0),
     m.Return(9, "b-1", bytes(32), bytes(64)),
     m.Returned(9, "b-1", already=True),
+    m.Present(10, b"{}", bytes(64)),
+    m.Presented(10, "b-1", "adopted", 1.8e9),
     m.Reclaim(10, [{"lease": LEASE_A, "product": "cadpro", "version": "16"}]),
     m.Reclaimed(10, [LEASE_A], 3, lost=[m.Lost(LEASE_B, "no_seat")]),
 ]

@@ -1,0 +1,535 @@
+"""Slow and greedy peers (issue 8): each is closed by a timeout or a cap, while well-behaved
+clients keep their seats and their latency.
+
+In-process servers with shortened limits show each rule and its timing; ``lanlic serve`` run as
+a process, with its real defaults, shows the latency of well-behaved clients while 1,000
+hostile connections are open, and the connection cap meeting a lowered RLIMIT_NOFILE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from adversarial_helpers import (
+    PeerFactory,
+    ServeProcess,
+    connect,
+    cpu_seconds,
+    frame,
+    header,
+    open_fds,
+    p99,
+    pack,
+)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from helpers import RawPeer
+
+from lanlic.core import borrowing, signing
+from lanlic.net.client import Client
+from lanlic.net.server import LicenseServer, ServerLimits
+from lanlic.proto.framing import encode_frame
+from lanlic.store import Store
+
+QUICK = {"housekeeping_interval": 0.05}
+DAY = 86400.0
+
+
+async def closed_after(peer: RawPeer, limit: float) -> float:
+    """Seconds until the server closes ``peer`` (reading whatever it sends meanwhile)."""
+    started = time.monotonic()
+    assert await peer.closed_by_server(timeout=limit), "not closed"
+    return time.monotonic() - started
+
+
+def hello_frame(peer: RawPeer, app: str = "test") -> bytes:
+    return encode_frame(
+        {"t": "hello", "id": 1, "versions": [1], "client_id": peer.client_id, "user": "u",
+         "host": "h", "app": app, "nonce": os.urandom(32)}
+    )  # fmt: skip
+
+
+async def drip(peer: RawPeer, data: bytes, every: float) -> None:
+    """Send ``data`` one byte at a time, ``every`` seconds apart, until done or disconnected."""
+    with contextlib.suppress(ConnectionError):
+        for i in range(len(data)):
+            await peer.send_raw(data[i : i + 1])
+            await asyncio.sleep(every)
+
+
+# ----------------------------------------------------------------------- each rule alone
+
+
+async def test_a_client_that_sends_nothing_is_closed_by_the_handshake_timeout(
+    start_server: Any, raw_peer: PeerFactory
+) -> None:
+    server = await start_server(limits=ServerLimits(handshake_timeout=0.5, **QUICK))
+    mute = await raw_peer(server.address, hello=False)
+    took = await closed_after(mute, 5)
+    assert 0.45 <= took < 1.5, took
+    assert not server.connections
+
+
+async def test_a_hello_dripped_a_byte_at_a_time_cannot_outlast_the_handshake_timeout(
+    start_server: Any, raw_peer: PeerFactory
+) -> None:
+    server = await start_server(limits=ServerLimits(handshake_timeout=0.8, **QUICK))
+    peer = await raw_peer(server.address, hello=False)
+    sender = asyncio.create_task(drip(peer, hello_frame(peer, app="a" * 200), every=0.05))
+    try:
+        took = await closed_after(peer, 5)  # the whole hello would take about 15 s
+        assert 0.75 <= took < 1.8, took
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
+
+
+async def test_a_frame_dripped_a_byte_at_a_time_is_closed_by_the_frame_timeout(
+    start_server: Any, raw_peer: PeerFactory
+) -> None:
+    """The frame timeout runs from the frame's first byte: bytes that keep trickling in (one
+    every 50 ms, well inside the timeout) do not reset it."""
+    server = await start_server(limits=ServerLimits(frame_timeout=0.8, **QUICK))
+    peer = await raw_peer(server.address)
+    slow = frame(pack({"t": "status", "id": 5, "pad": "p" * 300}))
+    sender = asyncio.create_task(drip(peer, slow, every=0.05))
+    try:
+        took = await closed_after(peer, 5)
+        assert 0.75 <= took < 1.8, took
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
+    assert peer.inbox == []  # the frame was never completed, so never answered
+
+
+async def test_slow_frames_that_each_arrive_in_time_are_served(
+    start_server: Any, raw_peer: PeerFactory
+) -> None:
+    """A slow but honest peer is not cut off: each frame starts its own clock, so three frames
+    that each take 0.5 s (1.5 s in all, past the 0.8 s timeout) are all answered."""
+    server = await start_server(limits=ServerLimits(frame_timeout=0.8, **QUICK))
+    peer = await raw_peer(server.address)
+    for rid in (1, 2, 3):
+        data = frame(pack({"t": "status", "id": rid}))
+        await drip(peer, data, every=0.5 / len(data))
+        reply = await peer.recv()
+        assert (reply["t"], reply["id"]) == ("status_reply", rid)
+    assert (await peer.request("status"))["t"] == "status_reply"
+
+
+async def test_half_a_frame_then_silence_is_closed_by_the_frame_timeout(
+    start_server: Any, raw_peer: PeerFactory
+) -> None:
+    server = await start_server(limits=ServerLimits(frame_timeout=0.5, **QUICK))
+    peer = await raw_peer(server.address)
+    data = frame(pack({"t": "status", "id": 5, "pad": "p" * 1000}))
+    await peer.send_raw(data[: len(data) // 2])
+    took = await closed_after(peer, 5)
+    assert 0.45 <= took < 1.5, took
+
+
+class NonReader:
+    """A peer that sends requests and never reads a reply: a socket with a tiny receive
+    buffer that is never ``recv``-ed from after the welcome."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.sent = 0
+
+    @classmethod
+    async def connect(cls, address: tuple[str, int]) -> NonReader:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, address)
+        self = cls(sock)
+        peer = RawPeer(None, None)  # type: ignore[arg-type]
+        await loop.sock_sendall(sock, hello_frame(peer))
+        await asyncio.wait_for(loop.sock_recv(sock, 65536), 5)  # the welcome, then never again
+        return self
+
+    async def flood(self, data: bytes, stall: float, limit: float) -> str:
+        """Send ``data`` again and again until a send stalls for ``stall`` s (the server stopped
+        reading), the connection is reset, or ``limit`` s pass. Returns which."""
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            try:
+                await asyncio.wait_for(loop.sock_sendall(self.sock, data), stall)
+            except TimeoutError:
+                return "stalled"
+            except OSError:
+                return "reset"
+            self.sent += len(data)
+        return "timeout"
+
+    async def reset_within(self, limit: float) -> bool:
+        """True once the server has dropped the connection (a send or recv fails or sees EOF)."""
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            try:
+                await asyncio.wait_for(loop.sock_sendall(self.sock, frame(b"\x80")), 0.05)
+            except TimeoutError:
+                continue
+            except OSError:
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def statuses(n: int) -> bytes:
+    return b"".join(encode_frame({"t": "status", "id": i + 1}) for i in range(n))
+
+
+async def test_a_client_that_never_reads_is_closed_by_the_write_timeout(
+    start_server: Any,
+) -> None:
+    """Its replies pile up past the high-water mark: the server stops reading its requests (so
+    the pile stops growing) and closes it once the pile has stood for the write timeout."""
+    limits = ServerLimits(write_timeout=0.6, write_buffer_high=64 * 1024, **QUICK)
+    server = await start_server(limits=limits)
+    greedy = await NonReader.connect(server.address)
+    try:
+        (conn,) = server.connections
+        transport = conn._transport
+        assert transport is not None
+        peak = 0
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, transport.get_write_buffer_size())
+                await asyncio.sleep(0.005)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            outcome = await greedy.flood(statuses(200), stall=0.3, limit=20)
+            stalled_at = time.monotonic()
+            assert outcome == "stalled", outcome  # the server stopped taking its requests
+            assert conn.write_paused is not None
+            assert await greedy.reset_within(3)
+            took = time.monotonic() - stalled_at
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        assert conn not in server.connections
+        assert took < 0.6 + 1.0, took
+        # What the server held for it: the high-water mark plus one read's replies at most.
+        assert peak < 64 * 1024 + limits.write_buffer_max, peak
+        print(f"\nnon-reader: sent {greedy.sent} bytes, server buffer peaked at {peak} bytes")
+    finally:
+        greedy.close()
+
+
+async def test_a_reader_that_pauses_for_less_than_the_write_timeout_keeps_everything(
+    start_server: Any, raw_peer: PeerFactory
+) -> None:
+    server = await start_server(
+        limits=ServerLimits(write_timeout=1.5, write_buffer_high=16 * 1024, **QUICK)
+    )
+    peer = await raw_peer(server.address)
+    n = 3000
+    await peer.send_raw(statuses(n))
+    await asyncio.sleep(0.5)  # not reading: the server's buffer goes past its high-water mark
+    got = [await peer.recv() for _ in range(n)]
+    assert [r["id"] for r in got] == list(range(1, n + 1))
+    assert (await peer.request("status"))["t"] == "status_reply"
+    assert len(server.connections) == 1
+
+
+async def test_one_read_asking_for_too_many_replies_is_closed_at_once(
+    start_server: Any,
+) -> None:
+    """Small requests with big replies, pipelined: one read of ~64 KiB of status requests would
+    make ~3,500 status replies. Past ``write_buffer_max`` the connection is closed there and
+    then, long before any timeout."""
+    limits = ServerLimits(write_timeout=30, write_buffer_max=256 * 1024, **QUICK)
+    server = await start_server(limits=limits)
+    greedy = await NonReader.connect(server.address)
+    try:
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(greedy.sock, statuses(3500))
+        assert await greedy.reset_within(3)
+        assert not server.connections
+    finally:
+        greedy.close()
+
+
+# ------------------------------------------------- the latency of everyone else, 1,000 hostile
+
+
+async def renew_latencies(peers: list[tuple[RawPeer, bytes]], rounds: int) -> list[float]:
+    """Each peer renews its seat ``rounds`` times, 5 ms apart; the round-trip times, s."""
+    samples: list[float] = []
+
+    async def one(peer: RawPeer, lease: bytes) -> None:
+        for _ in range(rounds):
+            started = time.perf_counter()
+            reply = await peer.request("renew", leases=[lease])
+            samples.append(time.perf_counter() - started)
+            assert reply["leases"] == [lease]
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(asyncio.gather(*(one(p, lease) for p, lease in peers)), 60)
+    return samples
+
+
+async def test_well_behaved_latency_stays_bounded_with_1000_hostile_connections(
+    tmp_path: Path,
+) -> None:
+    server = await ServeProcess.start(tmp_path / "data")
+    hostile: list[Any] = []
+    good: list[tuple[RawPeer, bytes]] = []
+    dripping: asyncio.Task[None] | None = None
+    try:
+        for _ in range(8):
+            peer = await connect(server.address)
+            granted = await peer.request("checkout", product="cad", version="16")
+            good.append((peer, granted["lease"]))
+        await renew_latencies(good, 20)  # warm up
+        before = await renew_latencies(good, 150)
+
+        # 1,000 hostile connections: 250 of each kind.
+        silent = [await connect(server.address, hello=False) for _ in range(250)]
+        drippers = [await connect(server.address, hello=False) for _ in range(250)]
+        halves = [await connect(server.address) for _ in range(250)]
+        for peer in halves:
+            await peer.send_raw(header(4096) + b"h" * 2000)
+        readers = [await NonReader.connect(server.address) for _ in range(250)]
+        hostile += silent + drippers + halves + readers
+        flood = statuses(300)
+        loop = asyncio.get_running_loop()
+        for r in readers:
+            with contextlib.suppress(TimeoutError, OSError):
+                await asyncio.wait_for(loop.sock_sendall(r.sock, flood), 0.05)
+        hello = hello_frame(drippers[0], app="d" * 200)
+
+        async def drip_all() -> None:
+            for i in range(len(hello)):
+                for peer in drippers:
+                    with contextlib.suppress(ConnectionError):
+                        peer.writer.write(hello[i : i + 1])
+                await asyncio.sleep(0.5)
+
+        dripping = asyncio.create_task(drip_all())
+        during = await renew_latencies(good, 150)
+        assert (await good[0][0].request("status"))["t"] == "status_reply"
+    finally:
+        if dripping is not None:
+            dripping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await dripping
+        for peer in hostile:
+            peer.close()
+        for peer, _ in good:
+            peer.close()
+        code = await server.stop()
+    assert code == 0
+    base, hot = p99(before), p99(during)
+    print(
+        f"\nrenew p99 with 8 clients: {base * 1000:.2f} ms before, {hot * 1000:.2f} ms during "
+        f"1,000 hostile connections (max {max(during) * 1000:.2f} ms, "
+        f"median {sorted(during)[len(during) // 2] * 1000:.2f} ms)"
+    )
+    assert hot < 0.1, hot
+    assert hot < max(20 * base, base + 0.02), (base, hot)
+    assert "Traceback" not in server.stderr()
+
+
+# ------------------------------------------------------------------- out of descriptors
+
+
+async def test_the_connection_cap_refuses_before_the_descriptors_run_out(
+    tmp_path: Path,
+) -> None:
+    """RLIMIT_NOFILE 256 in the server process: its cap (256 less a reserve of 64) answers
+    ``server_busy`` before ``accept`` could fail; heartbeats go on; refusing costs little CPU
+    and idling at the cap costs none (no accept loop spinning on EMFILE)."""
+    nofile = 256
+    cap = nofile - ServerLimits().fd_reserve
+    server = await ServeProcess.start(tmp_path / "data", nofile=nofile)
+    held: list[RawPeer] = []
+    try:
+        bystander = await connect(server.address)
+        granted = await bystander.request("checkout", product="cad", version="16")
+        lease = granted["lease"]
+        # Fill every slot but the bystander's; each of these has said hello.
+        for _ in range(cap - 1):
+            held.append(await connect(server.address))
+        # The next ones are refused, with a reason, and closed.
+        for _ in range(20):
+            peer = await connect(server.address, hello=False)
+            reply = await peer.recv(timeout=5)
+            assert (reply["code"], reply["id"]) == ("server_busy", 0)
+            assert await peer.closed_by_server()
+            peer.close()
+        assert (await bystander.request("renew", leases=[lease]))["leases"] == [lease]
+
+        # A stream of refused connections: the server stays under its descriptor limit, the
+        # heartbeat still works, and each refusal costs little CPU.
+        refused = 0
+        most_fds = 0
+        cpu0, wall0 = cpu_seconds(server.pid), time.monotonic()
+        while time.monotonic() - wall0 < 2.0:
+            batch = [await connect(server.address, hello=False) for _ in range(10)]
+            for peer in batch:
+                assert (await peer.recv(timeout=5))["code"] == "server_busy"
+                peer.close()
+                refused += 1
+            most_fds = max(most_fds, open_fds(server.pid))
+            assert (await bystander.request("renew", leases=[lease]))["leases"] == [lease]
+        busy_cpu = cpu_seconds(server.pid) - cpu0
+        busy_wall = time.monotonic() - wall0
+
+        await asyncio.sleep(0.2)
+        cpu1 = cpu_seconds(server.pid)
+        await asyncio.sleep(1.5)
+        idle_cpu = cpu_seconds(server.pid) - cpu1
+        print(
+            f"\nfd cap {cap} of RLIMIT_NOFILE {nofile}: {refused} refused in {busy_wall:.1f} s "
+            f"using {busy_cpu:.2f} s CPU ({busy_cpu / refused * 1000:.2f} ms each); "
+            f"{most_fds} fds open at most; {idle_cpu:.3f} s CPU over 1.5 s idle at the cap"
+        )
+        assert most_fds < nofile
+        assert idle_cpu < 0.15, idle_cpu
+        assert busy_cpu / refused < 0.005, (busy_cpu, refused)
+        # Those already in keep being served.
+        assert (await held[0].request("status"))["t"] == "status_reply"
+        bystander.close()
+    finally:
+        for peer in held:
+            peer.close()
+        code = await server.stop()
+    assert code == 0
+    log = server.stderr()
+    assert "Traceback" not in log
+    assert "Too many open files" not in log and "out of system resource" not in log
+
+
+# ------------------------------------------------- greedy borrowers, over raw frames
+
+
+class Container:
+    """A borrowing container made by hand: its enrollment request and signed borrow frames."""
+
+    def __init__(self) -> None:
+        self.key = Ed25519PrivateKey.generate()
+        self.pub = signing.public_bytes(self.key.public_key())
+
+    def enroll(self, rid: int) -> dict[str, Any]:
+        req = borrowing.make_enrollment_request(self.key, "act", "mfp:x", "ann", "lt", time.time())
+        return {"t": "enroll", "id": rid, "request": req}
+
+    def borrow(self, server_id: str, rid: int, days: Any, request_id: bytes) -> dict[str, Any]:
+        signed_days = float(days) if isinstance(days, int | float) else 0.0
+        proof = signing.sign(
+            self.key,
+            signing.DOMAIN_CONTAINER_REQUEST,
+            borrowing.container_proof_payload(
+                "borrow", server_id, [request_id, "cad", "16", signed_days]
+            ),
+        )
+        return {
+            "t": "borrow",
+            "id": rid,
+            "request_id": request_id,
+            "product": "cad",
+            "days": days,
+            "container_key": self.pub,
+            "proof": proof,
+            "version": "16",
+        }
+
+
+@pytest.mark.parametrize(
+    ("days", "code"),
+    [
+        (math.nan, "bad_message"),
+        (math.inf, "bad_message"),
+        (-math.inf, "bad_message"),
+        (-1.0, "bad_message"),
+        (-0.0, "borrow_too_long"),
+        (0.0, "borrow_too_long"),
+        (14.000001, "borrow_too_long"),
+        (1e9, "borrow_too_long"),
+        (1e11, "borrow_too_long"),
+        (1e300, "bad_message"),
+        (2**64 - 1, "bad_message"),
+        ("7", "bad_message"),
+        (None, "bad_message"),
+    ],
+)
+async def test_a_borrow_for_longer_than_allowed_is_refused(
+    start_server: Any, raw_peer: PeerFactory, tmp_path: Path, days: Any, code: str
+) -> None:
+    store = Store(tmp_path / "lanlic.db")
+    server: LicenseServer = await start_server(store=store)  # cad: 2 borrowable, 14 days
+    try:
+        peer = await raw_peer(server.address)
+        box = Container()
+        await peer.send(box.enroll(1))
+        assert (await peer.recv())["t"] == "enrolled"
+        await peer.send(box.borrow(server.service.server_id, 2, days, os.urandom(16)))
+        reply = await peer.recv()
+        assert (reply["t"], reply.get("code"), reply["id"]) == ("error", code, 2)
+        assert server.service.pool.borrowed("cad") == 0
+    finally:
+        await server.stop()
+        store.close()
+
+
+async def test_more_borrows_than_allowed_are_refused_and_retries_never_extend(
+    start_server: Any, raw_peer: PeerFactory, tmp_path: Path
+) -> None:
+    store = Store(tmp_path / "lanlic.db")
+    server: LicenseServer = await start_server(store=store)  # cad: 3 seats, 2 borrowable
+    sid = server.service.server_id
+    try:
+        peer = await raw_peer(server.address)
+        boxes = [Container() for _ in range(4)]
+        for i, box in enumerate(boxes):
+            await peer.send(box.enroll(10 + i))
+            assert (await peer.recv())["t"] == "enrolled"
+        first_rid = os.urandom(16)
+        await peer.send(boxes[0].borrow(sid, 20, 14.0, first_rid))  # exactly the longest
+        first = await peer.recv()
+        assert first["t"] == "borrowed"
+        assert first["end"] - time.time() <= 14 * DAY
+        # Pipelined: the same container again, and two more, all at once.
+        for i, box in enumerate(boxes[:3]):
+            await peer.send(box.borrow(sid, 21 + i, 1.0, os.urandom(16)))
+        got = sorted(
+            (r["id"], r.get("code", r["t"])) for r in [await peer.recv() for _ in range(3)]
+        )
+        assert [c for _, c in got].count("borrowed") == 1
+        assert [c for _, c in got].count("no_borrowable_seat") == 2
+        # A retry of the first borrow asking for far longer gets the same borrow, unchanged.
+        await peer.send(boxes[0].borrow(sid, 30, 1e9, first_rid))
+        again = await peer.recv()
+        assert (again["t"], again["borrow_id"], again["end"]) == (
+            "borrowed", first["borrow_id"], first["end"],
+        )  # fmt: skip
+        pool = server.service.pool
+        assert pool.borrowed("cad") == 2
+        pool.check_invariant()
+        # The floating seat left over is still there for a checkout.
+        async with Client(server.address) as client:
+            await client.acquire("cad", "16")
+    finally:
+        await server.stop()
+        store.close()

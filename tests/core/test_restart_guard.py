@@ -1,0 +1,48 @@
+"""Seat reservations under concurrent checkouts: a grant that skips the reservation write must
+not take the room that grants waiting for a write have a claim on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from helpers import make_key
+
+from lanlic.core.netkey import ProductEntitlement
+from lanlic.core.service import LicenseService, Session
+from lanlic.proto import messages as m
+from lanlic.store import Store
+
+
+def test_grants_waiting_for_a_reservation_keep_their_room(
+    tmp_path: Path, vendor_key: Ed25519PrivateKey
+) -> None:
+    store = Store(tmp_path / "lanlic.db")
+    service = LicenseService(
+        make_key(vendor_key, (ProductEntitlement("cad", seats=16),)), Ed25519PrivateKey.generate()
+    )
+    service.clock = lambda: (0.0, 0.0)
+    service.guard.start(1, {}, [], 0.0)
+    sessions = [Session() for _ in range(3)]
+    for i, s in enumerate(sessions):
+        service.handle(s, m.Hello(1, [1], bytes([i + 1]) * 16, "u", "h"), 0.0, 0.0)
+
+    a = service.handle(sessions[0], m.Checkout(2, "cad"), 0.0, 0.0).durable
+    b = service.handle(sessions[1], m.Checkout(3, "cad"), 0.0, 0.0).durable
+    assert a is not None and b is not None  # both wait for a reservation write
+    assert isinstance(a.commit(a.write(store)), m.Granted)
+    # A third checkout arrives on the fast path while b's write is still under way.
+    fast = service.checkout_wire(sessions[2], {"t": "checkout", "id": 4, "product": "cad"}, 0, 0)
+    if fast is None:  # it has to write a reservation of its own first
+        c = service.handle(sessions[2], m.Checkout(4, "cad"), 0.0, 0.0).durable
+        assert c is not None
+        b_reply = b.commit(b.write(store))
+        c_reply = c.commit(c.write(store))
+        assert isinstance(c_reply, m.Granted), c_reply
+    else:
+        assert fast["t"] == "granted"
+        b_reply = b.commit(b.write(store))
+    assert isinstance(b_reply, m.Granted), b_reply
+    assert service.pool.in_use("cad") == 3
+    assert store.reservations()["cad"] >= 3
+    store.close()
