@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
-import os
-import select
 import signal
 import subprocess
 import sys
@@ -24,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cliproc import read_json_line
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from helpers import make_key
 
@@ -157,22 +155,6 @@ async def test_wall_clock_jumps_neither_expire_nor_extend_leases_nor_end_borrows
 # --------------------------------------------------------------------- a stalled server process
 
 
-def _read_json_line(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    line = b""
-    while not line.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
-            raise AssertionError(f"no output line within {timeout} s")
-        chunk = os.read(proc.stdout.fileno(), 1)
-        if not chunk:
-            raise AssertionError(f"the server exited with {proc.wait(5)}")
-        line += chunk
-    out: dict[str, Any] = json.loads(line)
-    return out
-
-
 @pytest.fixture
 def served(
     tmp_path: Path, vendor_key: Ed25519PrivateKey
@@ -195,7 +177,7 @@ def served(
             stdout=subprocess.PIPE, stderr=err_file,
         )  # fmt: skip
     try:
-        port = _read_json_line(proc, 30)["port"]
+        port = read_json_line(proc, 30)["port"]
         yield proc, port, err
     finally:
         if proc.poll() is None:
