@@ -281,10 +281,9 @@ class SeatPool:
         owner: bytes,
         holder: Holder,
         now: float,
-        use_hold: bool = True,
     ) -> Granted | Denied:
         """Take a lease back under its old id after a restart: from the held seats if any are
-        left (and ``use_hold``), else from the free ones. A lease already held by ``owner`` is
+        left, else from the free ones. A lease already held by ``owner`` is
         simply granted."""
         existing = self._leases.get(lease_id)
         if existing is not None:
@@ -294,7 +293,7 @@ class SeatPool:
         p = self._products.get(product)
         if p is None:
             return Denied("unknown_product", f"no product {product!r} in the network key")
-        if use_hold and p.held > 0:
+        if p.held > 0:
             p.held -= 1
         elif p.in_use + p.borrowed + p.held >= p.entitlement.seats:
             self.expire(now)

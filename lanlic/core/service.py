@@ -75,7 +75,6 @@ class Reply:
     """A change to write to the store before answering (borrow, return, enrollment)."""
     close: bool = False
     """Close the connection once the reply is written."""
-    released: tuple[Lease, ...] = ()
 
 
 #: Holders listed in one status reply, in all products (about 150 bytes each on the wire).
@@ -299,9 +298,14 @@ class LicenseService:
 
     def _renew(self, session: Session, msg: m.Renew, now: float) -> Reply:
         result = self.pool.renew(msg.leases, session.client_id, now)
-        code = "reclaim" if self.guard.in_window(now) else "lease_unknown"
+        code = self._lost_code(now)
         lost = [m.Lost(lease, code) for lease in result.lost]
         return Reply(m.Renewed(id=msg.id, leases=result.renewed, lost=lost))
+
+    def _lost_code(self, now: float) -> str:
+        """Why a renewed lease is unknown: during a reclaim window it may be one of the previous
+        epoch's, to be reclaimed (SPEC section 13); otherwise it is simply unknown."""
+        return "reclaim" if self.guard.in_window(now) else "lease_unknown"
 
     def _reclaim(self, session: Session, msg: m.Reclaim, now: float) -> Reply:
         leases: list[bytes] = []
@@ -334,7 +338,7 @@ class LicenseService:
             return None
         renewed, gone = self.pool.renew_pair(req[1], session.client_id, now)
         if gone:
-            code = "reclaim" if self.guard.in_window(now) else "lease_unknown"
+            code = self._lost_code(now)
             lost = [{"lease": x, "code": code} for x in gone]
         else:
             lost = []
@@ -381,7 +385,6 @@ class LicenseService:
         lost = [m.Lost(lease, "lease_unknown") for lease in result.lost]
         return Reply(
             m.Released(id=msg.id, leases=[x.id for x in result.released], lost=lost),
-            released=tuple(result.released),
         )
 
     def expire(self, now: float) -> list[Lease]:

@@ -9,36 +9,16 @@ import csv
 import datetime as dt
 import io
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from durable_cli import (
     Laptop,
     Procs,
     fails,
-    issue,
-    make_vendor,
     ok,
-    procs_fixture,
     run,
 )
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    yield from procs_fixture()
-
-
-@pytest.fixture(scope="module")
-def vendor(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_vendor(tmp_path_factory.mktemp("vendor"))
-
-
-@pytest.fixture(scope="module")
-def network_key(vendor: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return issue(vendor, tmp_path_factory.mktemp("key") / "net.lic")
 
 
 def history(data: Path, *args: str) -> list[dict[str, Any]]:

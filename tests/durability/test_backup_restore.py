@@ -11,40 +11,20 @@ from __future__ import annotations
 import re
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from durable_cli import (
     Laptop,
     Procs,
     fails,
     files_of,
-    issue,
-    make_vendor,
     ok,
-    procs_fixture,
     run,
     serve_args,
 )
 
 #: A borrow short enough to watch it end after the restore (about 17 s).
 SHORT_DAYS = "0.0002"
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    yield from procs_fixture()
-
-
-@pytest.fixture(scope="module")
-def vendor(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_vendor(tmp_path_factory.mktemp("vendor"))
-
-
-@pytest.fixture(scope="module")
-def network_key(vendor: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return issue(vendor, tmp_path_factory.mktemp("key") / "net.lic")
 
 
 def backup(data: Path, dest: Path, *extra: str) -> dict[str, object]:

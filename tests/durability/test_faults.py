@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,10 +20,7 @@ from durable_cli import (
     fails,
     files_of,
     fill,
-    issue,
-    make_vendor,
     ok,
-    procs_fixture,
     remount,
     run,
     serve_args,
@@ -32,21 +28,6 @@ from durable_cli import (
 )
 
 from lanlic.store import SCHEMA_VERSION
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    yield from procs_fixture()
-
-
-@pytest.fixture(scope="module")
-def vendor(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_vendor(tmp_path_factory.mktemp("vendor"))
-
-
-@pytest.fixture(scope="module")
-def network_key(vendor: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return issue(vendor, tmp_path_factory.mktemp("key") / "net.lic")
 
 
 def _server_with_a_borrow(
