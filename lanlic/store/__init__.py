@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from lanlic.core.records import BorrowRecord, EnrollmentRecord, HistoryRow, LeaseRecord
+from lanlic.core.restart import LeaseBatch, RestartState
 from lanlic.errors import LanlicError
 
 __all__ = [
@@ -274,22 +275,19 @@ class Store:
     def reservations(self) -> dict[str, int]:
         return {str(p): int(n) for p, n in self._db.execute("SELECT * FROM reservations")}
 
-    def set_reservations(self, seats: dict[str, int]) -> None:
-        """Record upper bounds of floating seats in use (one transaction, fsynced)."""
-        self._write("BEGIN")
-        try:
-            for product, n in seats.items():
-                self._write("INSERT OR REPLACE INTO reservations VALUES (?, ?)", (product, n))
-            self._write("COMMIT")
-        except BaseException:
-            if self._db.in_transaction:  # SQLite already rolled back on a full disk
+    def _rollback(self) -> None:
+        # SQLite has already rolled back after some errors (a full disk): rolling back again
+        # would raise "no transaction is active" and hide the error that matters.
+        if self._db.in_transaction:
+            try:
                 self._db.execute("ROLLBACK")
-            raise
+            except sqlite3.Error:
+                pass  # the error being raised is the one to report
 
     def raise_reservations(self, seats: dict[str, int]) -> None:
         """Raise reservations, never lowering one (raises may finish in any order)."""
-        self._write("BEGIN")
         try:
+            self._write("BEGIN")
             for product, n in seats.items():
                 self._write(
                     "INSERT INTO reservations VALUES (?, ?) ON CONFLICT(product) DO UPDATE"
@@ -298,30 +296,77 @@ class Store:
                 )
             self._write("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
 
+    def lease_key(self) -> bytes:
+        """The secret that lease ids are tagged with (made on first use, kept here)."""
+        value = self.meta("lease_key")
+        if value is None:
+            value = os.urandom(32).hex()
+            self.set_meta("lease_key", value)
+        return bytes.fromhex(value)
+
     def leases(self) -> list[LeaseRecord]:
-        rows = self._db.execute("SELECT * FROM leases").fetchall()
+        """The leases the batches recorded as live."""
+        rows = self._db.execute(
+            "SELECT lease_id, product, owner, user, host, epoch FROM leases WHERE live = 1"
+        ).fetchall()
         return [LeaseRecord(*r) for r in rows]
 
-    def sync_leases(self, added: Sequence[LeaseRecord], removed: Sequence[bytes]) -> None:
-        """Apply one batch of lease changes (one transaction)."""
-        self._write("BEGIN")
+    def restart_state(self) -> RestartState:
+        """Count one more start and read what a restart needs (SPEC section 13)."""
+        key = self.lease_key()
+        epoch = self.begin_epoch()
+        self._write("INSERT OR IGNORE INTO epochs(epoch) VALUES (?)", (epoch,))
+        dead = frozenset(
+            bytes(r[0]) for r in self._db.execute("SELECT lease_id FROM leases WHERE live = 0")
+        )
+        open_epochs = {
+            int(e): int(b)
+            for e, b in self._db.execute(
+                "SELECT epoch, batch FROM epochs WHERE closed = 0 AND epoch < ?", (epoch,)
+            )
+        }
+        # An epoch from before this table (schema 2) has no row: none of its leases carry a
+        # batch number, so none can be taken back by its tag.
+        return RestartState(epoch, key, self.reservations(), self.leases(), dead, open_epochs)
+
+    def write_batch(self, batch: LeaseBatch) -> None:
+        """One lease batch, in one transaction: leases granted and ended, reservations written
+        as given (the server orders this before any later raise), older epochs closed."""
         try:
-            self._db.executemany("DELETE FROM leases WHERE lease_id = ?", [(x,) for x in removed])
+            self._write("BEGIN")
             self._db.executemany(
-                "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?)",
-                [(r.lease_id, r.product, r.owner, r.user, r.host, r.epoch) for r in added],
+                "DELETE FROM leases WHERE lease_id = ?",
+                [(x,) for x, keep in batch.removed if not keep],
+            )
+            self._db.executemany(
+                "UPDATE leases SET live = 0 WHERE lease_id = ?",
+                [(x,) for x, keep in batch.removed if keep],
+            )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?, 1)",
+                [(r.lease_id, r.product, r.owner, r.user, r.host, r.epoch) for r in batch.added],
+            )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO reservations VALUES (?, ?)",
+                list(batch.reservations.items()),
+            )
+            if batch.close_below:
+                self._write("UPDATE epochs SET closed = 1 WHERE epoch < ?", (batch.close_below,))
+                self._write("DELETE FROM leases WHERE live = 0 AND epoch < ?", (batch.close_below,))
+            self._write(
+                "INSERT INTO epochs(epoch, batch, clean) VALUES (?, ?, ?) ON CONFLICT(epoch)"
+                " DO UPDATE SET batch = excluded.batch, clean = excluded.clean",
+                (batch.epoch, batch.number, int(batch.clean)),
             )
             self._write("COMMIT")
-        except sqlite3.OperationalError as exc:
-            if self._db.in_transaction:  # SQLite already rolled back on a full disk
-                self._db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            self._rollback()
             raise StoreError(f"could not write to {self.path}: {exc}") from exc
         except BaseException:
-            if self._db.in_transaction:  # SQLite already rolled back on a full disk
-                self._db.execute("ROLLBACK")
+            self._rollback()
             raise
 
     # ----------------------------------------------------------------------------- policy
