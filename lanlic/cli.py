@@ -152,6 +152,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
             restore_for_serve(args, data)
         store = Store(data / "lanlic.db")
+        try:  # acknowledged borrows missing (a lost WAL): refuse, unless told to go on
+            accept = getattr(args, "accept_lost_borrows", False)
+            for note in store.check_ledger(accept, time.time()):
+                print(f"lanlic: warning: {note}", file=sys.stderr, flush=True)
+        except BaseException:
+            store.close()
+            raise
     except BaseException:
         datadir.unlock()
         raise

@@ -341,6 +341,7 @@ class LicenseServer:
         service.clock = lambda: (self.now(), self.wall())
         self._synced_leases: set[bytes] = set()
         self._lease_task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     @property
     def address(self) -> tuple[str, int]:
@@ -380,7 +381,11 @@ class LicenseServer:
         return warnings
 
     async def stop(self) -> None:
-        """Stop accepting, tell connected clients, close every connection."""
+        """Stop accepting, tell connected clients, close every connection. (Once: a second
+        call does nothing.)"""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._server is not None:
             self._server.close()
         for h in (self._timer, self._housekeeping):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -46,6 +46,9 @@ def _migrations() -> list[tuple[int, str]]:
 
 
 SCHEMA_VERSION = max(v for v, _ in _migrations())
+
+#: The ledger of acknowledged changes beside the database: ``lanlic.db-ledger``.
+LEDGER_SUFFIX = "-ledger"
 
 
 def _open_checked(path: Path) -> sqlite3.Connection:
@@ -221,11 +224,15 @@ class Store:
     # ------------------------------------------------------------------------ enrollments
 
     def add_enrollment(self, e: EnrollmentRecord) -> None:
-        self._write(
-            "INSERT OR REPLACE INTO enrollments VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (e.container_fp, e.container_key, e.kind, e.machine_fp, e.user, e.host,
-             e.enrolled_at, e.via),
-        )  # fmt: skip
+        def write() -> bool:
+            self._write(
+                "INSERT OR REPLACE INTO enrollments VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (e.container_fp, e.container_key, e.kind, e.machine_fp, e.user, e.host,
+                 e.enrolled_at, e.via),
+            )  # fmt: skip
+            return True
+
+        self._acknowledged("enroll", e.container_fp, "", write)
 
     def enrollment(self, container_fp: str) -> EnrollmentRecord | None:
         row = self._db.execute(
@@ -240,19 +247,119 @@ class Store:
     # ---------------------------------------------------------------------------- borrows
 
     def add_borrow(self, b: BorrowRecord) -> None:
-        self._write(
-            "INSERT INTO borrows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (b.borrow_id, b.request_id, b.product, b.container_fp, b.user, b.host, b.start,
-             b.end, b.state, b.ended_at, b.file),
-        )  # fmt: skip
+        def write() -> bool:
+            self._write(
+                "INSERT INTO borrows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (b.borrow_id, b.request_id, b.product, b.container_fp, b.user, b.host, b.start,
+                 b.end, b.state, b.ended_at, b.file),
+            )  # fmt: skip
+            return True
+
+        self._acknowledged("borrow", b.borrow_id, b.product, write)
 
     def end_borrow(self, borrow_id: str, state: str, at: float) -> bool:
         """Mark an active borrow returned or expired; False if it was not active."""
-        cur = self._write(
-            "UPDATE borrows SET state = ?, ended_at = ? WHERE borrow_id = ? AND state = 'active'",
-            (state, at, borrow_id),
-        )
-        return cur.rowcount == 1
+
+        def write() -> bool:
+            cur = self._write(
+                "UPDATE borrows SET state = ?, ended_at = ? WHERE borrow_id = ?"
+                " AND state = 'active'",
+                (state, at, borrow_id),
+            )
+            return cur.rowcount == 1
+
+        return self._acknowledged(state, borrow_id, "", write)
+
+    # ------------------------------------------------------------- the acknowledged ledger
+    # A lost or damaged WAL silently takes the last commits with it, and SQLite cannot tell.
+    # So every change a client is told about (enrollment, borrow, return, expiry) also bumps a
+    # sequence number in the database, in the same transaction, and is then appended, fsynced,
+    # to a small file beside it (lanlic.db-ledger). On start, a ledger ahead of the database
+    # means acknowledged changes are missing (SPEC section 13, README Durability).
+
+    @property
+    def ledger_path(self) -> Path:
+        return Path(f"{self.path}{LEDGER_SUFFIX}")
+
+    def _acknowledged(self, kind: str, ident: str, product: str, write: Callable[[], bool]) -> bool:
+        try:
+            self._write("BEGIN IMMEDIATE")
+            changed = write()
+            seq = 0
+            if changed:
+                seq = int(self.meta("ledger_seq") or 0) + 1
+                self.set_meta("ledger_seq", str(seq))
+            self._write("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreError(f"could not write to {self.path}: {exc}") from exc
+        except BaseException:
+            self._rollback()
+            raise
+        if changed:
+            self._append_ledger(f"{seq}\t{kind}\t{ident}\t{product}\n")
+        return changed
+
+    def _append_ledger(self, line: str) -> None:
+        path = self.ledger_path
+        try:
+            new = not path.exists()
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line.encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if new:
+                _fsync_path(path.parent)
+        except OSError as exc:
+            raise StoreError(f"could not write to {path}: {exc}") from exc
+
+    def _ledger(self) -> list[tuple[int, str, str, str]]:
+        """The ledger's entries; a torn last line (a crash mid-append, never acknowledged) and
+        lines that do not parse are skipped."""
+        try:
+            text = self.ledger_path.read_bytes().decode(errors="replace")
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StoreError(f"cannot read {self.ledger_path}: {exc}") from exc
+        out = []
+        for line in text.split("\n")[:-1]:
+            parts = line.split("\t")
+            if len(parts) == 4 and parts[0].isdigit():
+                out.append((int(parts[0]), parts[1], parts[2], parts[3]))
+        return out
+
+    def check_ledger(self, accept_loss: bool, wall: float) -> list[str]:
+        """Refuse (StoreError) a database that lacks changes the ledger says clients were told
+        about; with ``accept_loss``, write what was lost to the history, carry on, and return a
+        warning."""
+        entries = self._ledger()
+        ahead = max((seq for seq, *_ in entries), default=0)
+        have = int(self.meta("ledger_seq") or 0)
+        if ahead <= have:
+            return []
+        lost = [e for e in entries if e[0] > have]
+        kinds = ", ".join(f"{sum(1 for e in lost if e[1] == k)} {k}" for k in
+                          sorted({e[1] for e in lost}))  # fmt: skip
+        if not accept_loss:
+            raise StoreError(
+                f"the database {self.path} lacks {len(lost)} change(s) that clients were told "
+                f"about ({kinds}; {self.ledger_path} records them): its write-ahead log was lost "
+                "or damaged. Restore a backup (lanlic serve --restore FILE --force), or start "
+                "with --accept-lost-borrows to go on without them (they are written to the "
+                "history)"
+            )
+        self.append_history_rows(
+            [(wall, "lost", product, "", "", f"{kind} {ident} (ledger #{seq}) was acknowledged "
+              "to its client but is missing from the database; accepted at start")
+             for seq, kind, ident, product in lost]
+        )  # fmt: skip
+        self.set_meta("ledger_seq", str(ahead))
+        return [
+            f"accepted the loss of {len(lost)} acknowledged change(s) ({kinds}); see the history"
+        ]
 
     def borrow(self, borrow_id: str) -> BorrowRecord | None:
         row = self._db.execute("SELECT * FROM borrows WHERE borrow_id = ?", (borrow_id,)).fetchone()
