@@ -2,8 +2,10 @@
 
 The asyncio client runs on its own event loop in a daemon thread; each call here submits a
 coroutine to that loop and waits for its result. The heartbeat and reconnects therefore go on
-while the application's own thread is busy. ``on_seat_lost`` callbacks run on the client's thread:
-an application should hand them to its own UI thread.
+while the application's own thread is busy. ``on_seat_lost``, ``on_seat_regained`` and
+``on_seat_state`` callbacks run on the client's thread: an application should hand them to its
+own UI thread. A lost seat is checked out again by itself (``regain=False`` turns that off):
+``seat_state``, ``seat_lost`` and ``seat_regained`` tell or wait.
 
     with BlockingClient("licserver:7766", app="MyCAD 16.2") as client:
         with client.checkout("cad", version="16") as seat:
@@ -23,7 +25,7 @@ from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from lanlic.net.client import DISCOVER_TIMEOUT, Client, Seat, VendorKey
+from lanlic.net.client import DISCOVER_TIMEOUT, Client, Seat, SeatState, VendorKey
 
 __all__ = ["BlockingClient"]
 
@@ -124,7 +126,21 @@ class BlockingClient:
     def seat_lost(self, seat: Seat, timeout: float | None = None) -> bool:
         """Block until the seat is lost (True) or the timeout passes (False)."""
         try:
-            self._call(seat.wait_lost(), timeout)
+            self._call(asyncio.wait_for(seat.wait_lost(), timeout))
         except TimeoutError:
             return False
         return True
+
+    def seat_regained(self, seat: Seat, timeout: float | None = None) -> bool:
+        """Block until the seat may be used again (True; at once if it may) or the timeout
+        passes (False). Raises why it was lost if it is gone for good (``seat_lost``...)."""
+        try:
+            self._call(asyncio.wait_for(seat.wait_regained(), timeout))
+        except TimeoutError:
+            return False
+        return True
+
+    @staticmethod
+    def seat_state(seat: Seat) -> SeatState:
+        """Where the seat stands now: held, lost, waiting (for a free seat), regained, gone."""
+        return seat.state
