@@ -250,3 +250,17 @@ def test_a_client_made_outside_an_event_loop_says_what_to_do() -> None:
         Client(("127.0.0.1", 7))
     message = str(info.value)
     assert "async with Client(" in message and "BlockingClient" in message
+
+
+async def test_a_seat_the_administrator_removed_is_never_taken_again(start_server: Any) -> None:
+    server = await start_server(lease=1.5, heartbeat=0.3)
+    told = Told()
+    async with Client(server.address, **told.kwargs()) as client:
+        seat = await client.acquire("cad")
+        assert server.remove_lease(seat.lease_id)
+        reason = await asyncio.wait_for(seat.wait_lost(), 5)
+        assert "administrator" in reason.message and seat.state is SeatState.GONE
+        await asyncio.sleep(2 * 1.5)  # heartbeats, and time to regain if it wanted to
+        assert seat.state is SeatState.GONE and not client.seats
+        assert server.service.pool.in_use("cad") == 0
+        assert told.events == [("lost", SeatState.GONE), ("state", SeatState.GONE)]
