@@ -25,10 +25,12 @@ How it keeps seats through trouble:
 * A seat lost for any reason but the application's or the administrator's doing (the lease ran
   out, the server restarted and could not give it back) is *regained*: once the server answers
   again the client checks out the same product and version anew, under the same ``Seat`` handle
-  (a new ``lease_id``), and the application is told: lost, then regained. While the server
-  refuses for want of a free seat the seat is ``waiting`` and the client asks again with the
-  reconnect backoff, until one frees. ``Client(regain=False)`` turns this off: such a seat is
-  then gone for good (``seat.state == "gone"``) once the server confirms it no longer holds it.
+  (a new ``lease_id``; a seat given up while the server restarted is first reclaimed under its
+  old one, SPEC section 13), and the application is told: lost, then regained. While the
+  server refuses for want of a free seat the seat is ``waiting`` and the client asks again with
+  the reconnect backoff, until one frees. ``Client(regain=False)`` turns this off: such a seat
+  is then gone for good (``seat.state == "gone"``) once the server confirms it no longer holds
+  it.
 
 Who the server is: every handshake sends a fresh nonce and checks the welcome's signature, then
 the server key against the key pinned for its site (``lanlic.trust``; the first connection to a
