@@ -133,7 +133,7 @@ class BlockingClient:
 
     def seat_regained(self, seat: Seat, timeout: float | None = None) -> bool:
         """Block until the seat may be used again (True; at once if it may) or the timeout
-        passes (False). Raises why it was lost if it is gone for good (``seat_lost``...)."""
+        passes (False). Raises why it was lost (``SeatLost``, a refusal) if it is gone for good."""
         try:
             self._call(asyncio.wait_for(seat.wait_regained(), timeout))
         except TimeoutError:
