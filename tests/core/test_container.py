@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from lanlic.container import ContainerError, ContainerHome, default_client_home
 from lanlic.core import borrowing, signing
 from lanlic.core.borrowing import CLOCK_TOLERANCE, DAY
 from lanlic.errors import BorrowedFileError
-from lanlic.machine import machine_fingerprint
+from lanlic.laptop.container import ContainerError, ContainerHome, default_client_home
+from lanlic.laptop.machine import machine_fingerprint
 
 T0 = 1_750_000_000.0
 """The clock when the borrow starts (UTC seconds); tests move it by adding numbers."""

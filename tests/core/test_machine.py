@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lanlic.machine import ENV_MACHINE_ID_FILE, machine_fingerprint, primary_mac
+from lanlic.laptop.machine import ENV_MACHINE_ID_FILE, machine_fingerprint, primary_mac
 
 MACHINE_A = "0123456789abcdef0123456789abcdef"
 MACHINE_B = "fedcba9876543210fedcba9876543210"
