@@ -99,18 +99,24 @@ async def test_cli_finds_pins_and_refuses_on_loopback(
     assert pin["server_fp"] == listening["server_id"] and pin["site"] == "ACME Engineering"
 
     # SIGTERM: the server says goodbye over mDNS before it exits.
-    removed = asyncio.Event()
+    added, removed = asyncio.Event(), asyncio.Event()
 
     def on_change(
         zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
     ) -> None:
-        if state_change is ServiceStateChange.Removed and name.startswith(announced["name"]):
+        if not name.startswith(announced["name"]):
+            return
+        if state_change is ServiceStateChange.Removed:
             removed.set()
+        else:
+            added.set()
 
     async with AsyncZeroconf(interfaces=LOOPBACK) as aiozc:
         browser = AsyncServiceBrowser(aiozc.zeroconf, service_type(), handlers=[on_change])
         try:
-            await asyncio.sleep(0.5)  # the browser has seen the service by now
+            # Seen first (a responder that answered the commands above within the last second
+            # waits that long to multicast again): only a service seen can be seen to go.
+            await asyncio.wait_for(added.wait(), 5)
             assert await server.stop() == 0
             await asyncio.wait_for(removed.wait(), 5)
         finally:
