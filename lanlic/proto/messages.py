@@ -227,9 +227,9 @@ class StatusReply(Message):
     expires: str
     """The network key's expiry date, YYYY-MM-DD."""
     products: list[dict[str, Any]]
-    """One map per product: name, seats, in_use, borrowed, free, borrowable, addon, versions,
-    and holders (a list of maps: user, host, app, version, since, last_heartbeat as UTC
-    seconds)."""
+    """One map per product (SPEC section 7 lists every key): name, seats, in_use, borrowed, held,
+    free, borrowable, max_borrow_days, addon, versions, holders (a list of maps: user, host, app,
+    version, since, last_heartbeat as UTC seconds) and holders_total."""
     borrows: list[dict[str, Any]] = field(default_factory=list)
     """Active borrows: borrow_id, product, user, host, start, end (UTC seconds)."""
 
