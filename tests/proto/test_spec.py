@@ -488,3 +488,34 @@ def test_product_names_are_exact_and_addons_need_no_base(vendor_key: Ed25519Priv
     assert "alongside" not in SPEC
     assert "does not check that the client holds a seat of anything else" in SPEC
     assert "names are case-sensitive, so `CADPRO` is not `cadpro`" in SPEC
+
+
+# ---------------------------------------------------------------- 15: duplicates
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["general", "fast_path"])
+def test_a_lease_listed_twice_counts_once(vendor_key: Ed25519PrivateKey, fast: bool) -> None:
+    """Point 15: renewed once, released once, listed once, in the order of first mention; a
+    release never reports the lease it has just freed as lost."""
+    service = LicenseService(make_key(vendor_key), Ed25519PrivateKey.generate())
+    session = Session()
+    service.handle(session, m.Hello(1, [1], bytes(16), "u", "h"), 0.0, 1.8e9)
+    lease = service.handle(session, m.Checkout(2, "cad", ""), 0.0, 1.8e9).message
+    assert isinstance(lease, m.Granted)
+    a, other = lease.lease, b"\xee" * 16
+
+    def call(t: str, leases: list[bytes]) -> dict[str, Any]:
+        wire = {"t": t, "id": 3, "leases": leases}
+        if fast:
+            out = getattr(service, f"{t}_wire")(session, wire, 1.0, 1.8e9)
+        else:
+            out = m.to_wire(service.handle(session, m.parse(wire), 1.0, 1.8e9).message)  # type: ignore[arg-type]
+        assert out is not None
+        return dict(out)
+
+    renewed = call("renew", [a, other, a, other])
+    assert renewed["leases"] == [a]
+    assert [x["lease"] for x in renewed["lost"]] == [other]
+    released = call("release", [a, a])
+    assert (released["leases"], released["lost"]) == ([a], [])
+    assert "counts once, at\n  its first mention" in SPEC
