@@ -487,7 +487,7 @@ def test_product_names_are_exact_and_addons_need_no_base(vendor_key: Ed25519Priv
     assert isinstance(addon, m.Granted)
     assert "alongside" not in SPEC
     assert "does not check that the client holds a seat of anything else" in SPEC
-    assert "names are case-sensitive, so `CADPRO` is not `cadpro`" in SPEC
+    assert "Names are case-sensitive, so `CADPRO` is not\n  `cadpro`" in SPEC
 
 
 # ---------------------------------------------------------------- 15: duplicates
