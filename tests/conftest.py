@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -10,12 +11,27 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from helpers import DEFAULT_PRODUCTS, make_key
+from hypothesis import Phase, settings
 
 from lanlic.core import netkey
 from lanlic.core.netkey import ProductEntitlement
 from lanlic.core.service import LicenseService, ServiceConfig
 from lanlic.net.server import LicenseServer, ServerLimits
 from lanlic.store import Store
+
+# Hypothesis profiles, chosen with LANLIC_HYPOTHESIS_PROFILE. "mutation" (tools/mutate.py): the same
+# examples on every run, no example database, no shrinking, so a mutant's verdict is reproducible
+# and a kill costs one failing example. Settings a test states itself still win over the profile.
+settings.register_profile(
+    "mutation",
+    derandomize=True,
+    database=None,
+    phases=(Phase.explicit, Phase.generate),
+    deadline=None,
+    print_blob=False,
+)
+if os.environ.get("LANLIC_HYPOTHESIS_PROFILE"):
+    settings.load_profile(os.environ["LANLIC_HYPOTHESIS_PROFILE"])
 
 
 @pytest.fixture(autouse=True)
