@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+from ci_skips import skip_fails_in_ci
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from helpers import DEFAULT_PRODUCTS, in_ci, make_key
+from helpers import DEFAULT_PRODUCTS, make_key
 from hypothesis import Phase, settings
 
 from lanlic.core import netkey
@@ -104,36 +105,13 @@ async def start_server(vendor_key: Ed25519PrivateKey) -> AsyncIterator[StartServ
 
 
 # ------------------------------------------------------------------ no skip that hides in CI
-
-SKIPS_ALLOWED_IN_CI: dict[str, str] = {
-    "tests/core/test_machine.py::test_real_machine_smoke": (
-        "a CI container may have neither /etc/machine-id nor a NIC with a MAC; the fingerprint's "
-        "every source is tested with fakes in the same file"
-    ),
-}
-"""Tests that may skip when ``CI`` is set, each with the reason. Keep it short: anything else a
-test needs (root, iproute2, redis-server, matplotlib, chromium) CI installs (see README)."""
-
-
-def _skip_fails_in_ci(report: pytest.CollectReport | pytest.TestReport) -> None:
-    if not (in_ci() and report.skipped) or hasattr(report, "wasxfail"):
-        return
-    if any(report.nodeid.startswith(allowed) for allowed in SKIPS_ALLOWED_IN_CI):
-        return
-    longrepr = report.longrepr
-    why = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
-    report.outcome = "failed"
-    report.longrepr = (
-        f"skipped with CI set: {why}\n"
-        "CI must provide what this test needs, or the test goes on SKIPS_ALLOWED_IN_CI in "
-        "tests/conftest.py with the reason"
-    )
+# (the rule and its allow-list are in tests/ci_skips.py)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
-    _skip_fails_in_ci(report)
+    skip_fails_in_ci(report)
     return report
 
 
@@ -141,5 +119,5 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def pytest_make_collect_report(collector: pytest.Collector) -> Any:
     """A module that skips itself at import (``allow_module_level``) never reaches a test."""
     report = yield
-    _skip_fails_in_ci(report)
+    skip_fails_in_ci(report)
     return report

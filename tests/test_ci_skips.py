@@ -1,9 +1,9 @@
-"""With ``CI`` set, a skipped test fails the run unless it is on the allow-list (conftest.py)."""
+"""With ``CI`` set, a skipped test fails the run unless it is on the allow-list (ci_skips.py)."""
 
 from __future__ import annotations
 
 import pytest
-from conftest import SKIPS_ALLOWED_IN_CI, _skip_fails_in_ci
+from ci_skips import SKIPS_ALLOWED_IN_CI, skip_fails_in_ci
 
 
 def skipped(nodeid: str) -> pytest.TestReport:
@@ -15,7 +15,7 @@ def skipped(nodeid: str) -> pytest.TestReport:
 def test_a_skip_fails_with_ci_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CI", "true")
     report = skipped("tests/x.py::test_needs_a_widget")
-    _skip_fails_in_ci(report)
+    skip_fails_in_ci(report)
     assert report.failed
     assert "skipped with CI set: Skipped: no widget" in str(report.longrepr)
 
@@ -23,7 +23,7 @@ def test_a_skip_fails_with_ci_set(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_skip_is_a_skip_without_ci(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CI", raising=False)
     report = skipped("tests/x.py::test_needs_a_widget")
-    _skip_fails_in_ci(report)
+    skip_fails_in_ci(report)
     assert report.skipped
 
 
@@ -33,7 +33,7 @@ def test_the_allow_list_is_short_and_says_why(monkeypatch: pytest.MonkeyPatch) -
     for nodeid, why in SKIPS_ALLOWED_IN_CI.items():
         assert len(why) > 40, nodeid
         report = skipped(nodeid)
-        _skip_fails_in_ci(report)
+        skip_fails_in_ci(report)
         assert report.skipped
 
 
@@ -41,5 +41,5 @@ def test_an_expected_failure_is_not_a_skip(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("CI", "true")
     report = skipped("tests/x.py::test_xfail")
     report.wasxfail = "known"  # type: ignore[attr-defined]
-    _skip_fails_in_ci(report)
+    skip_fails_in_ci(report)
     assert report.skipped
