@@ -3,6 +3,8 @@
     python tools/mutate.py lanlic/core/pool.py            # the module's own tests (see TESTS)
     python tools/mutate.py lanlic/proto/framing.py --tests tests/proto/test_framing.py
     python tools/mutate.py lanlic/core/pool.py --survivors  # list the survivors, and the diffs
+    python tools/mutate.py lanlic/core/pool.py --rerun-survivors  # after strengthening tests
+    python tools/mutate.py lanlic/core/lending.py --only '*present*'  # part of a module
 
 It copies the working tree (lanlic/, tests/, protocol/, pyproject.toml) into a scratch folder
 (``--workdir``, default ``$TMPDIR/lanlic-mutate/<module>``), adds a ``[tool.mutmut]`` section that
@@ -31,12 +33,17 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from fnmatch import fnmatch
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 TESTS: dict[str, list[str]] = {
-    "lanlic/core/pool.py": ["tests/core/test_pool.py", "tests/core/test_pool_state_machine.py"],
+    "lanlic/core/pool.py": [
+        "tests/core/test_pool.py",
+        "tests/core/test_pool_state_machine.py",
+        "tests/core/test_promises.py",  # lease ids (the CSPRNG, a forked child)
+    ],
     "lanlic/proto/framing.py": ["tests/proto/test_framing.py"],
     "lanlic/core/lending.py": ["tests/core/test_lending.py"],
     "lanlic/core/restart.py": [
@@ -105,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="forget earlier results")
     parser.add_argument("--survivors", action="store_true", help="print each survivor's diff")
     parser.add_argument("--fail-under", type=float, default=0.0, help="exit 1 below this score")
+    parser.add_argument(
+        "--only", nargs="+", metavar="PATTERN", help="mutant names to run (fnmatch, e.g. *expire*)"
+    )
+    parser.add_argument(
+        "--rerun-survivors", action="store_true", help="run again only what was not killed"
+    )
     args = parser.parse_args(argv)
 
     module = Path(args.module).as_posix()
@@ -114,16 +127,24 @@ def main(argv: list[str] | None = None) -> int:
     if not tests:
         parser.error(f"no default tests for {module}: name them with --tests")
     workdir = args.workdir or Path(tempfile.gettempdir()) / "lanlic-mutate" / Path(module).stem
+    names: list[str] = []
+    if args.rerun_survivors:
+        names = [n for n, status in results(workdir).items() if status not in KILLED]
+        if not names:
+            print("nothing to run again: every mutant was killed")
+    names += args.only or []
     prepare(workdir, module, tests, args.fresh)
 
     env = dict(os.environ, LANLIC_HYPOTHESIS_PROFILE="mutation")
     env.pop("PYTHONPATH", None)  # the copy in mutants/ must win over any checkout
     run = ["nice", "-n", "10", sys.executable, "-m", "mutmut", "run"]
-    run += ["--max-children", str(args.max_children)]
+    run += ["--max-children", str(args.max_children), *names]
     print(f"mutating {module} against {' '.join(tests)} in {workdir}", flush=True)
     subprocess.run(run, cwd=workdir, env=env, check=False)
 
     found = results(workdir)
+    if args.only:  # the score of the part that was run
+        found = {n: s for n, s in found.items() if any(fnmatch(n, p) for p in args.only)}
     counts = Counter(found.values())
     total = len(found)
     killed = sum(counts[s] for s in KILLED)

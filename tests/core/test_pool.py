@@ -572,3 +572,79 @@ def test_default_lease_ids_are_16_random_bytes_and_unique() -> None:
     ids = [take(pool).id for _ in range(600)]  # more than one 4 KiB draw
     assert all(type(x) is bytes and len(x) == 16 for x in ids)
     assert len(set(ids)) == len(ids)
+
+
+# ------------------------------------------------------------------ messages, filters, the heap
+
+
+def test_the_no_seat_message_says_what_holds_the_seats() -> None:
+    def denied(pool: SeatPool) -> str:
+        result = pool.checkout("cad", "3.0", B, HOLDER, T0)
+        assert isinstance(result, Denied) and result.code == "no_seat"
+        return result.message
+
+    pool = make_pool(seats=2)
+    take(pool)
+    take(pool)
+    assert denied(pool) == "all 2 seats of cad are in use"
+    pool = make_pool(seats=2)
+    take(pool)
+    pool.take_borrowed("cad")
+    assert denied(pool) == "all 2 seats of cad are in use (1 borrowed)"
+    pool = make_pool(seats=3)
+    pool.take_borrowed("cad")
+    pool.hold("cad", 2)
+    assert denied(pool) == (
+        "all 3 seats of cad are in use (1 borrowed, 2 held for clients reconnecting after a "
+        "restart)"
+    )
+    full = pool.adopt(b"x", "cad", B, HOLDER, T0)  # takes a held seat
+    assert isinstance(full, Granted)
+    pool.adopt(b"y", "cad", B, HOLDER, T0)
+    refused = pool.adopt(b"z", "cad", B, HOLDER, T0)
+    assert isinstance(refused, Denied)
+    assert refused.message == "all 3 seats of cad are in use (1 borrowed)"
+
+
+def test_adopt_refusals_say_why() -> None:
+    pool = make_pool(seats=1)
+    lease = take(pool)
+    theirs = pool.adopt(lease.id, "cad", B, HOLDER, T0)
+    assert theirs == Denied("lease_unknown", "that lease belongs to someone else")
+    unknown = pool.adopt(b"x", "nope", B, HOLDER, T0)
+    assert unknown == Denied("unknown_product", "no product 'nope' in the network key")
+
+
+def test_leases_of_one_product() -> None:
+    pool = make_pool(seats=2)
+    a = take(pool)
+    s = take(pool, product="sim")
+    assert [x.id for x in pool.leases("cad")] == [a.id]
+    assert [x.id for x in pool.leases("sim")] == [s.id]
+    assert sorted(x.id for x in pool.leases()) == sorted([a.id, s.id])
+
+
+@pytest.mark.parametrize("blocked_by", ["held", "borrowed"])
+def test_a_borrow_with_now_sweeps_when_held_or_borrowed_seats_fill_the_rest(
+    blocked_by: str,
+) -> None:
+    pool = make_pool(seats=2)
+    take(pool, now=T0)  # dead at T0 + LEASE, not swept
+    if blocked_by == "held":
+        assert pool.hold("cad", 1) == 1
+    else:
+        assert pool.take_borrowed("cad")
+    assert pool.take_borrowed("cad", T0 + LEASE)
+    assert pool.in_use("cad") == 0
+
+
+def test_released_leases_leave_stale_heap_entries_until_they_dominate() -> None:
+    """Lazy deletion, as the module says: a release costs no heap work; once the stale entries
+    pass the live ones (and 64), one rebuild drops them all."""
+    pool = SeatPool([entitlement("cad", 100)], lease_seconds=LEASE)
+    leases = [take(pool) for _ in range(65)]
+    for lease in leases[:-1]:
+        pool.release([lease.id], A, T0)
+        assert len(pool._heap) == 65  # stale entries stay
+    pool.release([leases[-1].id], A, T0)  # 65 entries, none live: rebuilt
+    assert pool._heap == []
