@@ -271,7 +271,7 @@ def test_version_not_licensed() -> None:
         result = pool.checkout("cad", version, A, HOLDER, T0)
         assert isinstance(result, Denied), version
         assert result.code == "version_not_licensed"
-        assert version in result.message
+        assert result.message == (f"cad version {version!r} is not licensed (licensed: 2.0 to 4.0)")
     assert pool.in_use("cad") == 0
 
 
@@ -280,6 +280,7 @@ def test_unknown_product() -> None:
     result = pool.checkout("nope", "3.0", A, HOLDER, T0)
     assert isinstance(result, Denied)
     assert result.code == "unknown_product"
+    assert result.message == "no product 'nope' in the network key"
     assert len(pool) == 0
     with pytest.raises(KeyError):
         pool.free("nope")
@@ -533,6 +534,11 @@ def test_check_invariant_catches_counts_out_of_step() -> None:
         pool.check_invariant()
     del pool._by_owner[B]
     pool.check_invariant()
+    owned = pool._by_owner.pop(A)  # the owner missing altogether
+    with pytest.raises(AssertionError):
+        pool.check_invariant()
+    pool._by_owner[A] = owned
+    pool.check_invariant()
 
 
 # ------------------------------------------------------------------ peak, postpone, lease ids
@@ -568,7 +574,9 @@ def test_postpone_moves_every_deadline_and_the_timer() -> None:
 
 
 def test_default_lease_ids_are_16_random_bytes_and_unique() -> None:
+    assert SeatPool([entitlement("cad", 1)]).lease_seconds == 60.0
     pool = SeatPool([entitlement("cad", 600)], lease_seconds=LEASE)
+    assert dict(pool.products) == {"cad": entitlement("cad", 600)}
     ids = [take(pool).id for _ in range(600)]  # more than one 4 KiB draw
     assert all(type(x) is bytes and len(x) == 16 for x in ids)
     assert len(set(ids)) == len(ids)
@@ -638,13 +646,17 @@ def test_a_borrow_with_now_sweeps_when_held_or_borrowed_seats_fill_the_rest(
     assert pool.in_use("cad") == 0
 
 
-def test_released_leases_leave_stale_heap_entries_until_they_dominate() -> None:
-    """Lazy deletion, as the module says: a release costs no heap work; once the stale entries
-    pass the live ones (and 64), one rebuild drops them all."""
-    pool = SeatPool([entitlement("cad", 100)], lease_seconds=LEASE)
-    leases = [take(pool) for _ in range(65)]
-    for lease in leases[:-1]:
+@pytest.mark.parametrize("n", [65, 66, 85, 200])
+def test_released_leases_leave_stale_heap_entries_until_they_dominate(n: int) -> None:
+    """Lazy deletion, as the module says: a release costs no heap work; once the entries pass
+    64 and twice the live leases plus 64, one rebuild keeps only the live ones."""
+    pool = SeatPool([entitlement("cad", n)], lease_seconds=LEASE)
+    leases = [take(pool) for _ in range(n)]
+    heap, live = n, n
+    for lease in leases:
         pool.release([lease.id], A, T0)
-        assert len(pool._heap) == 65  # stale entries stay
-    pool.release([leases[-1].id], A, T0)  # 65 entries, none live: rebuilt
-    assert pool._heap == []
+        live -= 1
+        if heap > 64 and heap > 2 * live + 64:
+            heap = live
+        assert len(pool._heap) == heap, (n, live)
+    assert heap < n  # it was rebuilt at least once
