@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import struct
+import threading
 from typing import Any
 
 import msgpack
@@ -69,8 +70,21 @@ def test_frame_of_exactly_max_frame_is_accepted() -> None:
 
 
 def test_encode_refuses_a_frame_over_max_frame() -> None:
-    with pytest.raises(BadFrame):
+    with pytest.raises(BadFrame) as info:
         encode_frame(padded(MAX_FRAME + 1))
+    assert info.value.message == f"frame of {MAX_FRAME + 1} bytes exceeds the limit of {MAX_FRAME}"
+
+
+def test_each_thread_encodes_with_its_own_packer_the_same_bytes() -> None:
+    """bytes stay msgpack bin and str stays str, on a thread's first frame as on later ones."""
+    msg = {"t": "renew", "id": 3, "leases": [b"\x00" * 16], "note": "é"}
+    want = struct.pack(">I", len(body := msgpack.packb(msg, use_bin_type=True))) + body
+    got: list[bytes] = []
+    for _ in range(2):
+        worker = threading.Thread(target=lambda: got.append(encode_frame(msg)))
+        worker.start()
+        worker.join()
+    assert got == [want, want] and encode_frame(msg) == want
 
 
 def test_max_frame_plus_one_is_refused_at_the_header() -> None:
@@ -81,6 +95,8 @@ def test_max_frame_plus_one_is_refused_at_the_header() -> None:
     with pytest.raises(FrameTooLarge) as info:
         decoder.feed(head[3:])  # not one byte of the body has arrived
     assert info.value.code == "bad_frame"
+    assert info.value.message == f"frame length {MAX_FRAME + 1} exceeds the limit of {MAX_FRAME}"
+    assert str(info.value) == f"bad_frame: {info.value.message}"
     assert isinstance(info.value, BadFrame)
     assert decoder.buffered == 0
 
@@ -119,7 +135,7 @@ def test_buffered_reports_a_half_frame() -> None:
 
 def test_empty_frame_is_an_error_and_the_stream_stays_in_step() -> None:
     [empty, status] = FrameDecoder().feed(header(0) + encode_frame(STATUS))
-    assert isinstance(empty, BadFrame)
+    assert isinstance(empty, BadFrame) and empty.message == "empty frame"
     assert status == STATUS
 
 
