@@ -76,6 +76,11 @@ class BlockingClient:
         return fut.result(timeout)
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the client runs on, in its own thread (``lanlic.ui`` sends its work there)."""
+        return self._loop
+
+    @property
     def client(self) -> Client:
         """The asyncio client underneath (use only from its loop)."""
         return self._client
