@@ -13,6 +13,7 @@ so the next window says whether it happened.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 import tkinter as tk
@@ -194,10 +195,10 @@ class LicenseWindow:
         period.grid(row=7, column=0, columnspan=2, sticky="w", pady=(pad // 2, 0))
         self.period_label = ttk.Label(period, text="Borrow for", underline=11)
         self.period_label.grid(row=0, column=0)
-        self.days = tk.StringVar(top, value="7")
-        self.spin = ttk.Spinbox(
-            period, from_=1, to=1, width=4, textvariable=self.days, command=self._period_changed
-        )
+        # No tk.StringVar here: a Variable is deleted in whichever thread the garbage collector
+        # runs, and Tk refuses calls from any thread but its own.
+        self.spin = ttk.Spinbox(period, from_=1, to=1, width=4, command=self._period_changed)
+        self.spin.set("7")
         self.spin.grid(row=0, column=1, padx=4)
         self.spin.bind("<KeyRelease>", lambda _e: self._period_changed())
         self.spin.bind("<FocusOut>", lambda _e: self._period_changed())
@@ -429,7 +430,7 @@ class LicenseWindow:
         if bounds is None:
             return None
         try:
-            days = int(float(self.days.get()))
+            days = int(float(self.spin.get()))
         except ValueError:
             days = bounds[1]
         return min(max(days, bounds[0]), bounds[1])
@@ -572,16 +573,29 @@ class LicenseWindow:
         self.progress.stop()
         changes = self.session.changes
         self.top.destroy()
-        threading.Thread(target=self._finish, name="lanlic-ui-close", daemon=True).start()
+        # The destroyed widgets are reference cycles. Collected by a garbage collection that
+        # happens to run on the client's thread, they would call into Tk from the wrong thread
+        # (Tk aborts the process); collected here, they are on the Tk thread.
+        gc.collect()
+        # The thread holds the worker and the session, never the window (see _finish_closing).
+        threading.Thread(
+            target=_finish_closing,
+            args=(self.worker, self.session, self.finished),
+            name="lanlic-ui-close",
+            daemon=True,
+        ).start()
         if self.on_close is not None:
             self.on_close(changes)
 
-    def _finish(self) -> None:
-        try:
-            self.worker.wait_idle(CLOSE_WAIT_S)
-            self.worker.run(self.session.close(), CLOSE_WAIT_S)
-        except Exception:  # noqa: S110 - closing: nothing left to tell
-            pass
-        finally:
-            self.worker.stop()
-            self.finished.set()
+
+def _finish_closing(worker: Worker, session: Session, finished: threading.Event) -> None:
+    """After the window closed: let a running request end, close the window's own client, stop
+    the window's own loop. A module function, so this thread holds no Tk object."""
+    try:
+        worker.wait_idle(CLOSE_WAIT_S)
+        worker.run(session.close(), CLOSE_WAIT_S)
+    except Exception:  # noqa: S110 - closing: nothing left to tell
+        pass
+    finally:
+        worker.stop()
+        finished.set()

@@ -15,6 +15,7 @@ with LANLIC_UPDATE_DOCS=1, the README's copy in docs/ is refreshed too.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import os
 import shutil
 import subprocess
@@ -222,9 +223,15 @@ class Driver:
         for w in self.windows:
             if not w.closed:
                 w.close()
-        for w in self.windows:
-            assert w.finished.wait(WAIT), "the window's worker did not finish"
-        self.root.destroy()
+        try:
+            for w in self.windows:
+                assert w.finished.wait(WAIT), "the window's worker did not finish"
+        finally:
+            self.root.destroy()
+            # Tk objects must be freed on the Tk thread: collect their cycles here, now.
+            self.windows.clear()
+            del self.root
+            gc.collect()
 
 
 @pytest.fixture

@@ -45,9 +45,9 @@ def test_enroll_borrow_offline_and_back_then_return(
     gui.select(w, "cad")
     assert w.facts["Borrowing"].cget("text") == "up to 2 seat(s), at most 14 days each"
     assert str(w.spin.cget("to")) in ("14", "14.0")
-    w.days.set("99")
+    w.spin.set("99")
     assert w.period() == 14
-    w.days.set("3")
+    w.spin.set("3")
     w.spin.event_generate("<KeyRelease>")
     gui.root.update()
     assert w.return_on.cget("text").startswith("days: returns by itself on ")
@@ -177,7 +177,7 @@ def test_portable_key_kind_refusal_then_the_keys_folder(
     gui.click(w, w.enroll_button)
     assert not w.enroll_box.winfo_ismapped(), w.message.cget("text")
     gui.select(w, "cad")
-    w.days.set("2")
+    w.spin.set("2")
     gui.click(w, w.borrow_button)
     assert gui.row(w, "cad")["state"] == KEY_BORROWED, w.message.cget("text")
     assert gui.row(w, "cad")["left"] == "2 days left"
@@ -203,7 +203,7 @@ def test_keyboard_alone_selects_borrows_and_closes(
     gui.pump(lambda: w.selected_product() == "cad", what="Up to select cad again")
     w.tree.event_generate("<Alt-f>")
     gui.pump(lambda: w.top.focus_get() is w.spin, what="Alt-F to the period")
-    w.days.set("5")
+    w.spin.set("5")
     w.spin.event_generate("<Return>")  # Enter in the period borrows
     gui.idle(w)
     assert gui.row(w, "cad")["state"] == BORROWED, w.message.cget("text")
