@@ -346,6 +346,8 @@ class LicenseWindow:
         if snap.online:
             self.banner.grid_remove()
         else:
+            why = f"\n({snap.server_error})" if snap.server_error else ""
+            self.banner.configure(text=BANNER_OFFLINE + why)
             self.banner.grid()
         self._show_enroll(snap)
         selected = self.selected_product()

@@ -1,0 +1,162 @@
+"""The window never freezes: while the server answers slowly or not at all, its ``after`` ticks
+keep coming; closing it mid-request is safe, and the next window says whether a borrow happened.
+
+The slow server is the real one behind a loopback relay that holds every chunk for ``DELAY``
+seconds each way; the silent one is a loopback socket that listens (the kernel completes the TCP
+handshake) and never reads or answers."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cliproc import Laptop, Procs, ok
+from conftest import WAIT, Driver
+
+from lanlic.ui.window import BANNER_OFFLINE, LicenseWindow
+
+DELAY = 0.4
+#: Ticks the window must run while one request hangs (one every 100 ms: a second's worth).
+TICKS = 10
+
+
+class SlowRelay:
+    """127.0.0.1:port -> upstream, each chunk held ``delay`` s. Bounded: stopped by ``close``."""
+
+    def __init__(self, upstream: tuple[str, int], delay: float) -> None:
+        self.upstream, self.delay = upstream, delay
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.port: int = self.listener.getsockname()[1]
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.sockets: list[socket.socket] = []
+        self._start(self._accept)
+
+    def _start(self, target: object, *args: object) -> None:
+        t = threading.Thread(target=target, args=args, daemon=True)  # type: ignore[arg-type]
+        self.threads.append(t)
+        t.start()
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                down, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            up = socket.create_connection(self.upstream, timeout=5)
+            self.sockets += [down, up]
+            for s in (down, up):
+                s.settimeout(0.1)
+            self._start(self._pump, down, up)
+            self._start(self._pump, up, down)
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while not self.stopping.is_set():
+                try:
+                    data = src.recv(65536)
+                except TimeoutError:
+                    continue
+                if not data:
+                    break
+                self.stopping.wait(self.delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.listener.close()
+        for t in self.threads:
+            t.join(5)
+        for s in self.sockets:
+            s.close()
+
+
+@pytest.fixture
+def silent() -> Iterator[int]:
+    """A loopback port that accepts connections and never answers."""
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as s:
+        yield s.getsockname()[1]
+
+
+def ticks_while_busy(gui: Driver, w: LicenseWindow, count: int) -> None:
+    """Pump until the window has run ``count`` more ticks, checking it stays busy meanwhile."""
+    start = w.ticks
+    gui.pump(lambda: w.ticks >= start + count or not w.busy, what="ticks")
+    assert w.busy, "the request ended before the ticks were counted"
+    assert w.ticks >= start + count
+
+
+def test_a_silent_server_never_freezes_the_window_and_closing_waits_for_nothing(
+    gui: Driver, silent: int, laptop: Laptop
+) -> None:
+    w = gui.open(f"127.0.0.1:{silent}", request_timeout=4, wait=False)
+    assert w.busy == "Looking at the licences"
+    ticks_while_busy(gui, w, TICKS)
+    assert w.progress.winfo_ismapped() and w.doing.cget("text") == "Looking at the licences…"
+    # Other windows of the application go on too, and so does this one's own keyboard.
+    w.tree.event_generate("<Alt-f>")
+    gui.root.update()
+    # Closed mid-request: gone at once; the request ends off the Tk thread.
+    w.close_button.invoke()
+    assert w.closed and not w.finished.is_set()
+    assert not gui.root.winfo_children() or all(
+        not c.winfo_exists() for c in gui.root.winfo_children()
+    )
+    assert w.finished.wait(WAIT)
+
+    # A window that waits it out says the server is out of reach, and why.
+    w2 = gui.open(f"127.0.0.1:{silent}", request_timeout=1)
+    assert w2.banner.winfo_ismapped()
+    assert w2.banner.cget("text").startswith(BANNER_OFFLINE)
+    assert "no answer to hello within 1" in w2.banner.cget("text")
+    assert w2.snapshot is not None and not w2.snapshot.online
+
+
+def test_a_slow_server_borrow_closed_mid_request_is_told_on_reopening(
+    gui: Driver, procs: Procs, act_key: Path, vendor: Path, laptop: Laptop, tmp_path: Path
+) -> None:
+    _, port, _ = procs.serve(act_key, vendor, tmp_path / "data", "--no-admin")
+    ok(laptop.run(port, "enroll"))
+    relay = SlowRelay(("127.0.0.1", port), DELAY)
+    try:
+        w = gui.open(f"127.0.0.1:{relay.port}", wait=False)
+        ticks_while_busy(gui, w, TICKS)  # the first look, slowed
+        gui.idle(w)
+        assert w.snapshot is not None and w.snapshot.online
+        gui.select(w, "cad")
+        w.spin.set("4")
+        w.borrow_button.invoke()
+        assert w.busy.startswith("Borrowing cad for 4 days")
+        assert w.borrow_button.instate(["disabled"]) and w.return_button.instate(["disabled"])
+        w.top.event_generate("<Escape>")  # closed mid-borrow
+        assert w.closed
+        assert w.finished.wait(WAIT)
+    finally:
+        relay.close()
+
+    borrows = laptop.status(port)[1]
+    assert [b["product"] for b in borrows] == ["cad"]  # it went on to its end: not half done
+    w2 = gui.open(f"127.0.0.1:{port}")
+    text = w2.message.cget("text")
+    assert text.startswith("The borrow of cad asked for at "), text
+    assert "went through: borrowed until " in text
+    assert gui.row(w2, "cad")["state"] == "Borrowed (license file)"
+    assert gui.row(w2, "cad")["left"] == "4 days left"
+    # Said once: the next window has nothing to tell.
+    w3 = gui.open(f"127.0.0.1:{port}")
+    assert w3.message.cget("text") == ""
+    assert not (laptop.home / "ui-borrow.json").exists()
