@@ -224,3 +224,41 @@ def _closed_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
     return port
+
+
+def test_embedded_in_a_tk_application_it_uses_the_applications_client(
+    gui: Driver, procs: Procs, act_key: Path, vendor: Path, laptop: Laptop, tmp_path: Path
+) -> None:
+    from lanlic.borrower import Borrower
+    from lanlic.net.blocking import BlockingClient
+    from lanlic.ui import show_license_information
+    from lanlic.ui.window import LicenseWindow
+
+    _, port, _ = procs.serve(act_key, vendor, tmp_path / "data", "--no-admin")
+    borrower = Borrower()
+    app = BlockingClient(f"127.0.0.1:{port}", app="MyCAD 16", borrowed=borrower)
+    try:
+        app.connect()
+        closed: list[dict[str, object]] = []
+        w = show_license_information(
+            gui.root, client=app, borrower=borrower, version="16",
+            on_close=lambda changes: closed.append(changes.to_json()),
+        )  # fmt: skip
+        assert isinstance(w, LicenseWindow)
+        gui.windows.append(w)
+        gui.idle(w)
+        assert w.session.borrower is borrower
+        gui.select(w, "cad-render")
+        gui.click(w, w.enable_button)
+        assert gui.row(w, "cad-render")["state"] == "Network", w.message.cget("text")
+        # The seat is the application's: its client holds it, and keeps it after the window.
+        assert [s.product for s in app.client.seats.values()] == ["cad-render"]
+        w.close()
+        assert w.finished.wait(20)
+        assert closed and closed[0]["enabled"] == ["cad-render"]
+        assert app.client.connected
+        status = app.status()
+        [render] = [p for p in status["products"] if p["name"] == "cad-render"]
+        assert render["in_use"] == 1 and render["holders"][0]["app"] == "MyCAD 16"
+    finally:
+        app.close()
