@@ -160,3 +160,54 @@ def test_a_slow_server_borrow_closed_mid_request_is_told_on_reopening(
     w3 = gui.open(f"127.0.0.1:{port}")
     assert w3.message.cget("text") == ""
     assert not (laptop.home / "ui-borrow.json").exists()
+
+
+def test_a_borrow_whose_answer_was_never_seen_is_asked_again_and_told(
+    gui: Driver, procs: Procs, act_key: Path, vendor: Path, laptop: Laptop, tmp_path: Path
+) -> None:
+    """The process died with the borrow journalled and no outcome (it may or may not have
+    reached the server): the next window asks again under the same request id, and says so."""
+    import json
+    import secrets
+    import time
+
+    _, port, _ = procs.serve(act_key, vendor, tmp_path / "data", "--no-admin")
+    ok(laptop.run(port, "enroll"))
+    entry = {"product": "cad", "days": 2.0, "version": "16",
+             "request_id": secrets.token_hex(16), "asked": time.time() - 60}  # fmt: skip
+    (laptop.home / "ui-borrow.json").write_text(json.dumps(entry))
+    w = gui.open(f"127.0.0.1:{port}")
+    text = w.message.cget("text")
+    assert text.startswith("The borrow of cad asked for at ") and "went through" in text, text
+    assert gui.row(w, "cad")["state"] == "Borrowed (license file)"
+    assert [b["product"] for b in laptop.status(port)[1]] == ["cad"]
+    assert not (laptop.home / "ui-borrow.json").exists()
+    # Asked again with the same id: the server's answer is that same borrow, never a second.
+    w2 = gui.open(f"127.0.0.1:{port}")
+    assert w2.message.cget("text") == ""
+    assert len(laptop.status(port)[1]) == 1
+
+
+def test_a_refused_borrow_closed_mid_request_is_told_as_not_done(
+    gui: Driver, procs: Procs, act_key: Path, vendor: Path, laptop: Laptop, tmp_path: Path
+) -> None:
+    _, port, _ = procs.serve(act_key, vendor, tmp_path / "data", "--no-admin")
+    ok(laptop.run(port, "enroll"))
+    # Both borrowable seats of cad are out already (two other laptops).
+    for name in ("b", "c"):
+        Laptop(tmp_path, name).borrow(port, "cad", "--days", "1")
+    relay = SlowRelay(("127.0.0.1", port), DELAY)
+    try:
+        w = gui.open(f"127.0.0.1:{relay.port}")
+        gui.select(w, "cad")
+        w.borrow_button.invoke()
+        assert w.busy.startswith("Borrowing cad")
+        w.close()
+        assert w.finished.wait(WAIT)
+    finally:
+        relay.close()
+    w2 = gui.open(f"127.0.0.1:{port}")
+    text = w2.message.cget("text")
+    assert "did not happen: all 2 borrowable seats of cad" in text, text
+    assert text.endswith("(no_borrowable_seat)")
+    assert gui.row(w2, "cad")["state"] == "Network"
