@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from lanlic.borrower import Borrower
-from lanlic.errors import BorrowedFileError, LanlicError, ServerUnavailable
+from lanlic.errors import (
+    BorrowedFileError,
+    BorrowRefused,
+    LanlicError,
+    ServerUnavailable,
+    ServerUntrusted,
+)
 from lanlic.net.client import Client, Seat
 from lanlic.ui.model import Row, build_rows
 
@@ -167,12 +173,13 @@ class Session:
         address = ""
         try:
             client = await self.client()
-            await self.borrower.check_online(client)
+            with contextlib.suppress(BorrowRefused, BorrowedFileError):
+                # A borrow the server has ended stops working here (as `lanlic info` does).
+                await self.borrower.check_online(client)
             status = await client.status()
             address = f"{client.address[0]}:{client.address[1]}"
-        except ServerUnavailable as exc:
-            error = f"{exc.code}: {exc.message}"
-        except LanlicError as exc:  # a server that is not ours, say: offline, but say why
+        except (ServerUnavailable, ServerUntrusted) as exc:
+            # Out of reach, or a server that is not ours: offline, and the banner says why.
             error = f"{exc.code}: {exc.message}"
         if status is not None:
             self.known |= {p["name"] for p in status.get("products", [])}

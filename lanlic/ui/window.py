@@ -126,21 +126,23 @@ class LicenseWindow:
         style.configure("Detail.TLabel", foreground="#555555")
         style.configure("Error.TLabel", foreground="#a40000")
         pad = max(6, line // 2)
+        # Widths in characters of the font, so the OS's scaling (Tk's) applies to them too.
+        wrap = (base.measure("0") or 8) * 80
         outer = ttk.Frame(top, padding=pad)
         outer.pack(fill="both", expand=True)
         outer.columnconfigure(0, weight=1)
         self.outer = outer
 
-        self.heading = ttk.Label(outer, text="", style="Detail.TLabel")
+        self.heading = ttk.Label(outer, text="", style="Detail.TLabel", wraplength=wrap)
         self.heading.grid(row=0, column=0, sticky="ew")
-        self.banner = ttk.Label(outer, text=BANNER_OFFLINE, style="Banner.TLabel", wraplength=600)
+        self.banner = ttk.Label(outer, text=BANNER_OFFLINE, style="Banner.TLabel", wraplength=wrap)
         self.banner.grid(row=1, column=0, sticky="ew", pady=(pad // 2, 0))
 
         # The first-time flow: shown until the machine (or portable key) is enrolled.
         self.enroll_box = ttk.Frame(outer, style="Notice.TFrame")
         self.enroll_box.grid(row=2, column=0, sticky="ew", pady=(pad // 2, 0))
         self.enroll_text = ttk.Label(
-            self.enroll_box, text="", style="Notice.TLabel", wraplength=600
+            self.enroll_box, text="", style="Notice.TLabel", wraplength=wrap
         )
         self.enroll_text.grid(row=0, column=0, columnspan=4, sticky="w")
         self.enroll_button = ttk.Button(
@@ -188,7 +190,7 @@ class LicenseWindow:
             ("Product", "State", "Versions", "Seats", "Borrowing", "Borrowed until", "Borrow id")
         ):
             ttk.Label(self.pane, text=name + ":").grid(row=i, column=0, sticky="nw", padx=(0, 8))
-            value = ttk.Label(self.pane, text="", wraplength=480)
+            value = ttk.Label(self.pane, text="", wraplength=wrap * 3 // 4)
             value.grid(row=i, column=1, sticky="w")
             self.facts[name] = value
         period = ttk.Frame(self.pane)
@@ -232,7 +234,7 @@ class LicenseWindow:
         status.columnconfigure(1, weight=1)
         self.progress = ttk.Progressbar(status, mode="indeterminate", length=80)
         self.doing = ttk.Label(status, text="", style="Detail.TLabel")
-        self.message = ttk.Label(status, text="", wraplength=560)
+        self.message = ttk.Label(status, text="", wraplength=wrap)
         self.message.grid(row=1, column=0, columnspan=2, sticky="w")
         self.detail = ttk.Label(status, text="", style="Detail.TLabel")
         self.detail.grid(row=2, column=0, columnspan=2, sticky="w")
@@ -380,7 +382,7 @@ class LicenseWindow:
                 "with one click while the licence server can be reached, or, away from it, "
                 "save a request file for your licence administrator and load the response "
                 "file they give back. (A site whose licences go on a portable key: choose "
-                "the key's folder with Portable key….)"
+                "the key's folder with the Portable key… button.)"
             )
         self.enroll_text.configure(text=text)
         self.enroll_box.grid()
@@ -533,7 +535,7 @@ class LicenseWindow:
         def done(path: Path) -> None:
             self._say(
                 f"Saved the request to {path}. Give it to your licence administrator; load the "
-                "response file they give back with Load response file….",
+                "response file they give back with the Load response file… button.",
             )
             self.refresh()
 
