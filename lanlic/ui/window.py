@@ -156,6 +156,9 @@ class LicenseWindow:
         )
         for i, b in enumerate((self.enroll_button, self.request_button, self.response_button)):
             b.grid(row=1, column=i, padx=(8 if i == 0 else 4, 0), pady=(0, 8), sticky="w")
+        # Neither is known before the first look.
+        self.banner.grid_remove()
+        self.enroll_box.grid_remove()
 
         # The product list.
         lst = ttk.Frame(outer)

@@ -4,6 +4,7 @@ real X key presses (xdotool), reporting what changed by its exit code and one JS
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -16,6 +17,8 @@ from conftest import WAIT
 from lanlic.ui.command import CHANGED
 
 XDOTOOL = shutil.which("xdotool")
+if XDOTOOL is None and os.environ.get("CI") == "true":
+    raise RuntimeError("xdotool is missing: .ci/run must apt-get install xdotool")
 
 
 def _xdotool(display: str, *args: str) -> str:

@@ -116,6 +116,7 @@ def test_enable_an_addon_holds_its_seat_while_the_window_is_open(
     assert w.enable_button.instate(["disabled"])
     assert laptop.status(port)[0]["cad-render"]["in_use"] == 1
     assert w.session.changes.enabled == ["cad-render"]
+    gui.shot(w, "license-window-addon-enabled")
     w.close()
     assert w.finished.wait(20)
     assert laptop.status(port)[0]["cad-render"]["in_use"] == 0  # released with the window

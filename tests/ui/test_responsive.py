@@ -107,6 +107,7 @@ def test_a_silent_server_never_freezes_the_window_and_closing_waits_for_nothing(
     assert w.busy == "Looking at the licences"
     ticks_while_busy(gui, w, TICKS)
     assert w.progress.winfo_ismapped() and w.doing.cget("text") == "Looking at the licences…"
+    gui.shot(w, "license-window-waiting-for-the-server")
     # Other windows of the application go on too, and so does this one's own keyboard.
     w.tree.event_generate("<Alt-f>")
     gui.root.update()
