@@ -26,7 +26,7 @@ are refused, because an old server that ignored a new restriction would grant mo
 vendor sold.
 
 This module reads no clock (today's date is passed in) and does no I/O; reading and writing the
-vendor's key files lives in ``lanlic.core.vendorfiles``.
+vendor's key files lives in ``lanlic.vendorkeys``.
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ How it keeps seats through trouble:
   ``on_seat_regained`` runs); if not, it is forgotten.
 
 Who the server is: every handshake sends a fresh nonce and checks the welcome's signature, then
-the server key against the key pinned for its site (``lanlic.trust``; the first connection to a
-site pins it). A client made by ``Client.discover`` finds its server over mDNS, and when the old
+the server key against the key pinned for its site (``lanlic.laptop.trust``; the first connection to
+a site pins it). A client made by ``Client.discover`` finds its server over mDNS, and when the old
 address stops answering it finds the same server (same site, same key) wherever it moved.
 """
 
@@ -54,9 +54,9 @@ from lanlic.errors import (
     ServerUntrusted,
     error_for_code,
 )
+from lanlic.laptop.trust import TrustStore, configured_server, fingerprint_of, verify_welcome
 from lanlic.proto import messages as m
 from lanlic.proto.framing import FrameDecoder, encode_frame
-from lanlic.trust import TrustStore, configured_server, fingerprint_of, verify_welcome
 
 if TYPE_CHECKING:
     from lanlic.net.finder import Found
@@ -92,7 +92,7 @@ class _Discovery:
 
 
 class BorrowedSource(Protocol):
-    """What the client needs of ``lanlic.borrower.Borrower`` (kept apart to avoid a cycle)."""
+    """What the client needs of ``lanlic.laptop.borrower.Borrower`` (kept apart: no cycle)."""
 
     def offline(self, product: str, version: str = "") -> Any: ...
 
@@ -180,7 +180,7 @@ class Client:
         """``server`` is ``HOST:PORT`` or ``(host, port)``; None takes ``$LANLIC_SERVER``, then
         ``server`` in the config folder's ``client.toml`` (to find a server with no address, use
         ``Client.discover``). ``vendor_key`` refuses a server of another vendor. ``trust`` holds
-        the pinned server keys (default: the config folder's, see ``lanlic.trust``)."""
+        the pinned server keys (default: the config folder's, see ``lanlic.laptop.trust``)."""
         if server is None:
             server = _explicit_server()
         if server is None:
@@ -190,7 +190,7 @@ class Client:
             )
         self.address = parse_address(server) if isinstance(server, str) else server
         self.borrowed = borrowed
-        """Where borrowed licences are looked up first (``lanlic.borrower.Borrower``), or None."""
+        """Where borrowed licences are looked up first (``laptop.borrower.Borrower``), or None."""
         self.vendor_fp = fingerprint_of(vendor_key) if vendor_key is not None else None
         """Only a server of this vendor is accepted (None: any vendor)."""
         self.trust = trust if trust is not None else TrustStore.default()

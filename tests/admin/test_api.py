@@ -19,11 +19,11 @@ from lanlic.admin import AdminError, keys
 from lanlic.admin import app as admin_app
 from lanlic.admin.app import AdminOptions, AdminServer
 from lanlic.admin.security import LoginThrottle
-from lanlic.borrower import Borrower
 from lanlic.core.netkey import ProductEntitlement
 from lanlic.core.pool import Granted, Holder
 from lanlic.core.records import HistoryRow
 from lanlic.errors import SeatLost
+from lanlic.laptop.borrower import Borrower
 from lanlic.net.client import Client
 
 # ------------------------------------------------------------------------ the guard rails

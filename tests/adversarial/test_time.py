@@ -25,12 +25,12 @@ from cliproc import read_json_line
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from helpers import make_key
 
-from lanlic.borrower import Borrower
 from lanlic.core import netkey, signing
 from lanlic.core.clock import StallWatch, WallGuard
 from lanlic.core.netkey import ProductEntitlement
 from lanlic.core.service import LicenseService, ServiceConfig
 from lanlic.errors import LanlicError, SeatLost
+from lanlic.laptop.borrower import Borrower
 from lanlic.net.client import Client, Seat
 from lanlic.net.server import LicenseServer, ServerLimits
 from lanlic.store import Store

@@ -23,9 +23,7 @@ from lanlic.discovery import (
     parse_txt,
 )
 from lanlic.errors import ServerKeyChanged, ServerUnavailable, ServerUntrusted
-from lanlic.net.client import Client
-from lanlic.proto import messages as m
-from lanlic.trust import (
+from lanlic.laptop.trust import (
     ServerIdentity,
     TrustStore,
     TrustStoreError,
@@ -33,6 +31,8 @@ from lanlic.trust import (
     fingerprint_of,
     verify_welcome,
 )
+from lanlic.net.client import Client
+from lanlic.proto import messages as m
 
 FP_A = "sha256:" + "a" * 32
 FP_B = "sha256:" + "b" * 32

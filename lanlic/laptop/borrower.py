@@ -1,6 +1,6 @@
 """Borrowing for the laptop user: enroll once, borrow, use offline, return.
 
-``Borrower`` ties the container home (lanlic/container.py: the key, the enrollment, the
+``Borrower`` ties the container home (lanlic/laptop/container.py: the key, the enrollment, the
 borrowed files and the protected local state) to this machine's fingerprint, the wall clock, and
 a ``Client`` when the server is reachable. Every method that talks to the server takes the client;
 the offline ones take nothing but the files at hand.
@@ -21,11 +21,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lanlic.container import ContainerHome, default_client_home
+from lanlic import osdeps
 from lanlic.core import borrowing
 from lanlic.core.borrowing import BorrowedLicense, EnrollmentResponse
 from lanlic.errors import BorrowedFileError, BorrowRefused
-from lanlic.machine import machine_fingerprint
+from lanlic.laptop.container import ContainerHome, default_client_home
+from lanlic.laptop.machine import machine_fingerprint
 from lanlic.net.client import Client
 from lanlic.proto import messages as m
 
@@ -263,10 +264,7 @@ class Borrower:
 
     @staticmethod
     def _save_pending(home: ContainerHome, pending: dict[str, str]) -> None:
-        path = home.root / PENDING_FILE
-        tmp = path.with_name(PENDING_FILE + ".tmp")
-        tmp.write_text(json.dumps(pending) + "\n", "utf-8")
-        os.replace(tmp, path)
+        osdeps.write_atomic(home.root / PENDING_FILE, (json.dumps(pending) + "\n").encode())
 
     def offline(self, product: str, version: str = "") -> BorrowedLicense:
         """Check the borrowed file of ``product`` for use now, with no network; raises
