@@ -19,7 +19,7 @@ from lanlic.ui.session import Changes
 if TYPE_CHECKING:  # tkinter is imported only when a window opens: the CLI runs without it
     import tkinter as tk
 
-    from lanlic.borrower import Borrower
+    from lanlic.laptop.borrower import Borrower
     from lanlic.net.blocking import BlockingClient
     from lanlic.ui.window import LicenseWindow
 
@@ -55,7 +55,7 @@ def show_license_information(
     """
     import tkinter as tk
 
-    from lanlic.borrower import Borrower
+    from lanlic.laptop.borrower import Borrower
     from lanlic.ui.session import Session
     from lanlic.ui.window import LicenseWindow
     from lanlic.ui.worker import Worker

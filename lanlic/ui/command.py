@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         raise NoDisplay("this Python has no tkinter (install python3-tk)") from None
     except tk.TclError as exc:
         raise NoDisplay(f"cannot open the window: {exc}") from None
-    from lanlic.borrower import Borrower
+    from lanlic.laptop.borrower import Borrower
     from lanlic.ui.session import Session
     from lanlic.ui.window import LicenseWindow
     from lanlic.ui.worker import Worker

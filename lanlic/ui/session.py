@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lanlic.borrower import Borrower
+from lanlic import osdeps
 from lanlic.errors import (
     BorrowedFileError,
     BorrowRefused,
@@ -30,6 +30,7 @@ from lanlic.errors import (
     ServerUnavailable,
     ServerUntrusted,
 )
+from lanlic.laptop.borrower import Borrower
 from lanlic.net.client import Client, Seat
 from lanlic.ui.model import Row, build_rows
 
@@ -87,17 +88,6 @@ def _user() -> str:
         return getpass.getuser()
     except Exception:
         return "unknown"
-
-
-def _fsync_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 class Session:
@@ -235,7 +225,7 @@ class Session:
                 path.unlink()
             return
         if path.parent.is_dir():
-            _fsync_write(path, (json.dumps(entry) + "\n").encode())
+            osdeps.write_atomic(path, (json.dumps(entry) + "\n").encode())
 
     async def borrow(self, product: str, days: int) -> Any:
         """Borrow ``product`` for ``days`` whole days; the ``BorrowedLicense``."""

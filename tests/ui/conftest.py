@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from cliproc import Laptop, Procs, ok, run
 
-from lanlic.borrower import Borrower
+from lanlic.laptop.borrower import Borrower
 from lanlic.ui.session import Session
 from lanlic.ui.window import LicenseWindow
 from lanlic.ui.worker import Worker

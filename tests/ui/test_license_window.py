@@ -230,7 +230,7 @@ def _closed_port() -> int:
 def test_embedded_in_a_tk_application_it_uses_the_applications_client(
     gui: Driver, procs: Procs, act_key: Path, vendor: Path, laptop: Laptop, tmp_path: Path
 ) -> None:
-    from lanlic.borrower import Borrower
+    from lanlic.laptop.borrower import Borrower
     from lanlic.net.blocking import BlockingClient
     from lanlic.ui import show_license_information
     from lanlic.ui.window import LicenseWindow
