@@ -255,6 +255,11 @@ class LicenseWindow:
             "<F5>": self.refresh,
             "<Escape>": self.close,
         }
+        # On macOS the key marked Alt is Option, and a window closes with Command-W.
+        aqua = str(top.tk.call("tk", "windowingsystem")) == "aqua"
+        if aqua:
+            keys.update({"<Option-" + k[5:]: fn for k, fn in keys.items() if k.startswith("<Alt-")})
+            keys["<Command-w>"] = self.close
         for seq, fn in keys.items():
             top.bind(seq, self._key(fn))
         self.tree.focus_set()

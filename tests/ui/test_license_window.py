@@ -12,7 +12,7 @@ import pytest
 from cliproc import Laptop, Procs, ok
 from conftest import Driver
 
-from lanlic.ui.window import BANNER_OFFLINE
+from lanlic.ui.window import BANNER_OFFLINE, LicenseWindow
 
 BORROWED = "Borrowed (license file)"
 KEY_BORROWED = "Borrowed (portable key)"
@@ -233,7 +233,6 @@ def test_embedded_in_a_tk_application_it_uses_the_applications_client(
     from lanlic.laptop.borrower import Borrower
     from lanlic.net.blocking import BlockingClient
     from lanlic.ui import show_license_information
-    from lanlic.ui.window import LicenseWindow
 
     _, port, _ = procs.serve(act_key, vendor, tmp_path / "data", "--no-admin")
     borrower = Borrower()
@@ -263,3 +262,44 @@ def test_embedded_in_a_tk_application_it_uses_the_applications_client(
         assert render["in_use"] == 1 and render["holders"][0]["app"] == "MyCAD 16"
     finally:
         app.close()
+
+
+def test_the_period_picker_follows_the_admins_lower_limit(
+    gui: Driver, procs: Procs, act_key: Path, vendor: Path, laptop: Laptop, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    _, port, _ = procs.serve(act_key, vendor, data, "--no-admin")
+    ok(laptop.run(port, "enroll"))
+    w = gui.open(f"127.0.0.1:{port}")
+    gui.select(w, "cad")
+    assert period_to(w) == 14  # the key's
+    ok(laptop.run(None, "admin", "policy", "cad", "--max-days", "5", "--data", str(data)))
+    deadline = time.monotonic() + 20
+    while period_to(w) != 5:  # the running server applies it within a second
+        assert time.monotonic() < deadline, "the admin's limit did not reach the window"
+        gui.click(w, w.refresh_button)
+    assert w.facts["Borrowing"].cget("text") == "up to 2 seat(s), at most 5 days each"
+    w.spin.set("9")
+    assert w.period() == 5
+    w.spin.event_generate("<KeyRelease>")
+    gui.root.update()
+    gui.click(w, w.borrow_button)
+    assert gui.row(w, "cad")["left"] == "5 days left", w.message.cget("text")
+
+
+def period_to(w: LicenseWindow) -> int:
+    return int(float(str(w.spin.cget("to"))))
+
+
+def test_the_cli_runs_without_tkinter() -> None:
+    """``lanlic`` builds its parser (``gui`` included) without importing tkinter."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from lanlic.cli import build_parser; build_parser(); "
+        "print('tkinter' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=60, check=True)  # fmt: skip
+    assert out.stdout.strip() == "False"
