@@ -6,6 +6,9 @@ its outcome after, so a window closed (or a process killed) mid-request says on 
 whether the borrow happened: an outcome not yet shown is shown once; a request with no outcome is
 asked again under the same request id, which the server answers with the borrow it made, if it
 made one, and never with a second seat.
+
+The product names the server served when last asked are kept there too (``ui-products.json``),
+so a window opened while the server is out of reach lists them as Not available.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ __all__ = ["JOURNAL", "Changes", "Session", "Snapshot", "refusal_text"]
 
 #: The borrow journal, in the container's folder (see the module docstring).
 JOURNAL = "ui-borrow.json"
+#: The products the server served when last asked, in the container's folder.
+PRODUCTS = "ui-products.json"
 
 
 @dataclass(slots=True)
@@ -120,7 +125,10 @@ class Session:
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self.known: set[str] = set()
-        """Products seen in an earlier status: listed as Not available while out of reach."""
+        """Products the server served when last asked: listed as Not available while it is out
+        of reach."""
+        self._saved: set[str] | None = None
+        """The product names in ``ui-products.json`` (None: not read yet)."""
         self.seats: dict[str, Seat] = {}
         """Add-ons enabled from this window, by product."""
         self.changes = Changes()
@@ -171,9 +179,25 @@ class Session:
         except (ServerUnavailable, ServerUntrusted) as exc:
             # Out of reach, or a server that is not ours: offline, and the banner says why.
             error = f"{exc.code}: {exc.message}"
-        if status is not None:
-            self.known |= {p["name"] for p in status.get("products", [])}
+        self._remember_products(status)
         return self._snapshot(status, error, address, notice)
+
+    def _remember_products(self, status: dict[str, Any] | None) -> None:
+        """Keep the server's product names beside the container (``ui-products.json``), so a
+        window opened with the server out of reach still lists them, as Not available."""
+        path = self.borrower.home_path / PRODUCTS
+        if self._saved is None:
+            self._saved = set()
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                self._saved = {str(n) for n in json.loads(path.read_text("utf-8"))}
+            self.known |= self._saved
+        if status is None:
+            return
+        self.known = {p["name"] for p in status.get("products", [])}
+        if self.known != self._saved and path.parent.is_dir():  # enrolled: the folder is there
+            with contextlib.suppress(OSError):
+                osdeps.write_atomic(path, (json.dumps(sorted(self.known)) + "\n").encode())
+                self._saved = set(self.known)
 
     def _snapshot(
         self, status: dict[str, Any] | None, error: str, address: str, notice: str
@@ -353,6 +377,7 @@ class Session:
     def use_portable_key(self, folder: Path) -> None:
         """Borrow into (and list from) the portable key in ``folder`` from now on."""
         self.borrower = Borrower(portable_key=folder, clock=self.borrower.clock)
+        self._saved = None  # the key's folder keeps its own list
         if self._client is not None and self._own_client:
             self._client.borrowed = self.borrower
 

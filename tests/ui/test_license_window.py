@@ -80,6 +80,9 @@ def test_enroll_borrow_offline_and_back_then_return(
     assert w.banner.winfo_ismapped() and w.banner.cget("text").startswith(BANNER_OFFLINE)
     assert w.return_button.instate(["disabled"])  # a return needs the server
     gui.shot(w, "license-window-server-gone")
+    # A window opened now knows the products too (kept beside the licences).
+    w_later = gui.open(f"127.0.0.1:{port}", connect_timeout=2)
+    assert gui.states(w_later) == gui.states(w)
 
     # Back again on the same port: return it, and it is a network licence again.
     procs.serve(act_key, vendor, data, "--no-admin", "--port", str(port))
