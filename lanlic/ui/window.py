@@ -294,19 +294,23 @@ class LicenseWindow:
             self._say("", "")
         self._show_busy()
 
+        looking = what.startswith("Looking")
+
         def finished(outcome: Outcome) -> None:
-            self.busy = ""
-            self._show_busy()
             if self.closed:
                 return
-            if outcome.error is not None:
-                message, detail = refusal_text(outcome.error)
-                hint = HINTS.get(getattr(outcome.error, "code", ""), "")
-                self._say(message, detail + (f" — {hint}" if hint else ""), error=True)
-                self.session.shown()
-                self.refresh()
-            else:
+            self.busy = ""
+            self._show_busy()
+            if outcome.error is None:
                 done(outcome.value)
+                return
+            message, detail = refusal_text(outcome.error)
+            hint = HINTS.get(getattr(outcome.error, "code", ""), "")
+            self._say(message, detail + (f" — {hint}" if hint else ""), error=True)
+            if what.startswith("Borrowing"):
+                self.session.shown()  # the refusal is said: nothing to tell on reopening
+            if not looking:  # a failed look is not retried at once (the tick retries later)
+                self.refresh()
 
         self.worker.submit(coro, finished)
         return True

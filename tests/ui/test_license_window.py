@@ -306,3 +306,20 @@ def test_the_cli_runs_without_tkinter() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          timeout=60, check=True)  # fmt: skip
     assert out.stdout.strip() == "False"
+
+
+def test_a_damaged_licence_folder_is_said_in_one_line_and_not_retried_in_a_loop(
+    gui: Driver, procs: Procs, act_key: Path, vendor: Path, laptop: Laptop, tmp_path: Path
+) -> None:
+    _, port, _ = procs.serve(act_key, vendor, tmp_path / "data", "--no-admin")
+    laptop.home.mkdir()
+    (laptop.home / "container.key").write_text("not a key\n")  # and no container.json
+    w = gui.open(f"127.0.0.1:{port}")
+    assert "holds a container key but no container.json" in w.message.cget("text")
+    assert w.detail.cget("text") == "code: container"
+    samples = []
+    for _ in range(30):
+        gui.root.update()
+        samples.append(w.busy)
+        time.sleep(0.02)
+    assert set(samples) == {""}, "a failed look must not start another at once"
