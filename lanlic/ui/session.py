@@ -133,6 +133,7 @@ class Session:
         """Add-ons enabled from this window, by product."""
         self.changes = Changes()
         self._resumed = False
+        self._told_unsettled = False
 
     # ------------------------------------------------------------------------------ client
 
@@ -165,7 +166,6 @@ class Session:
 
     async def look(self) -> Snapshot:
         """Ask the server (if it answers) and the container; the rows to show."""
-        notice = await self._resume_borrow() if not self._resumed else ""
         status: dict[str, Any] | None = None
         error = ""
         address = ""
@@ -179,6 +179,8 @@ class Session:
         except (ServerUnavailable, ServerUntrusted) as exc:
             # Out of reach, or a server that is not ours: offline, and the banner says why.
             error = f"{exc.code}: {exc.message}"
+        # After the status: a borrow left unsettled is asked again only of a server that answers.
+        notice = await self._resume_borrow(online=status is not None) if not self._resumed else ""
         self._remember_products(status)
         return self._snapshot(status, error, address, notice)
 
@@ -275,7 +277,10 @@ class Session:
                 request_id=bytes.fromhex(entry["request_id"]),
             )
         except ServerUnavailable:
-            raise  # outcome unknown: the journal stays, the next look asks again
+            # Outcome unknown: the journal stays; the next look that reaches the server asks
+            # again. The window says so itself, now.
+            self._resumed, self._told_unsettled = False, True
+            raise
         except LanlicError as exc:
             self._write_journal({**entry, "outcome": "refused", "message": exc.message,
                                  "code": exc.code})  # fmt: skip
@@ -290,8 +295,9 @@ class Session:
         if entry is not None and "outcome" in entry:
             self._write_journal(None)
 
-    async def _resume_borrow(self) -> str:
-        """A borrow from before the window last closed: what became of it (once)."""
+    async def _resume_borrow(self, *, online: bool) -> str:
+        """A borrow from before (the window last closed, or its answer was lost): what became of
+        it, said once. With no outcome journalled it is asked again, when ``online``."""
         entry = self._read_journal()
         if entry is None:
             self._resumed = True
@@ -300,6 +306,15 @@ class Session:
         from lanlic.ui.model import local_time
 
         asked = local_time(float(entry.get("asked", 0)))
+        if entry.get("outcome") is None and not online:
+            if self._told_unsettled:
+                return ""
+            self._told_unsettled = True
+            return (
+                f"The borrow of {product} asked for at {asked} is not settled: the licence "
+                "server did not answer it. It is asked again (the same request, never a second "
+                "seat) as soon as the server can be reached."
+            )
         if entry.get("outcome") is None:
             # Asked, answer never seen: ask again under the same request id.
             home = None
@@ -313,11 +328,7 @@ class Session:
                 try:
                     await self._borrow(entry)
                 except ServerUnavailable:
-                    return (
-                        f"The borrow of {product} asked for at {asked} is not known to have "
-                        "happened: the licence server cannot be reached to ask. It is asked "
-                        "again when it can be."
-                    )
+                    return ""  # lost again: the window has said so
                 except LanlicError:
                     pass  # the refusal is journalled: said below
             entry = self._read_journal() or entry

@@ -56,6 +56,12 @@ HINTS = {
     "ask your licence administrator before going on.",
 }
 
+#: Under a borrow whose answer was lost: the journal (session.py) settles it.
+UNKNOWN_BORROW = (
+    "Whether the borrow happened is not known yet: the window asks the server again (same "
+    "request, never a second seat) as soon as it answers."
+)
+
 
 class LicenseWindow:
     """The window, in ``master`` (a ``Tk`` or a ``Toplevel``). Make it with
@@ -305,7 +311,10 @@ class LicenseWindow:
                 done(outcome.value)
                 return
             message, detail = refusal_text(outcome.error)
-            hint = HINTS.get(getattr(outcome.error, "code", ""), "")
+            code = getattr(outcome.error, "code", "")
+            hint = HINTS.get(code, "")
+            if code == "server_unavailable" and what.startswith("Borrowing"):
+                hint = UNKNOWN_BORROW
             self._say(message, detail + (f" — {hint}" if hint else ""), error=True)
             if what.startswith("Borrowing"):
                 self.session.shown()  # the refusal is said: nothing to tell on reopening
@@ -354,8 +363,6 @@ class LicenseWindow:
             if snap.online
             else "the licence server is out of reach"
         )
-        if self.snapshot is not None and self.snapshot.online != snap.online:
-            self._say("", "")  # what was said before is stale now
         self.heading.configure(text=f"Licences of {where} ({server})")
         if snap.online:
             self.banner.grid_remove()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from cliproc import Laptop, Procs, ok
 from conftest import WAIT, Driver
 
-from lanlic.ui.window import BANNER_OFFLINE, LicenseWindow
+from lanlic.ui.window import BANNER_OFFLINE, UNKNOWN_BORROW, LicenseWindow
 
 DELAY = 0.4
 #: Ticks the window must run while one request hangs (one every 100 ms: a second's worth).
@@ -34,6 +35,8 @@ class SlowRelay:
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
         self.sockets: list[socket.socket] = []
+        self.swallow = False
+        """Drop what the server sends (its answers are lost on the way) while True."""
         self._start(self._accept)
 
     def _start(self, target: object, *args: object) -> None:
@@ -53,10 +56,10 @@ class SlowRelay:
             self.sockets += [down, up]
             for s in (down, up):
                 s.settimeout(0.1)
-            self._start(self._pump, down, up)
-            self._start(self._pump, up, down)
+            self._start(self._pump, down, up, False)
+            self._start(self._pump, up, down, True)
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, to_client: bool) -> None:
         try:
             while not self.stopping.is_set():
                 try:
@@ -66,7 +69,8 @@ class SlowRelay:
                 if not data:
                     break
                 self.stopping.wait(self.delay)
-                dst.sendall(data)
+                if not (to_client and self.swallow):
+                    dst.sendall(data)
         except OSError:
             pass
         finally:
@@ -75,6 +79,14 @@ class SlowRelay:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+    def cut(self) -> None:
+        """End the connections open now (the client will connect again)."""
+        for s in self.sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def close(self) -> None:
         self.stopping.set()
@@ -212,3 +224,34 @@ def test_a_refused_borrow_closed_mid_request_is_told_as_not_done(
     assert "did not happen: all 2 borrowable seats of cad" in text, text
     assert text.endswith("(no_borrowable_seat)")
     assert gui.row(w2, "cad")["state"] == "Network"
+
+
+def test_a_borrow_whose_answer_is_lost_is_settled_when_the_server_answers_again(
+    gui: Driver, procs: Procs, act_key: Path, vendor: Path, laptop: Laptop, tmp_path: Path
+) -> None:
+    _, port, _ = procs.serve(act_key, vendor, tmp_path / "data", "--no-admin")
+    ok(laptop.run(port, "enroll"))
+    relay = SlowRelay(("127.0.0.1", port), 0.0)
+    try:
+        w = gui.open(f"127.0.0.1:{relay.port}", request_timeout=2)
+        gui.select(w, "cad")
+        w.spin.set("3")
+        relay.swallow = True  # the server borrows; its answer never arrives
+        gui.click(w, w.borrow_button)
+        assert w.detail.cget("text").startswith("code: server_unavailable — ")
+        assert UNKNOWN_BORROW in w.detail.cget("text")
+        assert [b["product"] for b in laptop.status(port)[1]] == ["cad"]  # it did happen
+        assert gui.row(w, "cad")["state"] != "Borrowed (license file)"  # no file here yet
+        relay.swallow = False
+        relay.cut()
+        deadline = time.monotonic() + WAIT
+        while "went through" not in w.message.cget("text"):  # once the client is back
+            assert time.monotonic() < deadline, w.message.cget("text")
+            gui.click(w, w.refresh_button)  # the server answers again: asked again, same id
+        text = w.message.cget("text")
+        assert "went through: borrowed until " in text, text
+        assert gui.row(w, "cad")["state"] == "Borrowed (license file)"
+        assert gui.row(w, "cad")["left"] == "3 days left"
+        assert len(laptop.status(port)[1]) == 1  # the same borrow, not a second seat
+    finally:
+        relay.close()
