@@ -35,7 +35,7 @@ from lanlic.errors import (
 )
 from lanlic.laptop.borrower import Borrower
 from lanlic.net.client import Client, Seat
-from lanlic.ui.model import Row, build_rows
+from lanlic.ui.model import Row, build_rows, local_time
 
 __all__ = ["JOURNAL", "Changes", "Session", "Snapshot", "refusal_text"]
 
@@ -303,8 +303,6 @@ class Session:
             self._resumed = True
             return ""
         product = entry.get("product", "?")
-        from lanlic.ui.model import local_time
-
         asked = local_time(float(entry.get("asked", 0)))
         if entry.get("outcome") is None and not online:
             if self._told_unsettled:

@@ -19,7 +19,7 @@ from conftest import WAIT, Driver
 
 from lanlic.ui.window import BANNER_OFFLINE, UNKNOWN_BORROW, LicenseWindow
 
-DELAY = 0.4
+DELAY = 0.6
 #: Ticks the window must run while one request hangs (one every 100 ms: a second's worth).
 TICKS = 10
 
@@ -115,7 +115,7 @@ def ticks_while_busy(gui: Driver, w: LicenseWindow, count: int) -> None:
 def test_a_silent_server_never_freezes_the_window_and_closing_waits_for_nothing(
     gui: Driver, silent: int, laptop: Laptop
 ) -> None:
-    w = gui.open(f"127.0.0.1:{silent}", request_timeout=4, wait=False)
+    w = gui.open(f"127.0.0.1:{silent}", request_timeout=8, wait=False)
     assert w.busy == "Looking at the licences"
     ticks_while_busy(gui, w, TICKS)
     assert w.progress.winfo_ismapped() and w.doing.cget("text") == "Looking at the licences…"
