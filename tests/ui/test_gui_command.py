@@ -118,3 +118,33 @@ def test_lanlic_gui_with_no_display_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("lanlic: no_display: cannot open the window: ")
     assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.skipif(XDOTOOL is None, reason="xdotool is missing: apt-get install xdotool")
+def test_show_license_information_with_no_parent_runs_until_closed(
+    display: str, procs: Procs, act_key: Path, vendor: Path, tmp_path: Path
+) -> None:
+    import sys
+
+    _, port, _ = procs.serve(act_key, vendor, tmp_path / "data", "--no-admin")
+    laptop = Laptop(tmp_path, "a")
+    env = laptop.env()
+    env["DISPLAY"] = display
+    script = (
+        "import json; from lanlic.ui import show_license_information; "
+        f"print(json.dumps(show_license_information(server='127.0.0.1:{port}').to_json()))"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        wid = _window(display, child.pid)
+        _xdotool(display, "windowfocus", "--sync", wid)
+        _xdotool(display, "key", "Escape")
+        out, err = child.communicate(timeout=WAIT)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate(timeout=5)
+    assert child.returncode == 0, err
+    assert json.loads(out) == {"changed": False, "enrolled": False, "borrowed": [],
+                               "returned": [], "enabled": []}  # fmt: skip
