@@ -14,10 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from lanlic.laptop.borrower import NETWORK, NOT_AVAILABLE
+
 __all__ = [
     "DAY",
-    "NETWORK",
-    "NOT_AVAILABLE",
     "Row",
     "build_rows",
     "days_left",
@@ -27,10 +27,6 @@ __all__ = [
 ]
 
 DAY: Final = 86400.0
-#: The state of a product the server would lend but cannot be asked now (``Borrower.info``'s).
-NOT_AVAILABLE: Final = "Not available"
-#: The state of a product used from the network (an enabled add-on is one).
-NETWORK: Final = "Network"
 
 
 @dataclass(frozen=True, slots=True)

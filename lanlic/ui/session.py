@@ -33,7 +33,7 @@ from lanlic.errors import (
     ServerUnavailable,
     ServerUntrusted,
 )
-from lanlic.laptop.borrower import Borrower
+from lanlic.laptop.borrower import BORROWED_FILE, BORROWED_KEY, Borrower
 from lanlic.net.client import Client, Seat
 from lanlic.ui.model import Row, build_rows, local_time
 
@@ -214,7 +214,7 @@ class Session:
         info = b.info(status)
         licences: dict[str, Any] = {}
         for r in info:
-            if r.get("state", "").startswith("Borrowed"):
+            if r.get("state") in (BORROWED_FILE, BORROWED_KEY):
                 with contextlib.suppress(LanlicError):
                     licences[r["product"]] = b.offline(r["product"])
         rows = build_rows(

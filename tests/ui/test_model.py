@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lanlic.ui.model import DAY, NOT_AVAILABLE, Row, build_rows, days_left, period_bounds
+from lanlic.laptop.borrower import NOT_AVAILABLE
+from lanlic.ui.model import DAY, Row, build_rows, days_left, period_bounds
 
 NOW = 1_800_000_000.0
 
