@@ -289,8 +289,8 @@ class Session:
         self.changes.borrowed.append(entry["product"])
         return lic
 
-    def shown(self) -> None:
-        """The window showed the last borrow's outcome: forget it."""
+    async def shown(self) -> None:
+        """The window showed the last borrow's outcome: forget it (off the Tk thread too)."""
         entry = self._read_journal()
         if entry is not None and "outcome" in entry:
             self._write_journal(None)

@@ -316,8 +316,8 @@ class LicenseWindow:
             if code == "server_unavailable" and what.startswith("Borrowing"):
                 hint = UNKNOWN_BORROW
             self._say(message, detail + (f" — {hint}" if hint else ""), error=True)
-            if what.startswith("Borrowing"):
-                self.session.shown()  # the refusal is said: nothing to tell on reopening
+            if what.startswith("Borrowing"):  # the refusal is said: nothing to tell on reopening
+                self.worker.submit(self.session.shown())
             if not looking:  # a failed look is not retried at once (the tick retries later)
                 self.refresh()
 
@@ -351,7 +351,7 @@ class LicenseWindow:
             self._show(snap)
             if snap.notice:
                 self._say(snap.notice, "")
-                self.session.shown()
+                self.worker.submit(self.session.shown())
 
         self._run("Looking at the licences", self.session.look(), done)
 
@@ -505,7 +505,7 @@ class LicenseWindow:
                 f"Borrowed {lic.product} until {local_time(lic.end)}: it works with no network "
                 "until then, and returns to the pool by itself at the end.",
             )
-            self.session.shown()
+            self.worker.submit(self.session.shown())
             self.refresh()
 
         self._run(f"Borrowing {r.product} for {days} days", self.session.borrow(r.product, days),
