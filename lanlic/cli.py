@@ -799,6 +799,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     admin_command.register(add, asub)
     cli_admin.register(add, asub, sub.choices["serve"])
+    from lanlic.ui.command import add_parser as add_gui_parser
+
+    add_gui_parser(sub)
     return parser
 
 

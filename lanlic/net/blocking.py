@@ -114,6 +114,11 @@ class BlockingClient:
             raise
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the client runs on, in its own thread (``lanlic.ui`` sends its work there)."""
+        return self._loop
+
+    @property
     def client(self) -> Client:
         """The asyncio client underneath (use only from its loop)."""
         return self._client
