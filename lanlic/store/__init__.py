@@ -302,11 +302,11 @@ class Store:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 os.write(fd, line.encode())
-                os.fsync(fd)
+                osdeps.fsync_file(fd)
             finally:
                 os.close(fd)
             if new:
-                _fsync_path(path.parent)
+                osdeps.fsync_dir(path.parent)
         except OSError as exc:
             raise StoreError(f"could not write to {path}: {exc}") from exc
 
