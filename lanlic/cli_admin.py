@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lanlic import osdeps
 from lanlic.store import HistoryRow, Store, StoreError
 
 __all__ = ["register", "restore"]
@@ -37,7 +38,7 @@ def _cli_error(message: str) -> Exception:
 
 
 def _folder(args: argparse.Namespace) -> Path:
-    from lanlic.datadir import default_data_dir
+    from lanlic.server.datadir import default_data_dir
 
     return Path(args.data) if args.data else default_data_dir()
 
@@ -112,14 +113,6 @@ def _aside_name(db: Path, now: float) -> Path:
     return aside
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def restore(
     backup: Path, folder: Path, *, force: bool, now: float
 ) -> tuple[dict[str, int], Path | None, set[str]]:
@@ -163,7 +156,7 @@ def restore(
         for suffix in sorted(old, key=lambda s: s == ""):
             os.replace(f"{db}{suffix}", f"{aside}{suffix}")
     os.replace(staged, db)
-    _fsync_dir(folder)
+    osdeps.fsync_dir(folder)
     return counts, aside, issuers
 
 

@@ -61,6 +61,15 @@ class _Client:
         self.nonces: list[bytes] = []
 
 
+def _once(leases: list[bytes]) -> list[bytes]:
+    """A renew's or release's leases, each once, in the order of first mention (SPEC 6): the
+    reply then says once what became of each, and a release never reports a lease it has just
+    freed as unknown."""
+    if len(leases) < 2:
+        return leases
+    return list(dict.fromkeys(leases))
+
+
 def handshake_payload(nonce: bytes, client_id: bytes, server_id: str, vendor_fp: str) -> bytes:
     """The bytes the server signs in its welcome (after the handshake domain prefix)."""
     out: bytes = msgpack.packb([nonce, client_id, server_id, vendor_fp], use_bin_type=True)
@@ -308,7 +317,7 @@ class LicenseService:
         )
 
     def _renew(self, session: Session, msg: m.Renew, now: float) -> Reply:
-        renewed, gone = self.pool.renew_pair(msg.leases, session.client_id, now)
+        renewed, gone = self.pool.renew_pair(_once(msg.leases), session.client_id, now)
         if not gone:
             return Reply(m.Renewed(id=msg.id, leases=renewed, lost=[]))
         # After a restart, a lease this server granted to this client before it is taken back
@@ -410,7 +419,7 @@ class LicenseService:
         req = m.lease_request(wire)
         if req is None:
             return None
-        renewed, gone = self.pool.renew_pair(req[1], session.client_id, now)
+        renewed, gone = self.pool.renew_pair(_once(req[1]), session.client_id, now)
         if gone:
             if self.guard.reclaimable():
                 return None  # may be a reclaim (SPEC section 13): the general path does it
@@ -425,7 +434,7 @@ class LicenseService:
         req = m.lease_request(wire)
         if req is None:
             return None
-        released, gone = self.pool.release_pair(req[1], session.client_id, now)
+        released, gone = self.pool.release_pair(_once(req[1]), session.client_id, now)
         for lease in released:
             self._lease_event("release", lease, "release")
         lost = [{"lease": x, "code": "lease_unknown"} for x in gone] if gone else []
@@ -454,7 +463,7 @@ class LicenseService:
         }
 
     def _release(self, session: Session, msg: m.Release, now: float) -> Reply:
-        result = self.pool.release(msg.leases, session.client_id, now)
+        result = self.pool.release(_once(msg.leases), session.client_id, now)
         for lease in result.released:
             self._lease_event("release", lease, "release")
         lost = [m.Lost(lease, "lease_unknown") for lease in result.lost]

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from lanlic import osdeps
 from lanlic.core.clock import STALL_THRESHOLD, WALL_TOLERANCE, StallWatch, WallGuard
 from lanlic.core.lending import Durable
 from lanlic.core.restart import RestartState
@@ -96,12 +96,8 @@ class ServerLimits:
         """``max_connections``, or the one derived from ``RLIMIT_NOFILE`` when it is None."""
         if self.max_connections is not None:
             return self.max_connections
-        try:
-            import resource
-        except ImportError:  # not on POSIX: no descriptor limit to derive it from
-            return _UNLIMITED_FDS
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft == resource.RLIM_INFINITY:
+        soft = osdeps.fd_limit()  # None: unlimited, or no such limit (Windows)
+        if soft is None:
             soft = _UNLIMITED_FDS
         return max(1, min(soft, _UNLIMITED_FDS) - self.fd_reserve)
 
@@ -111,10 +107,8 @@ _WARN_ADMIN = frozenset({"stall", "borrow_adopted"})
 
 
 #: A clock that never jumps and, unlike the monotonic one, counts a suspended host's sleep
-#: (Linux's CLOCK_BOOTTIME): the anchor the wall clock is checked against.
-_uptime = functools.partial(
-    time.clock_gettime, getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
-)
+#: (Linux's CLOCK_BOOTTIME; see osdeps.uptime): the anchor the wall clock is checked against.
+_uptime = osdeps.uptime
 
 #: Descriptors counted for an unlimited (or absurdly high) RLIMIT_NOFILE.
 _UNLIMITED_FDS = 1 << 20

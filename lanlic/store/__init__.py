@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 
+from lanlic import osdeps
 from lanlic.core.records import BorrowRecord, EnrollmentRecord, HistoryRow, LeaseRecord
 from lanlic.core.restart import LeaseBatch, RestartState
 from lanlic.errors import LanlicError
@@ -96,14 +97,6 @@ def _open_checked(path: Path) -> sqlite3.Connection:
     return db
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Store:
     """The server's database: ``Store(path)`` opens (creating and migrating) it."""
 
@@ -117,6 +110,8 @@ class Store:
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            if osdeps.FULL_FSYNC:  # macOS: a plain fsync stops at the drive's cache
+                self._db.execute("PRAGMA fullfsync=ON")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.DatabaseError as exc:
@@ -151,9 +146,9 @@ class Store:
                 target.close()
             if problems != ["ok"]:
                 raise StoreError(f"the copy of {self.path} does not check: {'; '.join(problems)}")
-            _fsync_path(tmp)
+            osdeps.fsync_path(tmp)
             os.replace(tmp, dest)
-            _fsync_path(dest.parent)
+            osdeps.fsync_dir(dest.parent)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"could not back up {self.path} to {dest}: {exc}") from exc
         finally:
@@ -307,11 +302,11 @@ class Store:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 os.write(fd, line.encode())
-                os.fsync(fd)
+                osdeps.fsync_file(fd)
             finally:
                 os.close(fd)
             if new:
-                _fsync_path(path.parent)
+                osdeps.fsync_dir(path.parent)
         except OSError as exc:
             raise StoreError(f"could not write to {path}: {exc}") from exc
 

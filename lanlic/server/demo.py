@@ -13,8 +13,8 @@ from pathlib import Path
 
 from lanlic.core import netkey
 from lanlic.core.netkey import ProductEntitlement
-from lanlic.core.vendorfiles import load_vendor_private, load_vendor_public, write_vendor_keypair
 from lanlic.errors import NetworkKeyError
+from lanlic.vendorkeys import load_vendor_private, load_vendor_public, write_vendor_keypair
 
 __all__ = ["DEMO_PRODUCTS", "ensure_demo"]
 
