@@ -199,7 +199,8 @@ async def test_sigkill_at_random_moments_loses_nothing_and_never_over_grants(
         for round_no in range(KILLS):
             # Work, and a SIGKILL at a random moment in the middle of it.
             ops = [asyncio.create_task(worker()) for _ in range(3)]
-            await asyncio.sleep(rng.uniform(0.02, 0.3))
+            # (Longer with the slowed store: a grant past the reservation waits 0.25 s.)
+            await asyncio.sleep(rng.uniform(0.1, 0.8) if slow else rng.uniform(0.02, 0.3))
             await server.kill()
             await asyncio.wait(ops, timeout=15)
             # Nothing changes the clients' seats from here but the server coming back.
@@ -269,7 +270,11 @@ async def test_sigkill_at_random_moments_loses_nothing_and_never_over_grants(
         await server.kill()
     print(f"kill9: {KILLS} kills, seed {SEED}, {observations} observations, {stats}")
     assert observations > KILLS * 10
-    assert stats["seats"] > KILLS and stats["files"] >= KILLS / 10, stats  # the rounds did work
+    # The rounds did work: seats and files out at the kills. With the slowed store every grant
+    # past the reservation waits 0.25 s, so fewer are out when the kill comes (31 and 10 of 50
+    # kills measured on a loaded machine).
+    seats = KILLS // 2 if slow else KILLS
+    assert stats["seats"] > seats and stats["files"] >= KILLS / 10, stats
     assert not violations, violations[:3]
 
 
