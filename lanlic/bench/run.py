@@ -219,17 +219,6 @@ def start_ceiling(kind: str, loop: str) -> Iterator[Target]:
         yield target
 
 
-def _serve_has(flag: str) -> bool:
-    from lanlic.cli import build_parser
-
-    parser = build_parser()
-    for action in parser._subparsers._group_actions if parser._subparsers else ():
-        serve = getattr(action, "choices", {}).get("serve")
-        if serve is not None:
-            return flag in serve._option_string_actions
-    return False
-
-
 @contextlib.contextmanager
 def start_lanlic(
     seats: int, lease: float, heartbeat: float, borrowable: int = 0
@@ -239,9 +228,6 @@ def start_lanlic(
     from lanlic.core import netkey
     from lanlic.vendorkeys import write_vendor_keypair
 
-    for flag in ("--no-mdns", "--no-admin"):
-        if not _serve_has(flag):
-            raise BenchError(f"lanlic serve has no {flag}: refusing to start it for a benchmark")
     with tempfile.TemporaryDirectory(prefix="lanlic-bench-") as tmp:
         root = Path(tmp)
         vendor = netkey.generate_vendor_key()
