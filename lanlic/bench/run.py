@@ -270,6 +270,7 @@ def start_lanlic(
             str(lease),
             "--heartbeat",
             str(heartbeat),
+            "--allow-short-lease",  # leases of seconds, to see them run out within a run
             "--no-mdns",
             "--no-admin",
             "--json",

@@ -28,7 +28,7 @@ from lanlic.cli.common import (
     user_name,
     with_client,
 )
-from lanlic.errors import ServerUnavailable
+from lanlic.errors import BorrowRefused, ServerUnavailable
 
 __all__ = ["register"]
 
@@ -64,30 +64,26 @@ def _until(text: str) -> dt.datetime:
 
 
 def _check_length(product: str, status: dict[str, Any], days: float, until: Any) -> None:
-    """Refuse a borrow outside the product's terms here, saying the range allowed."""
+    """Refuse a borrow outside the product's terms here, saying the range allowed (the server
+    refuses it too, but cannot say more than that the length is wrong)."""
     entry = next((p for p in status["products"] if p["name"] == product), None)
-    if entry is None:
-        return  # the server says what is wrong with the product
+    if entry is None or entry["max_borrow_days"] <= 0 or entry["borrowable"] <= 0:
+        return  # not borrowable at all: the server's refusal says so
     longest = entry["max_borrow_days"]
-    if longest <= 0 or entry["borrowable"] <= 0:
-        return  # not borrowable: the server's refusal says so
+    allowed = (
+        f"{product} may be borrowed for more than 0 and at most {longest} days here (until "
+        f"{local_time(time.time() + longest * DAY)} at the latest)"
+    )
     if until is not None:
+        when = f"--until {until:%Y-%m-%d %H:%M} UTC"
         if days <= 0:
-            raise CliError(
-                f"--until {until:%Y-%m-%d %H:%M} UTC is past; {product} may be borrowed until "
-                f"at most {local_time(time.time() + longest * DAY)} ({longest} days from now)"
-            )
+            raise CliError(f"{when} is past; {allowed}")
         if days > longest:
-            last = local_time(time.time() + longest * DAY)
-            raise CliError(
-                f"--until {until:%Y-%m-%d %H:%M} UTC is {days:.1f} days away; {product} may be "
-                f"borrowed for at most {longest} days (until {last})"
-            )
-    elif not 0 < days <= longest:
-        raise CliError(
-            f"--days {days:g}: {product} may be borrowed for more than 0 and at most "
-            f"{longest} days here"
-        )
+            raise BorrowRefused(f"{when} is {days:.1f} days away; {allowed}", "borrow_too_long")
+    elif days <= 0:
+        raise CliError(f"--days {days:g}: {allowed}")
+    elif days > longest:
+        raise BorrowRefused(f"--days {days:g}: {allowed}", "borrow_too_long")
 
 
 # --------------------------------------------------------------------------------- commands
@@ -126,8 +122,6 @@ def cmd_borrow(args: argparse.Namespace) -> int:
     b = _borrower(args)
     if args.days is None and args.until is None:
         raise CliError("say how long: --days N or --until DATE")
-    if args.days is not None and args.days <= 0:
-        raise CliError(f"--days {args.days:g}: a borrow lasts more than 0 days")
 
     async def go(client: Any) -> Any:
         await client.connect()

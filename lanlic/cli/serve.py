@@ -54,15 +54,22 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def check_timing(lease: float, heartbeat: float) -> None:
-    """Refuse a lease that a client renewing every ``heartbeat`` could lose (SPEC section 6)."""
+def check_timing(lease: float, heartbeat: float, *, short_ok: bool = False) -> None:
+    """Refuse a lease that a client renewing every ``heartbeat`` could lose (SPEC section 6):
+    above the heartbeat always, and above the heartbeat plus the stall threshold unless
+    ``short_ok`` (tests and benchmarks, which want leases to run out within seconds)."""
     from lanlic.core.clock import STALL_THRESHOLD
 
-    if lease <= heartbeat + STALL_THRESHOLD:
+    if lease <= heartbeat:
+        raise CliError(
+            f"--lease {lease:g} must be longer than --heartbeat {heartbeat:g}: a client renews "
+            f"every heartbeat, so a lease no longer than that runs out between two renewals"
+        )
+    if lease <= heartbeat + STALL_THRESHOLD and not short_ok:
         raise CliError(
             f"--lease {lease:g} must be above --heartbeat {heartbeat:g} plus the stall "
-            f"threshold of {STALL_THRESHOLD:g} s (SPEC section 6): at least "
-            f"{heartbeat + STALL_THRESHOLD:g} s, say three heartbeats ({3 * heartbeat:g} s)"
+            f"threshold of {STALL_THRESHOLD:g} s (SPEC section 6), so above "
+            f"{heartbeat + STALL_THRESHOLD:g} s; the defaults are 60 and 20"
         )
 
 
@@ -72,7 +79,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from lanlic.server.datadir import DataDir
     from lanlic.vendorkeys import load_vendor_public
 
-    check_timing(args.lease, args.heartbeat)
+    if args.heartbeat is None:
+        args.heartbeat = args.lease / 3  # room for two missed renewals (SPEC section 9)
+    check_timing(args.lease, args.heartbeat, short_ok=args.allow_short_lease)
     if args.demo:
         from lanlic.server.demo import ensure_demo
 
@@ -387,9 +396,14 @@ def register(commands: Commands) -> None:
     sp.add_argument(
         "--heartbeat",
         type=number(0, low_open=True, unit=" s"),
-        default=20.0,
         metavar="S",
-        help="how often clients renew, s (default 20)",
+        help="how often clients renew, s (default: a third of the lease, so 20)",
+    )
+    sp.add_argument(
+        "--allow-short-lease",
+        action="store_true",
+        help="for tests and benchmarks: a lease within the heartbeat plus 3 s (a stall of the "
+        "server just under 3 s may then cost a client its seat)",
     )
     sp.add_argument(
         "--admin-port",
