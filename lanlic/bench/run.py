@@ -641,7 +641,10 @@ class Bench:
         if args.server:
             from lanlic.net.client import parse_address
 
-            host, port = parse_address(args.server)
+            try:
+                host, port = parse_address(args.server)
+            except ValueError as exc:
+                raise BenchError(f"--server: {exc}") from None
             _check_loopback(host)
             self.external = (host, port)
         self.results: dict[str, dict[str, Any]] = {}

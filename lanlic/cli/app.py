@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except CliError as exc:
-        _fail(exc, False)
+        _fail(exc, "--json" in (sys.argv[1:] if argv is None else argv))
         return EXIT_USAGE
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

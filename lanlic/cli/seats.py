@@ -319,16 +319,15 @@ def _trust_server(args: argparse.Namespace, trust: Any) -> int:
             print("  already pinned: nothing to do")
         else:
             print(f"  REPLACES the pinned key {old.server_fp} (pinned {old.pinned_at})")
+    if args.expect is not None and args.expect.strip().lower() != ident.server_fp:
+        raise CliError(
+            f"{where} presents {ident.server_fp}, not the expected {args.expect}: not pinned"
+        )
     if old is not None and old.server_key == ident.server_key:
         if args.json:
             print_json({**facts, "pinned": True, "changed": False})
         return 0
-    if args.expect is not None:
-        if args.expect.strip().lower() != ident.server_fp:
-            raise CliError(
-                f"{where} presents {ident.server_fp}, not the expected {args.expect}: not pinned"
-            )
-    elif not args.yes:
+    if args.expect is None and not args.yes:
         if not sys.stdin.isatty():
             raise CliError("not pinned: confirm with --yes, or --expect FINGERPRINT")
         answer = input(f"pin {ident.server_fp} for {ident.site!r}? [y/N] ")
