@@ -86,7 +86,7 @@ def script(commands: list[str], kind: str, logs: Path) -> str:
         'stop_all() { for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null; done; wait; }',
         "trap stop_all EXIT",
         "wait_for() {  # FILE PATTERN SECONDS PID",
-        '  for ((i = 0; i < $3 * 10; i++)); do grep -q "$2" "$1" && return 0',
+        '  for ((i = 0; i < $3 * 10; i++)); do grep -qs "$2" "$1" && return 0',
         '    kill -0 "$4" 2>/dev/null || { echo "readme-run: it exited:"; cat "$1"; return 1; }',
         "    sleep 0.1; done",
         '  echo "readme-run: not ready within $3 s:"; cat "$1"; return 1',

@@ -8,14 +8,16 @@ borrow, return, info), ``admin`` (the server's machine) and ``bench``. What they
 Every command takes ``--json`` for machine-readable output, and fails with a non-zero exit and
 one line on stderr, ``lanlic: CODE: reason``.
 
-``main`` is imported lazily, so ``import lanlic.cli.serve`` loads that family and ``common`` only.
+``main`` and ``build_parser`` are imported lazily, so ``import lanlic.cli.serve`` loads that
+family and ``common`` only.
 """
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,3 +25,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lanlic.cli.app import main as run
 
     return run(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lanlic`` command's parser, every subcommand added."""
+    from lanlic.cli.app import build_parser as build
+
+    return build()
