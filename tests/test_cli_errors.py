@@ -32,6 +32,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     home.mkdir()
     env = {**base_env(), "HOME": str(home), "XDG_DATA_HOME": str(home / "data"),
            "XDG_CONFIG_HOME": str(home / "config")}  # fmt: skip
+    env.pop("DISPLAY", None)
     laptop = Laptop(tmp, "laptop")
     env.update({k: v for k, v in laptop.env().items() if k.startswith("LANLIC_")})
     vendor = tmp / "vendor"
@@ -194,6 +195,9 @@ def bad_arguments(s: dict[str, Any]) -> list[list[str]]:
         ["admin", "enroll", "--accept", "/missing.json", "--out", f"{tmp}/resp.json"],
         ["admin", "enroll", "--accept", garbage, "--out", f"{tmp}/resp.json"],
         ["admin", "enroll", "--accept", garbage, "--out", f"{tmp}/r.json", "--data", "/missing"],
+        # gui (its window needs a display; the test gives it none)
+        ["gui", "--nope"],
+        ["gui", "--server", s["server"]],
         # bench (each refused before any load starts)
         ["bench", "--scenario", "nope"],
         ["bench", "--targets", "nope"],

@@ -22,7 +22,7 @@ FAMILIES = (vendor, serve, seats, borrow, admin, bench)
 
 #: Commands whose code lives outside this package: each module's ``add_parser(subparsers)``
 #: adds its own (and sets ``func``). The one place to hook a new one in.
-ELSEWHERE: tuple[str, ...] = ()
+ELSEWHERE: tuple[str, ...] = ("lanlic.ui.command",)
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2

@@ -351,6 +351,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         status.pop("t", None)
         status.pop("id", None)
         for p in status["products"]:
+            if p.get("held_until"):
+                p["held_until_utc"] = iso_utc(p["held_until"])
             for h in p["holders"]:
                 h["since_utc"] = iso_utc(h["since"])
                 h["last_heartbeat_utc"] = iso_utc(h["last_heartbeat"])
@@ -361,10 +363,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"{status['customer']} (key expires {status['expires']}), server {status['server_id']}")
     rows = [
         (p["name"] + (" (add-on)" if p["addon"] else ""), str(p["seats"]), str(p["in_use"]),
-         str(p["borrowed"]), str(p["free"]))
+         str(p["borrowed"]), str(p.get("held", 0)), str(p["free"]))
         for p in status["products"]
     ]  # fmt: skip
-    table(("PRODUCT", "SEATS", "IN USE", "BORROWED", "FREE"), rows, right=(1, 2, 3, 4))
+    table(("PRODUCT", "SEATS", "IN USE", "BORROWED", "HELD", "FREE"), rows, right=(1, 2, 3, 4, 5))
+    for p in status["products"]:
+        if p.get("held") and p.get("held_until"):
+            print(f"  {p['name']}: {p['held']} held for clients reconnecting after a restart,"
+                  f" until {local_time(p['held_until'])} or each is reclaimed")  # fmt: skip
     for p in status["products"]:
         for h in p["holders"]:
             app = f" {h['app']}" if h["app"] else ""

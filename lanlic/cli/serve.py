@@ -40,7 +40,7 @@ from lanlic.store import Store, StoreError
 __all__ = ["register", "restore"]
 
 #: The files SQLite keeps beside a database; they belong to it and move with it.
-_SIDE_FILES = ("-wal", "-shm", "-journal")
+_SIDE_FILES = ("-wal", "-shm", "-journal", "-ledger")  # the ledger belongs to its database
 
 
 def key_terms(key: Any) -> dict[str, dict[str, int]]:
@@ -126,6 +126,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if getattr(args, "restore", None):
             restore_for_serve(args, data)
         store = Store(data / DB_NAME)
+        try:  # acknowledged borrows missing (a lost WAL): refuse, unless told to go on
+            for note in store.check_ledger(args.accept_lost_borrows, time.time()):
+                print(f"lanlic: warning: {note}", file=sys.stderr, flush=True)
+        except BaseException:
+            store.close()
+            raise
         # What the key allows, for ``lanlic admin policy`` to check a change against.
         store.set_meta(KEY_TERMS, json.dumps(key_terms(key)))
     except BaseException:
@@ -434,4 +440,10 @@ def register(commands: Commands) -> None:
         "--force",
         action="store_true",
         help="with --restore: set an existing database aside (renamed, never deleted)",
+    )
+    sp.add_argument(
+        "--accept-lost-borrows",
+        action="store_true",
+        help="start although the database lacks borrows, returns or enrollments that clients "
+        "were told about (its WAL was lost); what was lost is written to the history",
     )
