@@ -248,6 +248,8 @@ def _problems(result: subprocess.CompletedProcess[str], json: bool) -> str | Non
     return None
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # some 140 processes on a shared machine, four at a time
 def test_every_subcommand_fails_bad_arguments_in_one_line(site: dict[str, Any]) -> None:
     """Every other row with ``--json`` (the error then also goes to stdout as JSON)."""
     table = bad_arguments(site)

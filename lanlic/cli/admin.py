@@ -25,7 +25,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lanlic.cli.common import (
     DB_NAME,
@@ -46,12 +46,16 @@ from lanlic.cli.common import (
     whole,
     with_client,
 )
-from lanlic.store import HistoryRow, Store
+
+if TYPE_CHECKING:  # the store (sqlite3) is imported by the commands that use it
+    from lanlic.store import HistoryRow, Store
 
 __all__ = ["register"]
 
 
 def _open(folder: Path) -> Store:
+    from lanlic.store import Store
+
     return Store.open_readonly(existing_database(folder))
 
 
@@ -92,6 +96,8 @@ def cmd_admin_backup(args: argparse.Namespace) -> int:
         store.backup(dest)
     finally:
         store.close()
+    from lanlic.store import Store
+
     copy = Store.open_readonly(dest)  # the copy opens and checks on its own
     try:
         counts = copy.summary()
@@ -209,6 +215,8 @@ def _key_terms(store: Store, folder: Path) -> dict[str, dict[str, int]]:
 
 def cmd_admin_policy(args: argparse.Namespace) -> int:
     """Lower a product's borrowing terms on this server (never above the network key's)."""
+    from lanlic.store import HistoryRow, Store
+
     folder = data_folder(args)
     store = Store(existing_database(folder))
     try:
@@ -287,6 +295,7 @@ def cmd_admin_password(args: argparse.Namespace) -> int:
     which a running server reads again within seconds (and ends every admin session)."""
     from lanlic.admin.passwords import META_KEY, hash_password
     from lanlic.server.datadir import DataDir
+    from lanlic.store import Store
 
     folder = data_folder(args)
     value = None if args.clear else hash_password(_read_password(args))

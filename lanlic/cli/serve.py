@@ -35,7 +35,6 @@ from lanlic.cli.common import (
     today,
 )
 from lanlic.errors import NetworkKeyError
-from lanlic.store import Store, StoreError
 
 __all__ = ["register", "restore"]
 
@@ -77,6 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from lanlic.core.service import LicenseService, ServiceConfig
     from lanlic.net.server import LicenseServer
     from lanlic.server.datadir import DataDir
+    from lanlic.store import Store
     from lanlic.vendorkeys import load_vendor_public
 
     if args.heartbeat is None:
@@ -280,6 +280,7 @@ def restore(
     old database went, and the server ids that issued the backup's active borrows.
     """
     from lanlic.core.borrowing import parse_borrowed_file
+    from lanlic.store import Store
 
     db = folder / DB_NAME
     if not backup.is_file():
@@ -319,6 +320,7 @@ def restore(
 def restore_for_serve(args: argparse.Namespace, folder: Path) -> None:
     """``serve --restore FILE``: restore, say so, and warn when the server key does not match."""
     from lanlic.core import signing
+    from lanlic.store import StoreError
 
     backup = Path(args.restore)
     try:
