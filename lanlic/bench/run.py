@@ -269,7 +269,9 @@ def start_lanlic(
             "--lease",
             str(lease),
             "--heartbeat",
-            str(heartbeat),
+            # What the server tells clients; the generators renew on the scenario's own
+            # schedule. serve refuses a lease no longer than the heartbeat.
+            str(min(heartbeat, lease / 3)),
             "--allow-short-lease",  # leases of seconds, to see them run out within a run
             "--no-mdns",
             "--no-admin",
