@@ -132,6 +132,10 @@ def bad_arguments(s: dict[str, Any]) -> list[list[str]]:
         ["checkout", "cad", "--server", "127.0.0.1:1"],
         ["checkout", "nosuch", *srv],
         ["checkout", "cad", *srv, "--version", "sixteen"],
+        ["checkout", "caf\udcff", *srv],  # bytes that are not UTF-8, as Python passes them on
+        ["checkout", "cad", *srv, "--app", "\udcff"],
+        ["vendor", "issue", *key[:2], "--customer", "\udcff", "--borrow-kind", "act",
+         "--expires", "2030-01-01", "--product", "cad:1", "--out", f"{tmp}/u.lic"],
         ["checkout", "cad", *srv, "--vendor", "sha256:zz"],
         ["checkout", "cad", *srv, "--vendor", "/missing.pub"],
         ["checkout", "cad", *srv, "--vendor", garbage],

@@ -4,6 +4,7 @@ command and turns every failure into one line (``lanlic: CODE: reason``) and an 
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import logging
 import os
@@ -24,6 +25,14 @@ FAMILIES = (vendor, serve, seats, borrow, admin, bench)
 #: adds its own (and sets ``func``). The one place to hook a new one in.
 ELSEWHERE: tuple[str, ...] = ("lanlic.ui.command",)
 
+#: Options that name files or folders: on POSIX these may hold bytes that are not UTF-8 (Python
+#: keeps them as surrogates), which the OS takes back as they came. Every other argument is
+#: text that goes on the wire, into JSON or into the database, so it must be UTF-8.
+PATH_OPTIONS = frozenset(
+    {"out", "data", "license", "vendor_pub", "vendor_key", "vendor", "restore", "file",
+     "request", "response", "accept", "portable_key", "json_out", "plot", "markdown"}
+)  # fmt: skip
+
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -39,6 +48,23 @@ def build_parser() -> Parser:
     for name in ELSEWHERE:
         importlib.import_module(name).add_parser(commands.sub)
     return parser
+
+
+def _check_text(args: argparse.Namespace) -> None:
+    """Refuse an argument that is not UTF-8 text (bytes the locale could not decode)."""
+    for dest, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if dest in PATH_OPTIONS or not isinstance(v, str):
+                continue
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = v.encode("utf-8", "replace").decode()
+                option = dest.replace("_", "-")
+                raise CliError(
+                    f"{option}: {shown!r} is not UTF-8 text (? marks the bytes that are not)"
+                ) from None
 
 
 def _fail(exc: LanlicError, as_json: bool) -> None:
@@ -58,6 +84,7 @@ def _quiet_stdout() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        _check_text(args)
     except CliError as exc:
         _fail(exc, "--json" in (sys.argv[1:] if argv is None else argv))
         return EXIT_USAGE
