@@ -66,7 +66,7 @@ class ServerProcess:
             sys.executable, *run, "serve", "--license", str(license),
             "--vendor-pub", str(pub), "--data", str(data), "--host", "127.0.0.1",
             "--port", str(port), "--no-mdns", "--no-admin", "--json", "--lease", str(lease),
-            "--heartbeat", "0.5",
+            "--heartbeat", "0.5", "--allow-short-lease",
         ]  # fmt: skip
         self.proc: asyncio.subprocess.Process | None = None
 
