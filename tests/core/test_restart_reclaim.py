@@ -249,3 +249,20 @@ def test_reclaim_refusals_name_their_reason(
     assert isinstance(rig.ask(ALICE, m.Release(4, [lease])), m.Released)
     assert ask(ALICE, "cad") == ["lease_unknown"]  # taken back, then ended: never again
     rig.crash()
+
+
+def test_once_a_window_is_over_the_older_epochs_leases_are_never_taken_back(
+    life: Callable[..., Rig],
+) -> None:
+    rig = life(2)
+    alices = lease_of(checkout(rig, ALICE))  # no batch records it: only its tag can prove it
+    rig.crash()
+    rig = life(2)
+    assert rig.service.pool.held("cad") == 1
+    freed = rig.service.guard.close_window(rig.clock() + 61.0)  # nobody came back in time
+    assert freed == {"cad": 1}
+    batch(rig)  # closes epoch 1 on disk
+    rig.crash()
+    rig = life(2)
+    late = reclaim(rig, ALICE, alices)
+    assert late.leases == [] and [x.code for x in late.lost] == ["lease_unknown"]
