@@ -1,5 +1,5 @@
 """A lanlic member in its own process, for tests that SIGKILL it: claims seats, prints each hold as
-a JSON line, then keeps its etcd lease alive until killed.
+a JSON line, then keeps its etcd lease alive until killed; says so if it finds its lease gone.
 
     python member_proc.py ENDPOINTS PREFIX PRODUCT SEATS COUNT ETCD_TTL
 """
@@ -11,6 +11,7 @@ import json
 import sys
 
 from lanlic.cluster.etcd import EtcdSeats
+from lanlic.errors import LanlicError
 
 
 async def main() -> None:
@@ -32,6 +33,14 @@ async def main() -> None:
             flush=True,
         )
     print(json.dumps({"ready": True}), flush=True)
+    # Until killed; if its etcd lease runs out meanwhile (SIGSTOP), it says so and what it answers.
+    await asyncio.wait_for(store.lease_lost.wait(), 3600)
+    try:
+        await store.checkout(product, "after", "after")
+        answer = "granted"
+    except LanlicError as e:
+        answer = e.code
+    print(json.dumps({"lost": True, "checkout": answer}), flush=True)
     await asyncio.sleep(3600)
 
 

@@ -213,29 +213,37 @@ async def test_a_claim_whose_reply_was_lost_is_read_back_not_retried(
         await proxy.close()
 
 
+async def start_member_process(
+    endpoints: list[str], seats: int, count: int, ttl: int
+) -> asyncio.subprocess.Process:
+    root = str(HERE.parent.parent)
+    return await asyncio.create_subprocess_exec(
+        *[sys.executable, str(HERE / "member_proc.py"), ",".join(endpoints), PREFIX, "cad"],
+        *[str(seats), str(count), str(ttl)],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])},
+    )
+
+
+async def read_json_line(proc: asyncio.subprocess.Process, timeout: float) -> dict[str, Any]:
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), timeout)
+    assert line, "the member process ended"
+    msg: dict[str, Any] = json.loads(line)
+    return msg
+
+
 async def test_seats_of_a_sigkilled_member_are_adopted_by_another(
     etcd_cluster: EtcdCluster, auditor: Callable[[], Any]
 ) -> None:
     eps = etcd_cluster.endpoints
     count, ttl = 4, 3
-    root = str(HERE.parent.parent)
-    proc = await asyncio.create_subprocess_exec(
-        *[sys.executable, str(HERE / "member_proc.py"), ",".join(eps), PREFIX, "cad", "6"],
-        *[str(count), str(ttl)],
-        stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])},
-    )
+    proc = await start_member_process(eps, 6, count, ttl)
     b = member(rotated(eps, 1), "b", 6, etcd_ttl=5, client_lease=1.0)
     watcher = auditor()
     try:
-        assert proc.stdout is not None
         lines = []
-        while True:
-            line = await asyncio.wait_for(proc.stdout.readline(), 20)
-            assert line, "the member process died before claiming its seats"
-            msg = json.loads(line)
-            if msg.get("ready"):
-                break
+        while not (msg := await read_json_line(proc, 20)).get("ready"):
             lines.append(msg)
         doomed_lease = lines[0]["lease"]
         seats = lines[1:]
@@ -263,3 +271,29 @@ async def test_seats_of_a_sigkilled_member_are_adopted_by_another(
             os.kill(proc.pid, signal.SIGKILL)
             await proc.wait()
         await b.close()
+
+
+async def test_a_member_stopped_past_its_lease_finds_its_seats_gone_and_refuses(
+    etcd_cluster: EtcdCluster, auditor: Callable[[], Any]
+) -> None:
+    count, ttl = 2, 2
+    proc = await start_member_process(etcd_cluster.endpoints, 4, count, ttl)
+    watcher = auditor()
+    try:
+        while not (await read_json_line(proc, 20)).get("ready"):
+            pass
+        assert len(await read_holders(watcher, PREFIX)) == count
+        os.kill(proc.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + ttl + 5
+        while await read_holders(watcher, PREFIX):  # etcd expires the stopped member's lease
+            assert time.monotonic() < deadline, "the stopped member's seats never expired"
+            await asyncio.sleep(0.1)
+        os.kill(proc.pid, signal.SIGCONT)
+        said = await read_json_line(proc, 10)
+        assert said == {"lost": True, "checkout": "server_unavailable"}
+        assert await read_holders(watcher, PREFIX) == {}
+    finally:
+        if proc.returncode is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            os.kill(proc.pid, signal.SIGKILL)
+            await proc.wait()
