@@ -12,6 +12,9 @@ cluster store needs:
 - keepalive: one lease keepalive round trip, sequential;
 - watch: from a put's reply to the watch event for it, sequential.
 
+Then the seat store (lanlic.cluster.etcd, on aetcd): checkout throughput with two members at 16 in
+flight, adopting a seat, and the first checkout after the etcd leader is killed under it.
+
 Each figure is bounded by --claims (or --rounds) and --seconds. Clients: aetcd (gRPC, the
 ``lanlic[cluster]`` extra) and etcd's JSON gRPC gateway over aiohttp (no new dependency). Compare
 ratios within one run; absolute figures drift from run to run on shared machines.
@@ -231,6 +234,84 @@ async def bench_gateway(endpoint: str, args: argparse.Namespace) -> dict[str, An
     return results
 
 
+# -- the seat store (lanlic.cluster.etcd) on top of aetcd ------------------------------------------
+
+
+async def bench_store(cluster: EtcdCluster, args: argparse.Namespace) -> None:
+    """Checkout throughput through the store, adoption cost, and the gap in checkouts while the
+    etcd leader is killed (the member first talks to the leader, then moves on)."""
+    from lanlic.cluster.etcd import EtcdSeats
+    from lanlic.errors import LanlicError, NoSeat
+
+    eps = cluster.endpoints
+    seats = args.claims
+
+    def store(name: str, first: int, prefix: str) -> EtcdSeats:
+        order = eps[first:] + eps[:first]
+        return EtcdSeats(order, prefix=prefix, products={"cad": seats}, member=name, client_lease=1)
+
+    a, b = store("a", 0, "/bench/store"), store("b", 1, "/bench/store")
+    await a.start()
+    await b.start()
+    try:
+        holds = []
+
+        async def checkout(i: int) -> bool:
+            holds.append(await (a if i % 2 else b).checkout("cad", f"c{i}", f"l{i}"))
+            return True
+
+        per_s, done, _ = await rate(checkout, seats, 16, args.seconds)
+        print(f"  store    checkout, 2 members, 16 in flight: {per_s:8.0f}/s  ({done} seats)")
+        theirs = [h for h in holds if h.holder.member == "a"][: args.rounds]
+        t0 = time.perf_counter()
+        for h in theirs:
+            await b.adopt("cad", h.index, h.holder.client, h.holder.lease)
+        ms = (time.perf_counter() - t0) * 1000 / max(1, len(theirs))
+        print(f"  store    adopt one seat, sequential: {ms:.2f} ms  (n={len(theirs)})")
+    finally:
+        await a.close(revoke=True)
+        await b.close(revoke=True)
+
+    for trial in range(args.failovers):
+        leader = cluster.leader()
+        first = cluster.members.index(leader)
+        s = store("f", first, f"/bench/failover{trial}")
+        await s.start()
+        gaps: list[float] = []
+        killed_at = 0.0
+        try:
+            last = time.perf_counter()
+            n = 0
+            deadline = time.monotonic() + args.seconds
+            while time.monotonic() < deadline and n < seats:
+                if n == 20 and not killed_at:
+                    cluster.kill(leader)
+                    killed_at = time.perf_counter()
+                try:
+                    await s.checkout("cad", f"c{n}", "l")
+                    n += 1
+                    now = time.perf_counter()
+                    if killed_at and now >= killed_at:
+                        gaps.append(now - max(last, killed_at))
+                    last = now
+                    if killed_at and len(gaps) > 20:
+                        break
+                except NoSeat:
+                    break
+                except LanlicError:
+                    await asyncio.sleep(0.01)
+        finally:
+            await s.close(revoke=True)
+        print(
+            f"  store    etcd leader killed, trial {trial + 1}: first checkout after the kill in"
+            f" {gaps[0] * 1000:.0f} ms"
+            if gaps
+            else f"  store    etcd leader killed, trial {trial + 1}: no checkout succeeded after"
+        )
+        cluster.restart(leader)
+        cluster.wait_healthy()
+
+
 def report(name: str, results: dict[str, Any]) -> None:
     for in_flight in (1, 16):
         per_s, done, ok = results[f"claim x{in_flight}"]
@@ -262,6 +343,8 @@ async def main_async(args: argparse.Namespace) -> None:
             for name in order:
                 fn = bench_aetcd if name == "aetcd" else bench_gateway
                 report(name, await fn(endpoint, args))
+            if args.failovers >= 0:
+                await bench_store(cluster, args)
         finally:
             cluster.close()
 
@@ -271,6 +354,9 @@ def main() -> None:
     ap.add_argument("--claims", type=int, default=2000, help="claims per in-flight setting")
     ap.add_argument("--rounds", type=int, default=300, help="keepalive / watch round trips")
     ap.add_argument("--seconds", type=float, default=10.0, help="time cap per figure")
+    ap.add_argument(
+        "--failovers", type=int, default=3, help="etcd leader kills (-1 skips the store figures)"
+    )
     ap.add_argument("--order", choices=["ag", "ga"], default="ag", help="which client runs first")
     asyncio.run(main_async(ap.parse_args()))
 
