@@ -37,6 +37,9 @@ from typing import Any
 
 import aetcd
 import aetcd.exceptions
+import aetcd.rpc
+import aetcd.watcher
+import grpc
 
 from lanlic.cluster.fence import Fence
 from lanlic.cluster.mirror import SeatMirror, seat_key, seats_prefix
@@ -107,6 +110,47 @@ def _key_state(kv: Any) -> KeyState:
     )
 
 
+@dataclass(frozen=True)
+class EtcdTls:
+    """PEM bytes for a TLS connection to etcd with a client certificate (etcd's
+    ``--client-cert-auth``): in production write access to etcd mints seats, so members prove who
+    they are."""
+
+    ca: bytes
+    cert: bytes
+    key: bytes
+
+
+class _TlsClient(aetcd.Client):  # type: ignore[misc]  # aetcd is untyped
+    """aetcd 1.0 opens only plaintext channels; this is its ``connect`` with a TLS channel."""
+
+    def __init__(self, *args: Any, tls: EtcdTls, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._tls = tls
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        if getattr(self, "_is_connecting", False):  # another task is connecting
+            await asyncio.wait_for(self._connected.wait(), self._connect_wait_timeout)
+            return
+        try:
+            self._is_connecting = True
+            creds = grpc.ssl_channel_credentials(self._tls.ca, self._tls.key, self._tls.cert)
+            target = f"{self._host}:{self._port}"
+            self.channel = grpc.aio.secure_channel(target, creds, options=self._options.items())
+            self.kvstub = aetcd.rpc.KVStub(self.channel)
+            self.clusterstub = aetcd.rpc.ClusterStub(self.channel)
+            self.leasestub = aetcd.rpc.LeaseStub(self.channel)
+            self.maintenancestub = aetcd.rpc.MaintenanceStub(self.channel)
+            self._watcher = aetcd.watcher.Watcher(
+                aetcd.rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
+            )
+            self._connected.set()
+        finally:
+            self._is_connecting = False
+
+
 class EtcdSeats:
     """One member's view of the shared pool. ``start()`` before use, ``close()`` after."""
 
@@ -120,6 +164,7 @@ class EtcdSeats:
         etcd_ttl: int = 5,
         client_lease: float = 2.0,
         call_timeout: float = 1.0,
+        tls: EtcdTls | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not endpoints:
@@ -133,6 +178,7 @@ class EtcdSeats:
         self.etcd_ttl = etcd_ttl
         self.client_lease = client_lease
         self.call_timeout = call_timeout
+        self.tls = tls
         self.clock = clock
         self.fence = Fence()
         self.mirror = SeatMirror(self.prefix)
@@ -154,7 +200,12 @@ class EtcdSeats:
 
     def _connect(self) -> None:
         host, _, port = self.endpoints[self._endpoint].rpartition(":")
-        self._client = aetcd.Client(host=host, port=int(port), timeout=self.call_timeout)
+        if self.tls is None:
+            self._client = aetcd.Client(host=host, port=int(port), timeout=self.call_timeout)
+        else:
+            self._client = _TlsClient(
+                host=host, port=int(port), timeout=self.call_timeout, tls=self.tls
+            )
 
     async def _rotate(self, generation: int) -> None:
         """Move to the next endpoint, once per failure however many calls saw it."""
@@ -202,7 +253,9 @@ class EtcdSeats:
     # -- life ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._connect()
+        """Take an etcd lease and load the mirror; may be called again after it failed."""
+        if self._client is None:
+            self._connect()
         await self._new_lease()
         await self._load_mirror()
         self._tasks = [

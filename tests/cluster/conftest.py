@@ -31,7 +31,9 @@ def etcd_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
 def grpc_poller_ends_with_its_channels() -> Iterator[None]:
     """grpc.aio runs a poller thread while any channel object lives, and its channels sit in
     reference cycles: collect them after each test, so the root conftest's check that no thread
-    outlives a test still catches a channel left open, without tripping on closed ones."""
+    outlives a test still catches a channel left open, without tripping on closed ones. (After a
+    test that failed, pytest keeps its traceback and so its channels: the thread check then
+    reports an error too, after the failure itself.)"""
     yield
     for _ in range(50):
         gc.collect()
