@@ -190,6 +190,7 @@ class EtcdSeats:
         """Clients of endpoints we moved away from: closed once their calls had time to end
         (closing a gRPC channel cancels the calls still on it)."""
         self._tasks: list[asyncio.Task[None]] = []
+        self._watch_task: asyncio.Task[None] | None = None
         self._doubtful: dict[bytes, str] = {}
         """Claims whose outcome we could not read back (key -> token): the keepalive loop reads
         them again and deletes those that did commit, so no seat leaks under our live lease."""
@@ -217,6 +218,11 @@ class EtcdSeats:
         self._connect()
         log.info("etcd: moving to %s", self.endpoints[self._endpoint])
         self._retired.append(old)
+        # The watch follows: a watch left on a silent endpoint would starve the mirror.
+        watch = self._watch_task
+        if watch is not None and watch is not asyncio.current_task() and not watch.done():
+            watch.cancel()
+            self._watch_task = asyncio.create_task(self._watch_loop(), name="etcd-watch")
         while len(self._retired) > 2:  # calls on these timed out long since
             with contextlib.suppress(Exception):
                 await self._retired.pop(0).close()
@@ -258,17 +264,17 @@ class EtcdSeats:
             self._connect()
         await self._new_lease()
         await self._load_mirror()
-        self._tasks = [
-            asyncio.create_task(self._keepalive_loop(), name="etcd-keepalive"),
-            asyncio.create_task(self._watch_loop(), name="etcd-watch"),
-        ]
+        self._tasks = [asyncio.create_task(self._keepalive_loop(), name="etcd-keepalive")]
+        self._watch_task = asyncio.create_task(self._watch_loop(), name="etcd-watch")
 
     async def close(self, *, revoke: bool = False) -> None:
         """Stop. ``revoke`` deletes every seat this member holds (a clean shutdown whose clients
         were told); without it the seats stay until the lease expires, for others to adopt."""
-        for t in self._tasks:
+        tasks = [*self._tasks, *([self._watch_task] if self._watch_task else [])]
+        self._watch_task = None
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         if revoke and self.lease_id:
@@ -354,8 +360,13 @@ class EtcdSeats:
                         self.mirror.put(bytes(kv.key), int(kv.mod_revision))
             except aetcd.exceptions.RevisionCompactedError:
                 await self._load_mirror_retrying()
-            except (aetcd.exceptions.ClientError, OSError) as e:
-                log.info("etcd watch broke (%s); resuming at %d", e, self.mirror.revision + 1)
+            except (aetcd.exceptions.ClientError, OSError, asyncio.CancelledError) as e:
+                # gRPC raises CancelledError when the channel under the watch is closed (a retired
+                # endpoint): only a cancellation of this task ends the watch.
+                task = asyncio.current_task()
+                if isinstance(e, asyncio.CancelledError) and task is not None and task.cancelling():
+                    raise
+                log.info("etcd watch broke (%r); resuming at %d", e, self.mirror.revision + 1)
                 await self._rotate(generation)
                 await asyncio.sleep(0.05)
 

@@ -140,13 +140,23 @@ async def test_killing_the_etcd_leader_during_checkouts_loses_and_doubles_nothin
         )
         assert not leader.running()
         stored = await read_holders(auditor(), PREFIX)
+        assert len(holds) == seats, f"{len(holds)} holds, {unavailable} unavailable answers"
+        assert len({h.key for h in holds}) == seats  # nothing doubled
+        # Nothing lost: every seat a member believes it holds is in etcd, holder for holder.
+        assert {k: v[0] for k, v in stored.items()} == {h.key: h.holder for h in holds}
+
+        # Both members' watches came back after the kill: their mirrors see every release, and
+        # the pool fills again.
+        await asyncio.gather(*((a if h.holder.member == "a" else b).release(h) for h in holds))
+        deadline = time.monotonic() + 10
+        while a.mirror.in_use("cad") or b.mirror.in_use("cad"):
+            assert time.monotonic() < deadline, (a.mirror.in_use("cad"), b.mirror.in_use("cad"))
+            await asyncio.sleep(0.05)
+        refill = [await (a, b)[i % 2].checkout("cad", f"r{i}", "l") for i in range(seats)]
+        assert len({h.key for h in refill}) == seats
     finally:
         await a.close()
         await b.close()
-    assert len(holds) == seats, f"{len(holds)} holds, {unavailable} unavailable answers"
-    assert len({h.key for h in holds}) == seats  # nothing doubled
-    # Nothing lost: every seat a member believes it holds is in etcd, holder for holder.
-    assert {k: v[0] for k, v in stored.items()} == {h.key: h.holder for h in holds}
 
 
 async def test_a_member_cut_off_from_etcd_fences_itself_before_its_lease_can_expire(
@@ -297,3 +307,44 @@ async def test_a_member_stopped_past_its_lease_finds_its_seats_gone_and_refuses(
             os.kill(proc.pid, signal.SIGCONT)
             os.kill(proc.pid, signal.SIGKILL)
             await proc.wait()
+
+
+async def test_the_mirror_keeps_up_after_the_member_leaves_a_silent_endpoint(
+    etcd_cluster: EtcdCluster, auditor: Callable[[], Any]
+) -> None:
+    """The endpoint the member watches through stops answering (its replies are dropped; the
+    connection stays open): the member moves to the next endpoint, and its watch must move too,
+    or the mirror goes stale (and a full-looking pool refuses for ever)."""
+    proxy = TcpProxy("127.0.0.1", etcd_cluster.members[0].client_port)
+    await proxy.start()
+    direct = etcd_cluster.members[1].endpoint
+    a = member([proxy.endpoint, direct], "a", 2, etcd_ttl=5, call_timeout=0.5)
+    b = member([direct], "b", 2)
+    try:
+        await a.start()
+        await b.start()
+        proxy.mode = "drop_replies"
+        deadline = time.monotonic() + 10
+        while a.endpoints[a._endpoint] != direct:
+            assert time.monotonic() < deadline, "the member never left the silent endpoint"
+            await asyncio.sleep(0.05)
+        # Another member takes both seats: a's mirror must learn it through its watch.
+        held = [await b.checkout("cad", f"c{i}", "l") for i in range(2)]
+        deadline = time.monotonic() + 5
+        while a.mirror.in_use("cad") != 2:
+            assert time.monotonic() < deadline, "a's mirror never saw b's checkouts"
+            await asyncio.sleep(0.05)
+        with pytest.raises(NoSeat):
+            await a.checkout("cad", "c9", "l")
+        for h in held:
+            await b.release(h)
+        deadline = time.monotonic() + 5
+        while a.mirror.in_use("cad"):
+            assert time.monotonic() < deadline, "a's mirror never saw b's releases"
+            await asyncio.sleep(0.05)
+        await a.checkout("cad", "c10", "l")
+    finally:
+        proxy.mode = "pass"
+        await a.close()
+        await b.close()
+        await proxy.close()
