@@ -267,6 +267,19 @@ class EtcdSeats:
         self._tasks = [asyncio.create_task(self._keepalive_loop(), name="etcd-keepalive")]
         self._watch_task = asyncio.create_task(self._watch_loop(), name="etcd-watch")
 
+    async def recover(self) -> None:
+        """After ``lease_lost``: take a new etcd lease and answer again. The seats held under the
+        old lease are gone; the server must already have told their clients (seat_lost)."""
+        if not self.fence.lost:
+            return
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._new_lease()
+        await self._load_mirror()
+        self.lease_lost.clear()
+        self._tasks = [asyncio.create_task(self._keepalive_loop(), name="etcd-keepalive")]
+
     async def close(self, *, revoke: bool = False) -> None:
         """Stop. ``revoke`` deletes every seat this member holds (a clean shutdown whose clients
         were told); without it the seats stay until the lease expires, for others to adopt."""

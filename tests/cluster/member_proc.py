@@ -41,6 +41,9 @@ async def main() -> None:
     except LanlicError as e:
         answer = e.code
     print(json.dumps({"lost": True, "checkout": answer}), flush=True)
+    await store.recover()
+    hold = await store.checkout(product, "after", "after")
+    print(json.dumps({"recovered": True, "index": hold.index}), flush=True)
     await asyncio.sleep(3600)
 
 

@@ -283,7 +283,7 @@ async def test_seats_of_a_sigkilled_member_are_adopted_by_another(
         await b.close()
 
 
-async def test_a_member_stopped_past_its_lease_finds_its_seats_gone_and_refuses(
+async def test_a_member_stopped_past_its_lease_finds_its_seats_gone_refuses_then_recovers(
     etcd_cluster: EtcdCluster, auditor: Callable[[], Any]
 ) -> None:
     count, ttl = 2, 2
@@ -301,7 +301,11 @@ async def test_a_member_stopped_past_its_lease_finds_its_seats_gone_and_refuses(
         os.kill(proc.pid, signal.SIGCONT)
         said = await read_json_line(proc, 10)
         assert said == {"lost": True, "checkout": "server_unavailable"}
-        assert await read_holders(watcher, PREFIX) == {}
+        # Then it takes a new etcd lease and serves again, under that lease.
+        again = await read_json_line(proc, 10)
+        assert again["recovered"] is True
+        stored = await read_holders(watcher, PREFIX)
+        assert [h.client for h, _ in stored.values()] == ["after"]
     finally:
         if proc.returncode is None:
             os.kill(proc.pid, signal.SIGCONT)
