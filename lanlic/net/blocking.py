@@ -23,6 +23,7 @@ lives in a daemon thread of ours, as the hand-made loop thread before it did.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -115,8 +116,9 @@ class BlockingClient:
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
-        """The loop the client runs on, in its own thread (``lanlic.ui`` sends its work there)."""
-        return self._loop
+        """The asyncio loop the client runs on, in its own thread: ``lanlic.ui`` sends its work
+        there, so a window embedded in the application shares its connection."""
+        return self._client._loop
 
     @property
     def client(self) -> Client:
