@@ -100,6 +100,7 @@ class BlockingClient:
             self._ready.set()
 
     async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
         async with BlockingPortal() as portal:
             self._portal = portal
             self._ready.set()
