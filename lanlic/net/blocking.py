@@ -117,9 +117,8 @@ class BlockingClient:
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
-        """The asyncio loop the client runs on, in its own thread: ``lanlic.ui`` sends its work
-        there, so a window embedded in the application shares its connection."""
-        return self._client._loop
+        """The loop the client runs on, in its own thread (``lanlic.ui`` sends its work there)."""
+        return self._loop
 
     @property
     def client(self) -> Client:
