@@ -771,3 +771,99 @@ def test_presenting_a_file_of_a_product_the_key_no_longer_has_is_not_counted(
     assert isinstance(reply, m.Error) and reply.code == "not_borrowable"
     assert "no product 'gone'" in reply.message
     assert site.store.borrow("b-1234567890abcdef") is None
+
+
+# ------------------------------------------------------------------ every answer, exactly
+
+FULL = "database or disk is full"
+
+
+def test_return_answers_carry_the_request_id_and_say_exactly_why(site: Site) -> None:
+    laptop, other = enrolled(site), enrolled(site)
+    b = site.request(laptop.borrow_msg(site.server_id))
+    assert isinstance(b, m.Borrowed) and b.id == 2
+    bid = b.borrow_id
+    msg = laptop.return_msg(site.server_id, bid)
+    forged = site.request(m.Return(3, bid, other.pub, msg.proof))
+    assert forged == m.Error(3, "bad_proof", "the return request's proof does not verify")
+    assert site.request(other.return_msg(site.server_id, bid)) == m.Error(
+        3, "borrow_unknown", f"no borrow {bid!r}"
+    )
+    real = site.store
+    site.store = FailingStore(real, "end_borrow")  # type: ignore[assignment]
+    assert site.request(msg) == m.Error(
+        3, "store_failed", f"the return could not be recorded: {FULL}"
+    )
+    site.store = real
+    assert site.request(msg) == m.Returned(3, bid, already=False)
+    rec = site.store.borrow(bid)
+    assert rec is not None and (rec.state, rec.ended_at) == ("returned", T0)
+    assert site.request(msg) == m.Returned(3, bid, already=True)
+    assert site.request(other.return_msg(site.server_id, bid)) == m.Error(
+        3, "borrow_unknown", f"no borrow {bid!r}"
+    )
+    site.store = FailingStore(real, "borrow")  # type: ignore[assignment]
+    assert site.request(msg) == m.Error(3, "store_failed", FULL)
+    site.store = real
+    # a borrow still being written
+    reply = site.service.handle(site.session, laptop.borrow_msg(site.server_id), 0, T0)
+    assert reply.durable is not None
+    [flying] = [x for x in site.service.desk.active.values() if not x.committed]
+    assert site.request(laptop.return_msg(site.server_id, flying.borrow_id)) == m.Error(
+        3, "borrow_refused", "that borrow is still being recorded"
+    )
+    # a refusal made by the borrow checks keeps the borrow's request id
+    refused = site.request(laptop.borrow_msg(site.server_id, product="cam"))
+    assert isinstance(refused, m.Error) and (refused.id, refused.code) == (2, "not_borrowable")
+
+
+def test_an_expiry_is_answered_to_nobody_and_dated_by_the_sweep(site: Site) -> None:
+    laptop = enrolled(site)
+    b = site.request(laptop.borrow_msg(site.server_id, days=1))
+    assert isinstance(b, m.Borrowed)
+    [due] = site.service.desk.due(T0 + DAY + 5)
+    assert site.apply(due) == m.Returned(0, b.borrow_id, already=False)
+    rec = site.store.borrow(b.borrow_id)
+    assert rec is not None and (rec.state, rec.ended_at) == ("expired", T0 + DAY + 5)
+
+
+def test_present_answers_carry_the_request_id_and_say_exactly_why(
+    site: Site, server_key: Ed25519PrivateKey
+) -> None:
+    laptop = Laptop()
+    bid = "b-1234567890abcdef"
+    file = issued_file(site, server_key, laptop)
+    other = issued_file(site, Ed25519PrivateKey.generate(), laptop)
+    assert site.request(present_msg(laptop, site.server_id, other, bid)) == m.Error(
+        4, "borrow_unknown", "this file was not issued by this server"
+    )
+    garbage = site.request(present_msg(laptop, site.server_id, b"{}", bid))
+    assert isinstance(garbage, m.Error) and garbage.id == 4
+    assert site.request(present_msg(Laptop(), site.server_id, file, bid)) == m.Error(
+        4, "bad_proof", "the presenting container does not hold the file's key"
+    )
+    gone = issued_file(site, server_key, laptop, product="gone")
+    refused = site.request(present_msg(laptop, site.server_id, gone, bid))
+    assert refused == m.Error(
+        4, "not_borrowable", "the network key served now has no product 'gone'; not counted"
+    )
+    real = site.store
+    site.store = FailingStore(real, "add_borrow")  # type: ignore[assignment]
+    assert site.request(present_msg(laptop, site.server_id, file, bid)) == m.Error(
+        4, "store_failed", f"the borrow could not be recorded: {FULL}"
+    )
+    site.store = real
+    # adopted, but its write not done yet: nowhere a recorded borrow
+    reply = site.service.handle(site.session, present_msg(laptop, site.server_id, file, bid), 0, T0)
+    assert reply.message is None and reply.durable is not None
+    desk = site.service.desk
+    assert not desk.active[bid].committed
+    assert desk.listing() == [] and desk.next_end() is None and desk.due(T0 + 99 * DAY) == []
+    assert site.request(present_msg(laptop, site.server_id, file, bid)) == m.Error(
+        4, "borrow_refused", "that borrow is still being recorded"
+    )
+    assert site.apply(reply.durable) == m.Presented(4, bid, "adopted", T0 + 6 * DAY)
+    assert desk.listing() == [
+        {"borrow_id": bid, "product": "cad", "user": "ann", "host": "lt-1",
+         "start": T0 - DAY, "end": T0 + 6 * DAY},
+    ]  # fmt: skip
