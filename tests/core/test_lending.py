@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -379,7 +380,7 @@ def test_no_seat_to_borrow_is_refused_with_the_free_count_and_an_event(site: Sit
         assert isinstance(site.checkout(), Granted)
     reply = site.request(laptop.borrow_msg(site.server_id))
     assert isinstance(reply, m.Error) and reply.code == "no_seat"
-    assert reply.message == "no seat of cad is free to borrow (0 free)"
+    assert reply == m.Error(2, "no_seat", "no seat of cad is free to borrow (0 free)")
     assert events == [("refusal", "cad", "", "", "no_seat")]
     assert site.service.desk.active == {}
 
@@ -867,3 +868,75 @@ def test_present_answers_carry_the_request_id_and_say_exactly_why(
         {"borrow_id": bid, "product": "cad", "user": "ann", "host": "lt-1",
          "start": T0 - DAY, "end": T0 + 6 * DAY},
     ]  # fmt: skip
+
+
+def test_borrow_and_enroll_answers_carry_the_request_id_and_say_exactly_why(site: Site) -> None:
+    laptop = Laptop()
+    enrolled_reply = site.request(laptop.enroll_msg())
+    assert isinstance(enrolled_reply, m.Enrolled) and enrolled_reply.id == 1
+    wrong_kind = site.request(Laptop(kind="key").enroll_msg())
+    assert wrong_kind == m.Error(
+        1, "wrong_borrow_kind",
+        "this site's network key borrows with kind 'act'; the container is of kind 'key'",
+    )  # fmt: skip
+    bad = site.request(m.Enroll(1, b"not a request"))
+    assert isinstance(bad, m.Error) and (bad.id, bad.code) == (1, "bad_proof") and bad.message
+    real = site.store
+    site.store = FailingStore(real, "add_enrollment")  # type: ignore[assignment]
+    assert site.request(Laptop().enroll_msg()) == m.Error(
+        1, "store_failed", f"enrollment not saved: {FULL}"
+    )
+    site.store = FailingStore(real, "add_borrow")  # type: ignore[assignment]
+    assert site.request(laptop.borrow_msg(site.server_id)) == m.Error(
+        2, "store_failed", f"the borrow could not be recorded: {FULL}"
+    )
+    site.store = real
+
+    def refused(msg: m.Borrow) -> m.Message:
+        return site.request(msg)
+
+    assert refused(laptop.borrow_msg(site.server_id, product="nope")) == m.Error(
+        2, "not_borrowable", "no product 'nope' in the network key"
+    )
+    old = laptop.borrow_msg(site.server_id)
+    old = m.Borrow(2, old.request_id, "cad", 7, laptop.pub, old.proof, version="9")
+    assert refused(old) == m.Error(2, "not_borrowable", "cad version '9' is not licensed")
+    assert refused(Laptop().borrow_msg(site.server_id)) == m.Error(
+        2, "not_enrolled",
+        "this machine is not enrolled for borrowing: run 'lanlic enroll' first (or 'lanlic "
+        "enroll --request FILE' when the server cannot be reached)",
+    )  # fmt: skip
+    forged = laptop.borrow_msg(site.server_id)
+    forged = m.Borrow(2, forged.request_id, "cad", 6, laptop.pub, forged.proof, version="16")
+    assert refused(forged) == m.Error(2, "bad_proof", "the borrow request's proof does not verify")
+    too_long = refused(laptop.borrow_msg(site.server_id, days=15))
+    assert isinstance(too_long, m.Error) and (too_long.id, too_long.code) == (2, "borrow_too_long")
+
+    rid = os.urandom(16)
+    b = site.request(laptop.borrow_msg(site.server_id, rid=rid))
+    assert isinstance(b, m.Borrowed) and b.id == 2
+    assert re.fullmatch(r"b-[0-9a-f]{16}", b.borrow_id)
+    assert site.request(laptop.borrow_msg(site.server_id, rid=rid)) == m.Borrowed(
+        2, b.borrow_id, b.file, b.end
+    )
+    flying = site.service.handle(site.session, laptop.borrow_msg(site.server_id), 0, T0)
+    assert flying.durable is not None
+    [pending] = [x for x in site.service.desk.active.values() if not x.committed]
+    retry = m.Borrow(2, bytes.fromhex(pending.request_id), "cad", 7, laptop.pub, b"", "16")
+    assert site.request(retry) == m.Error(
+        2, "borrow_refused", "that borrow is still being recorded"
+    )
+
+
+def test_a_desk_with_no_data_folder_starts_empty_and_works(vendor_key: Ed25519PrivateKey) -> None:
+    """No store, so no ``load``: the desk starts with no enrollment and no policy."""
+    service = LicenseService(make_key(vendor_key, PRODUCTS), Ed25519PrivateKey.generate())
+    desk = service.desk
+    assert desk.enrollments == {} and desk.policy == {} and desk.active == {}
+    assert desk.terms("cad").borrowable == 2
+    reply = service.handle(Session(), Laptop().borrow_msg(service.server_id), 0.0, T0)
+    assert isinstance(reply.message, m.Error) and reply.message.code == "not_enrolled"
+    enroll = service.handle(Session(), Laptop().enroll_msg(), 0.0, T0)
+    assert enroll.durable is not None
+    assert isinstance(enroll.durable.commit(None), m.Enrolled)
+    assert len(desk.enrollments) == 1
