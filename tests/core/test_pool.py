@@ -660,3 +660,9 @@ def test_released_leases_leave_stale_heap_entries_until_they_dominate(n: int) ->
             heap = live
         assert len(pool._heap) == heap, (n, live)
     assert heap < n  # it was rebuilt at least once
+
+
+def test_a_lease_id_already_in_use_is_drawn_again() -> None:
+    ids = iter([b"same", b"same", b"other"])
+    pool = SeatPool([entitlement("cad", 2)], lease_seconds=LEASE, new_lease_id=lambda: next(ids))
+    assert [take(pool).id, take(pool).id] == [b"same", b"other"]
