@@ -459,3 +459,7 @@ def test_decode_errors_name_what_was_wrong() -> None:
         decode_body(packed([1]))
     with pytest.raises(BadFrame, match="extension type 5 is not allowed"):
         decode_body(b"\x81\xa1t" + b"\xc7\x00\x05")  # an empty ext 5 passes max_ext_len
+    large = b"\x82\xa1p" + packed("x" * 20_000) + b"\xa1t\xc7\x00\x05"
+    with pytest.raises(BadFrame) as info:
+        decode_body(large)
+    assert info.value.message == "msgpack extension type 5 is not allowed"
