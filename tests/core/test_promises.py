@@ -40,8 +40,8 @@ def test_lease_ids_are_128_bits_from_the_csprng(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(pool.secrets, "token_bytes", token_bytes)
     ids = pool._LeaseIds()
-    got = [ids() for _ in range(2000)]
-    assert drawn == [4096] * 8  # 256 ids of 16 bytes per draw, nothing else
+    got = [ids() for _ in range(2048)]
+    assert drawn == [4096] * 8  # 256 ids of 16 bytes per draw, every byte used, nothing else
     ids.reset()  # what a forked child does: the rest of the buffer is thrown away
     ids()
     assert drawn == [4096] * 9
@@ -50,7 +50,10 @@ def test_lease_ids_are_128_bits_from_the_csprng(monkeypatch: pytest.MonkeyPatch)
     # would fall outside these bounds; the chance of a false alarm is below 1e-20).
     for bit in range(128):
         ones = sum((int.from_bytes(x, "big") >> bit) & 1 for x in got)
-        assert 700 < ones < 1300, (bit, ones)
+        assert 700 < ones < 1350, (bit, ones)
+    # the restart guard's ids take their random part from the same buffer
+    parts = [SeatPool.random_bytes(4) for _ in range(64)]
+    assert all(len(x) == 4 for x in parts) and len(set(parts)) > 60
 
 
 def test_a_forked_child_draws_fresh_lease_ids() -> None:
