@@ -3,6 +3,7 @@ to the store by hand (as the server's store thread would) and then committed or 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -290,6 +291,11 @@ def test_admin_policy_lowers_but_never_raises(
 # ------------------------------------------------------------------ a borrow while it is written
 
 
+def utc(ts: float) -> str:
+    """How the history writes a time: ISO 8601 UTC to the second."""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def with_events(site: Site) -> list[tuple[str, str, str, str, str]]:
     events: list[tuple[str, str, str, str, str]] = []
     site.service.set_event_sink(events.append)
@@ -341,7 +347,7 @@ def test_a_borrow_whose_write_fails_gives_its_seat_back_and_can_be_tried_again(
     assert "disk full" in failed.message
     assert site.service.pool.borrowed("cad") == 0
     assert site.service.desk.active == {}
-    assert events[-1] == ("refusal", "cad", "", "", "store_failed")
+    assert events[-1] == ("refusal", "cad", "ann", "lt-1", "store_failed")
     retry = site.request(laptop.borrow_msg(site.server_id, rid=rid))  # not "still recorded"
     assert isinstance(retry, m.Borrowed)
     assert site.service.pool.borrowed("cad") == 1
@@ -354,7 +360,7 @@ def test_history_events_of_enrollment_borrow_return_expiry_and_refusals(site: Si
     assert events == [("enroll", "", "ann", "lt-1", "online")]
     b = site.request(laptop.borrow_msg(site.server_id, days=2))
     assert isinstance(b, m.Borrowed)
-    assert events[-1] == ("borrow", "cad", "ann", "lt-1", f"{b.borrow_id} until {b.end:.0f}")
+    assert events[-1] == ("borrow", "cad", "ann", "lt-1", f"{b.borrow_id} until {utc(b.end)}")
     assert b.end == T0 + 2 * DAY
     r = site.request(laptop.return_msg(site.server_id, b.borrow_id))
     assert isinstance(r, m.Returned)
@@ -365,7 +371,7 @@ def test_history_events_of_enrollment_borrow_return_expiry_and_refusals(site: Si
     assert events[-1] == ("expiry_borrow", "cad", "ann", "lt-1", b2.borrow_id)
     refused = site.request(laptop.borrow_msg(site.server_id, product="cam"))
     assert isinstance(refused, m.Error)
-    assert events[-1] == ("refusal", "cam", "", "", "not_borrowable")
+    assert events[-1] == ("refusal", "cam", "ann", "lt-1", "not_borrowable")
     enrolled(site)
     for _ in range(2):
         site.request(laptop.borrow_msg(site.server_id))
@@ -381,7 +387,7 @@ def test_no_seat_to_borrow_is_refused_with_the_free_count_and_an_event(site: Sit
     reply = site.request(laptop.borrow_msg(site.server_id))
     assert isinstance(reply, m.Error) and reply.code == "no_seat"
     assert reply == m.Error(2, "no_seat", "no seat of cad is free to borrow (0 free)")
-    assert events == [("refusal", "cad", "", "", "no_seat")]
+    assert events == [("refusal", "cad", "ann", "lt-1", "no_seat")]
     assert site.service.desk.active == {}
 
 
@@ -668,7 +674,7 @@ def test_a_file_unknown_to_a_restored_database_is_adopted_and_counted(
     assert active.committed and active.container_fp == fp and active.file == file
     assert site.service.pool.borrowed("cad") == 1
     assert events == [
-        ("borrow_adopted", "cad", "ann", "lt-1", f"b-1234567890abcdef until {T0 + 1:.0f}, "
+        ("borrow_adopted", "cad", "ann", "lt-1", f"b-1234567890abcdef until {utc(T0 + 1)}, "
          "unknown to the database (restored from an older backup?)"),
     ]  # fmt: skip
     # counted until its end like any borrow, and presented again it is simply active
