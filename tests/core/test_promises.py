@@ -1,7 +1,7 @@
 """Promises that had no test of their own, at the service level and below (fast, no sockets):
 lease ids, the expiry event, reservations in chunks, the seats held after a restart, and the
 clock tolerances at their edges. The durability promises that need a real process and disk are
-in tests/durability/test_promises.py."""
+in tests/durability/test_durable_promises.py."""
 
 from __future__ import annotations
 
