@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -28,6 +29,20 @@ def own_config_folder(
     monkeypatch.setenv("XDG_CONFIG_HOME", str(folder))
     monkeypatch.setenv("LANLIC_CONFIG", str(folder / "lanlic"))
     monkeypatch.delenv("LANLIC_SERVER", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def own_servers_only(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test never finds or touches a server it did not start (a ``lanlic serve --demo`` on this
+    host, another developer's tests), and nobody finds the test's servers: each test announces
+    and browses an mDNS service type of its own (``LANLIC_MDNS_SERVICE``, which CLI processes
+    keep, see ``cliproc.base_env``), and its default data folder, where a command with no
+    ``--data`` looks for the local server's address, is a fresh one."""
+    monkeypatch.setenv("LANLIC_MDNS_SERVICE", f"_lanlic-{secrets.token_hex(4)}._tcp")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data-home")))
+    monkeypatch.delenv("LANLIC_DATA", raising=False)
 
 
 @pytest.fixture(autouse=True)

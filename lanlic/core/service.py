@@ -61,6 +61,15 @@ class _Client:
         self.nonces: list[bytes] = []
 
 
+def _once(leases: list[bytes]) -> list[bytes]:
+    """A renew's or release's leases, each once, in the order of first mention (SPEC 6): the
+    reply then says once what became of each, and a release never reports a lease it has just
+    freed as unknown."""
+    if len(leases) < 2:
+        return leases
+    return list(dict.fromkeys(leases))
+
+
 def handshake_payload(nonce: bytes, client_id: bytes, server_id: str, vendor_fp: str) -> bytes:
     """The bytes the server signs in its welcome (after the handshake domain prefix)."""
     out: bytes = msgpack.packb([nonce, client_id, server_id, vendor_fp], use_bin_type=True)
@@ -297,7 +306,7 @@ class LicenseService:
         )
 
     def _renew(self, session: Session, msg: m.Renew, now: float) -> Reply:
-        result = self.pool.renew(msg.leases, session.client_id, now)
+        result = self.pool.renew(_once(msg.leases), session.client_id, now)
         code = self._lost_code(now)
         lost = [m.Lost(lease, code) for lease in result.lost]
         return Reply(m.Renewed(id=msg.id, leases=result.renewed, lost=lost))
@@ -336,7 +345,7 @@ class LicenseService:
         req = m.lease_request(wire)
         if req is None:
             return None
-        renewed, gone = self.pool.renew_pair(req[1], session.client_id, now)
+        renewed, gone = self.pool.renew_pair(_once(req[1]), session.client_id, now)
         if gone:
             code = self._lost_code(now)
             lost = [{"lease": x, "code": code} for x in gone]
@@ -350,7 +359,7 @@ class LicenseService:
         req = m.lease_request(wire)
         if req is None:
             return None
-        released, gone = self.pool.release_pair(req[1], session.client_id, now)
+        released, gone = self.pool.release_pair(_once(req[1]), session.client_id, now)
         for lease in released:
             self._lease_event("release", lease, "release")
         lost = [{"lease": x, "code": "lease_unknown"} for x in gone] if gone else []
@@ -379,7 +388,7 @@ class LicenseService:
         }
 
     def _release(self, session: Session, msg: m.Release, now: float) -> Reply:
-        result = self.pool.release(msg.leases, session.client_id, now)
+        result = self.pool.release(_once(msg.leases), session.client_id, now)
         for lease in result.released:
             self._lease_event("release", lease, "release")
         lost = [m.Lost(lease, "lease_unknown") for lease in result.lost]

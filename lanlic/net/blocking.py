@@ -3,8 +3,10 @@
 The asyncio client runs on its own event loop in a daemon thread, behind an anyio
 ``BlockingPortal``: each call here runs a coroutine there and waits for its result (an exception
 comes back as raised; a call that times out is cancelled there). The heartbeat and reconnects
-therefore go on while the application's own thread is busy. ``on_seat_lost`` callbacks run on the
-client's thread: an application should hand them to its own UI thread.
+therefore go on while the application's own thread is busy. ``on_seat_lost``, ``on_seat_regained``
+and ``on_seat_state`` callbacks run on the client's thread: an application should hand them to its
+own UI thread. A lost seat is checked out again by itself (``regain=False`` turns that off):
+``seat_state``, ``seat_lost`` and ``seat_regained`` tell or wait.
 
 Why not ``anyio.from_thread.start_blocking_portal``: its thread is not a daemon, so an
 application that exits without ``close()`` would hang at exit waiting for it; the portal here
@@ -30,7 +32,7 @@ from typing import Any, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
-from lanlic.net.client import DISCOVER_TIMEOUT, Client, Seat, VendorKey
+from lanlic.net.client import DISCOVER_TIMEOUT, Client, Seat, SeatState, VendorKey
 
 __all__ = ["BlockingClient"]
 
@@ -168,3 +170,17 @@ class BlockingClient:
         except TimeoutError:
             return False
         return True
+
+    def seat_regained(self, seat: Seat, timeout: float | None = None) -> bool:
+        """Block until the seat may be used again (True; at once if it may) or the timeout
+        passes (False). Raises why it was lost (``SeatLost``, a refusal) if it is gone for good."""
+        try:
+            self._call(seat.wait_regained, timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    @staticmethod
+    def seat_state(seat: Seat) -> SeatState:
+        """Where the seat stands now: held, lost, waiting (for a free seat), regained, gone."""
+        return seat.state

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from lanlic.core import signing
-from lanlic.discovery import Announcement, Browser, Interfaces
+from lanlic.discovery import SERVICE_ENV, SERVICE_TYPE, Announcement, Browser, Interfaces
 from lanlic.errors import (
     BadFrame,
     LanlicError,
@@ -277,7 +277,7 @@ async def find_server(
             for task in (getter, *probes):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        ignored = browser.ignored
+        ignored, service = browser.ignored, browser.service
     for reason in refused:
         if isinstance(reason, ServerKeyChanged):
             raise reason
@@ -293,6 +293,8 @@ async def find_server(
     detail = f"; heard only {', '.join(heard[:5])}" if heard else ""
     if ignored:
         detail += f"; ignored {ignored} malformed announcement(s)"
+    if service != SERVICE_TYPE:
+        detail += f"; looked only for service {service} (set by {SERVICE_ENV})"
     raise ServerUnavailable(
         f"{what} answered on {describe_interfaces(interfaces)} within "
         f"{deadline - started:.1f} s{detail}. If this network blocks multicast, give the "

@@ -36,7 +36,7 @@ from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from lanlic.core import borrowing, signing
 from lanlic.core.service import LicenseService
-from lanlic.discovery import SERVICE_TYPE, build_txt
+from lanlic.discovery import build_txt, service_type
 from lanlic.errors import BorrowedFileError, ServerUnavailable
 from lanlic.net.announce import announcer_for
 from lanlic.net.client import Client
@@ -541,10 +541,11 @@ async def test_malformed_and_oversized_txt_records_are_ignored(
     listener = Listener()
     port = await listener.start()
     aiozc = AsyncZeroconf(interfaces=LOOPBACK)
+    service = service_type()  # the test's own (conftest.py), which the client browses
     infos = [
         AsyncServiceInfo(
-            SERVICE_TYPE,
-            f"hostile-{name}.{SERVICE_TYPE}",
+            service,
+            f"hostile-{name}.{service}",
             port=port,
             parsed_addresses=["127.0.0.1"],
             properties=text,

@@ -463,8 +463,8 @@ class Container:
         (math.inf, "bad_message"),
         (-math.inf, "bad_message"),
         (-1.0, "bad_message"),
-        (-0.0, "borrow_too_long"),
-        (0.0, "borrow_too_long"),
+        (-0.0, "bad_message"),  # days > 0 is the message's own range (SPEC 12, issue 13)
+        (0.0, "bad_message"),
         (14.000001, "borrow_too_long"),
         (1e9, "borrow_too_long"),
         (1e11, "borrow_too_long"),

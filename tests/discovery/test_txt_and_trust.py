@@ -16,11 +16,13 @@ from lanlic.core import signing
 from lanlic.core.service import handshake_payload
 from lanlic.discovery import (
     MAX_TXT_STRING,
+    SERVICE_TYPE,
     announce_addresses,
     announce_interfaces,
     build_txt,
     instance_name,
     parse_txt,
+    service_type,
 )
 from lanlic.errors import ServerKeyChanged, ServerUnavailable, ServerUntrusted
 from lanlic.laptop.trust import (
@@ -269,3 +271,22 @@ async def test_client_config_file_gives_the_address(monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("LANLIC_SERVER")
     with pytest.raises(TrustStoreError):
         Client()
+
+
+def test_the_service_type_can_be_set_and_a_bad_one_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("LANLIC_MDNS_SERVICE")
+    assert service_type() == SERVICE_TYPE == "_lanlic._tcp.local."
+    for text, want in [
+        ("_lanlic-0a1b2c3d._tcp", "_lanlic-0a1b2c3d._tcp.local."),
+        ("_Staging._tcp.local.", "_staging._tcp.local."),
+        ("  _lanlic._tcp.local  ", "_lanlic._tcp.local."),
+    ]:
+        monkeypatch.setenv("LANLIC_MDNS_SERVICE", text)
+        assert service_type() == want
+    for bad in ["lanlic", "_lanlic._udp", "_a--b._tcp", "_-ab._tcp", "_123._tcp",
+                "_sixteen-chars-xx._tcp", "_lan lic._tcp"]:  # fmt: skip
+        monkeypatch.setenv("LANLIC_MDNS_SERVICE", bad)
+        with pytest.raises(ServerUnavailable, match=r"LANLIC_MDNS_SERVICE=.* is not a DNS-SD"):
+            service_type()
