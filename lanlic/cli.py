@@ -786,6 +786,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     admin_command.register(add, asub)
     cli_admin.register(add, asub, sub.choices["serve"])
+    from lanlic.server import service
+
+    service.add_parser(sub)
     return parser
 
 

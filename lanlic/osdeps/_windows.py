@@ -9,10 +9,12 @@ import sys
 assert sys.platform == "win32"  # mypy checks this module for Windows only
 
 import asyncio
+import contextlib
 import msvcrt
 import os
 import signal
 import subprocess
+import threading
 import time
 import winreg
 from collections.abc import Callable
@@ -105,8 +107,11 @@ def on_stop(loop: asyncio.AbstractEventLoop, stop: Callable[[], object]) -> Call
     previous: dict[int, Any] = {}
 
     def handler(signum: int, frame: object) -> None:
-        loop.call_soon_threadsafe(stop)
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nothing left to stop
+            loop.call_soon_threadsafe(stop)
 
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # a service's thread: signals go to the main thread; request_stop
     for sig in sigs:
         previous[sig] = signal.signal(sig, handler)
 

@@ -204,3 +204,23 @@ def load_backend(name: str, platform: str) -> types.ModuleType:
     finally:
         sys.platform = real  # type: ignore[misc]
     return module
+
+
+def fake_pywin32() -> list[types.ModuleType]:
+    """pywin32's service modules (the [windows] extra), as far as lanlic imports them."""
+
+    class ServiceFramework:
+        def __init__(self, args: Any) -> None:
+            self.args = args
+
+        def ReportServiceStatus(self, status: int) -> None:
+            pass
+
+    util = types.ModuleType("win32serviceutil")
+    util.ServiceFramework = ServiceFramework  # type: ignore[attr-defined]
+    util.HandleCommandLine = lambda cls, argv: None  # type: ignore[attr-defined]
+    svc = types.ModuleType("win32service")
+    svc.SERVICE_STOP_PENDING = 3  # type: ignore[attr-defined]
+    manager = types.ModuleType("servicemanager")
+    manager.LogInfoMsg = lambda msg: None  # type: ignore[attr-defined]
+    return [util, svc, manager]

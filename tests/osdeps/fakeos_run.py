@@ -64,6 +64,7 @@ def refuse_linux_ids(event: str, args: tuple[Any, ...]) -> None:
 
 def become_windows() -> None:
     sys.modules["msvcrt"] = fakeos.fake_msvcrt()  # takes the real flock before fcntl goes
+    sys.modules.update((m.__name__, m) for m in fakeos.fake_pywin32())
     sys.modules["winreg"] = fakeos.fake_winreg(
         {(r"SOFTWARE\Microsoft\Cryptography", "MachineGuid"): (fakeos.MACHINE_GUID, 1)}
     )
@@ -123,7 +124,8 @@ def load_others_first() -> None:
                 names.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names.add(node.module)
-    skip = {"lanlic", "msvcrt", "winreg", *BLOCKED}
+    skip = {"lanlic", "msvcrt", "winreg", "servicemanager", "win32service", "win32serviceutil"}
+    skip.update(BLOCKED)
     for name in sorted(names):
         if name.partition(".")[0] not in skip:
             try:
@@ -140,7 +142,7 @@ import lanlic  # noqa: E402 - only now, on the faked OS
 
 OTHER_BACKENDS = {
     "win32": ("lanlic.osdeps._posix", "lanlic.osdeps._linux", "lanlic.osdeps._darwin"),
-    "darwin": ("lanlic.osdeps._linux", "lanlic.osdeps._windows"),
+    "darwin": ("lanlic.osdeps._linux", "lanlic.osdeps._windows", "lanlic.server.winservice"),
 }[TARGET]
 imported = []
 for info in pkgutil.walk_packages(lanlic.__path__, "lanlic."):
