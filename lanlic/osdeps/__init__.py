@@ -18,6 +18,7 @@ suspend-aware clock ``CLOCK_BOOTTIME``           ``CLOCK_MONOTONIC``         ``t
 descriptor limit    ``RLIMIT_NOFILE``            ``RLIMIT_NOFILE``           none
 stop signals        SIGINT, SIGTERM              SIGINT, SIGTERM             Ctrl-C, Ctrl-Break,
                     (``add_signal_handler``)     (``add_signal_handler``)    a service stop
+                                                                             (``request_stop``)
 machine identity    ``/etc/machine-id``,         ``ioreg`` IOPlatformUUID,   registry MachineGuid,
                     ``/sys/class/net``           ``networksetup`` MACs       ``getmac`` MACs
 ==================  ===========================  ==========================  ======================

@@ -84,8 +84,8 @@ def unlock_fd(fd: int) -> None:
 
 
 def write_locked(fd: int, data: bytes) -> None:
-    """Write after the locked first byte: Windows refuses even the holder's other handles
-    there, and a reader should see the note."""
+    """A newline in the locked first byte (other processes cannot read it), the note after it,
+    where they can."""
     os.ftruncate(fd, 0)
     os.lseek(fd, 0, os.SEEK_SET)
     os.write(fd, b"\n" + data)
