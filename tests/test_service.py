@@ -179,7 +179,9 @@ def test_windows_service_runs_serve_and_stops_on_the_scm_stop(
         asyncio.run(serve())
         return 0
 
-    monkeypatch.setattr(cli, "main", fake_main)
+    import lanlic.__main__
+
+    monkeypatch.setattr(lanlic.__main__, "main", fake_main)
     svc = winservice.LanlicService(["lanlic"])
     runner = threading.Thread(target=svc.SvcDoRun)  # the SCM's thread, not the main one
     runner.start()

@@ -49,7 +49,9 @@ class LanlicService(win32serviceutil.ServiceFramework):  # type: ignore[misc]
 
 def run_service(stopped: threading.Event | None = None) -> int:
     """Serve with the saved arguments, logging to the data folder, until asked to stop."""
-    from lanlic import cli
+    # The service runs the lanlic command as ``python -m lanlic`` does (lanlic.cli itself is
+    # imported by the command's entry points only).
+    import lanlic.__main__ as command
 
     folder = data_dir()
     osdeps.make_private_dir(folder)
@@ -59,7 +61,7 @@ def run_service(stopped: threading.Event | None = None) -> int:
     with log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         logging.basicConfig(stream=log, level=logging.INFO, force=True)
         servicemanager.LogInfoMsg(f"lanlic: serving from {folder}")
-        code = cli.main(argv)
+        code = command.main(argv)
     if stopped is not None:
         stopped.set()
     return code

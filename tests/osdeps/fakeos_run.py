@@ -181,7 +181,7 @@ def server_address(previous: str | None, deadline: float) -> str:
 async def first_run(address: str) -> None:
     async with Client(address, app="fakeos") as client:
         seat = await client.acquire("cad", "16")
-        await asyncio.sleep(3.5)  # beyond the 2 s lease: held only by heartbeats
+        await asyncio.sleep(5)  # beyond the 4 s lease: held only by heartbeats
         seen["seat_lost_after_heartbeats"] = seat.lost
         seen["in_use"] = (await client.status())["products"][0]["in_use"]
         await client.release(seat)
@@ -218,7 +218,7 @@ def client_side() -> None:
 
 
 SERVE = ["serve", "--demo", "--data", str(DATA), "--port", "0", "--no-mdns", "--no-admin",
-         "--lease", "2", "--heartbeat", "0.5"]  # fmt: skip
+         "--lease", "4", "--heartbeat", "0.5"]  # fmt: skip
 thread = threading.Thread(target=client_side, daemon=True)
 thread.start()
 seen["serve_exit"] = [cli.main(SERVE)]
