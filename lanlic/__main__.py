@@ -8,6 +8,8 @@ import sys
 
 from lanlic.cli import main
 
+__all__ = ["main"]
+
 if __name__ == "__main__":
     with contextlib.suppress(BrokenPipeError):
         sys.exit(main())

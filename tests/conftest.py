@@ -117,6 +117,8 @@ async def start_server(vendor_key: Ed25519PrivateKey) -> AsyncIterator[StartServ
     yield start
     for server in servers:
         await server.stop()
+        if server.store is not None:
+            server.store.close()  # a store handed in is the test's: close it, as `serve` does
 
 
 # ------------------------------------------------------------------ no skip that hides in CI

@@ -23,14 +23,15 @@ FAMILIES = (vendor, serve, seats, borrow, admin, bench)
 
 #: Commands whose code lives outside this package: each module's ``add_parser(subparsers)``
 #: adds its own (and sets ``func``). The one place to hook a new one in.
-ELSEWHERE: tuple[str, ...] = ("lanlic.ui.command",)
+ELSEWHERE: tuple[str, ...] = ("lanlic.ui.command", "lanlic.server.service")
 
 #: Options that name files or folders: on POSIX these may hold bytes that are not UTF-8 (Python
 #: keeps them as surrogates), which the OS takes back as they came. Every other argument is
 #: text that goes on the wire, into JSON or into the database, so it must be UTF-8.
 PATH_OPTIONS = frozenset(
     {"out", "data", "license", "vendor_pub", "vendor_key", "vendor", "restore", "file",
-     "request", "response", "accept", "portable_key", "json_out", "plot", "markdown"}
+     "request", "response", "accept", "portable_key", "json_out", "plot", "markdown", "path",
+     "python"}
 )  # fmt: skip
 
 EXIT_FAILED = 1

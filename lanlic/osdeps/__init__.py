@@ -18,6 +18,7 @@ suspend-aware clock ``CLOCK_BOOTTIME``           ``CLOCK_MONOTONIC``         ``t
 descriptor limit    ``RLIMIT_NOFILE``            ``RLIMIT_NOFILE``           none
 stop signals        SIGINT, SIGTERM              SIGINT, SIGTERM             Ctrl-C, Ctrl-Break,
                     (``add_signal_handler``)     (``add_signal_handler``)    a service stop
+                                                                             (``request_stop``)
 machine identity    ``/etc/machine-id``,         ``ioreg`` IOPlatformUUID,   registry MachineGuid,
                     ``/sys/class/net``           ``networksetup`` MACs       ``getmac`` MACs
 ==================  ===========================  ==========================  ======================
@@ -63,6 +64,7 @@ __all__ = [
     "machine_sources",
     "make_private_dir",
     "on_stop",
+    "request_stop",
     "site_data_dir",
     "uptime",
     "user_config_dir",
@@ -240,11 +242,34 @@ def fd_limit() -> int | None:
     return _impl.fd_limit()
 
 
+#: What ``request_stop`` calls: one per ``on_stop`` still in force.
+_stoppers: list[Callable[[], None]] = []
+
+
 def on_stop(loop: asyncio.AbstractEventLoop, stop: Callable[[], object]) -> Callable[[], None]:
     """Call ``stop`` in ``loop`` when the process is asked to stop: Ctrl-C and SIGTERM on POSIX;
-    Ctrl-C and Ctrl-Break on Windows (a Windows service calls ``stop`` itself from its stop
+    Ctrl-C and Ctrl-Break on Windows; and ``request_stop`` on any OS (a Windows service's stop
     callback). Returns the function that removes the handlers again."""
-    return _impl.on_stop(loop, stop)
+    remove_handlers = _impl.on_stop(loop, stop)
+
+    def stop_soon() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nothing left to stop
+            loop.call_soon_threadsafe(stop)
+
+    _stoppers.append(stop_soon)
+
+    def remove() -> None:
+        remove_handlers()
+        with contextlib.suppress(ValueError):
+            _stoppers.remove(stop_soon)
+
+    return remove
+
+
+def request_stop() -> None:
+    """Stop, from any thread, whatever waits on ``on_stop`` (a Windows service's stop)."""
+    for stop_soon in list(_stoppers):
+        stop_soon()
 
 
 # ------------------------------------------------------------------------- machine identity

@@ -15,6 +15,7 @@ import fcntl
 import os
 import resource
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -87,6 +88,8 @@ def fd_limit() -> int | None:
 
 
 def on_stop(loop: asyncio.AbstractEventLoop, stop: Callable[[], object]) -> Callable[[], None]:
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # signals reach the main thread only; osdeps.request_stop still works
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop)
 

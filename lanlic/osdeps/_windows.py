@@ -9,10 +9,12 @@ import sys
 assert sys.platform == "win32"  # mypy checks this module for Windows only
 
 import asyncio
+import contextlib
 import msvcrt
 import os
 import signal
 import subprocess
+import threading
 import time
 import winreg
 from collections.abc import Callable
@@ -82,8 +84,8 @@ def unlock_fd(fd: int) -> None:
 
 
 def write_locked(fd: int, data: bytes) -> None:
-    """Write after the locked first byte: Windows refuses even the holder's other handles
-    there, and a reader should see the note."""
+    """A newline in the locked first byte (other processes cannot read it), the note after it,
+    where they can."""
     os.ftruncate(fd, 0)
     os.lseek(fd, 0, os.SEEK_SET)
     os.write(fd, b"\n" + data)
@@ -105,8 +107,11 @@ def on_stop(loop: asyncio.AbstractEventLoop, stop: Callable[[], object]) -> Call
     previous: dict[int, Any] = {}
 
     def handler(signum: int, frame: object) -> None:
-        loop.call_soon_threadsafe(stop)
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nothing left to stop
+            loop.call_soon_threadsafe(stop)
 
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # a service's thread: signals go to the main thread; request_stop
     for sig in sigs:
         previous[sig] = signal.signal(sig, handler)
 

@@ -114,11 +114,21 @@ class Store:
                 self._db.execute("PRAGMA fullfsync=ON")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"the database {self.path} is unusable: {exc}") from exc
+        except BaseException as exc:
+            if hasattr(self, "_db"):
+                self._db.close()  # a refused file leaves no connection open behind it
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise StoreError(f"the database {self.path} is unusable: {exc}") from exc
+            raise
 
     def close(self) -> None:
         self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @classmethod
     def open_readonly(cls, path: Path) -> Store:
