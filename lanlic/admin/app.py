@@ -384,10 +384,7 @@ class AdminServer:
         wait = self.throttle.wait(address, loop.time())
         if wait > 0:
             return _slow_down(wait)
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
+        body = await _json_body(request)
         if not isinstance(body, dict):
             return _error(400, "bad_request", 'send JSON: {"password": ..., "name": ...}')
         password, name = body.get("password", ""), body.get("name", "")
@@ -404,9 +401,14 @@ class AdminServer:
                 )
             token, session = self.sessions.create(user, address, loop.time(), open=True)
             return self._logged_in(token, session)
+        # Counted now, before the check: tries sent at once cannot all slip past the wait
+        # while the first is in scrypt (a success below forgets the count).
+        wait = self.throttle.attempt(address, loop.time())
+        if wait > 0:
+            return _slow_down(wait)
         ok = await loop.run_in_executor(self._kdf, verify_password, password, stored)
         if not ok:
-            delay = self.throttle.failed(address, loop.time())
+            delay = self.throttle.wait(address, loop.time())
             anon = AdminSession(user, address, "", 0.0, 0.0, False)
             await self._record(anon, "admin_login_failed", "", "wrong password")
             if delay > 0:
@@ -600,10 +602,7 @@ class AdminServer:
         ent = self.server.service.pool.products.get(product)
         if ent is None:
             return _error(404, "unknown_product", f"no product {product!r} in the network key")
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
+        body = await _json_body(request)
         if not isinstance(body, dict):
             return _error(400, "bad_request", 'send JSON: {"borrowable": N, "max_borrow_days": N}')
         values: dict[str, int | None] = {}
@@ -752,6 +751,15 @@ def _set_policy(
 ) -> dict[str, tuple[int | None, int | None]]:
     store.set_policy(product, *values)
     return store.policy()
+
+
+async def _json_body(request: web.Request) -> Any:
+    """The request's JSON, or None when it is not JSON. Nesting too deep for the parser (say
+    100,000 ``[``) is bad input like any other: a 400, not a RecursionError and a 500."""
+    try:
+        return await request.json()
+    except (ValueError, RecursionError):
+        return None
 
 
 def _slow_down(wait: float, message: str = "too many wrong passwords") -> web.Response:
