@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import itertools
 import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -236,7 +237,7 @@ def _parse_since(text: str) -> float:
     return when.timestamp()
 
 
-_COLUMNS = ("event", "product", "user", "host", "detail")
+_COLUMNS = ("event", "product", "user", "host", "detail", "count")
 
 
 def _as_dict(r: HistoryRow) -> dict[str, Any]:
@@ -244,35 +245,101 @@ def _as_dict(r: HistoryRow) -> dict[str, Any]:
 
 
 def cmd_admin_history(args: argparse.Namespace) -> int:
+    """Stream the history: a page of rows at a time from its own read-only connection, written
+    out before the next is read, so memory stays flat however long the history is, and a
+    running server's writes go on meanwhile."""
+    import sqlite3
+
+    from lanlic.admin.views import csv_cell
+    from lanlic.store import history
+
     if args.csv and args.json:
         raise _cli_error("choose one of --csv and --json")
     since = None if args.since is None else _parse_since(args.since)
-    store = _open(_folder(args))
+    db_path = _folder(args) / DB_NAME
+    if not db_path.is_file():
+        raise _cli_error(
+            f"no lanlic database in {db_path.parent}; pass --data with the server's folder"
+        )
+    filters = history.Filters(since=since, product=args.product)
+    out = sys.stdout
     try:
-        rows = store.history(since=since, product=args.product, limit=-1)  # -1: no limit
-    finally:
-        store.close()
-    if args.json:
-        print(json.dumps({"events": [_as_dict(r) for r in rows]}), flush=True)
-    elif args.csv:
-        out = csv.writer(sys.stdout, lineterminator="\n")
-        out.writerow(("time_utc", "at", *_COLUMNS))
-        for r in rows:
-            out.writerow((_utc(r.at), repr(r.at), *(getattr(r, c) for c in _COLUMNS)))
-    else:
-        _print_table(rows)
+        db = history.open_reader(db_path)
+        try:
+            rows = history.iter_rows(db, filters)
+            if args.json:
+                # The same document as ever, written a row at a time.
+                out.write('{"events": [')
+                for i, r in enumerate(rows):
+                    out.write((", " if i else "") + json.dumps(_as_dict(r)))
+                out.write("]}\n")
+            elif args.csv:
+                writer = csv.writer(out, lineterminator="\n")
+                writer.writerow(("time_utc", "at", *_COLUMNS))
+                for r in rows:
+                    cells = (_utc(r.at), repr(r.at), *(str(getattr(r, c)) for c in _COLUMNS))
+                    writer.writerow([csv_cell(c) for c in cells])  # no formula for a spreadsheet
+            else:
+                _print_table(rows)
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"cannot read the history in {db_path}: {exc}") from None
+    out.flush()
     return 0
 
 
-def _print_table(rows: list[HistoryRow]) -> None:
-    if not rows:
+def _print_table(rows: Iterator[HistoryRow]) -> None:
+    head = ("TIME (UTC)", "EVENT", "PRODUCT", "USER", "HOST", "DETAIL")
+    # Widths from the first rows only: the table is printed as it is read.
+    first = [_table_line(r) for r in itertools.islice(rows, 200)]
+    if not first:
         print("no history rows match")
         return
-    head = ("TIME (UTC)", "EVENT", "PRODUCT", "USER", "HOST", "DETAIL")
-    table = [(_utc(r.at), r.event, r.product, r.user, r.host, r.detail) for r in rows]
-    widths = [max(len(head[i]), *(len(t[i]) for t in table)) for i in range(len(head) - 1)]
-    for line in (head, *table):
+    widths = [max(len(head[i]), *(len(t[i]) for t in first)) for i in range(len(head) - 1)]
+    for line in itertools.chain((head,), first, map(_table_line, rows)):
         print("  ".join(x.ljust(w) for x, w in zip(line, widths, strict=False)), line[-1])
+
+
+def _table_line(r: HistoryRow) -> tuple[str, ...]:
+    detail = r.detail if r.count == 1 else f"{r.detail} (x{r.count})"
+    return (_utc(r.at), r.event, r.product, r.user, r.host, detail)
+
+
+def cmd_admin_retention(args: argparse.Namespace) -> int:
+    """Show or set how much history the server keeps; a running server prunes to it within
+    minutes, in the background."""
+    from lanlic.datadir import DataDir
+    from lanlic.store import history
+
+    folder = _folder(args)
+    if args.days is not None or args.rows is not None:
+        if (args.days or 0) < 0 or (args.rows or 0) < 0:
+            raise _cli_error("--days and --rows are 0 (no limit) or more")
+        DataDir(folder).prepare()
+        store = Store(folder / DB_NAME)
+        try:
+            current = store.retention()
+            wanted = history.Retention(
+                current.keep_days if args.days is None else args.days,
+                current.max_rows if args.rows is None else args.rows,
+            )
+            store.set_retention(wanted)
+        finally:
+            store.close()
+    else:
+        store = _open(folder)
+        try:
+            wanted = store.retention()
+        finally:
+            store.close()
+    if args.json:
+        print(json.dumps({"keep_days": wanted.keep_days, "max_rows": wanted.max_rows}), flush=True)
+    else:
+        days = "any age" if wanted.keep_days == 0 else f"{wanted.keep_days} days"
+        rows = "no row limit" if wanted.max_rows == 0 else f"at most {wanted.max_rows} rows"
+        print(f"history kept: {days}, {rows} (the oldest go first)", flush=True)
+    return 0
 
 
 # ------------------------------------------------------------------------------- arguments
@@ -289,6 +356,11 @@ def register(add: Callable[..., Any], admin_sub: Any, serve: Any | None = None) 
     sp.add_argument("--since", metavar="DATE", help="from this date or time on (UTC)")
     sp.add_argument("--product", metavar="P", help="this product only")
     sp.add_argument("--csv", action="store_true", help="CSV with a header row")
+    sp.add_argument("--data", help="the server's data folder")
+
+    sp = add("retention", cmd_admin_retention, "how much history the server keeps", admin_sub)
+    sp.add_argument("--days", type=int, metavar="N", help="delete rows older than N days (0: keep)")
+    sp.add_argument("--rows", type=int, metavar="N", help="keep at most N rows (0: no limit)")
     sp.add_argument("--data", help="the server's data folder")
 
     if serve is not None:

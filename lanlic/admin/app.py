@@ -30,6 +30,7 @@ import ipaddress
 import json
 import logging
 import math
+import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -50,6 +51,7 @@ from lanlic.errors import BorrowedFileError, NetworkKeyError
 from lanlic.net.server import LicenseServer
 from lanlic.proto import messages as m
 from lanlic.store import Store
+from lanlic.store import history as hist
 
 __all__ = ["AdminOptions", "AdminServer", "is_loopback", "serve_admin"]
 
@@ -65,8 +67,7 @@ SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 #: How often the password hash is read again (a change logs every session out).
 PASSWORD_REFRESH = 2.0
 MAX_PAGE: Final = 1000
-CSV_PAGE: Final = 20_000
-CSV_MAX_ROWS: Final = 1_000_000
+CSV_PAGE: Final = 2000
 MAX_UPLOAD: Final = 2 << 20
 STATIC: Final = {
     "index.html": "text/html",
@@ -494,21 +495,27 @@ class AdminServer:
     async def _enrollments(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"items": views.enrollment_rows(self.server.service.desk)})
 
-    def _history_filters(self, request: web.Request) -> dict[str, Any]:
-        return {
-            "since": _time_param(request, "since"),
-            "until": _time_param(request, "until"),
-            "product": request.query.get("product") or None,
-            "event": request.query.get("event") or None,
-        }
+    def _history_filters(self, request: web.Request) -> hist.Filters:
+        return hist.Filters(
+            since=_time_param(request, "since"),
+            until=_time_param(request, "until"),
+            product=request.query.get("product") or None,
+            event=request.query.get("event") or None,
+        )
+
+    async def _read_history(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(db)`` on the history's own read connection: never on the store's writer."""
+        if self.server.store is None:
+            await self._store(lambda s: None)  # the no_store answer
+        return cast(T, await self.server.history_call(fn))
 
     async def _history(self, request: web.Request) -> web.StreamResponse:
         filters = self._history_filters(request)
         offset = _int(request, "offset", 0, 0, 10**9)
         limit = _int(request, "limit", 100, 1, MAX_PAGE)
-        await self.server.flush_history()
-        total, rows = await self._store(
-            lambda s: s.history_page(**filters, offset=offset, limit=limit)
+        await self.server.flush_history(refusals=True)
+        total, rows = await self._read_history(
+            functools.partial(hist.page, filters=filters, offset=offset, limit=limit)
         )
         return web.json_response(
             {
@@ -517,7 +524,7 @@ class AdminServer:
                 "limit": limit,
                 "items": [
                     {"at": r.at, "event": r.event, "product": r.product, "user": r.user,
-                     "host": r.host, "detail": r.detail}
+                     "host": r.host, "detail": r.detail, "count": r.count}
                     for r in rows
                 ],
             }
@@ -525,7 +532,7 @@ class AdminServer:
 
     async def _history_csv(self, request: web.Request) -> web.StreamResponse:
         filters = self._history_filters(request)
-        await self.server.flush_history()
+        await self.server.flush_history(refusals=True)
         stamp = dt.datetime.fromtimestamp(self.server.wall(), dt.UTC).strftime("%Y%m%d-%H%M")
         response = web.StreamResponse(
             headers={
@@ -536,18 +543,17 @@ class AdminServer:
         )
         await response.prepare(request)
         await response.write(views.csv_header().encode())
-        offset = 0
-        while offset < CSV_MAX_ROWS:
-            _, rows = await self._store(
-                functools.partial(
-                    Store.history_page, **filters, offset=offset, limit=CSV_PAGE, newest_first=False
-                )
+        # A page at a time, each its own short read on the history's connection, written out
+        # before the next is read: memory is one page, however long the history.
+        after: tuple[float, int] | None = None
+        while True:
+            rows, after = await self._read_history(
+                functools.partial(hist.page_after, filters=filters, after=after, limit=CSV_PAGE)
             )
             if rows:
                 await response.write(views.csv_rows(rows).encode())
-            if len(rows) < CSV_PAGE:
+            if after is None:
                 break
-            offset += CSV_PAGE
         await response.write_eof()
         return response
 
@@ -565,7 +571,9 @@ class AdminServer:
         await srv.flush_history()
         start = end - span
         events = list(views.CHART_EVENTS)
-        rows = await self._store(lambda s: s.history_events(start, events))
+        rows = await self._read_history(
+            functools.partial(hist.events_since, since=start, events=events)
+        )
         series = views.usage_series(rows, current, seats, start, end, step)
         return web.json_response(
             {

@@ -226,7 +226,7 @@ def csv_cell(text: str) -> str:
 
 
 def csv_header() -> str:
-    return "time_utc,unix_time,event,product,user,host,detail\r\n"
+    return "time_utc,unix_time,event,product,user,host,detail,count\r\n"
 
 
 def csv_rows(rows: Iterable[HistoryRow]) -> str:
@@ -234,7 +234,7 @@ def csv_rows(rows: Iterable[HistoryRow]) -> str:
     writer = csv.writer(buf, lineterminator="\r\n")
     for r in rows:
         when = dt.datetime.fromtimestamp(r.at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-        cells = (when, f"{r.at:.3f}", r.event, r.product, r.user, r.host, r.detail)
+        cells = (when, f"{r.at:.3f}", r.event, r.product, r.user, r.host, r.detail, str(r.count))
         writer.writerow([csv_cell(c) for c in cells])
     return buf.getvalue()
 

@@ -28,25 +28,30 @@ import asyncio
 import concurrent.futures
 import functools
 import logging
+import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from lanlic.core.clock import STALL_THRESHOLD, WALL_TOLERANCE, StallWatch, WallGuard
 from lanlic.core.lending import Durable
 from lanlic.core.records import LeaseRecord
+from lanlic.core.refusals import RefusalTally
 from lanlic.core.service import EventFields, LicenseService
 from lanlic.core.service import Session as _Session
 from lanlic.proto import messages as m
 from lanlic.proto.connection import ConnState, RequestError, ServerConnection
 from lanlic.proto.framing import encode_frame
 from lanlic.store import Store
+from lanlic.store import history as hist
 
 __all__ = ["LicenseServer", "ServerLimits"]
 
 #: History rows kept in memory while the store cannot take them (about 100 bytes each).
 MAX_PENDING_HISTORY = 100_000
+#: Seconds between two prunings of the history to its retention (the first soon after start).
+PRUNE_INTERVAL = 600.0
 
 log = logging.getLogger("lanlic.server")
 
@@ -323,8 +328,20 @@ class LicenseServer:
         )
         self._durables: set[asyncio.Task[None]] = set()
         self._policy_task: asyncio.Task[None] | None = None
-        self._history: list[tuple[float, str, str, str, str, str]] = []
-        """(at, event, product, user, host, detail): the store's row, built once, off the loop."""
+        self._history: list[Sequence[object]] = []
+        """(at, event, product, user, host, detail[, count]): the store's row, built once."""
+        self.refusals = RefusalTally()
+        """Refusals counted per client, product and code per interval (``core.refusals``)."""
+        # Reads of the history (admin page, exports) have a connection and a thread of their
+        # own: a long export neither waits for the writer nor holds up a seat's fsync.
+        self._reader_thread = (
+            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lanlic-history")
+            if store is not None
+            else None
+        )
+        self._reader: sqlite3.Connection | None = None
+        self._prune_task: asyncio.Task[None] | None = None
+        self._pruned_at = -PRUNE_INTERVAL + 5.0  # the first pruning a few seconds after start
         service.set_event_sink(self._history_event)
         self.host = host
         self.port = port
@@ -399,8 +416,14 @@ class LicenseServer:
         for task in (self._policy_task, self._lease_task):
             if task is not None:
                 await asyncio.wait([task], timeout=10)
+        if self._prune_task is not None:
+            await asyncio.wait([self._prune_task], timeout=10)
         await self.sync_leases()
-        await self.flush_history()
+        await self.flush_history(refusals=True)
+        reader, self._reader_thread = self._reader_thread, None  # stop may be called twice
+        if reader is not None:
+            reader.submit(self._close_reader)
+            reader.shutdown(wait=True)
         if self._store_thread is not None:
             self._store_thread.shutdown(wait=True)
 
@@ -414,6 +437,24 @@ class LicenseServer:
         if self.store is None or self._store_thread is None:
             raise RuntimeError("this server runs without a data folder")
         return await self.loop.run_in_executor(self._store_thread, fn, self.store)
+
+    async def history_call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``fn(db)`` on the history's read connection and thread (``store.history``), not
+        the writer's: keep each call to a page, so no read holds a snapshot for long."""
+        if self.store is None or self._reader_thread is None:
+            raise RuntimeError("this server runs without a data folder")
+        return await self.loop.run_in_executor(self._reader_thread, self._read, fn)
+
+    def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        if self._reader is None:
+            assert self.store is not None
+            self._reader = hist.open_reader(self.store.path)
+        return fn(self._reader)
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     # --------------------------------------------------------------- owners (push notices)
 
@@ -581,12 +622,21 @@ class LicenseServer:
             self._policy_task = None
 
     def _history_event(self, fields: EventFields) -> None:
+        if fields[0] == "refusal":
+            # Counted, not written one by one: a client can send refusals without end.
+            _, product, user, host, code = fields
+            known = product in self.service.pool.products
+            self.refusals.add(self.wall(), user, host, product, code, known)
+            return
         self._history.append((self.wall(), *fields))  # stamped here; rows go to SQLite as is
         if fields[0] in _WARN_ADMIN:
             log.warning("%s: %s%s", fields[0], f"{fields[1]}: " if fields[1] else "", fields[4])
 
-    async def flush_history(self) -> None:
-        """Write the pending history rows in one batch (a crash loses at most this batch)."""
+    async def flush_history(self, refusals: bool = False) -> None:
+        """Write the pending history rows in one batch (a crash loses at most this batch);
+        ``refusals``: also the refusals counted so far, their intervals over or not."""
+        if refusals:
+            self._history.extend(self.refusals.drain())
         if self.store is None or self._store_thread is None:
             self._history.clear()  # no data folder: nothing to keep them in
             return
@@ -609,6 +659,27 @@ class LicenseServer:
                 len(pending), exc, len(kept),
             )  # fmt: skip
 
+    async def _prune_history(self) -> None:
+        """Delete the history beyond its retention, a small batch per turn of the store's
+        thread, so the seats' writes queued behind it wait for one batch at most."""
+        store = self.store
+        assert store is not None
+        gone = 0
+        try:
+            while True:
+                n = await self.loop.run_in_executor(
+                    self._store_thread, store.prune_history, self.wall()
+                )
+                gone += n
+                if n < hist.PRUNE_BATCH:
+                    break
+            if gone:
+                log.info("history: %d row(s) past the retention deleted", gone)
+        except Exception as exc:
+            log.error("could not prune the history: %s", exc)
+        finally:
+            self._prune_task = None
+
     def _sweep(self) -> None:
         self.now()  # a stall is noticed, and made good, before anything here expires
         for durable in self.service.desk.due(self.wall()):
@@ -621,6 +692,11 @@ class LicenseServer:
         if self.store is not None and self._policy_task is None:
             # The admin lowers borrowing terms in the database (lanlic admin policy).
             self._policy_task = self.loop.create_task(self._reload_policy())
+        self._history.extend(self.refusals.due(self.wall()))
+        if self.store is not None and self._prune_task is None:
+            if self.loop.time() - self._pruned_at >= PRUNE_INTERVAL:
+                self._pruned_at = self.loop.time()
+                self._prune_task = self.loop.create_task(self._prune_history())
         if self._history:
             task = self.loop.create_task(self.flush_history())
             self._durables.add(task)

@@ -10,6 +10,7 @@ event loop), which also serialises writers.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from lanlic.core.records import BorrowRecord, EnrollmentRecord, HistoryRow, LeaseRecord
 from lanlic.errors import LanlicError
+from lanlic.store import history as hist
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -336,42 +338,29 @@ class Store:
         )
 
     # ---------------------------------------------------------------------------- history
+    # The table's rules live in lanlic.store.history; these are the writer's doors to them.
 
     def append_history(self, rows: Iterable[HistoryRow]) -> None:
         """Append a batch in one transaction."""
         self.append_history_rows(
-            [(r.at, r.event, r.product, r.user, r.host, r.detail) for r in rows]
+            [(r.at, r.event, r.product, r.user, r.host, r.detail, r.count) for r in rows]
         )
 
-    def append_history_rows(self, rows: Sequence[tuple[float, str, str, str, str, str]]) -> None:
-        """Append a batch of ``(at, event, product, user, host, detail)`` in one transaction."""
-        self._write("BEGIN")
+    def append_history_rows(self, rows: Sequence[Sequence[object]]) -> None:
+        """Append a batch of ``(at, event, product, user, host, detail[, count])`` in one
+        transaction."""
         try:
-            self._db.executemany(
-                "INSERT INTO history(at, event, product, user, host, detail)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            self._write("COMMIT")
-        except BaseException:
-            if self._db.in_transaction:  # SQLite already rolled back on a full disk
-                self._db.execute("ROLLBACK")
-            raise
+            hist.append(self._db, rows)
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"could not write to {self.path}: {exc}") from exc
 
     def history(
         self, since: float | None = None, product: str | None = None, limit: int = 10_000
     ) -> list[HistoryRow]:
-        sql = "SELECT at, event, product, user, host, detail FROM history WHERE 1"
-        params: list[object] = []
-        if since is not None:
-            sql += " AND at >= ?"
-            params.append(since)
-        if product is not None:
-            sql += " AND product = ?"
-            params.append(product)
-        sql += " ORDER BY seq LIMIT ?"
-        params.append(limit)
-        return [HistoryRow(*r) for r in self._db.execute(sql, params)]
+        """The first ``limit`` matching rows, oldest first (tests and small reads; an export
+        goes through ``history.iter_rows``)."""
+        rows = hist.iter_rows(self._db, hist.Filters(since=since, product=product))
+        return list(itertools.islice(rows, limit if limit >= 0 else None))
 
     def history_page(
         self,
@@ -384,37 +373,27 @@ class Store:
         limit: int = 100,
         newest_first: bool = True,
     ) -> tuple[int, list[HistoryRow]]:
-        """One page of the rows that match (the admin page's table and CSV export), and how many
-        match in all."""
-        where = " WHERE 1"
-        params: list[object] = []
-        for sql, value in (
-            (" AND at >= ?", since),
-            (" AND at < ?", until),
-            (" AND product = ?", product),
-            (" AND event = ?", event),
-        ):
-            if value is not None:
-                where += sql
-                params.append(value)
-        # The clauses are fixed text; every value is bound.
-        count = "SELECT count(*) FROM history" + where  # noqa: S608
-        total = int(self._db.execute(count, params).fetchone()[0])
-        order = "DESC" if newest_first else "ASC"
-        rows = self._db.execute(
-            "SELECT at, event, product, user, host, detail FROM history"  # noqa: S608
-            f"{where} ORDER BY at {order}, seq {order} LIMIT ? OFFSET ?",
-            [*params, limit, offset],
-        )
-        return total, [HistoryRow(*r) for r in rows]
+        """One page of the rows that match, and how many match in all."""
+        filters = hist.Filters(since, until, product, event)
+        return hist.page(self._db, filters, offset=offset, limit=limit, newest_first=newest_first)
 
     def history_events(self, since: float, events: Sequence[str]) -> list[tuple[float, str, str]]:
-        """``(at, product, event)`` of the given kinds from ``since`` on, oldest first: the raw
-        material of the admin page's usage chart, without building a row object each."""
-        marks = ", ".join("?" * len(events))
-        rows = self._db.execute(
-            f"SELECT at, product, event FROM history WHERE at >= ? AND event IN ({marks})"  # noqa: S608
-            " ORDER BY at, seq",
-            [since, *events],
-        )
-        return [(float(a), str(p), str(e)) for a, p, e in rows]
+        """``(at, product, event)`` of the given kinds from ``since`` on, oldest first."""
+        return hist.events_since(self._db, since, events)
+
+    def prune_history(self, now: float, batch: int = hist.PRUNE_BATCH) -> int:
+        """Delete one batch of rows beyond the retention settings; how many went."""
+        try:
+            return hist.prune(self._db, now, batch)
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"could not write to {self.path}: {exc}") from exc
+
+    def retention(self) -> hist.Retention:
+        """How much history is kept (the admin's setting, or the defaults)."""
+        return hist.retention(self._db)
+
+    def set_retention(self, r: hist.Retention) -> None:
+        try:
+            hist.set_retention(self._db, r)
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"could not write to {self.path}: {exc}") from exc

@@ -1,0 +1,138 @@
+"""Hostile clients against the licence server (issue 12, points 4, 5, 8, 10): a flood of
+refusals, a history too long to load, replies nobody reads, and a data folder others can read."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from adversarial_helpers import PeerFactory
+from helpers import RawPeer
+
+from lanlic.core.netkey import ProductEntitlement
+from lanlic.core.records import HistoryRow
+from lanlic.net import server as server_module
+from lanlic.proto.framing import encode_frame
+from lanlic.store import Store
+
+ONE_SEAT = (ProductEntitlement("cad", seats=1),)
+
+
+async def pipeline(peer: RawPeer, frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Send every frame at once, then read every reply."""
+    peer.writer.write(b"".join(encode_frame(f) for f in frames))
+    await peer.writer.drain()
+    return [await peer.recv(10) for _ in frames]
+
+
+# ------------------------------------------------------------------------ 4: history flood
+
+
+async def test_a_client_flooding_refusals_cannot_flood_the_history(
+    start_server: Any, raw_peer: PeerFactory, tmp_path: Path
+) -> None:
+    store = Store(tmp_path / "lanlic.db")
+    server = await start_server(products=ONE_SEAT, store=store)
+    try:
+        holder = await raw_peer(server.address)
+        assert (await holder.request("checkout", product="cad"))["t"] == "granted"
+        flood = await raw_peer(server.address)
+        frames: list[dict[str, Any]] = []
+        for i in range(6000):  # half for the seat nobody can have, half for made-up products
+            product = "cad" if i % 2 else f"{i:05d}-" + "x" * 200
+            frames.append({"t": "checkout", "id": 1000 + i, "product": product})
+        replies = await pipeline(flood, frames)
+        assert {r["code"] for r in replies} == {"no_seat", "unknown_product"}
+        await server.stop()  # writes what it counted
+        rows = [r for r in store.history(limit=-1) if r.event == "refusal"]
+    finally:
+        store.close()
+    # Who was refused what, and how often, is all there, in a few dozen rows, not 6,000.
+    assert len(rows) <= 40, len(rows)
+    assert sum(r.count for r in rows) == 6000
+    cad = [r for r in rows if r.product == "cad"]
+    assert [(r.detail, r.count, r.user) for r in cad] == [("no_seat", 3000, "tester")]
+    assert all(len(r.product) <= 64 for r in rows)
+
+
+async def test_history_past_its_retention_is_pruned_in_the_background(
+    start_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_module, "PRUNE_INTERVAL", 0.2, raising=False)
+    store = Store(tmp_path / "lanlic.db")
+    now = time.time()
+    old = [HistoryRow(now - 500 * 86400 + i, "checkout", "cad", "ann", "ws") for i in range(50)]
+    new = [HistoryRow(now - 3600 + i, "checkout", "cad", "bob", "ws") for i in range(3000)]
+    store.append_history(old + new)
+    store.set_meta("history_max_rows", "2500")  # and the default 400 days
+    server = await start_server(store=store)
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            left = store.summary()["history"]
+            if left <= 2500:
+                break
+        rows = store.history(limit=-1)
+    finally:
+        await server.stop()
+        store.close()
+    assert len(rows) == 2500
+    assert {r.user for r in rows} == {"bob"}  # the oldest went first
+    assert rows[-1].at == new[-1].at
+
+
+async def test_an_export_never_holds_up_a_checkout_that_must_reach_the_disk(
+    start_server: Any, raw_peer: PeerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a history read is stuck (a long export), a checkout that must raise the durable
+    reservation first is still answered: reads never run on the store's writer."""
+    store = Store(tmp_path / "lanlic.db")
+    store.append_history([HistoryRow(time.time(), "checkout", "cad", "ann", "ws")])
+    server = await start_server(store=store)
+    stuck, release = threading.Event(), threading.Event()
+
+    def blocking(fn: Any) -> Any:
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            stuck.set()
+            release.wait(20)
+            return fn(*a, **kw)
+
+        return wrapper
+
+    # Whichever way the reads go, make them hang.
+    monkeypatch.setattr(Store, "history_page", blocking(Store.history_page))
+    try:
+        from lanlic.store import history
+    except ImportError:  # before issue 12: every read went through Store.history_page
+        pass
+    else:
+        monkeypatch.setattr(history, "page_after", blocking(history.page_after))
+        monkeypatch.setattr(history, "page", blocking(history.page))
+    try:
+        from lanlic.admin.app import AdminOptions, AdminServer
+
+        admin = AdminServer(server, AdminOptions(port=0))
+        await admin.start()
+        import aiohttp
+
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(admin.url, cookie_jar=jar) as http:
+            async with http.post("/api/login", json={"password": "x"}) as r:
+                assert r.status == 200
+            export = asyncio.ensure_future(http.get("/api/history.csv"))
+            await asyncio.get_running_loop().run_in_executor(None, stuck.wait, 10)
+            assert stuck.is_set()
+            peer = await raw_peer(server.address)
+            reply = await asyncio.wait_for(peer.request("checkout", product="cad"), 5)
+            assert reply["t"] == "granted"
+            release.set()
+            (await export).close()
+        await admin.stop()
+    finally:
+        release.set()
+        await server.stop()
+        store.close()
