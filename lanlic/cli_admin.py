@@ -274,7 +274,8 @@ def cmd_admin_history(args: argparse.Namespace) -> int:
                     out.write((", " if i else "") + json.dumps(_as_dict(r)))
                 out.write("]}\n")
             elif args.csv:
-                writer = csv.writer(out, lineterminator="\n")
+                # CRLF, as RFC 4180 and the web export: a CR inside a cell is then quoted.
+                writer = csv.writer(out, lineterminator="\r\n")
                 writer.writerow(("time_utc", "at", *_COLUMNS))
                 for r in rows:
                     cells = (_utc(r.at), repr(r.at), *(str(getattr(r, c)) for c in _COLUMNS))
