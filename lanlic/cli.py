@@ -146,6 +146,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise
     datadir = DataDir(data)
     datadir.lock()
+    exposure = datadir.exposure()
+    if exposure is not None:
+        print(f"lanlic: warning: {exposure}", file=sys.stderr, flush=True)
     try:
         if getattr(args, "restore", None):
             from lanlic.cli_admin import restore_for_serve

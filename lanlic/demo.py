@@ -14,6 +14,7 @@ from pathlib import Path
 from lanlic.core import netkey
 from lanlic.core.netkey import ProductEntitlement
 from lanlic.core.vendorfiles import load_vendor_private, load_vendor_public, write_vendor_keypair
+from lanlic.datadir import write_private
 from lanlic.errors import NetworkKeyError
 
 __all__ = ["DEMO_PRODUCTS", "ensure_demo"]
@@ -59,5 +60,5 @@ def ensure_demo(data: Path, today: dt.date) -> tuple[Path, Path]:
         products=DEMO_PRODUCTS,
         issued=today,
     )
-    license_path.write_bytes(content)
+    write_private(license_path, content)  # every file of a data folder is private
     return license_path, pub_path

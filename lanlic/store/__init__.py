@@ -94,6 +94,30 @@ def _open_checked(path: Path) -> sqlite3.Connection:
     return db
 
 
+#: The files SQLite keeps beside a database.
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def make_private(path: Path) -> None:
+    """Make the database file (before SQLite opens it) and its side files mode 0600, whatever
+    the folder's mode and the umask: they hold the admin password's hash, lease ids and client
+    ids. SQLite creates ``-wal``, ``-shm`` and ``-journal`` with the database file's own
+    permissions, so a database made 0600 keeps them 0600 too; a file left wider by an older
+    lanlic is narrowed."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # empty: a new database
+    except FileExistsError:
+        pass
+    else:
+        os.close(fd)
+    for p in (path, *(Path(f"{path}{s}") for s in _SIDE_FILES)):
+        try:
+            if os.stat(p).st_mode & 0o077:
+                os.chmod(p, 0o600)
+        except FileNotFoundError:
+            continue
+
+
 def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -109,6 +133,10 @@ class Store:
         self.path = Path(path)
         if self.path.exists():
             _open_checked(self.path).close()  # refuse a corrupt or newer file before writing
+        try:
+            make_private(self.path)
+        except OSError as exc:
+            raise StoreError(f"cannot create the database {self.path}: {exc}") from exc
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             # Another process (an admin command) may write while the server runs: wait for it.
@@ -140,6 +168,7 @@ class Store:
         dest = Path(dest)
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
         try:
+            make_private(tmp)  # a copy holds the same secrets as the database
             target = sqlite3.connect(tmp, isolation_level=None)
             try:
                 self._db.backup(target)

@@ -4,13 +4,14 @@ refusals, a history too long to load, replies nobody reads, and a data folder ot
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from adversarial_helpers import PeerFactory
+from adversarial_helpers import PeerFactory, ServeProcess, connect
 from helpers import RawPeer
 
 from lanlic.core.netkey import ProductEntitlement
@@ -136,3 +137,30 @@ async def test_an_export_never_holds_up_a_checkout_that_must_reach_the_disk(
         release.set()
         await server.stop()
         store.close()
+
+
+# ------------------------------------------------------------- 10: data files others can read
+
+
+async def test_data_files_are_private_even_in_a_folder_others_can_read(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)  # as a package makes it
+    data.chmod(0o755)
+    old = os.umask(0o022)
+    try:
+        server = await ServeProcess.start(data)
+    finally:
+        os.umask(old)
+    try:
+        peer = await connect(server.address)
+        assert (await peer.request("checkout", product="cad"))["t"] == "granted"  # a write
+        peer.close()
+        names = {p.name for p in data.iterdir()}
+        assert {"lanlic.db", "lanlic.db-wal", "lanlic.db-shm", "server.key"} <= names
+        loose = {p.name: oct(p.stat().st_mode & 0o777) for p in data.iterdir()
+                 if p.is_file() and p.stat().st_mode & 0o077}  # fmt: skip
+        assert loose == {}
+    finally:
+        assert await server.stop() == 0
+    warnings = [x for x in server.stderr().splitlines() if "open to other users" in x]
+    assert len(warnings) == 1 and "chmod 700" in warnings[0], server.stderr()
