@@ -236,8 +236,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _run_async(run())
     finally:
         store.close()
-        datadir.clear_address()
+        problem = datadir.clear_address()
         datadir.unlock()
+        if problem is not None:
+            print(f"lanlic: warning: {problem}", file=sys.stderr, flush=True)
     return 0
 
 

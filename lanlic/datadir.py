@@ -9,7 +9,6 @@ Layout (more files arrive with the store)::
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
@@ -103,9 +102,17 @@ class DataDir:
         info = {"host": host, "port": port, "pid": os.getpid()}
         write_private(self.path / "server.json", (json.dumps(info) + "\n").encode())
 
-    def clear_address(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self.path / "server.json").unlink()
+    def clear_address(self) -> str | None:
+        """Remove ``server.json``; what went wrong, in one line, or None. (At stop the folder
+        may have gone read-only: that is worth a line, not a traceback.)"""
+        path = self.path / "server.json"
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return f"could not remove {path}: {exc.strerror or exc}"
+        return None
 
     def server_key(self) -> Ed25519PrivateKey:
         """The server's identity key, made on first use and kept across restarts."""

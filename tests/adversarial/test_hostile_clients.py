@@ -4,7 +4,12 @@ refusals, a history too long to load, replies nobody reads, and a data folder ot
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -164,3 +169,45 @@ async def test_data_files_are_private_even_in_a_folder_others_can_read(tmp_path:
         assert await server.stop() == 0
     warnings = [x for x in server.stderr().splitlines() if "open to other users" in x]
     assert len(warnings) == 1 and "chmod 700" in warnings[0], server.stderr()
+
+
+# ------------------------------------------------------------ 8: a folder gone read-only
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("nsenter")),
+    reason="needs root, unshare and nsenter to make a private mount read-only",
+)
+def test_sigterm_while_the_data_folder_is_read_only_stops_cleanly_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """The server runs in a mount namespace of its own, its data folder on a tmpfs there; the
+    folder is then made read-only under it (a read-only bind over it), and the server told to
+    stop. The host's mounts are never touched."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    serve = (
+        f"mount -t tmpfs tmpfs {mnt} && exec {sys.executable} -m lanlic.cli serve --demo "
+        f"--data {mnt}/data --host 127.0.0.1 --port 0 --no-mdns --no-admin --json"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LANLIC_")}
+    proc = subprocess.Popen(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", serve],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert json.loads(line)["event"] == "listening", line
+        ro = f"mount --bind {mnt} {mnt} && mount -o remount,bind,ro {mnt}"
+        subprocess.run(["nsenter", "-t", str(proc.pid), "-m", "sh", "-c", ro], check=True)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert proc.returncode == 0, err
+    assert len(lines) == 1 and "Read-only file system" in lines[0], err
