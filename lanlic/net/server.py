@@ -84,6 +84,11 @@ class ServerLimits:
     """Bytes of replies one read of requests may ask for (small requests with big replies,
     such as ``status``, pipelined by a peer that does not read): past it the connection is
     closed, so a connection never holds more than about this plus ``write_buffer_high``."""
+    reply_budget: int = 64 * 1024 * 1024
+    """Bytes of unsent replies all connections together may hold. Past it the connections
+    holding the most are closed, largest first, until the rest fit: peers that pipeline and
+    never read cannot add up to more memory than this, however many they are (the server
+    holds at most this plus one read's replies, ``write_buffer_max``)."""
     max_connections: int | None = None
     """New connections beyond this are told ``server_busy`` and closed. None: the process's
     open-file limit (``RLIMIT_NOFILE``) less ``fd_reserve``, so the cap is met before the OS
@@ -134,6 +139,7 @@ class _Protocol(asyncio.Protocol):
         "_transport",
         "frame_started",
         "opened",
+        "queued",
         "write_paused",
     )
 
@@ -148,6 +154,8 @@ class _Protocol(asyncio.Protocol):
         """When the first byte of the frame now half-received arrived (None: no half frame)."""
         self.write_paused: float | None = None
         """Since when replies have piled up past the high-water mark (None: they have not)."""
+        self.queued = 0
+        """Unsent reply bytes when last looked at (counted in ``LicenseServer.queued_bytes``)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
@@ -171,6 +179,7 @@ class _Protocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = None
+        self._server.note_queued(self)
         if self.frame_started is not None:
             self.frame_started = self._server.loop.time()  # its rest waited on us, not the peer
         if self._transport is not None and not self._closing:
@@ -180,6 +189,8 @@ class _Protocol(asyncio.Protocol):
         # Leases stay: a client that vanished keeps its seats until they expire, so one that
         # reconnects in time keeps them. A clean goodbye (``bye``) already released them.
         self._server.connections.discard(self)
+        self._server.queued_bytes -= self.queued
+        self.queued = 0
         self._server.forget_owner(self._session.client_id, self)
 
     def data_received(self, data: bytes) -> None:
@@ -256,6 +267,8 @@ class _Protocol(asyncio.Protocol):
         assert transport is not None
         if out:
             transport.write(b"".join(out) if len(out) > 1 else out[0])
+            if self.queued or transport.get_write_buffer_size():
+                srv.note_queued(self)
         if close:
             self._closing = True
             transport.close()
@@ -267,6 +280,12 @@ class _Protocol(asyncio.Protocol):
     def send(self, msg: m.Message) -> None:
         if self._transport is not None and not self._closing:
             self._transport.write(_encode(msg))
+            self._server.note_queued(self)
+
+    def unsent(self) -> int:
+        """Reply bytes written but not yet taken by the peer's socket."""
+        t = self._transport
+        return 0 if t is None else t.get_write_buffer_size()
 
     def stalled(self, now: float, limits: ServerLimits) -> str | None:
         if (
@@ -349,6 +368,8 @@ class LicenseServer:
         self.max_connections = limits.connection_cap()
         """Connections served at once; the next is told ``server_busy``."""
         self.connections: set[_Protocol] = set()
+        self.queued_bytes = 0
+        """Unsent reply bytes of all connections, as last looked at (``reply_budget``)."""
         self._owners: dict[bytes, _Protocol] = {}
         self._server: asyncio.Server | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -533,6 +554,42 @@ class LicenseServer:
             log.warning("clock_jump: %s", detail)
         return t
 
+    # ---------------------------------------------------------------------- reply budget
+
+    def note_queued(self, conn: _Protocol) -> None:
+        """``conn``'s unsent replies changed: count them, and keep all within the budget."""
+        size = conn.unsent()
+        self.queued_bytes += size - conn.queued
+        conn.queued = size
+        if self.queued_bytes > self.limits.reply_budget:
+            self._shed_replies()
+
+    def _shed_replies(self) -> None:
+        """Over the reply budget: close the connections holding the most until the rest fit.
+        (Counted afresh first: buffers that drained did not say so.)"""
+        total = 0
+        for c in self.connections:
+            c.queued = c.unsent()
+            total += c.queued
+        self.queued_bytes = total
+        budget = self.limits.reply_budget
+        if total <= budget:
+            return
+        closed, freed = 0, 0
+        for c in sorted(self.connections, key=lambda c: c.queued, reverse=True):
+            if total - freed <= budget:
+                break
+            freed += c.queued
+            closed += 1
+            self.queued_bytes -= c.queued
+            c.queued = 0
+            c.abort()
+        log.warning(
+            "reply budget: closed %d connection(s) holding %d bytes of replies their peers do "
+            "not read (all connections held %d, over the budget of %d)",
+            closed, freed, total, budget,
+        )  # fmt: skip
+
     # ---------------------------------------------------------------------------- timers
 
     def arm_expiry_timer(self) -> None:
@@ -701,6 +758,8 @@ class LicenseServer:
             task = self.loop.create_task(self.flush_history())
             self._durables.add(task)
             task.add_done_callback(self._durables.discard)
+        if self.queued_bytes:
+            self._shed_replies()  # a recount: buffers that drained did not say so
         now = self.loop.time()
         for conn in list(self.connections):
             reason = conn.stalled(now, self.limits)

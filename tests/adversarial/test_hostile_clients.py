@@ -22,6 +22,7 @@ from helpers import RawPeer
 from lanlic.core.netkey import ProductEntitlement
 from lanlic.core.records import HistoryRow
 from lanlic.net import server as server_module
+from lanlic.net.server import ServerLimits
 from lanlic.proto.framing import encode_frame
 from lanlic.store import Store
 
@@ -211,3 +212,28 @@ def test_sigterm_while_the_data_folder_is_read_only_stops_cleanly_in_one_line(
     lines = err.strip().splitlines()
     assert proc.returncode == 0, err
     assert len(lines) == 1 and "Read-only file system" in lines[0], err
+
+
+# ------------------------------------------------------------------ 5: replies nobody reads
+
+
+async def test_peers_that_never_read_cannot_pin_more_reply_memory_than_the_budget(
+    start_server: Any,
+) -> None:
+    from test_slow_peers import NonReader, statuses
+
+    budget = 1024 * 1024
+    limits = ServerLimits(housekeeping_interval=0.05, write_timeout=30, reply_budget=budget)
+    server = await start_server(limits=limits)
+    greedy = [await NonReader.connect(server.address) for _ in range(8)]
+    try:
+        outcomes = await asyncio.gather(*(g.flood(statuses(200), 0.3, 20) for g in greedy))
+        held = sum(c._transport.get_write_buffer_size() for c in server.connections)  # type: ignore[union-attr]
+        # Each alone stays under its own limits (about 300 KiB here), 8 together would not.
+        assert held <= budget, (held, outcomes)
+        assert "reset" in outcomes or len(server.connections) < 8
+        assert any([await g.reset_within(1) for g in greedy])
+        assert len(server.connections) >= 2  # only the largest went, not everyone
+    finally:
+        for g in greedy:
+            g.close()
