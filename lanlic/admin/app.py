@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import datetime as dt
 import functools
 import ipaddress
@@ -42,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from lanlic import __version__
 from lanlic.admin import DEFAULT_ADMIN_PORT, AdminError, keys, views
+from lanlic.admin.connections import AdminLimits, ConnectionGuard
 from lanlic.admin.passwords import META_KEY, verify_password
 from lanlic.admin.security import AdminSession, LoginThrottle, Sessions, same_token
 from lanlic.core import borrowing
@@ -114,6 +116,8 @@ class AdminOptions:
     """The announcer's state for the page (``enabled``, ``state``, ``name``, ``interfaces``)."""
     key_source: str = ""
     """Which file the running network key was read from, for the page."""
+    limits: AdminLimits = dataclasses.field(default_factory=AdminLimits)
+    """Timeouts and the connection cap of the admin port (``lanlic.admin.connections``)."""
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
@@ -173,6 +177,12 @@ class AdminServer:
         self._kdf = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lanlic-admin")
         self._assets: dict[str, bytes] = {}
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+        limits = options.limits
+        cap = limits.max_connections
+        self.guard = ConnectionGuard(
+            server.loop, limits, server.limits.admin_connections if cap is None else cap
+        )
         self._refresher: asyncio.Task[None] | None = None
         self.app = self._build_app()
 
@@ -214,10 +224,17 @@ class AdminServer:
                 "127.0.0.1, or --no-admin)"
             )
         self.pending_key = await loop.run_in_executor(self._kdf, self._find_pending_key)
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
+        idle = self.options.limits.idle_timeout
+        runner = web.AppRunner(
+            self.app, access_log=None, shutdown_timeout=2.0, keepalive_timeout=idle
+        )
         await runner.setup()
+        assert runner.server is not None
         try:
-            await web.TCPSite(runner, self.host, self.port, reuse_address=True).start()
+            # Not a TCPSite: each connection goes through the guard on its way to aiohttp.
+            self._listener = await loop.create_server(
+                self.guard.factory(runner.server), self.host, self.port, reuse_address=True
+            )
         except OSError as exc:
             await runner.cleanup()
             raise AdminError(
@@ -228,7 +245,8 @@ class AdminServer:
             await runner.cleanup()
             raise
         self._runner = runner
-        addr = runner.addresses[0]
+        self.guard.start()
+        addr = self._listener.sockets[0].getsockname()
         self.host, self.port = str(addr[0]), int(addr[1])
         if self.server.store is not None:
             self._refresher = loop.create_task(self._refresh_password())
@@ -239,6 +257,11 @@ class AdminServer:
             self._refresher.cancel()
             await asyncio.gather(self._refresher, return_exceptions=True)
             self._refresher = None
+        self.guard.stop()
+        if self._listener is not None:
+            self._listener.close()
+            await self._listener.wait_closed()
+            self._listener = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

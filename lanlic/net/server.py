@@ -94,7 +94,11 @@ class ServerLimits:
     open-file limit (``RLIMIT_NOFILE``) less ``fd_reserve``, so the cap is met before the OS
     limit and ``accept`` never fails for want of a descriptor."""
     fd_reserve: int = 64
-    """File descriptors kept back from connections (store, logs, mDNS, the admin page)."""
+    """File descriptors kept back from connections (store, logs, mDNS, the admin page's own)."""
+    admin_connections: int = 64
+    """Connections the admin page may hold at once: its share of the one descriptor budget.
+    The licence port's cap is what is left, so the admin port can never take its descriptors
+    (``lanlic.admin.connections``)."""
     housekeeping_interval: float = 1.0
     """Seconds between sweeps that close stalled connections."""
     stall_threshold: float = STALL_THRESHOLD
@@ -113,7 +117,7 @@ class ServerLimits:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft == resource.RLIM_INFINITY:
             soft = _UNLIMITED_FDS
-        return max(1, min(soft, _UNLIMITED_FDS) - self.fd_reserve)
+        return max(1, min(soft, _UNLIMITED_FDS) - self.fd_reserve - self.admin_connections)
 
 
 #: History events that are also logged as warnings for the admin.

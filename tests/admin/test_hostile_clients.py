@@ -11,10 +11,13 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 from conftest import PASSWORD, MakeSite
 from test_cli_admin import CLI, _env
 
+from lanlic.admin.connections import AdminLimits
 from lanlic.core.records import HistoryRow
 from lanlic.store import Store
 
@@ -140,3 +143,109 @@ def test_admin_history_json_over_a_long_history_streams_in_constant_memory(
     assert len(doc["events"]) == n and doc["events"][-1]["user"] == f"user{(n - 1) % 997}"
     # Loading every row costs well over 100 MiB here; a page at a time costs next to nothing.
     assert peak - base < 30 * 1024, (base, peak)
+
+
+# ------------------------------------------------------- 6: the admin port's connections
+
+QUICK = {"sweep_interval": 0.05}
+
+
+async def _open(site: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(site.admin.host, site.admin.port)
+
+
+async def _closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes | None:
+    """What the server sent before closing, or None if it kept the connection ``seconds``."""
+    got = b""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            data = await asyncio.wait_for(
+                reader.read(65536), max(0.01, deadline - time.monotonic())
+            )
+        except TimeoutError:
+            return None
+        except ConnectionResetError:
+            return got
+        if not data:
+            return got
+        got += data
+    return None
+
+
+async def test_a_trickled_or_silent_request_head_is_closed_by_the_header_timeout(
+    make_site: MakeSite, caplog: pytest.LogCaptureFixture
+) -> None:
+    site = await make_site(admin_limits=AdminLimits(header_timeout=0.5, **QUICK))
+    silent_r, silent_w = await _open(site)
+    r, w = await _open(site)
+    w.write(b"GET /api/session HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+
+    async def trickle() -> None:
+        for _ in range(40):
+            w.write(b"X")
+            await asyncio.sleep(0.1)
+
+    dripping = asyncio.create_task(trickle())
+    try:
+        assert await _closed_within(r, 3) is not None  # a trickle does not reset the timeout
+        assert await _closed_within(silent_r, 3) is not None
+    finally:
+        dripping.cancel()
+        w.close()
+        silent_w.close()
+    assert "request head not complete within the header timeout" in caplog.text
+    # A plain request still works.
+    async with site.http().get("/api/session") as resp:
+        assert resp.status == 200
+
+
+async def test_a_trickled_request_body_is_closed_by_the_body_timeout(
+    make_site: MakeSite, caplog: pytest.LogCaptureFixture
+) -> None:
+    site = await make_site(admin_limits=AdminLimits(body_timeout=0.5, **QUICK))
+    r, w = await _open(site)
+    w.write(
+        b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n{"
+    )
+
+    async def trickle() -> None:
+        for _ in range(40):
+            w.write(b" ")
+            await asyncio.sleep(0.1)
+
+    dripping = asyncio.create_task(trickle())
+    try:
+        assert await _closed_within(r, 3) is not None
+    finally:
+        dripping.cancel()
+        w.close()
+    assert "request body not complete within the body timeout" in caplog.text
+
+
+async def test_an_idle_admin_connection_is_closed_by_the_idle_timeout(make_site: MakeSite) -> None:
+    site = await make_site(admin_limits=AdminLimits(idle_timeout=0.5, **QUICK))
+    r, w = await _open(site)
+    w.write(b"GET /api/session HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    got = await _closed_within(r, 4)
+    w.close()
+    assert got is not None and got.startswith(b"HTTP/1.1 200")  # answered, then closed
+
+
+async def test_admin_connections_past_the_cap_are_refused_and_logged(
+    make_site: MakeSite, caplog: pytest.LogCaptureFixture
+) -> None:
+    site = await make_site(admin_limits=AdminLimits(max_connections=3, **QUICK))
+    held = [await _open(site) for _ in range(3)]
+    await asyncio.sleep(0.1)
+    r, w = await _open(site)
+    got = await _closed_within(r, 3)
+    w.close()
+    assert got is not None and got.startswith(b"HTTP/1.1 503")
+    assert "refused connections past the cap of 3" in caplog.text
+    for _, hw in held:
+        hw.close()
+    await asyncio.sleep(0.2)
+    async with site.http().get("/api/session") as resp:
+        assert resp.status == 200

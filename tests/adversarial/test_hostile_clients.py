@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from adversarial_helpers import PeerFactory, ServeProcess, connect
+from adversarial_helpers import PeerFactory, ServeProcess, connect, log_file
 from helpers import RawPeer
 
 from lanlic.core.netkey import ProductEntitlement
@@ -237,3 +237,60 @@ async def test_peers_that_never_read_cannot_pin_more_reply_memory_than_the_budge
     finally:
         for g in greedy:
             g.close()
+
+
+# ------------------------------------------------- 6: the admin port cannot starve the licences
+
+
+async def test_idle_admin_connections_cannot_starve_the_licence_port(tmp_path: Path) -> None:
+    """RLIMIT_NOFILE 256, and 300 connections opened to the admin port and left idle: the admin
+    port takes its share of the descriptors and refuses the rest; new licence clients are
+    served all the while, and the refusal is logged."""
+    nofile = 256
+    code = (
+        "import resource, sys\n"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, {nofile}))\n"
+        "from lanlic.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    )
+    data = tmp_path / "data"
+    argv = ["serve", "--demo", "--data", str(data), "--host", "127.0.0.1", "--port", "0",
+            "--admin-port", "0", "--no-mdns", "--json"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LANLIC_")}
+    log = tmp_path / "server.log"
+    with log_file(log) as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", code, *argv,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=env,
+        )  # fmt: skip
+    idle: list[asyncio.StreamWriter] = []
+    try:
+        assert proc.stdout is not None
+        event = json.loads(await asyncio.wait_for(proc.stdout.readline(), 20))
+        address = (event["host"], event["port"])
+        for _ in range(300):
+            try:
+                _, w = await asyncio.open_connection("127.0.0.1", event["admin_port"])
+            except OSError:
+                break
+            idle.append(w)
+        await asyncio.sleep(0.5)
+        for _ in range(20):  # new licence clients, while the admin port is full
+            peer = await asyncio.wait_for(connect(address), 5)
+            reply = await peer.request("checkout", product="cad")
+            assert reply["t"] in ("granted", "error") and reply.get("code") != "server_busy", reply
+            if reply["t"] == "granted":
+                await peer.request("release", leases=[reply["lease"]])
+            peer.close()
+    finally:
+        for w in idle:
+            w.close()
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+    text = log.read_text(errors="replace")
+    assert "admin page: refused connections past the cap of 64" in text, text
+    assert "Traceback" not in text
