@@ -50,6 +50,8 @@ __all__ = ["LicenseServer", "ServerLimits"]
 
 #: History rows kept in memory while the store cannot take them (about 100 bytes each).
 MAX_PENDING_HISTORY = 100_000
+#: Seconds between two log lines about connections refused at the cap.
+BUSY_LOG_EVERY = 10.0
 #: Seconds between two prunings of the history to its retention (the first soon after start).
 PRUNE_INTERVAL = 600.0
 
@@ -169,6 +171,7 @@ class _Protocol(asyncio.Protocol):
             t.write(_encode(m.Error(0, "server_busy", "connection limit reached")))
             t.close()
             self._closing = True
+            srv.note_busy()
             return
         srv.connections.add(self)
         high = srv.limits.write_buffer_high
@@ -374,6 +377,8 @@ class LicenseServer:
         self.connections: set[_Protocol] = set()
         self.queued_bytes = 0
         """Unsent reply bytes of all connections, as last looked at (``reply_budget``)."""
+        self._busy = (0, -BUSY_LOG_EVERY)
+        """Connections refused at the cap since the last log line, and when that was."""
         self._owners: dict[bytes, _Protocol] = {}
         self._server: asyncio.Server | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -559,6 +564,19 @@ class LicenseServer:
         return t
 
     # ---------------------------------------------------------------------- reply budget
+
+    def note_busy(self) -> None:
+        """A connection was refused at the cap: say so, a line per ``BUSY_LOG_EVERY`` at most."""
+        count, logged = self._busy
+        now = self.loop.time()
+        if now - logged >= BUSY_LOG_EVERY:
+            log.warning(
+                "connection cap of %d reached: refused %d connection(s) with server_busy",
+                self.max_connections, count + 1,
+            )  # fmt: skip
+            self._busy = (0, now)
+        else:
+            self._busy = (count + 1, logged)
 
     def note_queued(self, conn: _Protocol) -> None:
         """``conn``'s unsent replies changed: count them, and keep all within the budget."""

@@ -294,3 +294,15 @@ async def test_idle_admin_connections_cannot_starve_the_licence_port(tmp_path: P
     text = log.read_text(errors="replace")
     assert "admin page: refused connections past the cap of 64" in text, text
     assert "Traceback" not in text
+
+
+async def test_a_licence_connection_refused_at_the_cap_is_logged(
+    start_server: Any, raw_peer: PeerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await start_server(limits=ServerLimits(max_connections=1))
+    await raw_peer(server.address)
+    for _ in range(3):
+        refused = await raw_peer(server.address, hello=False)
+        assert (await refused.recv())["code"] == "server_busy"
+    lines = [r for r in caplog.records if "connection cap of 1 reached" in r.getMessage()]
+    assert len(lines) == 1  # one line, not one per refusal
