@@ -12,14 +12,13 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lanlic import __version__
+from lanlic import __version__, osdeps
 from lanlic.errors import LanlicError, NetworkKeyError
 
 if TYPE_CHECKING:
@@ -57,7 +56,7 @@ def _run_async(coro: Any) -> Any:
 def cmd_vendor_keygen(args: argparse.Namespace) -> int:
     from lanlic.core import signing
     from lanlic.core.netkey import generate_vendor_key
-    from lanlic.core.vendorfiles import write_vendor_keypair
+    from lanlic.vendorkeys import write_vendor_keypair
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,7 +75,7 @@ def cmd_vendor_keygen(args: argparse.Namespace) -> int:
 
 def cmd_vendor_issue(args: argparse.Namespace) -> int:
     from lanlic.core import netkey
-    from lanlic.core.vendorfiles import load_vendor_private
+    from lanlic.vendorkeys import load_vendor_private
 
     try:
         expires = dt.date.fromisoformat(args.expires)
@@ -107,13 +106,13 @@ def cmd_vendor_issue(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from lanlic.core.service import LicenseService, ServiceConfig
-    from lanlic.core.vendorfiles import load_vendor_public
-    from lanlic.datadir import DataDir, default_data_dir
     from lanlic.net.server import LicenseServer
+    from lanlic.server.datadir import DataDir, default_data_dir
     from lanlic.store import Store
+    from lanlic.vendorkeys import load_vendor_public
 
     if args.demo:
-        from lanlic.demo import ensure_demo
+        from lanlic.server.demo import ensure_demo
 
         data = Path(args.data) if args.data else default_data_dir() / "demo"
         data.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -155,6 +154,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
             restore_for_serve(args, data)
         store = Store(data / "lanlic.db")
+        try:  # acknowledged borrows missing (a lost WAL): refuse, unless told to go on
+            accept = getattr(args, "accept_lost_borrows", False)
+            for note in store.check_ledger(accept, time.time()):
+                print(f"lanlic: warning: {note}", file=sys.stderr, flush=True)
+        except BaseException:
+            store.close()
+            raise
     except BaseException:
         datadir.unlock()
         raise
@@ -175,8 +181,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        osdeps.on_stop(loop, stop.set)
         announced: list[asyncio.Future[bool]] = []
         admin = None
         if not args.no_admin:
@@ -289,13 +294,13 @@ def _vendor_key(text: str | None) -> Any:
     if text is None:
         return None
     if text.strip().lower().startswith("sha256:"):
-        from lanlic.trust import fingerprint_of
+        from lanlic.laptop.trust import fingerprint_of
 
         try:
             return fingerprint_of(text)
         except ValueError as exc:
             raise CliError(f"--vendor: {exc}") from None
-    from lanlic.core.vendorfiles import load_vendor_public
+    from lanlic.vendorkeys import load_vendor_public
 
     try:
         return load_vendor_public(Path(text))
@@ -347,8 +352,7 @@ def cmd_checkout(args: argparse.Namespace) -> int:
             seat = await client.acquire(args.product, args.version or "")
             # Before the "checked out" line: a signal sent as soon as it is read must release.
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
+            osdeps.on_stop(loop, stop.set)
             if args.json:
                 _print_json(
                     {
@@ -390,7 +394,7 @@ def cmd_checkout(args: argparse.Namespace) -> int:
 def _borrowed_licence(args: argparse.Namespace) -> Any:
     """A valid borrowed licence for ``args.product`` on this machine, or None (a refused one is
     said on stderr, then the network is tried)."""
-    from lanlic.borrower import Borrower
+    from lanlic.laptop.borrower import Borrower
 
     key = getattr(args, "portable_key", None)
     try:
@@ -412,7 +416,7 @@ async def _borrow_still_on(args: argparse.Namespace) -> bool:
     whether the borrow of ``args.product`` is still on (a copy of the file restored from a
     backup taken before its return is not; no offline check can tell). A server that does not
     answer within a couple of seconds leaves the decision to the file, as offline."""
-    from lanlic.borrower import Borrower
+    from lanlic.laptop.borrower import Borrower
     from lanlic.net.client import Client, _explicit_server
 
     server = args.server or _explicit_server()
@@ -436,8 +440,7 @@ async def _borrow_still_on(args: argparse.Namespace) -> bool:
 async def _hold_borrowed(args: argparse.Namespace, lic: Any, stop: asyncio.Event) -> int:
     """Hold a borrowed licence: no network, nothing to give back at the end."""
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    osdeps.on_stop(loop, stop.set)
     source = "borrowed (license file)" if lic.kind == "act" else "borrowed (portable key)"
     until = dt.datetime.fromtimestamp(lic.end, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     if args.json:
@@ -462,8 +465,8 @@ async def _hold_borrowed(args: argparse.Namespace, lic: Any, stop: asyncio.Event
 def cmd_servers(args: argparse.Namespace) -> int:
     from lanlic.discovery import Announcement, Browser
     from lanlic.errors import ServerUntrusted
+    from lanlic.laptop.trust import TrustStore, fingerprint_of
     from lanlic.net.finder import PROBE_TIMEOUT, probe
-    from lanlic.trust import TrustStore, fingerprint_of
 
     vendor = _vendor_key(args.vendor)
     vendor_fp = fingerprint_of(vendor) if vendor is not None else None
@@ -536,7 +539,7 @@ def cmd_servers(args: argparse.Namespace) -> int:
 
 
 def cmd_trust(args: argparse.Namespace) -> int:
-    from lanlic.trust import TrustStore
+    from lanlic.laptop.trust import TrustStore
 
     trust = TrustStore.default()
     if args.list:
@@ -564,7 +567,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
 
 
 def _fp(vendor: Any) -> str:
-    from lanlic.trust import fingerprint_of
+    from lanlic.laptop.trust import fingerprint_of
 
     return fingerprint_of(vendor)
 
@@ -640,10 +643,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         _print_json(status)
         return 0
     print(f"{status['customer']} (key expires {status['expires']}), server {status['server_id']}")
-    print(f"{'PRODUCT':<22} {'SEATS':>5} {'IN USE':>6} {'BORROWED':>8} {'FREE':>5}")
+    print(f"{'PRODUCT':<22} {'SEATS':>5} {'IN USE':>6} {'BORROWED':>8} {'HELD':>4} {'FREE':>5}")
     for p in status["products"]:
         name = p["name"] + (" (add-on)" if p["addon"] else "")
-        print(f"{name:<22} {p['seats']:>5} {p['in_use']:>6} {p['borrowed']:>8} {p['free']:>5}")
+        held = p.get("held", 0)
+        print(f"{name:<22} {p['seats']:>5} {p['in_use']:>6} {p['borrowed']:>8} {held:>4}"
+              f" {p['free']:>5}")  # fmt: skip
+    for p in status["products"]:
+        if p.get("held") and p.get("held_until"):
+            print(f"  {p['name']}: {p['held']} held for clients reconnecting after a restart,"
+                  f" until {_fmt_time(p['held_until'])} or each is reclaimed")  # fmt: skip
     for p in status["products"]:
         for h in p["holders"]:
             app = f" {h['app']}" if h["app"] else ""
@@ -795,6 +804,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     admin_command.register(add, asub)
     cli_admin.register(add, asub, sub.choices["serve"])
+    from lanlic.ui.command import add_parser as add_gui_parser
+
+    add_gui_parser(sub)
     return parser
 
 

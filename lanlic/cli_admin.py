@@ -22,13 +22,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from lanlic import osdeps
 from lanlic.store import HistoryRow, Store, StoreError
 
 __all__ = ["register", "restore"]
 
 DB_NAME = "lanlic.db"
 #: The files SQLite keeps beside a database; they belong to it and move with it.
-_SIDE_FILES = ("-wal", "-shm", "-journal")
+_SIDE_FILES = ("-wal", "-shm", "-journal", "-ledger")  # the ledger belongs to its database
 
 
 def _cli_error(message: str) -> Exception:
@@ -38,7 +39,7 @@ def _cli_error(message: str) -> Exception:
 
 
 def _folder(args: argparse.Namespace) -> Path:
-    from lanlic.datadir import default_data_dir
+    from lanlic.server.datadir import default_data_dir
 
     return Path(args.data) if args.data else default_data_dir()
 
@@ -113,14 +114,6 @@ def _aside_name(db: Path, now: float) -> Path:
     return aside
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def restore(
     backup: Path, folder: Path, *, force: bool, now: float
 ) -> tuple[dict[str, int], Path | None, set[str]]:
@@ -164,7 +157,7 @@ def restore(
         for suffix in sorted(old, key=lambda s: s == ""):
             os.replace(f"{db}{suffix}", f"{aside}{suffix}")
     os.replace(staged, db)
-    _fsync_dir(folder)
+    osdeps.fsync_dir(folder)
     return counts, aside, issuers
 
 
@@ -310,7 +303,7 @@ def _table_line(r: HistoryRow) -> tuple[str, ...]:
 def cmd_admin_retention(args: argparse.Namespace) -> int:
     """Show or set how much history the server keeps; a running server prunes to it within
     minutes, in the background."""
-    from lanlic.datadir import DataDir
+    from lanlic.server.datadir import DataDir
     from lanlic.store import history
 
     folder = _folder(args)
@@ -375,4 +368,10 @@ def register(add: Callable[..., Any], admin_sub: Any, serve: Any | None = None) 
             "--force",
             action="store_true",
             help="with --restore: set an existing database aside (renamed, never deleted)",
+        )
+        serve.add_argument(
+            "--accept-lost-borrows",
+            action="store_true",
+            help="start although the database lacks borrows, returns or enrollments that clients "
+            "were told about (its WAL was lost); what was lost is written to the history",
         )

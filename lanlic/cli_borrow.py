@@ -22,7 +22,7 @@ __all__ = ["register"]
 
 
 def _borrower(args: argparse.Namespace) -> Any:
-    from lanlic.borrower import Borrower
+    from lanlic.laptop.borrower import Borrower
 
     key = Path(args.portable_key) if getattr(args, "portable_key", None) else None
     return Borrower(portable_key=key)
@@ -212,7 +212,7 @@ def cmd_admin_enroll(args: argparse.Namespace) -> int:
 
 def cmd_admin_policy(args: argparse.Namespace) -> int:
     """Lower a product's borrowing terms on this server (never above the network key's)."""
-    from lanlic.datadir import default_data_dir
+    from lanlic.server.datadir import default_data_dir
     from lanlic.store import Store
 
     folder = Path(args.data) if args.data else default_data_dir()
@@ -249,7 +249,7 @@ def cmd_admin_policy(args: argparse.Namespace) -> int:
 
 def _local_server(data: str | None) -> str:
     """The address the server on this machine wrote into its data folder."""
-    from lanlic.datadir import default_data_dir
+    from lanlic.server.datadir import default_data_dir
 
     folder = Path(data) if data else default_data_dir()
     try:

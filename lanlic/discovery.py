@@ -25,6 +25,11 @@ Browsing asks QM questions (multicast replies): with a responder on the same hos
 question is answered by unicast to whichever socket holds port 5353, which costs about a second.
 It also asks as a legacy unicast querier (from a port of its own), see ``Browser``.
 
+Which service type: ``_lanlic._tcp.local.``, unless ``$LANLIC_MDNS_SERVICE`` names another
+(``service_type``). Servers and clients that share another type see only each other: the test
+suite gives each test one of its own, so it never finds a server it did not start (a demo
+running on the same host, another developer's tests), and nobody finds its servers.
+
 Hostile announcements are expected: a TXT record that does not parse is skipped (and counted in
 ``Browser.ignored``), never raised.
 """
@@ -35,6 +40,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,7 +57,10 @@ from zeroconf import (
 )
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from lanlic.errors import ServerUnavailable
+
 __all__ = [
+    "SERVICE_ENV",
     "SERVICE_TYPE",
     "Announcement",
     "Announcer",
@@ -62,11 +71,18 @@ __all__ = [
     "instance_name",
     "listens_everywhere",
     "parse_txt",
+    "service_type",
 ]
 
 log = logging.getLogger("lanlic.discovery")
 
 SERVICE_TYPE: Final = "_lanlic._tcp.local."
+#: The environment variable that names another service type to announce and browse.
+SERVICE_ENV: Final = "LANLIC_MDNS_SERVICE"
+#: A DNS-SD service name (RFC 6335 5.1: 1-15 letters, digits and inner hyphens) over TCP.
+_SERVICE_RE: Final = re.compile(
+    r"(_(?!.*--)[a-z0-9](?:[a-z0-9-]{0,13}[a-z0-9])?\._tcp)(?:\.local\.?)?", re.IGNORECASE
+)
 TXT_VERSION: Final = "1"
 #: A DNS TXT string holds at most 255 bytes (key, "=" and value together).
 MAX_TXT_STRING: Final = 255
@@ -110,6 +126,22 @@ class Announcement:
         if product in self.products:
             return True
         return False if self.products_complete else None
+
+
+def service_type() -> str:
+    """The DNS-SD service type servers announce and clients browse: ``$LANLIC_MDNS_SERVICE``
+    (``_name._tcp``), else ``_lanlic._tcp.local.``. ``ServerUnavailable`` if the variable is not
+    a service type (nothing could be found with it)."""
+    text = os.environ.get(SERVICE_ENV, "").strip()
+    if not text:
+        return SERVICE_TYPE
+    match = _SERVICE_RE.fullmatch(text)
+    if match is None or not re.search("[a-z]", match.group(1).split(".")[0], re.IGNORECASE):
+        raise ServerUnavailable(
+            f"{SERVICE_ENV}={text!r} is not a DNS-SD service type such as _lanlic._tcp "
+            "(an underscore, 1 to 15 letters, digits or hyphens, then ._tcp)"
+        )
+    return f"{match.group(1).lower()}.local."
 
 
 # ------------------------------------------------------------------------------------ TXT
@@ -170,10 +202,14 @@ def _fingerprint(props: dict[bytes, bytes | None], key: bytes) -> str:
 
 
 def parse_txt(
-    name: str, addresses: Sequence[str], port: int, props: dict[bytes, bytes | None]
+    name: str,
+    addresses: Sequence[str],
+    port: int,
+    props: dict[bytes, bytes | None],
+    service: str = SERVICE_TYPE,
 ) -> Announcement:
-    """The announcement of instance ``name`` at ``addresses``:``port`` with TXT ``props``;
-    ``ValueError`` if the TXT record is not one this version reads.
+    """The announcement of instance ``name`` (of ``service``) at ``addresses``:``port`` with TXT
+    ``props``; ``ValueError`` if the TXT record is not one this version reads.
 
     Unknown keys are ignored, so later versions can add some."""
     if not 0 < port < 65536:
@@ -196,7 +232,7 @@ def parse_txt(
     if not site.isprintable():
         raise ValueError("site is not printable text")
     return Announcement(
-        name=name.removesuffix("." + SERVICE_TYPE),
+        name=name.removesuffix("." + service),
         addresses=tuple(addresses),
         port=port,
         protocol=protocol,
@@ -279,10 +315,11 @@ class Announcer:
         interfaces: Interfaces = None,
     ) -> None:
         self.interfaces = interfaces
+        self.service = service_type()
         host_label = server_fp.removeprefix("sha256:")[:12]
         self._info = AsyncServiceInfo(
-            SERVICE_TYPE,
-            f"{instance_name(site)}.{SERVICE_TYPE}",
+            self.service,
+            f"{instance_name(site)}.{self.service}",
             port=port,
             parsed_addresses=list(addresses),
             properties=dict(txt),
@@ -296,7 +333,7 @@ class Announcer:
     @property
     def name(self) -> str:
         """The instance name actually registered (zeroconf appends -2, -3... if it was taken)."""
-        return self._info.name.removesuffix("." + SERVICE_TYPE)
+        return self._info.name.removesuffix("." + self.service)
 
     async def start(self) -> None:
         """Probe for the name (about 1.2 s, renaming if taken) and start announcing."""
@@ -345,6 +382,7 @@ class Browser:
 
     def __init__(self, interfaces: Interfaces = None) -> None:
         self.interfaces = interfaces
+        self.service = service_type()
         self._ignored: set[str] = set()
         self._queue: asyncio.Queue[Announcement] = asyncio.Queue()
         self._seen: set[Announcement] = set()
@@ -369,7 +407,7 @@ class Browser:
                 self._browsers.append(
                     AsyncServiceBrowser(
                         aiozc.zeroconf,
-                        SERVICE_TYPE,
+                        self.service,
                         handlers=[self._on_change],
                         question_type=question,
                     )
@@ -415,7 +453,7 @@ class Browser:
 
     async def _resolve(self, zeroconf: Zeroconf, name: str) -> None:
         try:
-            info = AsyncServiceInfo(SERVICE_TYPE, name)
+            info = AsyncServiceInfo(self.service, name)
             if not await info.async_request(
                 zeroconf, RESOLVE_TIMEOUT_MS, question_type=self._question.get(zeroconf)
             ):
@@ -424,7 +462,7 @@ class Browser:
             addresses = info.parsed_addresses(IPVersion.V4Only)
             if len(info.text or b"") > MAX_TXT_RECORD:
                 raise ValueError(f"TXT record of {len(info.text or b'')} bytes is too big")
-            ann = parse_txt(name, addresses, info.port or 0, info.properties)
+            ann = parse_txt(name, addresses, info.port or 0, info.properties, self.service)
         except (ValueError, BadTypeInNameException) as exc:
             self._ignored.add(name)
             log.debug("mDNS: ignoring %r: %s", name, exc)

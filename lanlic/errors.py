@@ -36,6 +36,8 @@ The tree::
     │                                                     pinned for this site (an impostor?)
     ├── ServerBusy                    server_busy     the server is at its connection cap
     ├── SeatLost                      seat_lost       client side: a held seat is gone for good
+    ├── MachineUnidentified           machine_unidentified  client side: the OS offers neither a
+    │                                                 machine id nor a MAC to fingerprint it
     └── InternalError                 internal_error  a bug on the server; the request is dropped
 
 Expected outcomes of a well-formed request (``no_seat`` and friends) are values in the sans-IO
@@ -59,6 +61,7 @@ __all__ = [
     "LeaseUnknown",
     "LicenseExpired",
     "LicenseRefused",
+    "MachineUnidentified",
     "NetworkKeyError",
     "NoSeat",
     "ProtocolError",
@@ -251,7 +254,7 @@ class ServerUntrusted(LanlicError):
 
 
 class ServerKeyChanged(ServerUntrusted):
-    """The server proved it holds a key, but not the key pinned for its site (see lanlic.trust).
+    """The server proved it holds a key, but not the one pinned for its site (lanlic.laptop.trust).
 
     Like SSH's changed host key: either an impostor, or a server replaced on purpose, which the
     user confirms with ``lanlic trust --server HOST:PORT``."""
@@ -265,6 +268,13 @@ class ServerBusy(LanlicError):
 
 class SeatLost(LanlicError):
     code = "seat_lost"
+
+
+class MachineUnidentified(LanlicError):
+    """This machine cannot be fingerprinted: the OS offers neither a machine id nor a MAC
+    address (the message says where lanlic looked). Borrowed files need a fingerprint."""
+
+    code = "machine_unidentified"
 
 
 class InternalError(LanlicError):

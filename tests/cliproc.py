@@ -29,9 +29,14 @@ RUN_TIMEOUT = 20.0
 LINE_TIMEOUT = 10.0
 
 
+#: The ``LANLIC_`` variables a command keeps: the test's own mDNS service type (conftest.py).
+KEEP = ("LANLIC_MDNS_SERVICE",)
+
+
 def base_env() -> dict[str, str]:
-    """This process's environment without any ``LANLIC_`` variable, and unbuffered output."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LANLIC_")}
+    """This process's environment without any ``LANLIC_`` variable but ``KEEP``, and unbuffered
+    output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LANLIC_") or k in KEEP}
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

@@ -22,7 +22,7 @@ import pytest
 from cliproc import Proc, ProcGroup, assert_one_line_error, run
 
 from lanlic.core import netkey
-from lanlic.core.vendorfiles import load_vendor_private, load_vendor_public
+from lanlic.vendorkeys import load_vendor_private, load_vendor_public
 
 #: A server's lease and heartbeat when a test watches leases run out.
 SHORT_LEASE = ["--lease", "2", "--heartbeat", "0.5"]

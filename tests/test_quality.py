@@ -1,11 +1,14 @@
 """The standards the code is held to, run with the suite so CI holds them too: mypy strict on
-lanlic/, ruff's lint families, and ruff's formatting over the whole tree."""
+lanlic/ (as on Linux, and as on Windows and macOS, so the code for each OS in lanlic.osdeps is
+checked on any machine), ruff's lint families, and ruff's formatting over the whole tree."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,6 +19,12 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_mypy_strict_on_the_package() -> None:
     out = run(sys.executable, "-m", "mypy")
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("platform", ["win32", "darwin"])
+def test_mypy_strict_as_on_another_os(platform: str) -> None:
+    out = run(sys.executable, "-m", "mypy", "--platform", platform)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
 
 

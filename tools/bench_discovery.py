@@ -36,9 +36,9 @@ from typing import Any
 
 from lanlic.core import netkey, signing
 from lanlic.core.netkey import ProductEntitlement
-from lanlic.core.vendorfiles import load_vendor_public, write_vendor_keypair
+from lanlic.laptop.trust import TrustStore
 from lanlic.net.client import Client
-from lanlic.trust import TrustStore
+from lanlic.vendorkeys import load_vendor_public, write_vendor_keypair
 
 CLI = [sys.executable, "-m", "lanlic.cli"]
 

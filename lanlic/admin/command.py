@@ -38,7 +38,7 @@ def _read_password(args: argparse.Namespace) -> str:
 
 
 def cmd_admin_password(args: argparse.Namespace) -> int:
-    from lanlic.datadir import DataDir, default_data_dir
+    from lanlic.server.datadir import DataDir, default_data_dir
     from lanlic.store import Store
 
     folder = Path(args.data) if args.data else default_data_dir()

@@ -16,13 +16,13 @@ with a note saying why the installed one was passed over.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from lanlic import osdeps
 from lanlic.core.netkey import NetworkKey, verify_network_key
 from lanlic.errors import NetworkKeyError
 
@@ -155,25 +155,7 @@ def passed_over(installed: NetworkKey, given: NetworkKey) -> str | None:
 def save_installed_key(data_dir: Path, content: bytes) -> Path:
     """Write ``content`` as the installed key, atomically and durably; return its path."""
     path = data_dir / INSTALLED_KEY
-    tmp = path.with_name(f".{INSTALLED_KEY}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(content)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(data_dir, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    osdeps.write_atomic(path, content)
     return path
 
 

@@ -574,9 +574,9 @@ async def _enroll(run: Run, i: int) -> tuple[Any, Any]:
     """A laptop for the churn's borrows: its own container home, enrolled with the server."""
     from pathlib import Path
 
-    from lanlic.borrower import Borrower
+    from lanlic.laptop.borrower import Borrower
+    from lanlic.laptop.trust import TrustStore
     from lanlic.net.client import Client
-    from lanlic.trust import TrustStore
 
     spec = run.spec
     name = f"bench-w{spec['worker']}-b{i}"

@@ -25,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
@@ -237,7 +237,7 @@ def start_lanlic(
     """``lanlic serve`` as a user runs it, with its own data folder (and so its database),
     over a network key signed on the spot; on 127.0.0.1, with no mDNS and no admin page."""
     from lanlic.core import netkey
-    from lanlic.core.vendorfiles import write_vendor_keypair
+    from lanlic.vendorkeys import write_vendor_keypair
 
     for flag in ("--no-mdns", "--no-admin"):
         if not _serve_has(flag):
@@ -427,8 +427,8 @@ def lanlic_status(host: str, port: int) -> dict[str, Any]:
     """The server's status through the public client (set-up and checks only)."""
     import asyncio
 
+    from lanlic.laptop.trust import TrustStore
     from lanlic.net.client import Client
-    from lanlic.trust import TrustStore
 
     async def get() -> dict[str, Any]:
         # Pins in memory only: a benchmark must not pin its throwaway servers for the user.
@@ -448,7 +448,8 @@ class Generators:
         from lanlic.bench.gen import worker_main
 
         ctx = multiprocessing.get_context("spawn")
-        self.conns: list[Connection] = []
+        # Connection on POSIX, PipeConnection (no common public base) on Windows.
+        self.conns: list[Any] = []
         self.procs: list[Any] = []
         for _ in range(procs):
             parent, child = ctx.Pipe()
@@ -489,10 +490,9 @@ class Generators:
                 raise BenchError(f"generators did not report {kind!r} within {timeout:.0f} s")
             ready = wait([self.conns[i] for i in waiting], min(left, 0.25))
             for c in ready:
-                assert isinstance(c, Connection)
                 i = self.conns.index(c)
                 try:
-                    msg = c.recv()
+                    msg = self.conns[i].recv()
                 except EOFError:
                     raise BenchError("a generator process died") from None
                 if msg[0] == "progress":

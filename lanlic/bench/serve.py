@@ -20,13 +20,14 @@ import asyncio
 import datetime as dt
 import ipaddress
 import json
-import signal
 import struct
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import msgpack
+
+from lanlic import osdeps
 
 __all__ = ["main"]
 
@@ -108,8 +109,7 @@ def _bench_service(seats: int, lease: float, heartbeat: float, product: str) -> 
 async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    osdeps.on_stop(loop, stop.set)
     stopper: Callable[[], Any]
     if args.kind == "lanlic":
         from lanlic.net.server import LicenseServer, ServerLimits

@@ -11,7 +11,8 @@ manager can open it and read the entitlements::
       "signature": "<base64 of Ed25519 over DOMAIN_NETWORK_KEY + payload.encode('utf-8')>"
     }
 
-The payload is a JSON object (keys sorted, no indent, ASCII only) with ``customer``, ``issued``
+protocol/SPEC.md section 15 is the format's definition. The payload is a JSON object (canonical
+JSON, SPEC section 14: keys sorted, ASCII only) with ``customer``, ``issued``
 and ``expires`` (``YYYY-MM-DD``), ``borrow_kind`` (``"act"`` or ``"key"``), ``serial`` (random
 hex naming this key), ``key_id`` (the vendor fingerprint again, inside the signature) and
 ``products``: a list of ``{"name", "seats", "borrowable", "max_borrow_days", "versions"
@@ -26,7 +27,7 @@ are refused, because an old server that ignored a new restriction would grant mo
 vendor sold.
 
 This module reads no clock (today's date is passed in) and does no I/O; reading and writing the
-vendor's key files lives in ``lanlic.core.vendorfiles``.
+vendor's key files lives in ``lanlic.vendorkeys``.
 """
 
 from __future__ import annotations
@@ -140,7 +141,8 @@ class ProductEntitlement:
     """Licensed application versions, inclusive, as dotted numbers (``("10", "16")``);
     ``None`` means every version."""
     addon: bool = False
-    """An add-on: a feature licence taken alongside a base product, not an application."""
+    """An add-on: a feature licence rather than an application. Informational (shown in status):
+    it is granted like any other product, and nothing checks that its holder has another seat."""
 
     def __post_init__(self) -> None:
         if self.max_borrow_days == _AUTO and type(self.borrowable) is int:

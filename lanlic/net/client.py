@@ -4,7 +4,7 @@ Usage::
 
     async with Client("licserver:7766", app="MyCAD 16.2") as client:
         async with client.checkout("cad", version="16") as seat:
-            ...  # work; seat.lost tells if the seat was taken away for good
+            ...  # work; seat.state says held / lost / waiting / regained / gone
 
 How it keeps seats through trouble:
 
@@ -21,11 +21,20 @@ How it keeps seats through trouble:
   server gives every lease the stalled time back, so the seat may still be the client's. It goes
   on presenting a seat given up for want of contact in its renews; if the server renews it, it
   was held for this client throughout and is handed back (``seat.lost`` clears and
-  ``on_seat_regained`` runs); if not, it is forgotten.
+  ``on_seat_regained`` runs).
+* A seat lost for any reason but the application's or the administrator's doing (the lease ran
+  out, the server restarted and could not give it back) is *regained*: once the server answers
+  again the client checks out the same product and version anew, under the same ``Seat`` handle
+  (a new ``lease_id``; a seat given up while the server restarted is first reclaimed under its
+  old one, SPEC section 13), and the application is told: lost, then regained. While the
+  server refuses for want of a free seat the seat is ``waiting`` and the client asks again with
+  the reconnect backoff, until one frees. ``Client(regain=False)`` turns this off: such a seat
+  is then gone for good (``seat.state == "gone"``) once the server confirms it no longer holds
+  it.
 
 Who the server is: every handshake sends a fresh nonce and checks the welcome's signature, then
-the server key against the key pinned for its site (``lanlic.trust``; the first connection to a
-site pins it). A client made by ``Client.discover`` finds its server over mDNS, and when the old
+the server key against the key pinned for its site (``lanlic.laptop.trust``; the first connection to
+a site pins it). A client made by ``Client.discover`` finds its server over mDNS, and when the old
 address stops answering it finds the same server (same site, same key) wherever it moved.
 """
 
@@ -33,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import getpass
 import inspect
 import logging
@@ -48,15 +58,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from lanlic.errors import (
     BadFrame,
     LanlicError,
+    LicenseRefused,
+    NoSeat,
     ProtocolError,
     SeatLost,
     ServerUnavailable,
     ServerUntrusted,
     error_for_code,
 )
+from lanlic.laptop.trust import TrustStore, configured_server, fingerprint_of, verify_welcome
 from lanlic.proto import messages as m
 from lanlic.proto.framing import FrameDecoder, encode_frame
-from lanlic.trust import TrustStore, configured_server, fingerprint_of, verify_welcome
 
 if TYPE_CHECKING:
     from lanlic.net.finder import Found
@@ -67,6 +79,7 @@ __all__ = [
     "REDISCOVER_TIMEOUT",
     "Client",
     "Seat",
+    "SeatState",
     "format_address",
     "parse_address",
 ]
@@ -78,6 +91,10 @@ DEFAULT_PORT = 7766
 DISCOVER_TIMEOUT: Final = 3.0
 #: Seconds one re-discovery may take when the server stopped answering at its old address.
 REDISCOVER_TIMEOUT: Final = 2.0
+#: The reconnect backoff, seconds: the first retry, doubled up to the last. Regaining a seat the
+#: server refused for want of a free one retries on the same schedule.
+RETRY_FIRST: Final = 0.05
+RETRY_MAX: Final = 1.0
 
 VendorKey = Ed25519PublicKey | bytes | str
 """A vendor's public key, its raw 32 bytes, or its fingerprint (``sha256:...``)."""
@@ -92,7 +109,7 @@ class _Discovery:
 
 
 class BorrowedSource(Protocol):
-    """What the client needs of ``lanlic.borrower.Borrower`` (kept apart to avoid a cycle)."""
+    """What the client needs of ``lanlic.laptop.borrower.Borrower`` (kept apart: no cycle)."""
 
     def offline(self, product: str, version: str = "") -> Any: ...
 
@@ -122,13 +139,40 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, port_no
 
 
+class SeatState(enum.StrEnum):
+    """Where a seat stands (``Seat.state``). Only ``held`` and ``regained`` may be used."""
+
+    HELD = "held"
+    """Granted, and renewed by the client."""
+    LOST = "lost"
+    """Not to be used: the server may have given it to someone else. It may come back: the
+    client checks out again when the server answers (or finds the server held it throughout)."""
+    WAITING = "waiting"
+    """Being regained, but the server has no free seat: the client asks again until one frees."""
+    REGAINED = "regained"
+    """Held again after a loss (``lease_id`` is the new lease's, or the same if the server kept
+    it)."""
+    GONE = "gone"
+    """Lost for good: released, the client closed, removed by the administrator, refused for
+    good (the product or version is no longer licensed), or lost with ``regain=False``."""
+
+
+#: The states in which a seat may be used.
+USABLE: Final = frozenset({SeatState.HELD, SeatState.REGAINED})
+
+
 class Seat:
-    """A floating seat held by this client."""
+    """A floating seat held by this client.
+
+    ``state`` says where it stands (``SeatState``); ``await wait_state(...)``, ``wait_lost()``
+    and ``wait_regained()`` wait for a change, and ``Client(on_seat_lost=..., on_seat_regained=...,
+    on_seat_state=...)`` calls back on one."""
 
     def __init__(self, client: Client, product: str, version: str, lease_id: bytes, sent: float):
         self.product = product
         self.version = version
         self.lease_id = lease_id
+        """The lease the seat is held under now (a regained seat gets a new one)."""
         self.source = "network"
         """Where the seat came from: ``network`` (a floating seat), ``borrowed (license file)``
         or ``borrowed (portable key)`` (used offline; releasing it does nothing)."""
@@ -138,15 +182,33 @@ class Seat:
         self._renew_sent = sent
         self.epoch = 0
         """The server epoch the seat was granted (or reclaimed) in."""
-        self._lost = asyncio.Event()
+        self.state = SeatState.HELD
         self.reason: LanlicError | None = None
+        """Why the seat is not usable (lost, gone, or the refusal it is waiting on); else None."""
+        self._lost = asyncio.Event()
+        self._changed = asyncio.Event()
 
     @property
     def lost(self) -> bool:
-        """True while the seat must not be used: it is gone (lease ran out, removed by the
-        admin...), or was given up for want of contact with the server. In that last case only
-        it may come back (``Client(on_seat_regained=...)``)."""
-        return self._lost.is_set()
+        """True while the seat must not be used (any state but ``held`` and ``regained``)."""
+        return self.state not in USABLE
+
+    def _set(self, state: SeatState, reason: LanlicError | None) -> None:
+        self.state, self.reason = state, reason
+        if state in USABLE:
+            self._lost.clear()
+        else:
+            self._lost.set()
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait_state(self, *states: SeatState | str) -> SeatState:
+        """Wait until the seat is in one of ``states`` (at once if it is); returns the state."""
+        want = {SeatState(s) for s in states}
+        while self.state not in want:
+            changed = self._changed
+            await changed.wait()
+        return self.state
 
     async def wait_lost(self) -> LanlicError:
         """Wait until the seat is lost; returns why."""
@@ -154,8 +216,15 @@ class Seat:
         assert self.reason is not None
         return self.reason
 
+    async def wait_regained(self) -> None:
+        """Wait until the seat may be used again (at once if it may); raises why it was lost if
+        it is gone for good instead."""
+        if await self.wait_state(*USABLE, SeatState.GONE) is SeatState.GONE:
+            assert self.reason is not None
+            raise self.reason
+
     def __repr__(self) -> str:
-        state = f"lost ({self.reason})" if self.lost else "held"
+        state = f"{self.state} ({self.reason})" if self.reason is not None else str(self.state)
         return f"<Seat {self.product} {self.lease_id.hex()[:8]} {state}>"
 
 
@@ -171,6 +240,8 @@ class Client:
         app: str = "",
         on_seat_lost: Callable[[Seat, LanlicError], Any] | None = None,
         on_seat_regained: Callable[[Seat], Any] | None = None,
+        on_seat_state: Callable[[Seat], Any] | None = None,
+        regain: bool = True,
         connect_timeout: float = 5.0,
         request_timeout: float = 10.0,
         vendor_key: VendorKey | None = None,
@@ -180,7 +251,24 @@ class Client:
         """``server`` is ``HOST:PORT`` or ``(host, port)``; None takes ``$LANLIC_SERVER``, then
         ``server`` in the config folder's ``client.toml`` (to find a server with no address, use
         ``Client.discover``). ``vendor_key`` refuses a server of another vendor. ``trust`` holds
-        the pinned server keys (default: the config folder's, see ``lanlic.trust``)."""
+        the pinned server keys (default: the config folder's, see ``lanlic.laptop.trust``).
+
+        ``regain`` (default True): check a lost seat out again when the server answers (see the
+        module doc). ``on_seat_lost(seat, reason)`` runs when a seat may no longer be used,
+        ``on_seat_regained(seat)`` when it may again, ``on_seat_state(seat)`` on every change of
+        ``seat.state`` not made by the application itself (lost, waiting, regained, gone). Each
+        may be a coroutine function; they run on the client's event loop.
+
+        Make it inside a coroutine (``async with Client(...)``): it belongs to the running event
+        loop. Code with no event loop uses ``lanlic.net.blocking.BlockingClient``."""
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "Client() needs a running asyncio event loop: make it inside a coroutine "
+                "(async with Client(...) as client: ...), or use "
+                "lanlic.net.blocking.BlockingClient from code that is not asyncio"
+            ) from None
         if server is None:
             server = _explicit_server()
         if server is None:
@@ -190,7 +278,7 @@ class Client:
             )
         self.address = parse_address(server) if isinstance(server, str) else server
         self.borrowed = borrowed
-        """Where borrowed licences are looked up first (``lanlic.borrower.Borrower``), or None."""
+        """Where borrowed licences are looked up first (``laptop.borrower.Borrower``), or None."""
         self.vendor_fp = fingerprint_of(vendor_key) if vendor_key is not None else None
         """Only a server of this vendor is accepted (None: any vendor)."""
         self.trust = trust if trust is not None else TrustStore.default()
@@ -203,8 +291,11 @@ class Client:
         self.client_id = secrets.token_bytes(16)
         self.on_seat_lost = on_seat_lost
         self.on_seat_regained = on_seat_regained
-        """Called (or awaited) with a seat given up for want of contact that the server turned
-        out to have held for this client throughout (it had stalled, not gone)."""
+        """Called (or awaited) with a lost seat that may be used again: checked out anew, or
+        one given up for want of contact that the server held for this client throughout."""
+        self.on_seat_state = on_seat_state
+        self.regain = regain
+        """Check lost seats out again by themselves (see the module doc)."""
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self.lease_s = 60.0
@@ -217,6 +308,9 @@ class Client:
         self.seats: dict[bytes, Seat] = {}
         self._given_up: dict[bytes, Seat] = {}
         """Seats given up for want of contact, still presented in renews (see the module doc)."""
+        self._to_regain: list[Seat] = []
+        """Lost seats the server no longer holds, to check out again (``regain``)."""
+        self._regain_task: asyncio.Task[None] | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._pending: dict[int, asyncio.Future[m.Message]] = {}
@@ -229,7 +323,6 @@ class Client:
         self._connect_lock = asyncio.Lock()
         self._give_up_timer: asyncio.TimerHandle | None = None
         self._callbacks: set[asyncio.Future[Any]] = set()
-        self._loop = asyncio.get_running_loop()
 
     # ----------------------------------------------------------------------- lifecycle
 
@@ -379,7 +472,7 @@ class Client:
         self._closing = True
         if self._give_up_timer is not None:
             self._give_up_timer.cancel()
-        for task in (self._heartbeat_task, self._reconnect_task):
+        for task in (self._heartbeat_task, self._reconnect_task, self._regain_task):
             if task is not None:
                 task.cancel()
         if self.connected:
@@ -394,13 +487,17 @@ class Client:
             self._read_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._read_task
-        for task in (self._heartbeat_task, self._reconnect_task):
+        for task in (self._heartbeat_task, self._reconnect_task, self._regain_task):
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        closed = SeatLost("client closed")
         for seat in list(self.seats.values()):
-            self._forget(seat, SeatLost("client closed"), notify=False)
+            self._forget(seat, closed, notify=False)
+        for seat in [*self._given_up.values(), *self._to_regain]:
+            self._change(seat, SeatState.GONE, closed, notify=False)
         self._given_up.clear()
+        self._to_regain.clear()
 
     # -------------------------------------------------------------------------- seats
 
@@ -449,12 +546,17 @@ class Client:
         return seat
 
     async def release(self, seat: Seat) -> None:
-        """Give a seat back now. Releasing a seat that is already lost does nothing (but one
-        given up for want of contact is released on the server too, if it still holds it)."""
-        if self._given_up.pop(seat.lease_id, None) is not None and self.connected:
-            with contextlib.suppress(LanlicError):
-                await self._send_request(m.Release(id=self._take_id(), leases=[seat.lease_id]))
-        if seat.lease_id not in self.seats:
+        """Give a seat back now. A lost seat is not regained any more (one given up for want of
+        contact is released on the server too, if it still holds it)."""
+        if seat in self._to_regain:
+            self._to_regain.remove(seat)
+            self._change(seat, SeatState.GONE, SeatLost("released"), notify=False)
+        if self._given_up.pop(seat.lease_id, None) is not None:
+            self._change(seat, SeatState.GONE, SeatLost("released"), notify=False)
+            if self.connected:
+                with contextlib.suppress(LanlicError):
+                    await self._send_request(m.Release(id=self._take_id(), leases=[seat.lease_id]))
+        if self.seats.get(seat.lease_id) is not seat:
             return
         self._forget(seat, SeatLost("released"), notify=False)
         if self.connected:
@@ -539,9 +641,13 @@ class Client:
         if isinstance(msg, m.Notice):
             if msg.kind == "lease_removed":
                 for lease_id in msg.leases:
+                    # Removed on purpose: gone for good, never regained.
+                    why = SeatLost(msg.message or "removed by the administrator")
                     seat = self.seats.get(lease_id)
                     if seat is not None:
-                        self._forget(seat, SeatLost(msg.message or "removed by the administrator"))
+                        self._forget(seat, why)
+                    elif (seat := self._given_up.pop(lease_id, None)) is not None:
+                        self._change(seat, SeatState.GONE, why)
             return
         rid = getattr(msg, "id", 0)
         fut = self._pending.get(rid)
@@ -564,7 +670,7 @@ class Client:
             self._reconnect_task = asyncio.create_task(self._reconnect(), name="lanlic-reconnect")
 
     async def _reconnect(self) -> None:
-        delay = 0.05
+        delay = RETRY_FIRST
         try:
             while not self._closing:
                 try:
@@ -575,13 +681,15 @@ class Client:
                     log.debug("reconnect failed: %s", exc)
                     self._give_up_overdue()
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, 1.0)
+                    delay = min(delay * 2, RETRY_MAX)
                     continue
                 log.info("reconnected to %s:%d", *self.address)
                 await self._renew_all()
                 return
         finally:
             self._reconnect_task = None
+            if self._to_regain:
+                self._start_regain()
 
     async def _reopen(self) -> None:
         """Reconnect at the old address; a discovered client looks for its server elsewhere."""
@@ -608,45 +716,54 @@ class Client:
         given_up = self._given_up
         if not self.seats and not given_up:
             return
-        # Seats granted before the server restarted are reclaimed, not renewed.
+        # Seats granted before the server restarted are reclaimed, not renewed; so are seats
+        # given up meanwhile, when they are to be regained (the restarted server holds a seat
+        # for each of them for a while, which nobody else may take).
         old = [s for s in self.seats.values() if s.epoch != self.epoch]
-        if old:
-            await self._reclaim(old)
-        for lease_id in [x for x, s in given_up.items() if s.epoch != self.epoch]:
-            del given_up[lease_id]  # the server restarted: it holds none of them any more
+        old_given_up = [s for s in given_up.values() if s.epoch != self.epoch]
+        if old_given_up and not self.regain:
+            for dropped in old_given_up:
+                del given_up[dropped.lease_id]
+                self._not_held(dropped, SeatLost("the server restarted: the seat is gone"))
+            old_given_up = []
+        if old or old_given_up:
+            await self._reclaim(old, old_given_up)
         ids = [lease_id for lease_id, s in self.seats.items() if s.epoch == self.epoch]
-        ids.extend(given_up)
+        ids.extend(lease_id for lease_id, s in given_up.items() if s.epoch == self.epoch)
         if not ids:
             return
         sent = self._loop.time()
         reply = await self._send_request(m.Renew(id=self._take_id(), leases=ids))
         assert isinstance(reply, m.Renewed)
         for lease_id in reply.leases:
-            seat = self.seats.get(lease_id)
+            seat: Seat | None = self.seats.get(lease_id)
             if seat is not None:
                 seat._renew_sent = sent
             elif (seat := given_up.pop(lease_id, None)) is not None:
-                self._regain(seat, sent)
-        again = []
+                self._hand_back(seat, sent)
+        again: list[Seat] = []
         for lost in reply.lost:
-            given_up.pop(lost.lease, None)
-            seat = self.seats.get(lost.lease)
-            if seat is None:
+            why = error_for_code(lost.code, "the server no longer holds this seat")
+            if (seat := given_up.pop(lost.lease, None)) is not None:
+                self._not_held(seat, why)
+            elif (seat := self.seats.get(lost.lease)) is None:
                 continue
-            if lost.code == "reclaim":
+            elif lost.code == "reclaim":
                 again.append(seat)
             else:
-                self._forget(
-                    seat, error_for_code(lost.code, "the server no longer holds this seat")
-                )
+                self._ended(seat, why)
         if again:
-            await self._reclaim(again)
+            await self._reclaim(again, [])
         self._arm_give_up()
 
-    async def _reclaim(self, seats: list[Seat]) -> None:
-        """Ask the restarted server for seats of an older epoch, under their lease ids."""
+    async def _reclaim(self, seats: list[Seat], given_up: list[Seat]) -> None:
+        """Ask the restarted server for seats of an older epoch, under their lease ids: held
+        ones, and given-up ones to be regained."""
         sent = self._loop.time()
-        items = [{"lease": s.lease_id, "product": s.product, "version": s.version} for s in seats]
+        items = [
+            {"lease": s.lease_id, "product": s.product, "version": s.version}
+            for s in (*seats, *given_up)
+        ]
         reply = await self._send_request(m.Reclaim(id=self._take_id(), seats=items))
         assert isinstance(reply, m.Reclaimed)
         for lease_id in reply.leases:
@@ -654,15 +771,18 @@ class Client:
             if seat is not None:
                 seat.epoch = reply.epoch
                 seat._renew_sent = sent
+            elif (seat := self._given_up.pop(lease_id, None)) is not None:
+                seat.epoch = reply.epoch
+                self._hand_back(seat, sent)
         for lost in reply.lost:
+            why = error_for_code(
+                lost.code, "the server restarted and could not give this seat back"
+            )
             seat = self.seats.get(lost.lease)
             if seat is not None:
-                self._forget(
-                    seat,
-                    error_for_code(
-                        lost.code, "the server restarted and could not give this seat back"
-                    ),
-                )
+                self._ended(seat, why)
+            elif (seat := self._given_up.pop(lost.lease, None)) is not None:
+                self._not_held(seat, why)
         self._arm_give_up()
 
     def _give_up_overdue(self) -> None:
@@ -675,20 +795,94 @@ class Client:
                         f"no contact with the licence server for {self.lease_s - self.margin:.0f}"
                         " s: the seat may be given to someone else"
                     ),
+                    then=SeatState.LOST,
                 )
                 self._given_up[seat.lease_id] = seat
         self._arm_give_up()
 
-    def _regain(self, seat: Seat, sent: float) -> None:
-        """The server renewed a seat given up for want of contact: it held it for us all along
-        (it had stalled, not gone), so nobody else can have had it. Hand it back."""
-        seat.reason = None
-        seat._lost.clear()
+    def _hand_back(self, seat: Seat, sent: float) -> None:
+        """The server renewed (or reclaimed) a seat given up for want of contact: it held it for
+        us all along (it had stalled, or restarted and held it for reclaim), so nobody else can
+        have had it. Hand it back."""
         seat._renew_sent = sent
         self.seats[seat.lease_id] = seat
-        log.warning("seat of %s regained: the server held it throughout", seat.product)
-        if self.on_seat_regained is not None:
-            self._call_back(self.on_seat_regained, seat)
+        self._change(seat, SeatState.REGAINED, None)
+
+    def _ended(self, seat: Seat, reason: LanlicError) -> None:
+        """The server no longer holds a seat the client held (its lease ran out, the restarted
+        server could not give it back): regain it, or it is gone for good."""
+        if self.seats.get(seat.lease_id) is not seat:
+            return
+        self._forget(seat, reason, then=SeatState.LOST if self.regain else SeatState.GONE)
+        if self.regain:
+            self._to_regain.append(seat)
+            self._start_regain()
+
+    def _not_held(self, seat: Seat, reason: LanlicError) -> None:
+        """A lost seat turned out not to be held by the server any more: regain it, or it is
+        gone for good."""
+        if self.regain:
+            self._to_regain.append(seat)
+            self._start_regain()
+        else:
+            self._change(seat, SeatState.GONE, reason)
+
+    def _start_regain(self) -> None:
+        if self._regain_task is None and not self._closing:
+            self._regain_task = asyncio.create_task(self._regain_lost(), name="lanlic-regain")
+
+    async def _regain_lost(self) -> None:
+        """Check every seat in ``_to_regain`` out again (same product and version) once the
+        server answers; retry with the reconnect backoff while it has no free seat."""
+        delay = RETRY_FIRST
+        try:
+            while self._to_regain and not self._closing:
+                await self._connected.wait()
+                if self._reconnect_task is None:  # let a reconnect's reclaim go first
+                    for seat in list(self._to_regain):
+                        if not await self._regain_one(seat):
+                            break
+                        if seat.state in USABLE:
+                            delay = RETRY_FIRST
+                if self._to_regain:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX)
+        finally:
+            self._regain_task = None
+
+    async def _regain_one(self, seat: Seat) -> bool:
+        """One checkout for a lost seat; False if the connection is gone."""
+        sent = self._loop.time()
+        try:
+            reply = await self._send_request(
+                m.Checkout(id=self._take_id(), product=seat.product, version=seat.version)
+            )
+        except NoSeat as exc:
+            if seat in self._to_regain and seat.state is not SeatState.WAITING:
+                self._change(seat, SeatState.WAITING, exc)
+            return True
+        except ServerUnavailable:
+            return False  # the reconnect task takes over; we go on once connected
+        except LicenseRefused as exc:  # not licensed (any more): asking again will not help
+            if seat in self._to_regain:
+                self._to_regain.remove(seat)
+                self._change(seat, SeatState.GONE, exc)
+            return True
+        except LanlicError as exc:  # busy, or a bad reply: try again later
+            log.info("regaining a seat of %s: %s", seat.product, exc)
+            return True
+        assert isinstance(reply, m.Granted)
+        if seat not in self._to_regain:  # released (or the client closed) while we asked
+            if self.connected and not self._closing:
+                with contextlib.suppress(LanlicError):
+                    await self._send_request(m.Release(id=self._take_id(), leases=[reply.lease]))
+            return True
+        self._to_regain.remove(seat)
+        seat.lease_id, seat.epoch, seat._renew_sent = reply.lease, reply.epoch, sent
+        self.seats[seat.lease_id] = seat
+        self._change(seat, SeatState.REGAINED, None)
+        self._arm_give_up()
+        return True
 
     def _arm_give_up(self) -> None:
         """One timer at the earliest moment a seat must be given up: exactly then, whatever the
@@ -702,15 +896,38 @@ class Client:
                 first + self.lease_s - self.margin, self._give_up_overdue
             )
 
-    def _forget(self, seat: Seat, reason: LanlicError, notify: bool = True) -> None:
+    def _forget(
+        self,
+        seat: Seat,
+        reason: LanlicError,
+        notify: bool = True,
+        *,
+        then: SeatState = SeatState.GONE,
+    ) -> None:
+        """Stop counting ``seat`` as held; ``then``: ``lost`` (it may come back: given up, or
+        to be regained) or ``gone``."""
         if self.seats.pop(seat.lease_id, None) is None:
             return
-        seat.reason = reason
-        seat._lost.set()
-        if notify:
+        self._change(seat, then, reason, notify=notify)
+
+    def _change(
+        self, seat: Seat, state: SeatState, reason: LanlicError | None, notify: bool = True
+    ) -> None:
+        """Set a seat's state and tell the application (unless it made the change itself)."""
+        was_usable = seat.state in USABLE
+        seat._set(state, reason)
+        if not notify:
+            return
+        if was_usable and state not in USABLE:
             log.warning("seat of %s lost: %s", seat.product, reason)
             if self.on_seat_lost is not None:
                 self._call_back(self.on_seat_lost, seat, reason)
+        elif state in USABLE and not was_usable:
+            log.warning("seat of %s regained", seat.product)
+            if self.on_seat_regained is not None:
+                self._call_back(self.on_seat_regained, seat)
+        if self.on_seat_state is not None:
+            self._call_back(self.on_seat_state, seat)
 
     def _call_back(self, fn: Callable[..., Any], *args: Any) -> None:
         try:

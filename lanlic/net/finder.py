@@ -2,8 +2,8 @@
 
 An mDNS announcement is a claim anyone on the LAN can make, so it only says whom to ask. Each
 candidate that matches the vendor and product is *probed*: a connection, a ``hello`` with a fresh
-nonce, the ``welcome``'s signature checked (``lanlic.trust.verify_welcome``), a ``bye``. The
-choice then follows the pins (``lanlic.trust.TrustStore``):
+nonce, the ``welcome``'s signature checked (``lanlic.laptop.trust.verify_welcome``), a ``bye``. The
+choice then follows the pins (``lanlic.laptop.trust.TrustStore``):
 
 1. a server whose key is pinned for its site is taken at once;
 2. a server of a pinned site that presents another key is refused (``ServerKeyChanged``);
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from lanlic.core import signing
-from lanlic.discovery import Announcement, Browser, Interfaces
+from lanlic.discovery import SERVICE_ENV, SERVICE_TYPE, Announcement, Browser, Interfaces
 from lanlic.errors import (
     BadFrame,
     LanlicError,
@@ -34,10 +34,10 @@ from lanlic.errors import (
     ServerUntrusted,
     error_for_code,
 )
+from lanlic.laptop.trust import ServerIdentity, TrustStore, verify_welcome
 from lanlic.net.client import format_address
 from lanlic.proto import messages as m
 from lanlic.proto.framing import FrameDecoder, encode_frame
-from lanlic.trust import ServerIdentity, TrustStore, verify_welcome
 
 __all__ = ["PINNED_GRACE", "PROBE_TIMEOUT", "Found", "Probed", "find_server", "probe"]
 
@@ -277,7 +277,7 @@ async def find_server(
             for task in (getter, *probes):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        ignored = browser.ignored
+        ignored, service = browser.ignored, browser.service
     for reason in refused:
         if isinstance(reason, ServerKeyChanged):
             raise reason
@@ -293,6 +293,8 @@ async def find_server(
     detail = f"; heard only {', '.join(heard[:5])}" if heard else ""
     if ignored:
         detail += f"; ignored {ignored} malformed announcement(s)"
+    if service != SERVICE_TYPE:
+        detail += f"; looked only for service {service} (set by {SERVICE_ENV})"
     raise ServerUnavailable(
         f"{what} answered on {describe_interfaces(interfaces)} within "
         f"{deadline - started:.1f} s{detail}. If this network blocks multicast, give the "

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import logging
 import sqlite3
 import time
@@ -34,10 +33,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+from lanlic import osdeps
 from lanlic.core.clock import STALL_THRESHOLD, WALL_TOLERANCE, StallWatch, WallGuard
 from lanlic.core.lending import Durable
-from lanlic.core.records import LeaseRecord
 from lanlic.core.refusals import RefusalTally
+from lanlic.core.restart import RestartState
 from lanlic.core.service import EventFields, LicenseService
 from lanlic.core.service import Session as _Session
 from lanlic.proto import messages as m
@@ -112,12 +112,8 @@ class ServerLimits:
         """``max_connections``, or the one derived from ``RLIMIT_NOFILE`` when it is None."""
         if self.max_connections is not None:
             return self.max_connections
-        try:
-            import resource
-        except ImportError:  # not on POSIX: no descriptor limit to derive it from
-            return _UNLIMITED_FDS
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft == resource.RLIM_INFINITY:
+        soft = osdeps.fd_limit()  # None: unlimited, or no such limit (Windows)
+        if soft is None:
             soft = _UNLIMITED_FDS
         return max(1, min(soft, _UNLIMITED_FDS) - self.fd_reserve - self.admin_connections)
 
@@ -127,10 +123,8 @@ _WARN_ADMIN = frozenset({"stall", "borrow_adopted"})
 
 
 #: A clock that never jumps and, unlike the monotonic one, counts a suspended host's sleep
-#: (Linux's CLOCK_BOOTTIME): the anchor the wall clock is checked against.
-_uptime = functools.partial(
-    time.clock_gettime, getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
-)
+#: (Linux's CLOCK_BOOTTIME; see osdeps.uptime): the anchor the wall clock is checked against.
+_uptime = osdeps.uptime
 
 #: Descriptors counted for an unlimited (or absurdly high) RLIMIT_NOFILE.
 _UNLIMITED_FDS = 1 << 20
@@ -388,6 +382,7 @@ class LicenseServer:
         service.clock = lambda: (self.now(), self.wall())
         self._synced_leases: set[bytes] = set()
         self._lease_task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     @property
     def address(self) -> tuple[str, int]:
@@ -408,15 +403,13 @@ class LicenseServer:
             return []
         store = self.store
 
-        def read() -> tuple[list[str], int, dict[str, int], list[LeaseRecord]]:
+        def read() -> tuple[list[str], RestartState]:
             warnings = self.service.desk.load(store, self.wall())
-            return warnings, store.begin_epoch(), store.reservations(), store.leases()
+            return warnings, store.restart_state()
 
-        warnings, epoch, reserved, leases = await self.loop.run_in_executor(
-            self._store_thread, read
-        )
-        held = self.service.guard.start(epoch, reserved, leases, self.loop.time())
-        self._synced_leases = {x.lease_id for x in leases}
+        warnings, state = await self.loop.run_in_executor(self._store_thread, read)
+        epoch = state.epoch
+        held = self.service.guard.start(state, self.loop.time())
         for w in warnings:
             log.warning("%s", w)
         if held:
@@ -429,7 +422,11 @@ class LicenseServer:
         return warnings
 
     async def stop(self) -> None:
-        """Stop accepting, tell connected clients, close every connection."""
+        """Stop accepting, tell connected clients, close every connection. (Once: a second
+        call does nothing.)"""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._server is not None:
             self._server.close()
         for h in (self._timer, self._housekeeping):
@@ -448,7 +445,9 @@ class LicenseServer:
                 await asyncio.wait([task], timeout=10)
         if self._prune_task is not None:
             await asyncio.wait([self._prune_task], timeout=10)
-        await self.sync_leases()
+        # Nothing is granted any more: the last batch records exactly the leases still out,
+        # so the next start holds exactly their seats (SPEC section 13).
+        await self.sync_leases(clean=True)
         await self.flush_history(refusals=True)
         reader, self._reader_thread = self._reader_thread, None  # stop may be called twice
         if reader is not None:
@@ -656,36 +655,25 @@ class LicenseServer:
             conn.send(reply)
         self.arm_expiry_timer()
 
-    async def sync_leases(self) -> None:
-        """Write the batch of lease changes since the last one, and lowered reservations.
-        (A crash loses at most this batch: the reservations still bound what was granted.)"""
+    async def sync_leases(self, clean: bool = False) -> None:
+        """Write the batch of lease changes since the last one, and lowered reservations (exact
+        ones for a clean stop). A crash loses at most this batch: the reservations still bound
+        what was granted, and lease ids granted after it prove their owner (SPEC section 13)."""
         store = self.store
-        if store is None:
+        guard = self.service.guard
+        if store is None or not guard.enabled:
+            self._lease_task = None
             return
-        pool = self.service.pool
-        epoch = self.service.guard.epoch
-        current = set(pool.lease_ids())
-        synced = self._synced_leases
-        added = []
-        for lease_id in current - synced:
-            lease = pool.lease(lease_id)
-            if lease is not None:
-                h = lease.holder
-                added.append(
-                    LeaseRecord(lease_id, lease.product, lease.owner, h.user, h.host, epoch)
-                )
-        removed = list(synced - current)
-        lowered = self.service.guard.to_lower()
+        # The batch is handed to the store's one writer in the same turn as it lowered the
+        # reservations in memory: a raise asked for after this is written after it.
+        batch = guard.snapshot(clean)
+        write = self.loop.run_in_executor(self._store_thread, store.write_batch, batch)
         try:
-            if added or removed:
-                await self.loop.run_in_executor(
-                    self._store_thread, store.sync_leases, added, removed
-                )
-                self._synced_leases = current
-            if lowered:
-                await self.loop.run_in_executor(self._store_thread, store.set_reservations, lowered)
+            await write
         except Exception as exc:
             log.error("could not write the lease batch: %s", exc)
+        else:
+            guard.batch_written(batch)
         finally:
             self._lease_task = None
 

@@ -2,7 +2,9 @@
 
 Everything that decides which message is allowed when lives in ``TRANSITIONS``. A message the
 table does not allow in the current state is an ``UnexpectedMessage`` naming the state and the
-message; the connection stays in its state, so the peer can be told and carry on.
+message; the connection stays in its state, so the peer can be told and carry on. ``closed`` is
+the exception: after ``bye`` (or a fatal error) nothing more is read, so frames that followed in
+the same read are dropped unanswered, as those of a later read would be by a closed socket.
 """
 
 from __future__ import annotations
@@ -80,8 +82,12 @@ class ServerConnection:
 
     def receive_data(self, data: bytes) -> list[Event]:
         frames, fatal = self.receive_frames(data)
-        events: list[Event] = [self.event_for(item) for item in frames]
-        if fatal is not None:
+        events: list[Event] = []
+        for item in frames:
+            event = self.event_for(item)
+            if event is not None:
+                events.append(event)
+        if fatal is not None and self.state is not ConnState.CLOSED:
             events.append(self.fail(fatal))
         return events
 
@@ -109,16 +115,17 @@ class ServerConnection:
         self.state = ConnState.CLOSED
         return fatal
 
-    def event_for(self, item: dict[str, Any] | BadFrame) -> Event:
-        """Turn one frame into a request (moving the state along the table) or an error."""
+    def event_for(self, item: dict[str, Any] | BadFrame) -> Event | None:
+        """Turn one frame into a request (moving the state along the table) or an error; None
+        once the connection is closed (after ``bye``), when nothing more is read."""
+        if self.state is ConnState.CLOSED:
+            return None
         if isinstance(item, BadFrame):
             return RequestError(0, item)
         try:
             msg = m.parse(item)
         except ProtocolError as exc:
             return RequestError(m.request_id_of(item), exc)
-        if self.state is ConnState.CLOSED:
-            return RequestError(m.request_id_of(item), UnexpectedMessage("connection is closing"))
         nxt = TRANSITIONS[self.state].get(type(msg))
         if nxt is None:
             return RequestError(

@@ -13,6 +13,7 @@ the wire are the dataclass field names, except ``t`` which is the class's ``TYPE
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, ClassVar, Final
@@ -22,6 +23,7 @@ from lanlic.errors import BadMessage, UnknownMessage
 __all__ = [
     "LEASE_ID_SIZE",
     "MAX_REQUEST_ID",
+    "MIN_REQUEST_ID",
     "NONCE_SIZE",
     "PROTOCOL_VERSIONS",
     "Borrow",
@@ -51,6 +53,7 @@ __all__ = [
     "StatusReply",
     "Welcome",
     "checkout_request",
+    "is_version",
     "lease_request",
     "parse",
     "to_wire",
@@ -61,6 +64,9 @@ PROTOCOL_VERSIONS: Final = (1,)
 LEASE_ID_SIZE: Final = 16
 NONCE_SIZE: Final = 32
 MAX_REQUEST_ID: Final = 2**63 - 1
+#: Request ids are 1..MAX_REQUEST_ID: an error with id 0 is one no request can be matched to
+#: (the frame's id could not be read, or the error concerns the stream, not a request).
+MIN_REQUEST_ID: Final = 1
 #: Upper bounds on client-supplied strings and lists, so a valid frame cannot balloon state.
 MAX_NAME: Final = 256
 MAX_LEASES_PER_REQUEST: Final = 4096
@@ -221,9 +227,9 @@ class StatusReply(Message):
     expires: str
     """The network key's expiry date, YYYY-MM-DD."""
     products: list[dict[str, Any]]
-    """One map per product: name, seats, in_use, borrowed, free, borrowable, addon, versions,
-    and holders (a list of maps: user, host, app, version, since, last_heartbeat as UTC
-    seconds)."""
+    """One map per product (SPEC section 7 lists every key): name, seats, in_use, borrowed, held,
+    free, borrowable, max_borrow_days, addon, versions, holders (a list of maps: user, host, app,
+    version, since, last_heartbeat as UTC seconds) and holders_total."""
     borrows: list[dict[str, Any]] = field(default_factory=list)
     """Active borrows: borrow_id, product, user, host, start, end (UTC seconds)."""
 
@@ -430,10 +436,38 @@ def _check_int(t: str, name: str, v: Any) -> int:
     return v
 
 
+def _check_request_id(t: str, name: str, v: Any) -> int:
+    if type(v) is not int or not MIN_REQUEST_ID <= v <= MAX_REQUEST_ID:
+        raise _fail(t, name, f"an integer in {MIN_REQUEST_ID}..{MAX_REQUEST_ID}")
+    return v
+
+
 def _check_float(t: str, name: str, v: Any) -> float:
     if type(v) not in (int, float) or not 0 <= v < 1e12:  # rejects NaN and infinities too
         raise _fail(t, name, "a non-negative number")
     return float(v)
+
+
+def _check_days(t: str, name: str, v: Any) -> float:
+    days = _check_float(t, name, v)
+    if days <= 0:
+        raise _fail(t, name, "a number of days above 0")
+    return days
+
+
+#: An application version: 1 to 8 parts of 1 to 9 ASCII digits, joined by dots (SPEC 7).
+_VERSION_RE: Final = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9}){0,7}")
+
+
+def is_version(v: str) -> bool:
+    """Whether ``v`` may be sent as an application version: ``""`` (not given) or dotted digits."""
+    return v == "" or _VERSION_RE.fullmatch(v) is not None
+
+
+def _check_version(t: str, name: str, v: Any) -> str:
+    if type(v) is not str or not is_version(v):
+        raise _fail(t, name, '"" or a dotted number such as 16 or 2024.1')
+    return v
 
 
 def _check_str(t: str, name: str, v: Any, limit: int = MAX_NAME) -> str:
@@ -471,7 +505,7 @@ def _check_reclaim_seats(t: str, name: str, v: Any) -> list[dict[str, Any]]:
             or type(item.get("product")) is not str
             or len(item["product"]) > MAX_NAME
             or type(item.get("version", "")) is not str
-            or len(item.get("version", "")) > MAX_NAME
+            or not is_version(item.get("version", ""))
         ):
             raise _fail(t, name, "a list of {lease: 16 bytes, product: str, version: str} maps")
     return v
@@ -551,6 +585,12 @@ def _checker_for(cls: type[Message], f: dataclasses.Field[Any]) -> Any:
         return partial(_check_bytes, t, name, size=64)
     if name == "seats":
         return lambda v: _check_reclaim_seats(t, name, v)
+    if name == "id" and cls.REQUEST:
+        return partial(_check_request_id, t, name)
+    if name == "days":
+        return partial(_check_days, t, name)
+    if name == "version" and cls.REQUEST:
+        return partial(_check_version, t, name)
     if ann == "bool":
         return partial(_check_bool, t, name)
     if ann == "int":
@@ -625,7 +665,7 @@ def lease_request(wire: dict[str, Any]) -> tuple[int, list[bytes]] | None:
     leases = wire.get("leases")
     if (
         type(rid) is not int
-        or not 0 <= rid <= MAX_REQUEST_ID
+        or not 0 < rid <= MAX_REQUEST_ID
         or type(leases) is not list
         or len(leases) > MAX_LEASES_PER_REQUEST
     ):
@@ -643,19 +683,20 @@ def checkout_request(wire: dict[str, Any]) -> tuple[int, str, str] | None:
     version = wire.get("version", "")
     if (
         type(rid) is not int
-        or not 0 <= rid <= MAX_REQUEST_ID
+        or not 0 < rid <= MAX_REQUEST_ID
         or type(product) is not str
         or len(product) > MAX_NAME
         or type(version) is not str
-        or len(version) > MAX_NAME
+        or not (version == "" or _VERSION_RE.fullmatch(version))
     ):
         return None
     return rid, product, version
 
 
 def request_id_of(wire: dict[str, Any]) -> int:
-    """Best-effort request id of a map that failed validation, so the error can carry it."""
+    """The id an error about this map carries: its ``id`` when that is a request id (an integer
+    in 1..2**63-1), else 0, which no request can have."""
     rid = wire.get("id")
-    if type(rid) is int and 0 <= rid <= MAX_REQUEST_ID:
+    if type(rid) is int and MIN_REQUEST_ID <= rid <= MAX_REQUEST_ID:
         return rid
     return 0

@@ -10,6 +10,8 @@ In the JSON, bytes inside a message are written as ``{"$bin": "<hex>"}``. The we
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import struct
 import sys
@@ -87,11 +89,19 @@ VALID: list[tuple[str, m.Message]] = [
     ("checkout", m.Checkout(id=2, product="cadpro", version="2024.1")),
     ("checkout_any_version", m.Checkout(id=3, product="cadpro", version="")),
     ("checkout_max_id", m.Checkout(id=m.MAX_REQUEST_ID, product="cadpro", version="2024.1")),
+    ("checkout_product_upper_case", m.Checkout(id=2, product="CADPRO", version="2024.1")),
+    ("checkout_version_leading_zero", m.Checkout(id=2, product="cadpro", version="02024.01")),
     ("renew", m.Renew(id=4, leases=[LEASE_A, LEASE_B])),
     ("renew_empty", m.Renew(id=5, leases=[])),
+    ("renew_duplicate_lease", m.Renew(id=4, leases=[LEASE_A, LEASE_B, LEASE_A])),
     ("release", m.Release(id=6, leases=[LEASE_A])),
+    ("release_duplicate_lease", m.Release(id=6, leases=[LEASE_A, LEASE_A])),
     ("status", m.Status(id=7)),
     ("bye", m.Bye(id=8)),
+    (
+        "hello_no_shared_version",
+        m.Hello(id=1, versions=[2, 7], client_id=CLIENT_ID, user="alice", host="h", nonce=NONCE),
+    ),
     (
         "welcome",
         m.Welcome(
@@ -125,8 +135,10 @@ VALID: list[tuple[str, m.Message]] = [
                     "seats": 10,
                     "in_use": 1,
                     "borrowed": 1,
+                    "held": 0,
                     "free": 8,
                     "borrowable": 2,
+                    "max_borrow_days": 14,
                     "addon": False,
                     "versions": ["2024", "2025.2"],
                     "holders": [
@@ -139,18 +151,32 @@ VALID: list[tuple[str, m.Message]] = [
                             "last_heartbeat": 1764300040.25,
                         }
                     ],
+                    "holders_total": 1,
                 },
                 {
                     "name": "cadpro-render",
                     "seats": 2,
                     "in_use": 0,
                     "borrowed": 0,
+                    "held": 0,
                     "free": 2,
                     "borrowable": 0,
+                    "max_borrow_days": 0,
                     "addon": True,
                     "versions": None,
                     "holders": [],
+                    "holders_total": 0,
                 },
+            ],
+            borrows=[
+                {
+                    "borrow_id": "b-5f3a",
+                    "product": "cadpro",
+                    "user": "bob",
+                    "host": "lt-bob",
+                    "start": 1764300000.0,
+                    "end": 1765509600.0,
+                }
             ],
         ),
     ),
@@ -229,6 +255,7 @@ _STATUS = {"t": "status", "id": 7}
 _RENEW = m.Renew(id=4, leases=[LEASE_A])
 _GRANTED = m.Granted(id=2, lease=LEASE_A, product="cadpro", lease_s=60.0)
 _CHECKOUT = m.Checkout(id=2, product="cadpro", version="2024.1")
+_BORROW = dict(VALID)["borrow"]
 
 
 def _nested(depth: int) -> bytes:
@@ -392,7 +419,82 @@ INVALID: list[tuple[str, bytes, str, bool]] = [
         "bad_message",
         False,
     ),
+    # The additions of protocol 1.0 (SPEC, changelog).
+    ("hello_nonce_as_str", frame(pack(_wire(HELLO, nonce=""))), "bad_message", False),
+    ("hello_nonce_hex_str", frame(pack(_wire(HELLO, nonce=NONCE.hex()))), "bad_message", False),
+    ("status_id_zero", frame(pack({"t": "status", "id": 0})), "bad_message", False),
+    ("checkout_id_zero", frame(pack(_wire(_CHECKOUT, id=0))), "bad_message", False),
+    (
+        "checkout_version_letters",
+        frame(pack(_wire(_CHECKOUT, version="abc"))),
+        "bad_message",
+        False,
+    ),
+    (
+        "checkout_version_suffix",
+        frame(pack(_wire(_CHECKOUT, version="2024.1-beta"))),
+        "bad_message",
+        False,
+    ),
+    (
+        "checkout_version_empty_part",
+        frame(pack(_wire(_CHECKOUT, version="16."))),
+        "bad_message",
+        False,
+    ),
+    (
+        "checkout_version_nine_parts",
+        frame(pack(_wire(_CHECKOUT, version="1.2.3.4.5.6.7.8.9"))),
+        "bad_message",
+        False,
+    ),
+    (
+        "checkout_version_ten_digits",
+        frame(pack(_wire(_CHECKOUT, version="1234567890"))),
+        "bad_message",
+        False,
+    ),
+    (
+        "checkout_version_non_ascii_digit",
+        frame(pack(_wire(_CHECKOUT, version="\u0661\u0666"))),
+        "bad_message",
+        False,
+    ),
+    ("borrow_days_zero", frame(pack(_wire(_BORROW, days=0.0))), "bad_message", False),
+    ("borrow_days_int_zero", frame(pack(_wire(_BORROW, days=0))), "bad_message", False),
+    ("borrow_days_negative", frame(pack(_wire(_BORROW, days=-1.0))), "bad_message", False),
+    ("borrow_version_letters", frame(pack(_wire(_BORROW, version="abc"))), "bad_message", False),
+    (
+        "reclaim_version_letters",
+        frame(
+            pack(
+                {
+                    "t": "reclaim",
+                    "id": 12,
+                    "seats": [{"lease": LEASE_A, "product": "cadpro", "version": "abc"}],
+                }
+            )
+        ),
+        "bad_message",
+        False,
+    ),
+    (
+        "map_16385_entries",
+        frame(pack({"t": "status", "id": 7, **{f"k{i:05}": 0 for i in range(16383)}})),
+        "bad_frame",
+        False,
+    ),
 ]
+
+
+def error_id(data: bytes, code: str) -> int:
+    """The id SPEC section 3 says an error about ``data`` carries: the frame's ``id`` when the
+    body is a map whose ``id`` is an integer in 1..2**63-1, else 0."""
+    if code == "bad_frame":
+        return 0
+    body = msgpack.unpackb(data[4:])
+    rid = body.get("id")
+    return rid if type(rid) is int and 1 <= rid <= m.MAX_REQUEST_ID else 0
 
 
 def frames() -> list[dict[str, Any]]:
@@ -408,104 +510,190 @@ def frames() -> list[dict[str, Any]]:
             }
         )
     for name, data, code, fatal in INVALID:
-        out.append({"name": name, "hex": data.hex(), "valid": False, "error": code, "fatal": fatal})
+        out.append(
+            {
+                "name": name,
+                "hex": data.hex(),
+                "valid": False,
+                "error": code,
+                "id": error_id(data, code),
+                "fatal": fatal,
+            }
+        )
     names = [v["name"] for v in out]
     assert len(names) == len(set(names)), "duplicate vector names"
     return out
 
 
-def _s(send: str, expect: str) -> dict[str, str]:
-    return {"send": send, "expect": expect}
+# ---------------------------------------------------------------------------------- sessions
+#
+# A session is one client's conversation with a server, step by step; sessions.json's format is
+# described in protocol/README.md ("Sessions"). Each session has a client id and a nonce of its
+# own (derived from its name), so the sessions can be played one after another against one real
+# server: none repeats another's hello (replayed_hello), and each ends holding no seat.
+
+_FRAMES = {name: msg for name, msg in VALID}
+_INVALID = {name: (data, code, fatal) for name, data, code, fatal in INVALID}
+
+#: The reply to each request type (SPEC section 7).
+REPLY = {
+    "hello": "welcome",
+    "checkout": "granted",
+    "renew": "renewed",
+    "release": "released",
+    "status": "status_reply",
+    "bye": "goodbye",
+    "enroll": "enrolled",
+    "borrow": "borrowed",
+    "return": "returned",
+    "present": "presented",
+    "reclaim": "reclaimed",
+}
 
 
-SESSIONS: list[dict[str, Any]] = [
-    {
-        "name": "happy_path",
-        "steps": [
-            _s("hello", "message:hello"),
-            _s("checkout", "message:checkout"),
-            _s("renew", "message:renew"),
-            _s("status", "message:status"),
-            _s("release", "message:release"),
-            _s("bye", "message:bye"),
-        ],
-    },
-    {
-        "name": "request_before_hello",
-        "steps": [
-            _s("checkout", "error:unexpected_message"),
-            _s("status", "error:unexpected_message"),
-            _s("bye", "error:unexpected_message"),
-            _s("hello", "message:hello"),
-            _s("checkout", "message:checkout"),
-        ],
-    },
-    {
-        "name": "second_hello",
-        "steps": [
-            _s("hello", "message:hello"),
-            _s("hello", "error:unexpected_message"),
-            _s("status", "message:status"),
-        ],
-    },
-    {
-        "name": "request_after_bye",
-        "steps": [
-            _s("hello", "message:hello"),
-            _s("bye", "message:bye"),
-            _s("checkout", "error:unexpected_message"),
-            _s("hello", "error:unexpected_message"),
-        ],
-    },
-    {
-        "name": "server_message_from_client",
-        "steps": [
-            _s("welcome", "error:unexpected_message"),
-            _s("hello", "message:hello"),
-            _s("granted", "error:unexpected_message"),
-            _s("notice_shutdown", "error:unexpected_message"),
-            _s("status", "message:status"),
-        ],
-    },
-    {
-        "name": "bad_hello_then_good_hello",
-        "steps": [
-            _s("hello_client_id_15_bytes", "error:bad_message"),
-            _s("type_unknown", "error:unknown_message"),
-            _s("not_msgpack", "error:bad_frame"),
-            _s("hello", "message:hello"),
-        ],
-    },
-    {
-        "name": "bad_frames_keep_the_connection",
-        "steps": [
-            _s("hello", "message:hello"),
-            _s("zero_length", "error:bad_frame"),
-            _s("not_msgpack", "error:bad_frame"),
-            _s("body_is_array", "error:bad_frame"),
-            _s("key_bin", "error:bad_frame"),
-            _s("deep_nesting", "error:bad_frame"),
-            _s("array_header_2e32_minus_1", "error:bad_frame"),
-            _s("type_unknown", "error:unknown_message"),
-            _s("checkout_missing_product", "error:bad_message"),
-            _s("renew_lease_15_bytes", "error:bad_message"),
-            _s("id_2e64_minus_1", "error:bad_message"),
-            _s("checkout", "message:checkout"),
-        ],
-    },
-    {
-        "name": "over_limit_closes",
-        "steps": [
-            _s("hello", "message:hello"),
-            _s("checkout", "message:checkout"),
-            _s("length_over_limit", "fatal:bad_frame"),
-        ],
-    },
-    {
-        "name": "over_limit_before_hello",
-        "steps": [_s("length_max_u32", "fatal:bad_frame")],
-    },
-]
+def session_ids(name: str) -> tuple[bytes, bytes]:
+    """(client_id, nonce) of a session: its own, fixed, so the file is deterministic."""
+    return (
+        hashlib.sha256(b"lanlic session client_id " + name.encode()).digest()[:16],
+        hashlib.sha256(b"lanlic session nonce " + name.encode()).digest(),
+    )
+
+
+class _Session:
+    def __init__(self, name: str, about: str) -> None:
+        self.name = name
+        self.client_id, self.nonce = session_ids(name)
+        self.steps: list[dict[str, Any]] = []
+        self.out = {
+            "name": name,
+            "about": about,
+            "client_id": self.client_id.hex(),
+            "nonce": self.nonce.hex(),
+            "steps": self.steps,
+        }
+
+    def send(self, vector: str, expect: str, batch: bool = False, **match: Any) -> _Session:
+        """Send frame vector ``vector`` (a hello with this session's client id and nonce)."""
+        if vector in _FRAMES:
+            msg = _FRAMES[vector]
+            if isinstance(msg, m.Hello):
+                msg = dataclasses.replace(msg, client_id=self.client_id, nonce=self.nonce)
+            data = encode_frame(m.to_wire(msg))
+            rid = getattr(msg, "id", 0)
+            rid = rid if 1 <= rid <= m.MAX_REQUEST_ID else 0
+        else:
+            data, code, _ = _INVALID[vector]
+            rid = error_id(data, code)
+        kind, _, what = expect.partition(":")
+        assert kind in ("reply", "error", "fatal", "closed"), expect
+        if kind == "reply":
+            assert REPLY[_FRAMES[vector].TYPE] == what, (vector, expect)
+        step: dict[str, Any] = {"send": vector, "hex": data.hex(), "expect": expect}
+        if kind != "closed":
+            step["id"] = rid
+        if match:
+            step["match"] = jsonable(match)
+        if batch:
+            step["batch"] = True
+        self.steps.append(step)
+        return self
+
+    def connect(self) -> _Session:
+        self.steps.append({"connect": True})
+        return self
+
+
+def _sessions() -> list[dict[str, Any]]:
+    S = _Session
+    lost_a = [{"lease": LEASE_A, "code": "lease_unknown"}]
+    out = [
+        S("happy_path", "hello, checkout, renew, status, release, bye")
+        .send("hello", "reply:welcome")
+        .send("checkout", "reply:granted", product="cadpro")
+        .send("renew", "reply:renewed", leases=[],
+              lost=[*lost_a, {"lease": LEASE_B, "code": "lease_unknown"}])
+        .send("status", "reply:status_reply")
+        .send("release", "reply:released", leases=[], lost=lost_a)
+        .send("bye", "reply:goodbye", released=1)
+        .send("checkout", "closed", batch=True),
+        S("request_before_hello", "requests before hello are unexpected; the state stays")
+        .send("checkout", "error:unexpected_message")
+        .send("status", "error:unexpected_message")
+        .send("bye", "error:unexpected_message")
+        .send("hello", "reply:welcome")
+        .send("checkout", "reply:granted")
+        .send("bye", "reply:goodbye", released=1),
+        S("second_hello", "a second hello is unexpected; the session goes on")
+        .send("hello", "reply:welcome")
+        .send("hello", "error:unexpected_message")
+        .send("status", "reply:status_reply")
+        .send("bye", "reply:goodbye", released=0),
+        S("nothing_after_bye", "frames after bye, even in the same write, get no reply")
+        .send("hello", "reply:welcome")
+        .send("bye", "reply:goodbye", released=0)
+        .send("checkout", "closed", batch=True)
+        .send("hello", "closed", batch=True),
+        S("server_message_from_client", "a server's message sent by a client is unexpected")
+        .send("welcome", "error:unexpected_message")
+        .send("hello", "reply:welcome")
+        .send("granted", "error:unexpected_message")
+        .send("notice_shutdown", "error:unexpected_message")
+        .send("status", "reply:status_reply")
+        .send("bye", "reply:goodbye"),
+        S("bad_hello_then_good_hello", "malformed frames before hello keep the connection")
+        .send("hello_client_id_15_bytes", "error:bad_message")
+        .send("type_unknown", "error:unknown_message")
+        .send("not_msgpack", "error:bad_frame")
+        .send("hello_nonce_as_str", "error:bad_message")
+        .send("hello", "reply:welcome")
+        .send("bye", "reply:goodbye"),
+        S("bad_frames_keep_the_connection", "non-fatal errors leave the session in step")
+        .send("hello", "reply:welcome")
+        .send("zero_length", "error:bad_frame")
+        .send("not_msgpack", "error:bad_frame")
+        .send("body_is_array", "error:bad_frame")
+        .send("key_bin", "error:bad_frame")
+        .send("deep_nesting", "error:bad_frame")
+        .send("array_header_2e32_minus_1", "error:bad_frame")
+        .send("map_16385_entries", "error:bad_frame")
+        .send("type_unknown", "error:unknown_message")
+        .send("checkout_missing_product", "error:bad_message")
+        .send("renew_lease_15_bytes", "error:bad_message")
+        .send("id_2e64_minus_1", "error:bad_message")
+        .send("status_id_zero", "error:bad_message")
+        .send("checkout_version_suffix", "error:bad_message")
+        .send("borrow_days_zero", "error:bad_message")
+        .send("checkout", "reply:granted")
+        .send("bye", "reply:goodbye", released=1),
+        S("products_and_versions", "product names are exact; versions are dotted numbers")
+        .send("hello", "reply:welcome")
+        .send("checkout_product_upper_case", "error:unknown_product")
+        .send("checkout_version_letters", "error:bad_message")
+        .send("checkout_any_version", "reply:granted", product="cadpro")
+        .send("bye", "reply:goodbye", released=1),
+        S("duplicate_leases", "a lease listed twice in renew or release counts once")
+        .send("hello", "reply:welcome")
+        .send("renew_duplicate_lease", "reply:renewed", leases=[],
+              lost=[*lost_a, {"lease": LEASE_B, "code": "lease_unknown"}])
+        .send("release_duplicate_lease", "reply:released", leases=[], lost=lost_a)
+        .send("bye", "reply:goodbye"),
+        S("no_shared_version", "a hello with no version the server speaks")
+        .send("hello_no_shared_version", "fatal:unsupported_version"),
+        S("replayed_hello", "a hello repeated word for word while its client id is known")
+        .send("hello", "reply:welcome")
+        .connect()
+        .send("hello", "fatal:replayed_hello"),
+        S("over_limit_closes", "a length over the limit is fatal")
+        .send("hello", "reply:welcome")
+        .send("status", "reply:status_reply")
+        .send("length_over_limit", "fatal:bad_frame"),
+        S("over_limit_before_hello", "a length over the limit is fatal before hello too")
+        .send("length_max_u32", "fatal:bad_frame"),
+    ]  # fmt: skip
+    return [s.out for s in out]
+
+
+SESSIONS: list[dict[str, Any]] = _sessions()
 
 
 def render() -> dict[str, str]:

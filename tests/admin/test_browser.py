@@ -20,10 +20,10 @@ import pytest
 from conftest import PASSWORD, PRODUCTS, MakeSite, Site, key_file
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from lanlic.borrower import Borrower
 from lanlic.core.netkey import ProductEntitlement
 from lanlic.core.pool import Granted, Holder
 from lanlic.core.records import HistoryRow
+from lanlic.laptop.borrower import Borrower
 from lanlic.net.client import Client
 
 CHROMIUM = Path("/usr/bin/chromium")

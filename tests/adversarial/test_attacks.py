@@ -43,7 +43,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from helpers import DEFAULT_PRODUCTS, make_key
 
-from lanlic.borrower import Borrower
 from lanlic.core import borrowing, netkey, signing
 from lanlic.core.borrowing import FileCheck
 from lanlic.core.service import LicenseService, handshake_payload
@@ -54,7 +53,8 @@ from lanlic.errors import (
     NoSeat,
     ServerUntrusted,
 )
-from lanlic.machine import machine_fingerprint
+from lanlic.laptop.borrower import Borrower
+from lanlic.laptop.machine import machine_fingerprint
 from lanlic.net.client import Client
 from lanlic.net.server import LicenseServer, ServerLimits
 from lanlic.proto.framing import FrameDecoder, encode_frame

@@ -1,7 +1,6 @@
 """Container homes: create and open, enrollment, borrowed files and every offline refusal.
 
-The clock is a number passed in; machines are tmp folders with their own machine-id file and
-/sys/class/net tree.
+The clock is a number passed in; machines are machine ids and MACs handed to the fingerprint.
 """
 
 from __future__ import annotations
@@ -15,11 +14,12 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from lanlic.container import ContainerError, ContainerHome, default_client_home
 from lanlic.core import borrowing, signing
 from lanlic.core.borrowing import CLOCK_TOLERANCE, DAY
 from lanlic.errors import BorrowedFileError
-from lanlic.machine import machine_fingerprint
+from lanlic.laptop.container import ContainerError, ContainerHome, default_client_home
+from lanlic.laptop.machine import machine_fingerprint
+from lanlic.osdeps import MachineSources
 
 T0 = 1_750_000_000.0
 """The clock when the borrow starts (UTC seconds); tests move it by adding numbers."""
@@ -29,17 +29,8 @@ SERVER_ID = "srv-acme-1"
 
 
 def fake_machine(root: Path, machine_id: str, mac: str) -> str:
-    """A machine as files: /etc/machine-id and one physical NIC; returns its fingerprint."""
-    (root / "etc").mkdir(parents=True)
-    (root / "etc" / "machine-id").write_text(machine_id + "\n")
-    nic = root / "sys" / "class" / "net" / "enp0s31f6"
-    (nic / "device").mkdir(parents=True)
-    (nic / "address").write_text(mac + "\n")
-    return machine_fingerprint(
-        root / "etc" / "machine-id",
-        root / "sys" / "class" / "net",
-        fallback_machine_id_path=root / "none",
-    )
+    """A machine as the OS would show it (its id and primary MAC); returns its fingerprint."""
+    return machine_fingerprint(MachineSources(machine_id, mac, f"the fake machine {root.name}"))
 
 
 @pytest.fixture

@@ -1,14 +1,27 @@
-"""The machine fingerprint, on fake /etc/machine-id files and fake /sys/class/net trees."""
+"""The machine fingerprint, on fake /etc/machine-id files and fake /sys/class/net trees (Linux's
+sources, read by lanlic.osdeps._linux)."""
 
 from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
-from lanlic.machine import ENV_MACHINE_ID_FILE, machine_fingerprint, primary_mac
+from lanlic.errors import MachineUnidentified
+from lanlic.laptop.machine import ENV_MACHINE_ID_FILE, machine_fingerprint
+from lanlic.osdeps.machineid import linux_primary_mac
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads Linux's sources")
+if sys.platform == "linux":
+    from lanlic.osdeps import _linux
+
+
+def primary_mac(sys_class_net: Path) -> str:
+    return linux_primary_mac(_linux.net_interfaces(sys_class_net))
+
 
 MACHINE_A = "0123456789abcdef0123456789abcdef"
 MACHINE_B = "fedcba9876543210fedcba9876543210"
@@ -60,8 +73,11 @@ class FakeMachine:
             (real / "phy80211").symlink_to(phy)
         (self.net / name).symlink_to(real)
 
+    def sources(self, net: Path | None = None) -> _linux.MachineSources:
+        return _linux.machine_sources(self.machine_id, net or self.net, self.dbus_id)
+
     def fingerprint(self) -> str:
-        return machine_fingerprint(self.machine_id, self.net, fallback_machine_id_path=self.dbus_id)
+        return machine_fingerprint(self.sources())
 
 
 @pytest.fixture(autouse=True)
@@ -176,16 +192,16 @@ def test_empty_machine_id_counts_as_missing(tmp_path: Path) -> None:
 def test_machine_id_only(tmp_path: Path) -> None:
     m = FakeMachine(tmp_path)
     assert m.fingerprint() == expected(MACHINE_A, "")
-    no_net = machine_fingerprint(
-        m.machine_id, tmp_path / "no-sys", fallback_machine_id_path=m.dbus_id
-    )
-    assert no_net == expected(MACHINE_A, "")
+    assert machine_fingerprint(m.sources(tmp_path / "no-sys")) == expected(MACHINE_A, "")
 
 
 def test_nothing_to_fingerprint_raises(tmp_path: Path) -> None:
     m = FakeMachine(tmp_path, machine_id=None)
-    with pytest.raises(OSError, match="cannot fingerprint this machine"):
+    with pytest.raises(MachineUnidentified, match="cannot fingerprint this machine") as caught:
         m.fingerprint()
+    assert caught.value.code == "machine_unidentified"
+    # the message says where lanlic looked
+    assert str(m.machine_id) in str(caught.value) and str(m.net) in str(caught.value)
 
 
 def test_env_override_plays_two_machines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,25 +209,25 @@ def test_env_override_plays_two_machines(tmp_path: Path, monkeypatch: pytest.Mon
     m.nic("enp0s31f6", "8c:16:45:aa:bb:cc")
     other = tmp_path / "other-machine-id"
     other.write_text(MACHINE_B + "\n")
-    monkeypatch.setenv(ENV_MACHINE_ID_FILE, str(other))
-    assert machine_fingerprint(sys_class_net=m.net) == expected(MACHINE_B, "8c:16:45:aa:bb:cc")
-    # an explicit path is not overridden
     assert m.fingerprint() == expected(MACHINE_A, "8c:16:45:aa:bb:cc")
+    monkeypatch.setenv(ENV_MACHINE_ID_FILE, str(other))
+    assert m.fingerprint() == expected(MACHINE_B, "8c:16:45:aa:bb:cc")
 
 
 def test_env_override_missing_file_is_an_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    m = FakeMachine(tmp_path)
     monkeypatch.setenv(ENV_MACHINE_ID_FILE, str(tmp_path / "nope"))
-    with pytest.raises(OSError, match=ENV_MACHINE_ID_FILE):
-        machine_fingerprint(sys_class_net=tmp_path)
+    with pytest.raises(MachineUnidentified, match=ENV_MACHINE_ID_FILE):
+        m.fingerprint()
 
 
 def test_real_machine_smoke() -> None:
     """On the machine running the tests: well formed and stable (skipped where unreadable)."""
     try:
         fp = machine_fingerprint()
-    except OSError:
+    except MachineUnidentified:
         pytest.skip("this machine has neither a machine id nor a MAC")
     assert re.fullmatch(r"mfp:[0-9a-f]{32}", fp)
     assert machine_fingerprint() == fp

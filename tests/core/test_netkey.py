@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lanlic.core import netkey, signing, vendorfiles
+from lanlic import vendorkeys
+from lanlic.core import netkey, signing
 from lanlic.core.netkey import (
     NetworkKey,
     ProductEntitlement,
@@ -760,7 +761,7 @@ def test_product_entitlement_validates(kwargs: dict[str, Any], words: str) -> No
 def test_netkey_imports_no_io_modules() -> None:
     code = (
         "import sys, lanlic.core.netkey\n"
-        "bad = {'asyncio', 'socket', 'sqlite3', 'zeroconf', 'lanlic.core.vendorfiles'}\n"
+        "bad = {'asyncio', 'socket', 'sqlite3', 'zeroconf', 'lanlic.vendorkeys'}\n"
         "print(sorted(bad & set(sys.modules)))\n"
     )
     out = subprocess.run(
@@ -774,13 +775,13 @@ def test_netkey_imports_no_io_modules() -> None:
 
 def test_write_and_load_vendor_keypair(tmp_path: Path) -> None:
     private = netkey.generate_vendor_key()
-    key_path, pub_path = vendorfiles.write_vendor_keypair(tmp_path, private)
+    key_path, pub_path = vendorkeys.write_vendor_keypair(tmp_path, private)
     assert (key_path, pub_path) == (tmp_path / "vendor.key", tmp_path / "vendor.pub")
     if os.name == "posix":
         assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
         assert stat.S_IMODE(pub_path.stat().st_mode) == 0o644
-    loaded = vendorfiles.load_vendor_private(key_path)
-    public = vendorfiles.load_vendor_public(pub_path)
+    loaded = vendorkeys.load_vendor_private(key_path)
+    public = vendorkeys.load_vendor_public(pub_path)
     assert signing.public_bytes(loaded.public_key()) == signing.public_bytes(public)
     data = issue_network_key(
         loaded,
@@ -794,17 +795,17 @@ def test_write_and_load_vendor_keypair(tmp_path: Path) -> None:
 
 
 def test_write_refuses_to_overwrite_the_private_key(tmp_path: Path) -> None:
-    key_path, pub_path = vendorfiles.write_vendor_keypair(tmp_path, VENDOR)
+    key_path, pub_path = vendorkeys.write_vendor_keypair(tmp_path, VENDOR)
     before = key_path.read_bytes(), pub_path.read_bytes()
     with pytest.raises(FileExistsError):
-        vendorfiles.write_vendor_keypair(tmp_path, OTHER_VENDOR)
+        vendorkeys.write_vendor_keypair(tmp_path, OTHER_VENDOR)
     assert (key_path.read_bytes(), pub_path.read_bytes()) == before
 
 
 def test_write_replaces_a_stale_public_key(tmp_path: Path) -> None:
     (tmp_path / "vendor.pub").write_bytes(b"stale")
-    _, pub_path = vendorfiles.write_vendor_keypair(tmp_path, VENDOR)
-    assert signing.fingerprint(vendorfiles.load_vendor_public(pub_path)) == VENDOR_FP
+    _, pub_path = vendorkeys.write_vendor_keypair(tmp_path, VENDOR)
+    assert signing.fingerprint(vendorkeys.load_vendor_public(pub_path)) == VENDOR_FP
 
 
 @pytest.mark.parametrize(
@@ -815,7 +816,7 @@ def test_load_vendor_private_refuses_bad_files(tmp_path: Path, content: bytes) -
     path = tmp_path / "vendor.key"
     path.write_bytes(content)
     with pytest.raises(KeyMalformed) as info:
-        vendorfiles.load_vendor_private(path)
+        vendorkeys.load_vendor_private(path)
     assert str(path) in info.value.message
 
 
@@ -827,10 +828,10 @@ def test_load_vendor_public_refuses_bad_files(tmp_path: Path, content: bytes) ->
     path = tmp_path / "vendor.pub"
     path.write_bytes(content)
     with pytest.raises(KeyMalformed) as info:
-        vendorfiles.load_vendor_public(path)
+        vendorkeys.load_vendor_public(path)
     assert str(path) in info.value.message
 
 
 def test_load_missing_file_is_an_os_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
-        vendorfiles.load_vendor_public(tmp_path / "absent.pub")
+        vendorkeys.load_vendor_public(tmp_path / "absent.pub")

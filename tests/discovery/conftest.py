@@ -80,7 +80,7 @@ async def server_processes() -> AsyncIterator[list[ServerProcess]]:
 @pytest.fixture
 def vendor_files(vendor_key: Ed25519PrivateKey, tmp_path: Path) -> tuple[Path, Path]:
     """The session's vendor key as files: (network key for ACME Engineering, vendor.pub)."""
-    from lanlic.core.vendorfiles import write_vendor_keypair
+    from lanlic.vendorkeys import write_vendor_keypair
 
     folder = tmp_path / "vendor"
     folder.mkdir()

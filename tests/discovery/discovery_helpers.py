@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from cliproc import KEEP
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from helpers import DEFAULT_PRODUCTS, TODAY
 
@@ -81,7 +82,7 @@ Serve = Callable[..., Awaitable[Served]]
 
 
 def cli_env(config: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LANLIC_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LANLIC_") or k in KEEP}
     env["XDG_CONFIG_HOME"] = str(config)
     env["PYTHONUNBUFFERED"] = "1"
     return env

@@ -20,13 +20,13 @@ from lanlic.core.netkey import ProductEntitlement
 from lanlic.core.service import LicenseService, ServiceConfig, handshake_payload
 from lanlic.discovery import SERVICE_TYPE, Announcer, build_txt
 from lanlic.errors import LanlicError, ServerKeyChanged, ServerUnavailable, ServerUntrusted
+from lanlic.laptop.trust import TrustStore
 from lanlic.net.announce import announcer_for
 from lanlic.net.blocking import BlockingClient
 from lanlic.net.client import Client
 from lanlic.net.server import LicenseServer
 from lanlic.proto import messages as m
 from lanlic.proto.framing import FrameDecoder, encode_frame
-from lanlic.trust import TrustStore
 
 #: Generous bound for a discovery that should succeed (it takes ~0.1-0.3 s here).
 FIND = 5.0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import time
@@ -14,13 +15,14 @@ from pathlib import Path
 import pytest
 from cliproc import read_json_line
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from discovery_helpers import CLI, LOOPBACK, ServerProcess, cli_env
+from discovery_helpers import CLI, LOOPBACK, Serve, ServerProcess, cli_env
 from netns import Netns, netns_unavailable
 from zeroconf import ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncZeroconf
 
 from lanlic.core import signing
-from lanlic.discovery import SERVICE_TYPE
+from lanlic.discovery import SERVICE_TYPE, service_type
+from lanlic.errors import ServerUnavailable
 from lanlic.net.client import Client
 
 #: Bound on one CLI command expected to finish by itself.
@@ -97,18 +99,24 @@ async def test_cli_finds_pins_and_refuses_on_loopback(
     assert pin["server_fp"] == listening["server_id"] and pin["site"] == "ACME Engineering"
 
     # SIGTERM: the server says goodbye over mDNS before it exits.
-    removed = asyncio.Event()
+    added, removed = asyncio.Event(), asyncio.Event()
 
     def on_change(
         zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
     ) -> None:
-        if state_change is ServiceStateChange.Removed and name.startswith(announced["name"]):
+        if not name.startswith(announced["name"]):
+            return
+        if state_change is ServiceStateChange.Removed:
             removed.set()
+        else:
+            added.set()
 
     async with AsyncZeroconf(interfaces=LOOPBACK) as aiozc:
-        browser = AsyncServiceBrowser(aiozc.zeroconf, SERVICE_TYPE, handlers=[on_change])
+        browser = AsyncServiceBrowser(aiozc.zeroconf, service_type(), handlers=[on_change])
         try:
-            await asyncio.sleep(0.5)  # the browser has seen the service by now
+            # Seen first (a responder that answered the commands above within the last second
+            # waits that long to multicast again): only a service seen can be seen to go.
+            await asyncio.wait_for(added.wait(), 5)
             assert await server.stop() == 0
             await asyncio.wait_for(removed.wait(), 5)
         finally:
@@ -155,6 +163,40 @@ async def test_cli_with_nothing_there_says_so_within_its_timeout(tmp_path: Path)
         "servers", "--interface", "127.0.0.1", "--timeout", "0.5", env=env
     )
     assert code == 0 and "no lanlic server answered on 127.0.0.1" in out
+
+
+async def test_a_server_the_test_did_not_start_is_never_found_or_touched(
+    serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As with ``lanlic serve --demo`` running on this host: a server announced on loopback
+    under the usual service type. The test's own browsing (its service type, conftest.py) never
+    hears it, so never connects to it: not the CLI, not the client library."""
+    own = os.environ["LANLIC_MDNS_SERVICE"]
+    monkeypatch.delenv("LANLIC_MDNS_SERVICE")
+    foreign = await serve(customer="Someone Else's Demo")
+    assert foreign.announcer.service == SERVICE_TYPE
+    monkeypatch.setenv("LANLIC_MDNS_SERVICE", own)
+    env = cli_env(tmp_path / "config")
+
+    code, out, err = await run_cli(
+        "status", "--interface", "127.0.0.1", "--discover-timeout", "1", env=env
+    )
+    assert code == 1 and err.startswith("lanlic: server_unavailable: no lanlic server answered")
+    code, out, err = await run_cli(
+        "servers", "--json", "--interface", "127.0.0.1", "--timeout", "1", env=env
+    )
+    assert code == 0 and json.loads(out)["servers"] == [], out
+    with pytest.raises(ServerUnavailable, match=f"looked only for service {own}"):
+        await Client.discover(None, interfaces=LOOPBACK, timeout=1.0)
+    assert foreign.hellos == 0, "a test connected to a server it did not start"
+
+    # The same browse with the usual service type finds it: it was there to be found.
+    usual = {k: v for k, v in env.items() if k != "LANLIC_MDNS_SERVICE"}
+    code, out, err = await run_cli(
+        "servers", "--json", "--interface", "127.0.0.1", "--timeout", "1.5", env=usual
+    )
+    assert code == 0, err
+    assert foreign.address[1] in [row["port"] for row in json.loads(out)["servers"]], out
 
 
 async def test_serve_refuses_to_announce_where_it_does_not_listen(

@@ -16,16 +16,16 @@ from lanlic.core import signing
 from lanlic.core.service import handshake_payload
 from lanlic.discovery import (
     MAX_TXT_STRING,
+    SERVICE_TYPE,
     announce_addresses,
     announce_interfaces,
     build_txt,
     instance_name,
     parse_txt,
+    service_type,
 )
 from lanlic.errors import ServerKeyChanged, ServerUnavailable, ServerUntrusted
-from lanlic.net.client import Client
-from lanlic.proto import messages as m
-from lanlic.trust import (
+from lanlic.laptop.trust import (
     ServerIdentity,
     TrustStore,
     TrustStoreError,
@@ -33,10 +33,14 @@ from lanlic.trust import (
     fingerprint_of,
     verify_welcome,
 )
+from lanlic.net.client import Client
+from lanlic.proto import messages as m
 
 FP_A = "sha256:" + "a" * 32
 FP_B = "sha256:" + "b" * 32
 FP_V = "sha256:" + "c" * 32
+TXT_KEYS = {b"txtvers", b"proto", b"products", b"site", b"id", b"sfp", b"vfp", b"pmore"}
+"""The TXT keys this version reads (lanlic.discovery.parse_txt)."""
 
 
 def txt(**over: str) -> dict[bytes, bytes | None]:
@@ -120,10 +124,19 @@ def test_announcement_needs_an_address_and_a_port() -> None:
     )
 )
 def test_any_txt_record_parses_or_is_a_value_error(props: dict[bytes, bytes | None]) -> None:
+    known = {k: v for k, v in props.items() if k in TXT_KEYS}
     try:
-        parse_txt("x", ["10.0.0.5"], 7766, props)
-    except ValueError:
-        pass
+        ann = parse_txt("x", ["10.0.0.5"], 7766, props)
+    except ValueError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        with pytest.raises(ValueError):  # what refuses it is a key this version reads
+            parse_txt("x", ["10.0.0.5"], 7766, known)
+        return
+    assert ann == parse_txt("x", ["10.0.0.5"], 7766, known)  # unknown keys are ignored
+    assert (ann.addresses, ann.port) == (("10.0.0.5",), 7766)
+    assert ann.protocol and all(0 < v < 2**31 for v in ann.protocol)
+    assert ann.site.isprintable()
+    assert ann.products_complete == (props.get(b"pmore") != b"1")
 
 
 def test_instance_name_is_one_short_line() -> None:
@@ -269,3 +282,22 @@ async def test_client_config_file_gives_the_address(monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("LANLIC_SERVER")
     with pytest.raises(TrustStoreError):
         Client()
+
+
+def test_the_service_type_can_be_set_and_a_bad_one_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("LANLIC_MDNS_SERVICE")
+    assert service_type() == SERVICE_TYPE == "_lanlic._tcp.local."
+    for text, want in [
+        ("_lanlic-0a1b2c3d._tcp", "_lanlic-0a1b2c3d._tcp.local."),
+        ("_Staging._tcp.local.", "_staging._tcp.local."),
+        ("  _lanlic._tcp.local  ", "_lanlic._tcp.local."),
+    ]:
+        monkeypatch.setenv("LANLIC_MDNS_SERVICE", text)
+        assert service_type() == want
+    for bad in ["lanlic", "_lanlic._udp", "_a--b._tcp", "_-ab._tcp", "_123._tcp",
+                "_sixteen-chars-xx._tcp", "_lan lic._tcp"]:  # fmt: skip
+        monkeypatch.setenv("LANLIC_MDNS_SERVICE", bad)
+        with pytest.raises(ServerUnavailable, match=r"LANLIC_MDNS_SERVICE=.* is not a DNS-SD"):
+            service_type()

@@ -30,10 +30,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from lanlic.borrower import Borrower
 from lanlic.core import netkey, signing
 from lanlic.core.netkey import ProductEntitlement
 from lanlic.errors import LanlicError
+from lanlic.laptop.borrower import Borrower
 from lanlic.net.client import Client, Seat
 
 SEED = int(os.environ.get("LANLIC_CRASH_SEED", "20261128"))

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from lanlic.borrower import Borrower
 from lanlic.core.netkey import ProductEntitlement
 from lanlic.errors import BorrowedFileError, BorrowRefused, NoSeat, ServerUnavailable
+from lanlic.laptop.borrower import Borrower
 from lanlic.net.client import Client
 from lanlic.net.server import LicenseServer, ServerLimits
 from lanlic.store import Store

@@ -173,7 +173,10 @@ def test_request_id_of() -> None:
 
 names = st.text(max_size=m.MAX_NAME)
 lease_ids = st.lists(st.binary(min_size=16, max_size=16), max_size=20)
-request_ids = st.integers(0, m.MAX_REQUEST_ID)
+request_ids = st.integers(m.MIN_REQUEST_ID, m.MAX_REQUEST_ID)
+versions = st.just("") | st.lists(st.integers(0, 10**9 - 1), min_size=1, max_size=8).map(
+    lambda parts: ".".join(map(str, parts))
+)
 some_messages = st.one_of(
     st.builds(
         m.Hello,
@@ -185,7 +188,7 @@ some_messages = st.one_of(
         app=names,
         nonce=st.binary(min_size=32, max_size=32) | st.just(b""),
     ),
-    st.builds(m.Checkout, request_ids, names, version=names),
+    st.builds(m.Checkout, request_ids, names, version=versions),
     st.builds(m.Renew, request_ids, lease_ids),
     st.builds(m.Release, request_ids, lease_ids),
     st.builds(

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
 from lanlic.errors import BadFrame, ProtocolError
@@ -139,7 +140,39 @@ def event_name(event: m.Message | RequestError | FatalError) -> str:
 
 
 def step_bytes(send: str) -> bytes:
-    return bytes.fromhex(BY_NAME[send]["hex"] if send in BY_NAME else send)
+    return bytes.fromhex(BY_NAME[send]["hex"])
+
+
+#: The reply to each request (SPEC section 7), to read a session's ``reply:X`` as the request the
+#: state machine must hand on.
+REPLY_TO = {
+    "welcome": "hello",
+    "granted": "checkout",
+    "renewed": "renew",
+    "released": "release",
+    "status_reply": "status",
+    "goodbye": "bye",
+}
+
+
+def state_machine_view(step: dict[str, Any]) -> list[str]:
+    """What ``ServerConnection`` alone yields for a step (the service decides the rest): a
+    reply's request, an error, a fatal frame error; a hello refused by the service (no shared
+    version, a replay) is still a hello to the state machine; nothing once closed."""
+    kind, _, what = step["expect"].partition(":")
+    if kind == "reply":
+        return [f"message:{REPLY_TO[what]}"]
+    if kind == "fatal" and what in ("unsupported_version", "replayed_hello"):
+        return ["message:hello"]
+    if kind == "closed":
+        return []
+    if kind == "error" and what not in FRAME_AND_STATE_ERRORS:
+        return [f"message:{BY_NAME[step['send']]['message']['t']}"]  # the service refuses it
+    return [step["expect"]]
+
+
+#: The errors the protocol core itself gives; every other refusal is the service's.
+FRAME_AND_STATE_ERRORS = {"bad_frame", "bad_message", "unknown_message", "unexpected_message"}
 
 
 @pytest.mark.parametrize("one_byte", [False, True], ids=["whole", "bytewise"])
@@ -148,24 +181,77 @@ def test_session(session: dict[str, Any], one_byte: bool) -> None:
     conn = ServerConnection()
     steps = session["steps"]
     for n, step in enumerate(steps):
+        if step.get("connect"):
+            conn = ServerConnection()
+            continue
         events = []
-        for piece in pieces(step_bytes(step["send"]), one_byte):
+        for piece in pieces(bytes.fromhex(step["hex"]), one_byte):
             events.extend(conn.receive_data(piece))
             if events and isinstance(events[-1], FatalError):
                 break
-        assert [event_name(e) for e in events] == [step["expect"]], f"step {n}: {step['send']}"
+        assert [event_name(e) for e in events] == state_machine_view(step), f"step {n}"
+        for e in events:
+            if isinstance(e, RequestError):
+                assert e.id == step["id"], f"step {n}: error id"
+            elif isinstance(e, m.Message):
+                assert getattr(e, "id", None) == step["id"], f"step {n}: request id"
         if step["expect"].startswith("fatal:"):
             assert n == len(steps) - 1, "a fatal error must end the session"
         assert not conn.has_partial_frame
 
 
-def test_sessions_only_use_known_vectors_and_outcomes() -> None:
+def test_sessions_are_well_formed() -> None:
+    """Every step names a frame vector and sends its bytes (a hello: with the session's own
+    client id and nonce); each session has its own ids, so played one after another against a
+    real server no hello is a replay of another session's."""
+    ids = set()
     for session in SESSIONS:
+        client_id, nonce = bytes.fromhex(session["client_id"]), bytes.fromhex(session["nonce"])
+        assert len(client_id) == 16 and len(nonce) == 32
+        ids.add(client_id)
         for step in session["steps"]:
-            assert step["send"] in BY_NAME, step["send"]
+            if step.get("connect"):
+                assert set(step) == {"connect"}
+                continue
+            vector = BY_NAME[step["send"]]
             kind, _, what = step["expect"].partition(":")
-            assert kind in ("message", "error", "fatal")
-            assert what in MESSAGE_TYPES if kind == "message" else what
+            assert kind in ("reply", "error", "fatal", "closed"), step
+            assert ("id" in step) == (kind != "closed")
+            if vector["valid"] and vector["message"]["t"] == "hello":
+                sent = m.parse(decode_one(step["hex"]))
+                assert isinstance(sent, m.Hello)
+                assert (sent.client_id, sent.nonce) == (client_id, nonce)
+                expected = m.to_wire(
+                    dataclasses.replace(
+                        m.parse(from_json(vector["message"])), client_id=client_id, nonce=nonce
+                    )
+                )
+                assert step["hex"] == encode_frame(expected).hex()
+            else:
+                assert step["hex"] == vector["hex"]
+            if kind == "reply":
+                assert REPLY_TO[what] == vector["message"]["t"]
+    assert len(ids) == len(SESSIONS)
+
+
+def decode_one(hex_frame: str) -> dict[str, Any]:
+    items = FrameDecoder().feed(bytes.fromhex(hex_frame))
+    assert len(items) == 1 and type(items[0]) is dict
+    return items[0]
+
+
+def test_invalid_vectors_name_the_error_id() -> None:
+    """SPEC 3: an error carries the frame's id when it is a map with an ``id`` in 1..2^63-1,
+    else 0 (which no request may use)."""
+    for v in FRAMES:
+        if v["valid"]:
+            continue
+        data = bytes.fromhex(v["hex"])
+        want = 0
+        if v["error"] != "bad_frame":
+            rid = msgpack.unpackb(data[4:]).get("id")
+            want = rid if type(rid) is int and 1 <= rid < 2**63 else 0
+        assert v["id"] == want, v["name"]
 
 
 def test_request_errors_echo_the_request_id() -> None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+from lanlic import osdeps
 from lanlic.core import netkey
 from lanlic.core.netkey import ProductEntitlement
-from lanlic.core.vendorfiles import load_vendor_private, load_vendor_public, write_vendor_keypair
-from lanlic.datadir import write_private
 from lanlic.errors import NetworkKeyError
+from lanlic.vendorkeys import load_vendor_private, load_vendor_public, write_vendor_keypair
 
 __all__ = ["DEMO_PRODUCTS", "ensure_demo"]
 
@@ -60,5 +60,5 @@ def ensure_demo(data: Path, today: dt.date) -> tuple[Path, Path]:
         products=DEMO_PRODUCTS,
         issued=today,
     )
-    write_private(license_path, content)  # every file of a data folder is private
+    osdeps.write_atomic(license_path, content)  # every file of a data folder is private
     return license_path, pub_path

@@ -22,7 +22,7 @@ clock had been set back. ``create`` writes the first state, so a home without on
 with. (Restoring a whole earlier copy of the home is beyond what an offline check can detect.)
 
 Every method that needs the time takes ``now`` (UTC seconds); nothing here reads a clock. Every
-write is atomic (temporary file, fsync, rename) with mode 0600.
+write is atomic and durable (``osdeps.write_atomic``), private to the user (mode 0600 on POSIX).
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from lanlic import osdeps
 from lanlic.core import borrowing, signing
 from lanlic.core.borrowing import BorrowedLicense, EnrollmentResponse, FileCheck
 from lanlic.errors import BorrowedFileError, LanlicError
@@ -68,46 +68,16 @@ class ContainerError(LanlicError):
 
 
 def default_client_home() -> Path:
-    """``$LANLIC_CLIENT_DATA``, else ``$XDG_DATA_HOME/lanlic/client``, else
-    ``~/.local/share/lanlic/client``."""
+    """``$LANLIC_CLIENT_DATA``, else ``client`` in the user's data folder
+    (``osdeps.user_data_dir``: on Linux ``$XDG_DATA_HOME/lanlic/client``, else
+    ``~/.local/share/lanlic/client``)."""
     env = os.environ.get("LANLIC_CLIENT_DATA")
     if env:
         return Path(env)
-    xdg = os.environ.get("XDG_DATA_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
-    return base / "lanlic" / "client"
+    return osdeps.user_data_dir() / "client"
 
 
 # ---------------------------------------------------------------------------------- file helpers
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems (FAT on a USB stick) cannot fsync a folder
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` with mode 0600: temporary file, fsync, rename, fsync folder."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _read_limited(path: Path) -> bytes | None:
@@ -120,12 +90,6 @@ def _read_limited(path: Path) -> bytes | None:
     if len(data) > MAX_FILE:
         raise ContainerError(f"{path} is too large to be a lanlic file")
     return data
-
-
-def _make_private_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with contextlib.suppress(OSError):  # FAT on a USB stick has no modes
-        os.chmod(path, 0o700)
 
 
 def _check_now(now: float) -> float:
@@ -193,19 +157,14 @@ class ContainerHome:
         if (kind == "act") != bool(machine_fp):
             raise ValueError("an 'act' container needs the machine fingerprint; a 'key' has none")
         root = Path(root)
-        _make_private_dir(root)
+        osdeps.make_private_dir(root)
         key = Ed25519PrivateKey.generate()
-        key_path = root / KEY_FILE
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        osdeps.write_new(root / KEY_FILE, signing.private_to_pem(key))
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(signing.private_to_pem(key))
-                f.flush()
-                os.fsync(f.fileno())
             home = cls(root, kind, machine_fp, key, foreign=False)
             home._save_state(LocalState(last_seen=None, returned=()))
             meta = {"kind": kind, "machine_fp": machine_fp}
-            _write_atomic(root / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+            osdeps.write_atomic(root / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
         except BaseException:
             for name in (META_FILE, STATE_FILE, KEY_FILE):
                 with contextlib.suppress(OSError):
@@ -265,7 +224,7 @@ class ContainerHome:
                 "the enrollment response names another kind or machine than this container",
                 "file_wrong_machine",
             )
-        _write_atomic(self.root / ENROLLMENT_FILE, response)
+        osdeps.write_atomic(self.root / ENROLLMENT_FILE, response)
         return resp
 
     def enrollment(self) -> EnrollmentResponse | None:
@@ -307,8 +266,8 @@ class ContainerHome:
             raise BorrowedFileError(
                 f"the borrowed licence file names a bad product {lic.product!r}", "file_tampered"
             )
-        _make_private_dir(path.parent)
-        _write_atomic(path, file)
+        osdeps.make_private_dir(path.parent)
+        osdeps.write_atomic(path, file)
         return path
 
     def borrowed(self, product: str) -> bytes | None:
@@ -407,7 +366,7 @@ class ContainerHome:
             if lic.borrow_id == borrow_id:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
-                _fsync_dir(path.parent)
+                osdeps.fsync_dir(path.parent)
 
     def _advance(self, state: LocalState, now: float) -> None:
         if state.last_seen is not None and state.last_seen >= now:
@@ -424,7 +383,7 @@ class ContainerHome:
             "payload": payload,
             "signature": base64.b64encode(sig).decode("ascii"),
         }
-        _write_atomic(self.root / STATE_FILE, (json.dumps(doc, indent=2) + "\n").encode())
+        osdeps.write_atomic(self.root / STATE_FILE, (json.dumps(doc, indent=2) + "\n").encode())
 
     def _load_state(self) -> LocalState:
         path = self.root / STATE_FILE

@@ -1,6 +1,6 @@
 """Borrowing for the laptop user: enroll once, borrow, use offline, return.
 
-``Borrower`` ties the container home (lanlic/container.py: the key, the enrollment, the
+``Borrower`` ties the container home (lanlic/laptop/container.py: the key, the enrollment, the
 borrowed files and the protected local state) to this machine's fingerprint, the wall clock, and
 a ``Client`` when the server is reachable. Every method that talks to the server takes the client;
 the offline ones take nothing but the files at hand.
@@ -21,17 +21,34 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lanlic.container import ContainerHome, default_client_home
+from lanlic import osdeps
 from lanlic.core import borrowing
 from lanlic.core.borrowing import BorrowedLicense, EnrollmentResponse
 from lanlic.errors import BorrowedFileError, BorrowRefused
-from lanlic.machine import machine_fingerprint
+from lanlic.laptop.container import ContainerHome, default_client_home
+from lanlic.laptop.machine import machine_fingerprint
 from lanlic.net.client import Client
 from lanlic.proto import messages as m
 
-__all__ = ["Borrower", "default_portable_key"]
+__all__ = [
+    "BORROWED_FILE",
+    "BORROWED_KEY",
+    "DISABLED",
+    "NETWORK",
+    "NOT_AVAILABLE",
+    "Borrower",
+    "default_portable_key",
+]
 
 DAY = 86400.0
+# The licence states of ``Borrower.info``, as ``lanlic info`` and the License Information
+# window (lanlic.ui) show them: one set of words, so one piece of documentation covers both.
+NETWORK = "Network"
+BORROWED_FILE = "Borrowed (license file)"
+BORROWED_KEY = "Borrowed (portable key)"
+DISABLED = "Disabled"
+"""An add-on whose seat is not held."""
+NOT_AVAILABLE = "Not available"
 #: Returns deactivated here but not yet acknowledged by the server: product -> borrow id.
 PENDING_FILE = "pending-returns.json"
 
@@ -263,10 +280,7 @@ class Borrower:
 
     @staticmethod
     def _save_pending(home: ContainerHome, pending: dict[str, str]) -> None:
-        path = home.root / PENDING_FILE
-        tmp = path.with_name(PENDING_FILE + ".tmp")
-        tmp.write_text(json.dumps(pending) + "\n", "utf-8")
-        os.replace(tmp, path)
+        osdeps.write_atomic(home.root / PENDING_FILE, (json.dumps(pending) + "\n").encode())
 
     def offline(self, product: str, version: str = "") -> BorrowedLicense:
         """Check the borrowed file of ``product`` for use now, with no network; raises
@@ -311,9 +325,8 @@ class Borrower:
                 except (BorrowedFileError, BorrowRefused) as exc:
                     row["problem"] = f"{exc.code}: {exc.message}"
             if lic is not None:
-                label = "license file" if lic.kind == "act" else "portable key"
                 row.update(
-                    state=f"Borrowed ({label})",
+                    state=BORROWED_FILE if lic.kind == "act" else BORROWED_KEY,
                     expires=dt.datetime.fromtimestamp(lic.end, dt.UTC).isoformat(
                         timespec="seconds"
                     ),
@@ -325,13 +338,13 @@ class Borrower:
                 if p.get("borrowable", 0) > 0:
                     actions.append("borrow")
                 if row["addon"]:
-                    row["state"] = "Disabled"
+                    row["state"] = DISABLED
                     actions.insert(0, "enable")
                 else:
-                    row["state"] = "Network"
+                    row["state"] = NETWORK
                 row["actions"] = actions
             else:
-                row["state"] = "Not available"
+                row["state"] = NOT_AVAILABLE
                 row["actions"] = []
             if p is not None:
                 row.update(seats=p["seats"], free=p["free"])

@@ -4,18 +4,18 @@ Layout (more files arrive with the store)::
 
     DATA/
       server.key     the server's Ed25519 identity (PEM, mode 0600), made on first start
-      lanlic.lock    held (flock) by the running server
+      lanlic.lock    held (an exclusive lock, see lanlic.osdeps) by the running server
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from lanlic import osdeps
 from lanlic.core import signing
 from lanlic.errors import LanlicError
 
@@ -29,35 +29,22 @@ class DataDirError(LanlicError):
 
 
 def default_data_dir() -> Path:
-    """``$LANLIC_DATA``, else ``$XDG_DATA_HOME/lanlic``, else ``~/.local/share/lanlic``."""
+    """``$LANLIC_DATA``, else the user's data folder (``osdeps.user_data_dir``: on Linux
+    ``$XDG_DATA_HOME/lanlic``, else ``~/.local/share/lanlic``)."""
     env = os.environ.get("LANLIC_DATA")
     if env:
         return Path(env)
-    xdg = os.environ.get("XDG_DATA_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
-    return base / "lanlic"
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a secret file with mode 0600 from its first byte, fsynced, atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    return osdeps.user_data_dir()
 
 
 class DataDir:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._lock_fd: int | None = None
+        self._lock: osdeps.FileLock | None = None
 
     def prepare(self) -> None:
         try:
-            self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            osdeps.make_private_dir(self.path)
         except OSError as exc:
             raise DataDirError(f"cannot create the data folder {self.path}: {exc}") from exc
         if not os.access(self.path, os.W_OK | os.X_OK):
@@ -80,27 +67,24 @@ class DataDir:
     def lock(self) -> None:
         """Take the folder for this process; refuse if another server has it."""
         self.prepare()
-        fd = os.open(self.path / "lanlic.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock = osdeps.FileLock(self.path / "lanlic.lock", wait=False)
         except BlockingIOError:
-            os.close(fd)
             raise DataDirError(
                 f"another lanlic server is already using the data folder {self.path}"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+        lock.write_note(f"{os.getpid()}\n")
+        self._lock = lock
 
     def unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def write_address(self, host: str, port: int) -> None:
         """Say where this folder's server listens, for admin commands on the same machine."""
         info = {"host": host, "port": port, "pid": os.getpid()}
-        write_private(self.path / "server.json", (json.dumps(info) + "\n").encode())
+        osdeps.write_atomic(self.path / "server.json", (json.dumps(info) + "\n").encode())
 
     def clear_address(self) -> str | None:
         """Remove ``server.json``; what went wrong, in one line, or None. (At stop the folder
@@ -123,5 +107,5 @@ class DataDir:
             except Exception as exc:
                 raise DataDirError(f"the server key {path} is unreadable: {exc}") from exc
         key = Ed25519PrivateKey.generate()
-        write_private(path, signing.private_to_pem(key))
+        osdeps.write_atomic(path, signing.private_to_pem(key))
         return key

@@ -29,7 +29,6 @@ import base64
 import binascii
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import os
 import re
@@ -41,6 +40,7 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from lanlic import osdeps
 from lanlic.core import signing
 from lanlic.core.service import handshake_payload
 from lanlic.errors import LanlicError, ServerKeyChanged, ServerUntrusted
@@ -71,13 +71,12 @@ class TrustStoreError(LanlicError):
 
 
 def config_dir() -> Path:
-    """``$LANLIC_CONFIG``, else ``$XDG_CONFIG_HOME/lanlic``, else ``~/.config/lanlic``."""
+    """``$LANLIC_CONFIG``, else the user's config folder (``osdeps.user_config_dir``: on Linux
+    ``$XDG_CONFIG_HOME/lanlic``, else ``~/.config/lanlic``)."""
     env = os.environ.get("LANLIC_CONFIG")
     if env:
         return Path(env)
-    xdg = os.environ.get("XDG_CONFIG_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".config"
-    return base / "lanlic"
+    return osdeps.user_config_dir()
 
 
 def configured_server() -> str | None:
@@ -326,38 +325,24 @@ class TrustStore:
             self._memory = pins
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(
-                self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600
-            )
+            osdeps.make_private_dir(self.path.parent)
+            lock = osdeps.FileLock(self.path.with_name(self.path.name + ".lock"))
         except OSError as exc:
             raise TrustStoreError(f"cannot write to {self.path.parent}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with lock:
             pins = self.pins()
             before = list(pins)
             yield pins
             if pins != before:
                 self._write(pins)
-        finally:
-            os.close(fd)
 
     def _write(self, pins: list[Pin]) -> None:
         assert self.path is not None
         doc = {"format": _FORMAT, "version": 1, "servers": [p.to_json() for p in pins]}
         data = (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
+            osdeps.write_atomic(self.path, data)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             raise TrustStoreError(f"cannot write {self.path}: {exc.strerror}") from None
 
 

@@ -1,6 +1,6 @@
-"""The vendor's key pair on disk: the only file I/O next to the network key code.
+"""The vendor's key pair on disk.
 
-Kept apart from ``lanlic.core.netkey`` so that module stays pure. ``vendor.key`` is the private
+Kept out of ``lanlic.core`` so the core stays pure (no file I/O). ``vendor.key`` is the private
 key (unencrypted PKCS#8 PEM, mode 0600, never overwritten); ``vendor.pub`` is the public key
 (SubjectPublicKeyInfo PEM, mode 0644) that ships with the server to verify network keys.
 """
@@ -8,12 +8,12 @@ key (unencrypted PKCS#8 PEM, mode 0600, never overwritten); ``vendor.pub`` is th
 from __future__ import annotations
 
 import errno
-import os
 from pathlib import Path
 from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from lanlic import osdeps
 from lanlic.core import signing
 from lanlic.errors import KeyMalformed
 
@@ -29,23 +29,6 @@ PRIVATE_NAME: Final = "vendor.key"
 PUBLIC_NAME: Final = "vendor.pub"
 #: PEM key files are a few hundred bytes; anything much larger is not one.
 _MAX_PEM: Final = 64 * 1024
-_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
-
-
-def _write(path: Path, data: bytes, mode: int, flags: int) -> None:
-    """Create ``path`` with exactly ``mode`` and write ``data``; remove it again on failure."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | _NOFOLLOW | flags, mode)
-    try:
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, mode)  # the umask may have narrowed the mode given to open
-        with os.fdopen(fd, "wb") as f:
-            fd = -1
-            f.write(data)
-    except BaseException:
-        if fd != -1:
-            os.close(fd)
-        path.unlink(missing_ok=True)
-        raise
 
 
 def write_vendor_keypair(directory: Path, private: Ed25519PrivateKey) -> tuple[Path, Path]:
@@ -61,9 +44,9 @@ def write_vendor_keypair(directory: Path, private: Ed25519PrivateKey) -> tuple[P
         raise FileExistsError(
             errno.EEXIST, "refusing to overwrite an existing vendor private key", str(private_path)
         )
-    _write(private_path, signing.private_to_pem(private), 0o600, os.O_EXCL)
+    osdeps.write_new(private_path, signing.private_to_pem(private))
     try:
-        _write(public_path, signing.public_to_pem(private.public_key()), 0o644, os.O_TRUNC)
+        osdeps.write_atomic(public_path, signing.public_to_pem(private.public_key()), mode=0o644)
     except BaseException:
         private_path.unlink(missing_ok=True)
         raise

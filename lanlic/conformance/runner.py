@@ -1,0 +1,294 @@
+"""Play the protocol vectors against a server over TCP and judge its answers by protocol/SPEC.md.
+
+Two kinds of case:
+
+* **sessions** (sessions.json): one client's conversation, step by step. A step sends one frame
+  (``hex``) and expects ``reply:T`` (a ``T`` carrying the step's ``id``, and the fields in
+  ``match``), ``error:CODE`` (an ``error`` with that code and ``id``; the connection stays open),
+  ``fatal:CODE`` (that ``error``, then the server closes) or ``closed`` (no reply: the server
+  closes). A step marked ``batch`` is written in one write with the step before it, and
+  ``{"connect": true}`` opens another connection (earlier ones stay open until the session ends).
+* **invalid frames** (frames.json, ``valid: false``): after a hello of the runner's own (a fresh
+  client id and nonce, the welcome's signature checked), the frame must get ``error`` with the
+  vector's ``error`` code and ``id``; then the server closes if the vector is ``fatal``, else the
+  session goes on (a ``bye`` gets its ``goodbye``).
+
+Every ``welcome`` is checked as a client must (SPEC 4): the signature over the handshake domain
+and ``[nonce, client_id, server_id, vendor_fp]``, and ``server_id`` the fingerprint of
+``server_key``. Notices (SPEC 7) that arrive between replies are skipped. Every wait is bounded by
+``timeout``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import socket
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+__all__ = ["CaseResult", "find_vectors", "run"]
+
+#: SPEC 2: the largest frame body.
+MAX_FRAME = 262144
+#: SPEC 4: the handshake signature's domain prefix.
+HANDSHAKE_DOMAIN = b"lanlic/v1/handshake\x00"
+
+
+class Failed(Exception):
+    """The server did not answer as the SPEC says; the message says how."""
+
+
+@dataclass(frozen=True, slots=True)
+class CaseResult:
+    kind: str
+    """``session`` or ``invalid``."""
+    name: str
+    passed: bool
+    reason: str = ""
+    """Why it failed ("" when it passed)."""
+
+    def line(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        return f"{verdict} {self.kind} {self.name}" + (f": {self.reason}" if self.reason else "")
+
+
+def find_vectors(given: str | Path | None = None) -> Path:
+    """The vectors folder: ``given``, else protocol/vectors of the source tree this runs from."""
+    if given is not None:
+        folder = Path(given)
+    else:
+        folder = Path(__file__).resolve().parents[2] / "protocol" / "vectors"
+    if not (folder / "sessions.json").is_file() or not (folder / "frames.json").is_file():
+        raise FileNotFoundError(
+            f"no protocol vectors (sessions.json, frames.json) in {folder}; "
+            "pass --vectors DIR (protocol/vectors of the lanlic source)"
+        )
+    return folder
+
+
+def from_json(obj: Any) -> Any:
+    """Undo the vectors' JSON encoding of bytes as ``{"$bin": hex}``."""
+    if isinstance(obj, dict):
+        if set(obj) == {"$bin"}:
+            return bytes.fromhex(obj["$bin"])
+        return {k: from_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [from_json(v) for v in obj]
+    return obj
+
+
+def fingerprint(raw_key: bytes) -> str:
+    """SPEC 4: ``sha256:`` and the first 16 bytes of SHA-256 of the raw key, lowercase hex."""
+    return "sha256:" + hashlib.sha256(raw_key).digest()[:16].hex()
+
+
+def frame(body: dict[str, Any]) -> bytes:
+    data: bytes = msgpack.packb(body, use_bin_type=True)
+    return struct.pack(">I", len(data)) + data
+
+
+class Conn:
+    """One TCP connection, reading whole frames with a deadline."""
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self.timeout = timeout
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.settimeout(timeout)
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise Failed(f"could not send ({exc}): the server closed the connection?") from None
+
+    def _read(self, n: int) -> bytes | None:
+        """Exactly ``n`` bytes, or None at a clean end of stream before the first of them."""
+        while len(self.buf) < n:
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                raise Failed(f"no answer within {self.timeout} s") from None
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                if self.buf:
+                    raise Failed(f"the server closed in the middle of a frame ({self.buf[:8]!r})")
+                return None
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def frame(self) -> dict[str, Any] | None:
+        """The next frame's map, skipping notices; None when the server closed."""
+        while True:
+            header = self._read(4)
+            if header is None:
+                return None
+            (n,) = struct.unpack(">I", header)
+            if n == 0 or n > MAX_FRAME:
+                raise Failed(f"the server sent a frame of length {n}")
+            body = self._read(n)
+            if body is None:
+                raise Failed("the server closed in the middle of a frame")
+            try:
+                obj = msgpack.unpackb(body, raw=False, strict_map_key=True)
+            except Exception as exc:
+                raise Failed(f"the server sent a body that is not msgpack ({exc})") from None
+            if type(obj) is not dict:
+                raise Failed(f"the server sent a body that is not a map: {obj!r:.80}")
+            if obj.get("t") == "notice":
+                continue
+            return obj
+
+    def expect_close(self, after: str) -> None:
+        got = self.frame()
+        if got is not None:
+            raise Failed(f"expected the server to close after {after}, got {_show(got)}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _show(obj: dict[str, Any]) -> str:
+    t = obj.get("t")
+    if t == "error":
+        return f"error {obj.get('code')!r} id {obj.get('id')!r} ({obj.get('message', '')!s:.100})"
+    return f"{t!r} id {obj.get('id')!r}"
+
+
+def check_welcome(welcome: dict[str, Any], hello: dict[str, Any]) -> None:
+    """SPEC 4 and 7: a welcome a client may accept for this hello."""
+    for name, kind in (("server_id", str), ("server_key", bytes), ("signature", bytes)):
+        if type(welcome.get(name)) is not kind:
+            raise Failed(f"welcome.{name} is missing or not {kind.__name__}")
+    if welcome.get("version") != 1:
+        raise Failed(f"welcome.version is {welcome.get('version')!r}, not 1")
+    for name in ("lease_s", "heartbeat_s"):
+        if type(welcome.get(name)) not in (int, float) or not 0 < welcome[name] < 1e12:
+            raise Failed(f"welcome.{name} is not a positive number")
+    key = welcome["server_key"]
+    if len(key) != 32 or welcome["server_id"] != fingerprint(key):
+        raise Failed(f"welcome.server_id {welcome['server_id']!r} is not server_key's fingerprint")
+    vendor_fp = welcome.get("vendor_fp", "")
+    signed = HANDSHAKE_DOMAIN + msgpack.packb(
+        [hello.get("nonce", b""), hello["client_id"], welcome["server_id"], vendor_fp],
+        use_bin_type=True,
+    )
+    try:
+        Ed25519PublicKey.from_public_bytes(key).verify(welcome["signature"], signed)
+    except (InvalidSignature, ValueError):
+        raise Failed("welcome.signature does not verify over the handshake (SPEC 4)") from None
+
+
+def check_reply(got: dict[str, Any] | None, step: dict[str, Any], sent: bytes) -> None:
+    expect: str = step["expect"]
+    kind, _, what = expect.partition(":")
+    if got is None:
+        raise Failed(f"expected {expect} id {step['id']}, the server closed")
+    want_t = what if kind == "reply" else "error"
+    if got.get("t") != want_t or (kind != "reply" and got.get("code") != what):
+        raise Failed(f"expected {expect} id {step['id']}, got {_show(got)}")
+    if type(got.get("id")) is not int or got["id"] != step["id"]:
+        raise Failed(f"expected {expect} with id {step['id']}, got id {got.get('id')!r}")
+    for name, value in from_json(step.get("match", {})).items():
+        if got.get(name) != value:
+            raise Failed(f"{what}.{name} is {got.get(name)!r}, expected {value!r}")
+    if what == "welcome":
+        check_welcome(got, msgpack.unpackb(sent[4:], raw=False))
+
+
+def _groups(steps: list[dict[str, Any]]) -> Iterator[list[tuple[int, dict[str, Any]]]]:
+    """(number, step) in writes: a ``batch`` step goes in one write with the step before it."""
+    group: list[tuple[int, dict[str, Any]]] = []
+    for n, step in enumerate(steps):
+        if group and not step.get("batch"):
+            yield group
+            group = []
+        group.append((n, step))
+    if group:
+        yield group
+
+
+def play_session(session: dict[str, Any], host: str, port: int, timeout: float) -> None:
+    conns = [Conn(host, port, timeout)]
+    try:
+        for group in _groups(session["steps"]):
+            if group[0][1].get("connect"):
+                conns.append(Conn(host, port, timeout))
+                continue
+            conn = conns[-1]
+            conn.send(b"".join(bytes.fromhex(step["hex"]) for _, step in group))
+            for n, step in group:
+                try:
+                    if step["expect"] == "closed":
+                        conn.expect_close("the step before")
+                        break  # the connection is gone: no later step of the batch is read
+                    check_reply(conn.frame(), step, bytes.fromhex(step["hex"]))
+                    if step["expect"].startswith("fatal:"):
+                        conn.expect_close(step["expect"])
+                except Failed as exc:
+                    raise Failed(f"step {n} ({step['send']}): {exc}") from None
+    finally:
+        for c in conns:
+            c.close()
+
+
+def play_invalid(vector: dict[str, Any], host: str, port: int, timeout: float) -> None:
+    conn = Conn(host, port, timeout)
+    try:
+        hello = {
+            "t": "hello",
+            "id": 1,
+            "versions": [1],
+            "client_id": secrets.token_bytes(16),
+            "user": "conformance",
+            "host": "conformance",
+            "app": "lanlic.conformance",
+            "nonce": secrets.token_bytes(32),
+        }
+        conn.send(frame(hello))
+        welcome = conn.frame()
+        if welcome is None or welcome.get("t") != "welcome" or welcome.get("id") != 1:
+            raise Failed(f"the hello got {_show(welcome) if welcome else 'a close'}")
+        check_welcome(welcome, hello)
+        conn.send(bytes.fromhex(vector["hex"]))
+        step = {"expect": f"error:{vector['error']}", "id": vector["id"]}
+        check_reply(conn.frame(), step, b"")
+        if vector["fatal"]:
+            conn.expect_close("a fatal error")
+            return
+        conn.send(frame({"t": "bye", "id": 2}))
+        check_reply(conn.frame(), {"expect": "reply:goodbye", "id": 2}, b"")
+        conn.expect_close("goodbye")
+    finally:
+        conn.close()
+
+
+def run(host: str, port: int, vectors: Path, timeout: float = 5.0) -> Iterator[CaseResult]:
+    """Every case, in the vectors' order; each result as soon as its case is over."""
+    sessions = json.loads((vectors / "sessions.json").read_text("utf-8"))
+    frames = json.loads((vectors / "frames.json").read_text("utf-8"))
+    cases: list[tuple[str, dict[str, Any]]] = [("session", s) for s in sessions]
+    cases += [("invalid", v) for v in frames if not v["valid"]]
+    for kind, case in cases:
+        try:
+            if kind == "session":
+                play_session(case, host, port, timeout)
+            else:
+                play_invalid(case, host, port, timeout)
+        except Failed as exc:
+            yield CaseResult(kind, case["name"], False, str(exc))
+        except OSError as exc:
+            yield CaseResult(kind, case["name"], False, f"connection failed: {exc}")
+        else:
+            yield CaseResult(kind, case["name"], True)

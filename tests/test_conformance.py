@@ -1,0 +1,163 @@
+"""The conformance runner (``python -m lanlic.conformance``) against a real ``lanlic serve``, and
+against servers that break one rule each, to show it fails them with the reason.
+
+The runner is written from protocol/SPEC.md and protocol/vectors alone (it imports nothing else
+of lanlic: ``test_the_runner_uses_no_server_internals``), so passing it is what a server written in
+another language must do too. The server it judges serves the product the sessions ask for
+(protocol/README.md, "Conformance runner").
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cliproc import RUN_TIMEOUT, Procs, base_env, run
+
+import lanlic.conformance.runner as runner_module
+from lanlic.conformance import CaseResult, find_vectors
+from lanlic.conformance import run as run_cases
+from lanlic.core import service as service_module
+from lanlic.core.netkey import ProductEntitlement
+
+VECTORS = Path(__file__).resolve().parents[1] / "protocol" / "vectors"
+#: What the sessions need of a server (protocol/README.md): cadpro, 2024.1 licensed, seats free.
+CADPRO = "cadpro:4:borrowable=1:max-days=14:versions=2024-2025.2"
+
+
+@pytest.fixture
+def procs() -> Iterator[Procs]:
+    yield from Procs.running()
+
+
+@pytest.fixture(scope="module")
+def served_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(network key, vendor folder) for a server of cadpro."""
+    out = tmp_path_factory.mktemp("conformance")
+    assert run(["vendor", "keygen", "--out", str(out / "vendor")]).returncode == 0
+    issued = run(
+        ["vendor", "issue", "--vendor-key", str(out / "vendor" / "vendor.key"),
+         "--customer", "ACME Engineering", "--expires", "2099-12-31", "--borrow-kind", "act",
+         "--product", CADPRO, "--out", str(out / "net.lic")]
+    )  # fmt: skip
+    assert issued.returncode == 0, issued.stderr
+    return out / "net.lic", out / "vendor"
+
+
+def conformance(port: int, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lanlic.conformance", f"127.0.0.1:{port}", *extra],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT * 3,
+        env=base_env(),
+        check=False,
+    )
+
+
+def test_lanlic_serve_passes_every_case(
+    procs: Procs, served_key: tuple[Path, Path], tmp_path: Path
+) -> None:
+    key, vendor = served_key
+    _, port, _ = procs.serve(key, vendor, tmp_path / "data")
+    result = conformance(port, "--vectors", str(VECTORS))
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0, result.stdout + result.stderr
+    cases = lines[:-1]
+    sessions = [x for x in cases if x.startswith("PASS session ")]
+    invalid = [x for x in cases if x.startswith("PASS invalid ")]
+    vectors = json.loads((VECTORS / "frames.json").read_text("utf-8"))
+    n_sessions = len(json.loads((VECTORS / "sessions.json").read_text("utf-8")))
+    assert len(sessions) == n_sessions >= 13, lines
+    assert len(invalid) == len([v for v in vectors if not v["valid"]]) == len(cases) - n_sessions
+    assert lines[-1] == f"{len(cases)} passed, 0 failed"
+    # Played twice against the same server: each session has its own client id and nonce and
+    # ends holding nothing, so no hello of the second round is a replay of the first's.
+    again = conformance(port)  # and the vectors are found without --vectors in a source tree
+    assert again.returncode == 0, again.stdout
+
+
+def test_the_runner_reports_a_server_that_is_not_there(tmp_path: Path) -> None:
+    free = runner_module.socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()
+    result = conformance(port, "--timeout", "2")
+    assert result.returncode == 1
+    cases = result.stdout.splitlines()[:-1]
+    assert cases and all(x.startswith("FAIL ") and "connection failed" in x for x in cases)
+    missing = conformance(port, "--vectors", str(tmp_path))
+    assert missing.returncode == 2 and "pass --vectors DIR" in missing.stderr
+
+
+def test_the_runner_uses_no_server_internals() -> None:
+    """Only the SPEC and the vectors: the runner imports no lanlic module but its own."""
+    folder = Path(runner_module.__file__).parent
+    for source in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text("utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                assert not name.startswith("lanlic.") or name.startswith("lanlic.conformance")
+
+
+async def _play(port: int) -> dict[str, CaseResult]:
+    out: list[CaseResult] = []
+    thread = threading.Thread(target=lambda: out.extend(run_cases("127.0.0.1", port, VECTORS, 3)))
+    thread.start()
+    for _ in range(1200):  # bounded: at most 60 s
+        if not thread.is_alive():
+            break
+        await asyncio.sleep(0.05)
+    thread.join(5)
+    assert not thread.is_alive()
+    return {r.name: r for r in out}
+
+
+PRODUCTS = (ProductEntitlement("cadpro", seats=4, versions=("2024", "2025.2")),)
+
+
+async def test_a_server_that_reports_a_lease_twice_fails_that_case(
+    start_server: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Undo one 1.0 rule in a real server (duplicates in a renew count once): the runner fails
+    exactly the case that checks it, and says what it got."""
+    monkeypatch.setattr(service_module, "_once", lambda leases: leases)
+    server = await start_server(products=PRODUCTS)  # type: ignore[operator]
+    results = await _play(server.port)
+    failed = {name: r.reason for name, r in results.items() if not r.passed}
+    assert set(failed) == {"duplicate_leases"}, failed
+    assert "step 1 (renew_duplicate_lease): renewed.lost is" in failed["duplicate_leases"]
+
+
+async def test_a_server_whose_handshake_signature_is_wrong_fails_every_case(
+    start_server: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A welcome signed over other bytes than SPEC 4's: every case stops at its hello."""
+    real = service_module.handshake_payload
+    monkeypatch.setattr(
+        service_module,
+        "handshake_payload",
+        lambda nonce, client_id, server_id, vendor_fp: real(client_id, nonce, server_id, vendor_fp),
+    )
+    server = await start_server(products=PRODUCTS)  # type: ignore[operator]
+    results = await _play(server.port)
+    assert results and not any(r.passed for r in results.values() if r.kind == "invalid")
+    invalid = [r for r in results.values() if r.kind == "invalid"]
+    assert all("signature does not verify" in r.reason for r in invalid)
+    assert "signature does not verify" in results["happy_path"].reason
+
+
+def test_find_vectors_default_is_the_source_tree() -> None:
+    assert find_vectors() == VECTORS
