@@ -263,8 +263,12 @@ def cmd_admin_history(args: argparse.Namespace) -> int:
             if args.json:
                 # The same document as ever, written a row at a time.
                 out.write('{"events": [')
-                for i, r in enumerate(rows):
-                    out.write((", " if i else "") + json.dumps(_as_dict(r)))
+                sep = ""
+                while page := list(itertools.islice(rows, history.PAGE_ROWS)):
+                    out.write(
+                        sep + json.dumps([_as_dict(r) for r in page])[1:-1]
+                    )  # one call a page
+                    sep = ", "
                 out.write("]}\n")
             elif args.csv:
                 # CRLF, as RFC 4180 and the web export: a CR inside a cell is then quoted.

@@ -18,6 +18,7 @@ Functions take a ``sqlite3.Connection``: the ``Store`` (the writer) and the read
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -150,9 +151,14 @@ def page_after(
 ) -> tuple[list[HistoryRow], tuple[float, int] | None]:
     """The next ``limit`` rows oldest first after ``after`` (an ``(at, seq)`` from the previous
     call, None to start), and the key to pass next (None: no more rows)."""
+    if after is not None:
+        # A seek on the time index to the last row's time (one lower bound, so SQLite starts
+        # the range there rather than at ``since``), then past the rows of that same time.
+        since = after[0] if filters.since is None else max(filters.since, after[0])
+        filters = dataclasses.replace(filters, since=since)
     where, params = filters.where()
     if after is not None:
-        where += " AND (at, seq) > (?, ?)"
+        where += " AND (at > ? OR seq > ?)"
         params += [after[0], after[1]]
     sql = f"SELECT {_columns(db)}, seq FROM history{where} ORDER BY at, seq LIMIT ?"  # noqa: S608
     raw = db.execute(sql, [*params, limit]).fetchall()
