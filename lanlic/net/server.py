@@ -361,6 +361,7 @@ class LicenseServer:
         )
         self._reader: sqlite3.Connection | None = None
         self._prune_task: asyncio.Task[None] | None = None
+        self._flushing = asyncio.Lock()
         self._pruned_at = -PRUNE_INTERVAL + 5.0  # the first pruning a few seconds after start
         service.set_event_sink(self._history_event)
         self.host = host
@@ -701,14 +702,22 @@ class LicenseServer:
 
     async def flush_history(self, refusals: bool = False) -> None:
         """Write the pending history rows in one batch (a crash loses at most this batch);
-        ``refusals``: also the refusals counted so far, their intervals over or not."""
+        ``refusals``: also the refusals counted so far, their intervals over or not. Returns
+        once every row recorded before the call is written, a batch already on its way
+        included: the history's readers have a connection of their own and would not wait
+        for it otherwise."""
         if refusals:
             self._history.extend(self.refusals.drain())
         if self.store is None or self._store_thread is None:
             self._history.clear()  # no data folder: nothing to keep them in
             return
+        async with self._flushing:
+            await self._flush_history()
+
+    async def _flush_history(self) -> None:
         if not self._history:
             return
+        assert self.store is not None
         pending = self._history
         self._history = []
         try:
