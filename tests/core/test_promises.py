@@ -107,10 +107,9 @@ class Site:
             on_event=self.events.append,
         )
         self.service.desk.load(self.store, WALL)
-        self.epoch = self.store.begin_epoch()
-        self.held = self.service.guard.start(
-            self.epoch, self.store.reservations(), self.store.leases(), 0.0
-        )
+        state = self.store.restart_state()
+        self.epoch = state.epoch
+        self.held = self.service.guard.start(state, 0.0)
         self.writes: list[dict[str, int]] = []
         self.now = 0.0
         self.service.clock = lambda: (self.now, WALL)
