@@ -605,6 +605,9 @@ class LicenseServer:
             closed += 1
             self.queued_bytes -= c.queued
             c.queued = 0
+            # Out of the count now: a transport (uvloop's) may report its buffer until the
+            # close completes, and an aborted connection must not be closed again for it.
+            self.connections.discard(c)
             c.abort()
         log.warning(
             "reply budget: closed %d connection(s) holding %d bytes of replies their peers do "
