@@ -6,8 +6,11 @@ them a minute, each naming a product of its choosing. One row each would let it 
 them, who was refused what and when, and how often, as one row per (user, host, product, code)
 per ``interval`` seconds with a count, stamped with the first refusal of the interval:
 
-* The interval of a key starts at its first refusal; the row is due ``interval`` seconds later
-  (``due``), or at once when the server stops (``drain``).
+* The first refusal of a key is written at once, as a row of its own (``add`` returns it): the
+  history shows who was refused what as soon as it happens. The interval of the key starts
+  there; the refusals that follow within it are one more row, with their count, due
+  ``interval`` seconds later (``due``), or at once when the server stops (``drain``). So a key
+  costs at most two rows per interval.
 * A product the key does not name is the client's free text: it is cut to ``name_limit``
   characters, and past ``unknown_names`` distinct ones in one interval the rest count together
   under ``OTHER_UNKNOWN``, so made-up names cannot multiply the rows either.
@@ -36,7 +39,10 @@ _Key = tuple[str, str, str, str]
 
 @dataclass(slots=True)
 class _Count:
-    first: float
+    start: float
+    """The interval's first refusal (written at once)."""
+    first: float = 0.0
+    """The first of those counted after it."""
     n: int = 0
 
 
@@ -57,8 +63,11 @@ class RefusalTally:
     def __len__(self) -> int:
         return len(self._counts)
 
-    def add(self, at: float, user: str, host: str, product: str, code: str, known: bool) -> None:
-        """Count one refusal; ``known``: the product is one the key names."""
+    def add(
+        self, at: float, user: str, host: str, product: str, code: str, known: bool
+    ) -> Row | None:
+        """Count one refusal; ``known``: the product is one the key names. Returns the row to
+        write now for the first refusal of a key in its interval, else None."""
         if not known and product:
             product = product[: self.name_limit]
             if product not in self._unknown:
@@ -73,9 +82,13 @@ class RefusalTally:
                 key = (OTHER_CLIENTS, OTHER_CLIENTS, product if known else OTHER_UNKNOWN, code)
                 entry = self._counts.get(key)
             if entry is None:
-                entry = self._counts[key] = _Count(at)
+                self._counts[key] = _Count(at)
                 self._next_due = min(self._next_due, at + self.interval)
+                return (at, "refusal", key[2], key[0], key[1], code, 1)
+        if not entry.n:
+            entry.first = at
         entry.n += 1
+        return None
 
     def due(self, now: float) -> list[Row]:
         """The rows of the intervals over by ``now`` (their keys start afresh)."""
@@ -85,11 +98,12 @@ class RefusalTally:
         cutoff = now - self.interval
         next_due = float("inf")
         for key, c in list(self._counts.items()):
-            if c.first <= cutoff:
-                out.append(_row(key, c))
+            if c.start <= cutoff:
+                if c.n:
+                    out.append(_row(key, c))
                 del self._counts[key]
             else:
-                next_due = min(next_due, c.first + self.interval)
+                next_due = min(next_due, c.start + self.interval)
         self._next_due = next_due
         if not self._counts:
             self._unknown.clear()
@@ -99,7 +113,7 @@ class RefusalTally:
 
     def drain(self) -> list[Row]:
         """Every row now, over or not (the server is stopping, or an admin reads the history)."""
-        out = [_row(key, c) for key, c in self._counts.items()]
+        out = [_row(key, c) for key, c in self._counts.items() if c.n]
         self._counts.clear()
         self._unknown.clear()
         self._next_due = float("inf")

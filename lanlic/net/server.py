@@ -697,7 +697,9 @@ class LicenseServer:
             # Counted, not written one by one: a client can send refusals without end.
             _, product, user, host, code = fields
             known = product in self.service.pool.products
-            self.refusals.add(self.wall(), user, host, product, code, known)
+            row = self.refusals.add(self.wall(), user, host, product, code, known)
+            if row is not None:  # the first of its kind this minute is written at once
+                self._history.append(row)
             return
         self._history.append((self.wall(), *fields))  # stamped here; rows go to SQLite as is
         if fields[0] in _WARN_ADMIN:

@@ -61,8 +61,11 @@ async def test_a_client_flooding_refusals_cannot_flood_the_history(
     # Who was refused what, and how often, is all there, in a few dozen rows, not 6,000.
     assert len(rows) <= 40, len(rows)
     assert sum(r.count for r in rows) == 6000
-    cad = [r for r in rows if r.product == "cad"]
-    assert [(r.detail, r.count, r.user) for r in cad] == [("no_seat", 3000, "tester")]
+    cad = [r for r in rows if r.product == "cad"]  # the first at once, the rest counted
+    assert [(r.detail, r.count, r.user) for r in cad] == [
+        ("no_seat", 1, "tester"),
+        ("no_seat", 2999, "tester"),
+    ]
     assert all(len(r.product) <= 64 for r in rows)
 
 
