@@ -19,7 +19,6 @@ from lanlic.core.clock import WALL_TOLERANCE, WallGuard
 from lanlic.core.lending import Durable
 from lanlic.core.netkey import ProductEntitlement
 from lanlic.core.pool import Granted, Holder, SeatPool
-from lanlic.core.records import LeaseRecord
 from lanlic.core.service import LicenseService, ServiceConfig, Session
 from lanlic.errors import BorrowedFileError
 from lanlic.proto import messages as m
@@ -210,11 +209,14 @@ def test_seats_held_after_a_restart_are_reclaimed_and_the_rest_return_to_the_poo
 ) -> None:
     first = Site(tmp_path / "lanlic.db", vendor_key, server_key)
     ann, bob = first.session(b"a" * 16, "ann"), first.session(b"b" * 16, "bob")
-    leases = [first.checkout(ann).lease, first.checkout(ann).lease, first.checkout(bob).lease]
+    bobs = first.checkout(bob).lease
     # the last batch wrote bob's lease with its owner; ann's two were granted after it
-    first.store.sync_leases(
-        [LeaseRecord(leases[2], "cad", b"b" * 16, "bob", "ws-1", first.epoch)], []
-    )
+    guard = first.service.guard
+    batch = guard.snapshot()
+    assert [(r.lease_id, r.owner) for r in batch.added] == [(bobs, b"b" * 16)]
+    first.store.write_batch(batch)
+    guard.batch_written(batch)
+    leases = [first.checkout(ann).lease, first.checkout(ann).lease, bobs]
     reserved = first.store.reservations()["cad"]
     assert reserved >= 3
     first.store.close()  # the server dies: nothing more reaches the disk
@@ -235,13 +237,13 @@ def test_seats_held_after_a_restart_are_reclaimed_and_the_rest_return_to_the_poo
 
     stolen = reclaim(eve, leases[2])  # written to bob: nobody else may take it
     assert stolen.leases == [] and [x.code for x in stolen.lost] == ["lease_unknown"]
-    assert reclaim(ann2, leases[0], leases[1]).leases == leases[:2]  # taken on their 128 bits
+    assert reclaim(ann2, leases[0], leases[1]).leases == leases[:2]  # proved by their tags
     assert reclaim(bob2, leases[2]).leases == [leases[2]]
     assert (pool_.in_use("cad"), pool_.held("cad")) == (3, reserved - 3)
     assert [pool_.lease(x).owner for x in leases] == [b"a" * 16, b"a" * 16, b"b" * 16]  # type: ignore[union-attr]
-    # a renew of a lease nobody reclaimed is told to reclaim while the window is open
+    # a renew is taken as a reclaim (SPEC 13): of a lease this server never granted, refused
     renew = again.request(ann2, m.Renew(8, [b"x" * 16]), now=2.0)
-    assert isinstance(renew, m.Renewed) and [x.code for x in renew.lost] == ["reclaim"]
+    assert isinstance(renew, m.Renewed) and [x.code for x in renew.lost] == ["lease_unknown"]
     # the window ends one lease period after the start: unclaimed held seats return
     assert again.service.guard.close_window(LEASE - 0.001) == {}
     freed = again.service.guard.close_window(LEASE)
