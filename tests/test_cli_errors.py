@@ -188,6 +188,7 @@ def bad_arguments(s: dict[str, Any]) -> list[list[str]]:
         ["admin", "history", "--since", "yesterday"],
         ["admin", "history", "--data", "/missing"],
         ["admin", "history", "--csv", "--json"],
+        ["admin", "retention", "--days", "-1"],
         ["admin", "policy", "cad", "--borrowable", "5"],  # the key allows 4
         ["admin", "policy", "cad", "--borrowable", "-1"],
         ["admin", "policy", "cad", "--max-days", "31"],

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import datetime as dt
 import functools
 import ipaddress
 import json
 import logging
 import math
+import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -41,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from lanlic import __version__
 from lanlic.admin import DEFAULT_ADMIN_PORT, AdminError, keys, views
+from lanlic.admin.connections import AdminLimits, ConnectionGuard
 from lanlic.admin.passwords import META_KEY, verify_password
 from lanlic.admin.security import AdminSession, LoginThrottle, Sessions, same_token
 from lanlic.core import borrowing
@@ -50,6 +53,7 @@ from lanlic.errors import BorrowedFileError, NetworkKeyError
 from lanlic.net.server import LicenseServer
 from lanlic.proto import messages as m
 from lanlic.store import Store
+from lanlic.store import history as hist
 
 __all__ = ["AdminOptions", "AdminServer", "is_loopback", "serve_admin"]
 
@@ -65,8 +69,7 @@ SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 #: How often the password hash is read again (a change logs every session out).
 PASSWORD_REFRESH = 2.0
 MAX_PAGE: Final = 1000
-CSV_PAGE: Final = 20_000
-CSV_MAX_ROWS: Final = 1_000_000
+CSV_PAGE: Final = 500
 MAX_UPLOAD: Final = 2 << 20
 STATIC: Final = {
     "index.html": "text/html",
@@ -113,6 +116,8 @@ class AdminOptions:
     """The announcer's state for the page (``enabled``, ``state``, ``name``, ``interfaces``)."""
     key_source: str = ""
     """Which file the running network key was read from, for the page."""
+    limits: AdminLimits = dataclasses.field(default_factory=AdminLimits)
+    """Timeouts and the connection cap of the admin port (``lanlic.admin.connections``)."""
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
@@ -172,6 +177,12 @@ class AdminServer:
         self._kdf = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lanlic-admin")
         self._assets: dict[str, bytes] = {}
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+        limits = options.limits
+        cap = limits.max_connections
+        self.guard = ConnectionGuard(
+            server.loop, limits, server.limits.admin_connections if cap is None else cap
+        )
         self._refresher: asyncio.Task[None] | None = None
         self.app = self._build_app()
 
@@ -213,10 +224,17 @@ class AdminServer:
                 "127.0.0.1, or --no-admin)"
             )
         self.pending_key = await loop.run_in_executor(self._kdf, self._find_pending_key)
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
+        idle = self.options.limits.idle_timeout
+        runner = web.AppRunner(
+            self.app, access_log=None, shutdown_timeout=2.0, keepalive_timeout=idle
+        )
         await runner.setup()
+        assert runner.server is not None
         try:
-            await web.TCPSite(runner, self.host, self.port, reuse_address=True).start()
+            # Not a TCPSite: each connection goes through the guard on its way to aiohttp.
+            self._listener = await loop.create_server(
+                self.guard.factory(runner.server), self.host, self.port, reuse_address=True
+            )
         except OSError as exc:
             await runner.cleanup()
             raise AdminError(
@@ -227,7 +245,8 @@ class AdminServer:
             await runner.cleanup()
             raise
         self._runner = runner
-        addr = runner.addresses[0]
+        self.guard.start()
+        addr = self._listener.sockets[0].getsockname()
         self.host, self.port = str(addr[0]), int(addr[1])
         if self.server.store is not None:
             self._refresher = loop.create_task(self._refresh_password())
@@ -238,6 +257,11 @@ class AdminServer:
             self._refresher.cancel()
             await asyncio.gather(self._refresher, return_exceptions=True)
             self._refresher = None
+        self.guard.stop()
+        if self._listener is not None:
+            self._listener.close()
+            await self._listener.wait_closed()
+            self._listener = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -384,10 +408,7 @@ class AdminServer:
         wait = self.throttle.wait(address, loop.time())
         if wait > 0:
             return _slow_down(wait)
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
+        body = await _json_body(request)
         if not isinstance(body, dict):
             return _error(400, "bad_request", 'send JSON: {"password": ..., "name": ...}')
         password, name = body.get("password", ""), body.get("name", "")
@@ -404,9 +425,14 @@ class AdminServer:
                 )
             token, session = self.sessions.create(user, address, loop.time(), open=True)
             return self._logged_in(token, session)
+        # Counted now, before the check: tries sent at once cannot all slip past the wait
+        # while the first is in scrypt (a success below forgets the count).
+        wait = self.throttle.attempt(address, loop.time())
+        if wait > 0:
+            return _slow_down(wait)
         ok = await loop.run_in_executor(self._kdf, verify_password, password, stored)
         if not ok:
-            delay = self.throttle.failed(address, loop.time())
+            delay = self.throttle.wait(address, loop.time())
             anon = AdminSession(user, address, "", 0.0, 0.0, False)
             await self._record(anon, "admin_login_failed", "", "wrong password")
             if delay > 0:
@@ -492,21 +518,27 @@ class AdminServer:
     async def _enrollments(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"items": views.enrollment_rows(self.server.service.desk)})
 
-    def _history_filters(self, request: web.Request) -> dict[str, Any]:
-        return {
-            "since": _time_param(request, "since"),
-            "until": _time_param(request, "until"),
-            "product": request.query.get("product") or None,
-            "event": request.query.get("event") or None,
-        }
+    def _history_filters(self, request: web.Request) -> hist.Filters:
+        return hist.Filters(
+            since=_time_param(request, "since"),
+            until=_time_param(request, "until"),
+            product=request.query.get("product") or None,
+            event=request.query.get("event") or None,
+        )
+
+    async def _read_history(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(db)`` on the history's own read connection: never on the store's writer."""
+        if self.server.store is None:
+            await self._store(lambda s: None)  # the no_store answer
+        return cast(T, await self.server.history_call(fn))
 
     async def _history(self, request: web.Request) -> web.StreamResponse:
         filters = self._history_filters(request)
         offset = _int(request, "offset", 0, 0, 10**9)
         limit = _int(request, "limit", 100, 1, MAX_PAGE)
-        await self.server.flush_history()
-        total, rows = await self._store(
-            lambda s: s.history_page(**filters, offset=offset, limit=limit)
+        await self.server.flush_history(refusals=True)
+        total, rows = await self._read_history(
+            functools.partial(hist.page, filters=filters, offset=offset, limit=limit)
         )
         return web.json_response(
             {
@@ -515,7 +547,7 @@ class AdminServer:
                 "limit": limit,
                 "items": [
                     {"at": r.at, "event": r.event, "product": r.product, "user": r.user,
-                     "host": r.host, "detail": r.detail}
+                     "host": r.host, "detail": r.detail, "count": r.count}
                     for r in rows
                 ],
             }
@@ -523,7 +555,7 @@ class AdminServer:
 
     async def _history_csv(self, request: web.Request) -> web.StreamResponse:
         filters = self._history_filters(request)
-        await self.server.flush_history()
+        await self.server.flush_history(refusals=True)
         stamp = dt.datetime.fromtimestamp(self.server.wall(), dt.UTC).strftime("%Y%m%d-%H%M")
         response = web.StreamResponse(
             headers={
@@ -534,18 +566,19 @@ class AdminServer:
         )
         await response.prepare(request)
         await response.write(views.csv_header().encode())
-        offset = 0
-        while offset < CSV_MAX_ROWS:
-            _, rows = await self._store(
-                functools.partial(
-                    Store.history_page, **filters, offset=offset, limit=CSV_PAGE, newest_first=False
-                )
+        # A page at a time, each its own short read on the history's connection, written out
+        # before the next is read: memory is one page, however long the history.
+        after: tuple[float, int] | None = None
+        while True:
+            # Read and format on the history's thread: the event loop only sends the bytes, so
+            # the seats' requests do not wait behind the export's CSV.
+            data, after = await self._read_history(
+                functools.partial(_csv_page, filters=filters, after=after)
             )
-            if rows:
-                await response.write(views.csv_rows(rows).encode())
-            if len(rows) < CSV_PAGE:
+            if data:
+                await response.write(data)
+            if after is None:
                 break
-            offset += CSV_PAGE
         await response.write_eof()
         return response
 
@@ -563,7 +596,9 @@ class AdminServer:
         await srv.flush_history()
         start = end - span
         events = list(views.CHART_EVENTS)
-        rows = await self._store(lambda s: s.history_events(start, events))
+        rows = await self._read_history(
+            functools.partial(hist.events_since, since=start, events=events)
+        )
         series = views.usage_series(rows, current, seats, start, end, step)
         return web.json_response(
             {
@@ -600,10 +635,7 @@ class AdminServer:
         ent = self.server.service.pool.products.get(product)
         if ent is None:
             return _error(404, "unknown_product", f"no product {product!r} in the network key")
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
+        body = await _json_body(request)
         if not isinstance(body, dict):
             return _error(400, "bad_request", 'send JSON: {"borrowable": N, "max_borrow_days": N}')
         values: dict[str, int | None] = {}
@@ -752,6 +784,22 @@ def _set_policy(
 ) -> dict[str, tuple[int | None, int | None]]:
     store.set_policy(product, *values)
     return store.policy()
+
+
+def _csv_page(
+    db: sqlite3.Connection, filters: hist.Filters, after: tuple[float, int] | None
+) -> tuple[bytes, tuple[float, int] | None]:
+    rows, after = hist.page_after(db, filters, after, CSV_PAGE)
+    return views.csv_rows(rows).encode(), after
+
+
+async def _json_body(request: web.Request) -> Any:
+    """The request's JSON, or None when it is not JSON. Nesting too deep for the parser (say
+    100,000 ``[``) is bad input like any other: a 400, not a RecursionError and a 500."""
+    try:
+        return await request.json()
+    except (ValueError, RecursionError):
+        return None
 
 
 def _slow_down(wait: float, message: str = "too many wrong passwords") -> web.Response:

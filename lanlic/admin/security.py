@@ -10,7 +10,9 @@
 * The **throttle** slows down guessing per client address: the first ``FREE_FAILURES`` wrong
   passwords cost nothing more than scrypt's own time; after that each one doubles the wait
   before the next try is even looked at, from ``BASE_DELAY`` up to ``MAX_DELAY`` seconds. A
-  success forgets the address.
+  success forgets the address. A try is counted as a failure *before* its password is checked
+  (``attempt``), in the same step that checks the wait: tries sent all at once are counted one
+  after another, so they meet the same waits as tries sent one by one.
 
 Times are the event loop's monotonic seconds, passed in, so tests move them by hand.
 """
@@ -138,6 +140,17 @@ class LoginThrottle:
         """Seconds ``address`` must still wait before its next try is looked at (0: go)."""
         entry = self._failures.get(address)
         return 0.0 if entry is None else max(0.0, entry[1] - now)
+
+    def attempt(self, address: str, now: float) -> float:
+        """Check and count one try in a single step: the seconds ``address`` must still wait
+        (nothing counted), or 0.0 with the try already counted as a failure (``succeeded``
+        forgets it). Counting before the password is checked means tries that arrive together
+        cannot all pass the check while the first one is still being verified."""
+        wait = self.wait(address, now)
+        if wait > 0:
+            return wait
+        self.failed(address, now)
+        return 0.0
 
     def failed(self, address: str, now: float) -> float:
         """Count a wrong password; return the delay now imposed on ``address``."""

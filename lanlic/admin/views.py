@@ -32,6 +32,7 @@ __all__ = [
     "CHART_EVENTS",
     "RANGES",
     "borrow_rows",
+    "csv_cell",
     "csv_header",
     "csv_rows",
     "enrollment_rows",
@@ -223,13 +224,16 @@ def usage_series(
 _FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _cell(text: str) -> str:
-    # User and host names come from clients: never let a spreadsheet read one as a formula.
+def csv_cell(text: str) -> str:
+    """A CSV cell a spreadsheet never reads as a formula (OWASP's CSV injection advice): one
+    that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading
+    ``'``. Product, user, host and detail all come from clients; every column goes through
+    here, so no column is left out when one is added."""
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 def csv_header() -> str:
-    return "time_utc,unix_time,event,product,user,host,detail\r\n"
+    return "time_utc,unix_time,event,product,user,host,detail,count\r\n"
 
 
 def csv_rows(rows: Iterable[HistoryRow]) -> str:
@@ -237,9 +241,8 @@ def csv_rows(rows: Iterable[HistoryRow]) -> str:
     writer = csv.writer(buf, lineterminator="\r\n")
     for r in rows:
         when = dt.datetime.fromtimestamp(r.at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-        writer.writerow(
-            [when, f"{r.at:.3f}", r.event, r.product, _cell(r.user), _cell(r.host), _cell(r.detail)]
-        )
+        cells = (when, f"{r.at:.3f}", r.event, r.product, r.user, r.host, r.detail, str(r.count))
+        writer.writerow([csv_cell(c) for c in cells])
     return buf.getvalue()
 
 

@@ -18,12 +18,14 @@ import argparse
 import csv
 import datetime as dt
 import getpass
+import itertools
 import json
 import os
 import re
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -138,7 +140,7 @@ def _parse_since(text: str) -> float:
     return when.timestamp()
 
 
-_COLUMNS = ("event", "product", "user", "host", "detail")
+_COLUMNS = ("event", "product", "user", "host", "detail", "count")
 
 
 def _as_dict(r: HistoryRow) -> dict[str, Any]:
@@ -164,38 +166,100 @@ def _detail_for_people(detail: str) -> str:
 
 
 def cmd_admin_history(args: argparse.Namespace) -> int:
+    """Stream the history: a page of rows at a time from its own read-only connection, written
+    out before the next is read, so memory stays flat however long the history is, and a
+    running server's writes go on meanwhile."""
+    import sqlite3
+
+    from lanlic.admin.views import csv_cell
+    from lanlic.store import StoreError, history
+
     if args.csv and args.json:
         raise CliError("choose one of --csv and --json")
     since = None if args.since is None else _parse_since(args.since)
-    store = _open(data_folder(args))
+    db_path = existing_database(data_folder(args))
+    filters = history.Filters(since=since, product=args.product)
+    out = sys.stdout
     try:
-        rows = store.history(since=since, product=args.product, limit=-1)  # -1: no limit
-    finally:
-        store.close()
-    if args.json:
-        print(json.dumps({"events": [_as_dict(r) for r in rows]}), flush=True)
-    elif args.csv:
-        out = csv.writer(sys.stdout, lineterminator="\n")
-        out.writerow(("time_utc", "at", *_COLUMNS))
-        for r in rows:
-            out.writerow((iso_utc(r.at), repr(r.at), *(getattr(r, c) for c in _COLUMNS)))
-    else:
-        _print_table(rows)
+        db = history.open_reader(db_path)
+        try:
+            rows = history.iter_rows(db, filters)
+            if args.json:
+                # The same document as ever, written a page at a time.
+                out.write('{"events": [')
+                sep = ""
+                while page := list(itertools.islice(rows, history.PAGE_ROWS)):
+                    out.write(sep + json.dumps([_as_dict(r) for r in page])[1:-1])
+                    sep = ", "
+                out.write("]}\n")
+            elif args.csv:
+                # CRLF, as RFC 4180 and the web export: a CR inside a cell is then quoted.
+                writer = csv.writer(out, lineterminator="\r\n")
+                writer.writerow(("time_utc", "at", *_COLUMNS))
+                for r in rows:
+                    cells = (iso_utc(r.at), repr(r.at), *(str(getattr(r, c)) for c in _COLUMNS))
+                    writer.writerow([csv_cell(c) for c in cells])  # no formula for a spreadsheet
+            else:
+                _print_table(rows)
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"cannot read the history in {db_path}: {exc}") from None
+    out.flush()
     return 0
 
 
-def _print_table(rows: list[HistoryRow]) -> None:
-    if not rows:
+def _print_table(rows: Iterator[HistoryRow]) -> None:
+    head = ("TIME", "EVENT", "PRODUCT", "USER", "HOST", "DETAIL")
+    # Widths from the first rows only: the table is printed as it is read.
+    first = [_table_line(r) for r in itertools.islice(rows, 200)]
+    if not first:
         print("no history rows match")
         return
-    head = ("TIME", "EVENT", "PRODUCT", "USER", "HOST", "DETAIL")
-    table = [
-        (local_time(r.at), r.event, r.product, r.user, r.host, _detail_for_people(r.detail))
-        for r in rows
-    ]
-    widths = [max(len(head[i]), *(len(t[i]) for t in table)) for i in range(len(head) - 1)]
-    for line in (head, *table):
+    widths = [max(len(head[i]), *(len(t[i]) for t in first)) for i in range(len(head) - 1)]
+    for line in itertools.chain((head,), first, map(_table_line, rows)):
         print("  ".join(x.ljust(w) for x, w in zip(line, widths, strict=False)), line[-1])
+
+
+def _table_line(r: HistoryRow) -> tuple[str, ...]:
+    detail = _detail_for_people(r.detail)
+    if r.count != 1:
+        detail = f"{detail} (x{r.count})"
+    return (local_time(r.at), r.event, r.product, r.user, r.host, detail)
+
+
+def cmd_admin_retention(args: argparse.Namespace) -> int:
+    """Show or set how much history the server keeps; a running server prunes to it within
+    minutes, in the background."""
+    from lanlic.server.datadir import DataDir
+    from lanlic.store import Store, history
+
+    folder = data_folder(args)
+    if args.days is not None or args.rows is not None:
+        DataDir(folder).prepare()
+        store = Store(folder / DB_NAME)
+        try:
+            current = store.retention()
+            wanted = history.Retention(
+                current.keep_days if args.days is None else args.days,
+                current.max_rows if args.rows is None else args.rows,
+            )
+            store.set_retention(wanted)
+        finally:
+            store.close()
+    else:
+        store = _open(folder)
+        try:
+            wanted = store.retention()
+        finally:
+            store.close()
+    if args.json:
+        print_json({"keep_days": wanted.keep_days, "max_rows": wanted.max_rows})
+    else:
+        days = "any age" if wanted.keep_days == 0 else f"{wanted.keep_days} days"
+        rows = "no row limit" if wanted.max_rows == 0 else f"at most {wanted.max_rows} rows"
+        print(f"history kept: {days}, {rows} (the oldest go first)", flush=True)
+    return 0
 
 
 # ----------------------------------------------------------------------------------- policy
@@ -386,6 +450,13 @@ def register(commands: Commands) -> None:
     sp.add_argument("--since", metavar="DATE", help="from this date or time on (UTC)")
     sp.add_argument("--product", metavar="P", help="this product only")
     sp.add_argument("--csv", action="store_true", help="CSV with a header row")
+    add_data(sp)
+
+    sp = admin.add("retention", cmd_admin_retention, "how much history the server keeps")
+    sp.add_argument(
+        "--days", type=whole(0), metavar="N", help="delete rows older than N days (0: keep)"
+    )
+    sp.add_argument("--rows", type=whole(0), metavar="N", help="keep at most N rows (0: no limit)")
     add_data(sp)
 
     sp = admin.add("policy", cmd_admin_policy, "lower a product's borrowing terms")

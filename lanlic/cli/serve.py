@@ -122,6 +122,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise
     datadir = DataDir(data)
     datadir.lock()
+    exposure = datadir.exposure()
+    if exposure is not None:
+        print(f"lanlic: warning: {exposure}", file=sys.stderr, flush=True)
     try:
         if getattr(args, "restore", None):
             restore_for_serve(args, data)
@@ -214,8 +217,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         run_async(run())
     finally:
         store.close()
-        datadir.clear_address()
+        problem = datadir.clear_address()  # the folder may have gone read-only: one line
         datadir.unlock()
+        if problem is not None:
+            print(f"lanlic: warning: {problem}", file=sys.stderr, flush=True)
     return 0
 
 

@@ -46,6 +46,9 @@ class HistoryRow:
     user: str = ""
     host: str = ""
     detail: str = ""
+    count: int = 1
+    """How many events the row stands for: refusals are kept one row per client, product and
+    code per interval (``lanlic.core.refusals``), every other event one row each."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,14 +27,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from lanlic import osdeps
 from lanlic.core.clock import STALL_THRESHOLD, WALL_TOLERANCE, StallWatch, WallGuard
 from lanlic.core.lending import Durable
+from lanlic.core.refusals import RefusalTally
 from lanlic.core.restart import RestartState
 from lanlic.core.service import EventFields, LicenseService
 from lanlic.core.service import Session as _Session
@@ -42,11 +44,16 @@ from lanlic.proto import messages as m
 from lanlic.proto.connection import ConnState, RequestError, ServerConnection
 from lanlic.proto.framing import encode_frame
 from lanlic.store import Store
+from lanlic.store import history as hist
 
 __all__ = ["LicenseServer", "ServerLimits"]
 
 #: History rows kept in memory while the store cannot take them (about 100 bytes each).
 MAX_PENDING_HISTORY = 100_000
+#: Seconds between two log lines about connections refused at the cap.
+BUSY_LOG_EVERY = 10.0
+#: Seconds between two prunings of the history to its retention (the first soon after start).
+PRUNE_INTERVAL = 600.0
 
 log = logging.getLogger("lanlic.server")
 
@@ -79,12 +86,21 @@ class ServerLimits:
     """Bytes of replies one read of requests may ask for (small requests with big replies,
     such as ``status``, pipelined by a peer that does not read): past it the connection is
     closed, so a connection never holds more than about this plus ``write_buffer_high``."""
+    reply_budget: int = 64 * 1024 * 1024
+    """Bytes of unsent replies all connections together may hold. Past it the connections
+    holding the most are closed, largest first, until the rest fit: peers that pipeline and
+    never read cannot add up to more memory than this, however many they are (the server
+    holds at most this plus one read's replies, ``write_buffer_max``)."""
     max_connections: int | None = None
     """New connections beyond this are told ``server_busy`` and closed. None: the process's
     open-file limit (``RLIMIT_NOFILE``) less ``fd_reserve``, so the cap is met before the OS
     limit and ``accept`` never fails for want of a descriptor."""
     fd_reserve: int = 64
-    """File descriptors kept back from connections (store, logs, mDNS, the admin page)."""
+    """File descriptors kept back from connections (store, logs, mDNS, the admin page's own)."""
+    admin_connections: int = 64
+    """Connections the admin page may hold at once: its share of the one descriptor budget.
+    The licence port's cap is what is left, so the admin port can never take its descriptors
+    (``lanlic.admin.connections``)."""
     housekeeping_interval: float = 1.0
     """Seconds between sweeps that close stalled connections."""
     stall_threshold: float = STALL_THRESHOLD
@@ -99,7 +115,7 @@ class ServerLimits:
         soft = osdeps.fd_limit()  # None: unlimited, or no such limit (Windows)
         if soft is None:
             soft = _UNLIMITED_FDS
-        return max(1, min(soft, _UNLIMITED_FDS) - self.fd_reserve)
+        return max(1, min(soft, _UNLIMITED_FDS) - self.fd_reserve - self.admin_connections)
 
 
 #: History events that are also logged as warnings for the admin.
@@ -123,6 +139,7 @@ class _Protocol(asyncio.Protocol):
         "_transport",
         "frame_started",
         "opened",
+        "queued",
         "write_paused",
     )
 
@@ -137,6 +154,8 @@ class _Protocol(asyncio.Protocol):
         """When the first byte of the frame now half-received arrived (None: no half frame)."""
         self.write_paused: float | None = None
         """Since when replies have piled up past the high-water mark (None: they have not)."""
+        self.queued = 0
+        """Unsent reply bytes when last looked at (counted in ``LicenseServer.queued_bytes``)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
@@ -146,6 +165,7 @@ class _Protocol(asyncio.Protocol):
             t.write(_encode(m.Error(0, "server_busy", "connection limit reached")))
             t.close()
             self._closing = True
+            srv.note_busy()
             return
         srv.connections.add(self)
         high = srv.limits.write_buffer_high
@@ -160,6 +180,7 @@ class _Protocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = None
+        self._server.note_queued(self)
         if self.frame_started is not None:
             self.frame_started = self._server.loop.time()  # its rest waited on us, not the peer
         if self._transport is not None and not self._closing:
@@ -169,6 +190,8 @@ class _Protocol(asyncio.Protocol):
         # Leases stay: a client that vanished keeps its seats until they expire, so one that
         # reconnects in time keeps them. A clean goodbye (``bye``) already released them.
         self._server.connections.discard(self)
+        self._server.queued_bytes -= self.queued
+        self.queued = 0
         self._server.forget_owner(self._session.client_id, self)
 
     def data_received(self, data: bytes) -> None:
@@ -245,6 +268,8 @@ class _Protocol(asyncio.Protocol):
         assert transport is not None
         if out:
             transport.write(b"".join(out) if len(out) > 1 else out[0])
+            if self.queued or transport.get_write_buffer_size():
+                srv.note_queued(self)
         if close:
             self._closing = True
             transport.close()
@@ -256,6 +281,12 @@ class _Protocol(asyncio.Protocol):
     def send(self, msg: m.Message) -> None:
         if self._transport is not None and not self._closing:
             self._transport.write(_encode(msg))
+            self._server.note_queued(self)
+
+    def unsent(self) -> int:
+        """Reply bytes written but not yet taken by the peer's socket."""
+        t = self._transport
+        return 0 if t is None else t.get_write_buffer_size()
 
     def stalled(self, now: float, limits: ServerLimits) -> str | None:
         if (
@@ -317,8 +348,21 @@ class LicenseServer:
         )
         self._durables: set[asyncio.Task[None]] = set()
         self._policy_task: asyncio.Task[None] | None = None
-        self._history: list[tuple[float, str, str, str, str, str]] = []
-        """(at, event, product, user, host, detail): the store's row, built once, off the loop."""
+        self._history: list[Sequence[object]] = []
+        """(at, event, product, user, host, detail[, count]): the store's row, built once."""
+        self.refusals = RefusalTally()
+        """Refusals counted per client, product and code per interval (``core.refusals``)."""
+        # Reads of the history (admin page, exports) have a connection and a thread of their
+        # own: a long export neither waits for the writer nor holds up a seat's fsync.
+        self._reader_thread = (
+            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lanlic-history")
+            if store is not None
+            else None
+        )
+        self._reader: sqlite3.Connection | None = None
+        self._prune_task: asyncio.Task[None] | None = None
+        self._flushing = asyncio.Lock()
+        self._pruned_at = -PRUNE_INTERVAL + 5.0  # the first pruning a few seconds after start
         service.set_event_sink(self._history_event)
         self.host = host
         self.port = port
@@ -326,6 +370,10 @@ class LicenseServer:
         self.max_connections = limits.connection_cap()
         """Connections served at once; the next is told ``server_busy``."""
         self.connections: set[_Protocol] = set()
+        self.queued_bytes = 0
+        """Unsent reply bytes of all connections, as last looked at (``reply_budget``)."""
+        self._busy = (0, -BUSY_LOG_EVERY)
+        """Connections refused at the cap since the last log line, and when that was."""
         self._owners: dict[bytes, _Protocol] = {}
         self._server: asyncio.Server | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -396,10 +444,16 @@ class LicenseServer:
         for task in (self._policy_task, self._lease_task):
             if task is not None:
                 await asyncio.wait([task], timeout=10)
+        if self._prune_task is not None:
+            await asyncio.wait([self._prune_task], timeout=10)
         # Nothing is granted any more: the last batch records exactly the leases still out,
         # so the next start holds exactly their seats (SPEC section 13).
         await self.sync_leases(clean=True)
-        await self.flush_history()
+        await self.flush_history(refusals=True)
+        reader, self._reader_thread = self._reader_thread, None  # stop may be called twice
+        if reader is not None:
+            reader.submit(self._close_reader)
+            reader.shutdown(wait=True)
         if self._store_thread is not None:
             self._store_thread.shutdown(wait=True)
 
@@ -413,6 +467,24 @@ class LicenseServer:
         if self.store is None or self._store_thread is None:
             raise RuntimeError("this server runs without a data folder")
         return await self.loop.run_in_executor(self._store_thread, fn, self.store)
+
+    async def history_call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``fn(db)`` on the history's read connection and thread (``store.history``), not
+        the writer's: keep each call to a page, so no read holds a snapshot for long."""
+        if self.store is None or self._reader_thread is None:
+            raise RuntimeError("this server runs without a data folder")
+        return await self.loop.run_in_executor(self._reader_thread, self._read, fn)
+
+    def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        if self._reader is None:
+            assert self.store is not None
+            self._reader = hist.open_reader(self.store.path)
+        return fn(self._reader)
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     # --------------------------------------------------------------- owners (push notices)
 
@@ -490,6 +562,58 @@ class LicenseServer:
             self._history.append((t, "clock_jump", "", "", "", detail))
             log.warning("clock_jump: %s", detail)
         return t
+
+    # ---------------------------------------------------------------------- reply budget
+
+    def note_busy(self) -> None:
+        """A connection was refused at the cap: say so, a line per ``BUSY_LOG_EVERY`` at most."""
+        count, logged = self._busy
+        now = self.loop.time()
+        if now - logged >= BUSY_LOG_EVERY:
+            log.warning(
+                "connection cap of %d reached: refused %d connection(s) with server_busy",
+                self.max_connections, count + 1,
+            )  # fmt: skip
+            self._busy = (0, now)
+        else:
+            self._busy = (count + 1, logged)
+
+    def note_queued(self, conn: _Protocol) -> None:
+        """``conn``'s unsent replies changed: count them, and keep all within the budget."""
+        size = conn.unsent()
+        self.queued_bytes += size - conn.queued
+        conn.queued = size
+        if self.queued_bytes > self.limits.reply_budget:
+            self._shed_replies()
+
+    def _shed_replies(self) -> None:
+        """Over the reply budget: close the connections holding the most until the rest fit.
+        (Counted afresh first: buffers that drained did not say so.)"""
+        total = 0
+        for c in self.connections:
+            c.queued = c.unsent()
+            total += c.queued
+        self.queued_bytes = total
+        budget = self.limits.reply_budget
+        if total <= budget:
+            return
+        closed, freed = 0, 0
+        for c in sorted(self.connections, key=lambda c: c.queued, reverse=True):
+            if total - freed <= budget:
+                break
+            freed += c.queued
+            closed += 1
+            self.queued_bytes -= c.queued
+            c.queued = 0
+            # Out of the count now: a transport (uvloop's) may report its buffer until the
+            # close completes, and an aborted connection must not be closed again for it.
+            self.connections.discard(c)
+            c.abort()
+        log.warning(
+            "reply budget: closed %d connection(s) holding %d bytes of replies their peers do "
+            "not read (all connections held %d, over the budget of %d)",
+            closed, freed, total, budget,
+        )  # fmt: skip
 
     # ---------------------------------------------------------------------------- timers
 
@@ -569,17 +693,36 @@ class LicenseServer:
             self._policy_task = None
 
     def _history_event(self, fields: EventFields) -> None:
+        if fields[0] == "refusal":
+            # Counted, not written one by one: a client can send refusals without end.
+            _, product, user, host, code = fields
+            known = product in self.service.pool.products
+            row = self.refusals.add(self.wall(), user, host, product, code, known)
+            if row is not None:  # the first of its kind this minute is written at once
+                self._history.append(row)
+            return
         self._history.append((self.wall(), *fields))  # stamped here; rows go to SQLite as is
         if fields[0] in _WARN_ADMIN:
             log.warning("%s: %s%s", fields[0], f"{fields[1]}: " if fields[1] else "", fields[4])
 
-    async def flush_history(self) -> None:
-        """Write the pending history rows in one batch (a crash loses at most this batch)."""
+    async def flush_history(self, refusals: bool = False) -> None:
+        """Write the pending history rows in one batch (a crash loses at most this batch);
+        ``refusals``: also the refusals counted so far, their intervals over or not. Returns
+        once every row recorded before the call is written, a batch already on its way
+        included: the history's readers have a connection of their own and would not wait
+        for it otherwise."""
+        if refusals:
+            self._history.extend(self.refusals.drain())
         if self.store is None or self._store_thread is None:
             self._history.clear()  # no data folder: nothing to keep them in
             return
+        async with self._flushing:
+            await self._flush_history()
+
+    async def _flush_history(self) -> None:
         if not self._history:
             return
+        assert self.store is not None
         pending = self._history
         self._history = []
         try:
@@ -597,6 +740,27 @@ class LicenseServer:
                 len(pending), exc, len(kept),
             )  # fmt: skip
 
+    async def _prune_history(self) -> None:
+        """Delete the history beyond its retention, a small batch per turn of the store's
+        thread, so the seats' writes queued behind it wait for one batch at most."""
+        store = self.store
+        assert store is not None
+        gone = 0
+        try:
+            while True:
+                n = await self.loop.run_in_executor(
+                    self._store_thread, store.prune_history, self.wall()
+                )
+                gone += n
+                if n < hist.PRUNE_BATCH:
+                    break
+            if gone:
+                log.info("history: %d row(s) past the retention deleted", gone)
+        except Exception as exc:
+            log.error("could not prune the history: %s", exc)
+        finally:
+            self._prune_task = None
+
     def _sweep(self) -> None:
         self.now()  # a stall is noticed, and made good, before anything here expires
         for durable in self.service.desk.due(self.wall()):
@@ -609,10 +773,17 @@ class LicenseServer:
         if self.store is not None and self._policy_task is None:
             # The admin lowers borrowing terms in the database (lanlic admin policy).
             self._policy_task = self.loop.create_task(self._reload_policy())
+        self._history.extend(self.refusals.due(self.wall()))
+        if self.store is not None and self._prune_task is None:
+            if self.loop.time() - self._pruned_at >= PRUNE_INTERVAL:
+                self._pruned_at = self.loop.time()
+                self._prune_task = self.loop.create_task(self._prune_history())
         if self._history:
             task = self.loop.create_task(self.flush_history())
             self._durables.add(task)
             task.add_done_callback(self._durables.discard)
+        if self.queued_bytes:
+            self._shed_replies()  # a recount: buffers that drained did not say so
         now = self.loop.time()
         for conn in list(self.connections):
             reason = conn.stalled(now, self.limits)

@@ -9,7 +9,6 @@ Layout (more files arrive with the store)::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
@@ -51,6 +50,20 @@ class DataDir:
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise DataDirError(f"the data folder {self.path} is not writable")
 
+    def exposure(self) -> str | None:
+        """A warning when other local users can read or enter the folder (its files are made
+        private, but a folder left 0755 by a package lets them list it), else None."""
+        try:
+            mode = self.path.stat().st_mode & 0o777
+        except OSError:
+            return None
+        if not mode & 0o077:
+            return None
+        return (
+            f"the data folder {self.path} is open to other users (mode {mode:04o}); its files "
+            f"are kept private, but make the folder private too: chmod 700 {self.path}"
+        )
+
     def lock(self) -> None:
         """Take the folder for this process; refuse if another server has it."""
         self.prepare()
@@ -71,11 +84,19 @@ class DataDir:
     def write_address(self, host: str, port: int) -> None:
         """Say where this folder's server listens, for admin commands on the same machine."""
         info = {"host": host, "port": port, "pid": os.getpid()}
-        (self.path / "server.json").write_text(json.dumps(info) + "\n")
+        osdeps.write_atomic(self.path / "server.json", (json.dumps(info) + "\n").encode())
 
-    def clear_address(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self.path / "server.json").unlink()
+    def clear_address(self) -> str | None:
+        """Remove ``server.json``; what went wrong, in one line, or None. (At stop the folder
+        may have gone read-only: that is worth a line, not a traceback.)"""
+        path = self.path / "server.json"
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return f"could not remove {path}: {exc.strerror or exc}"
+        return None
 
     def server_key(self) -> Ed25519PrivateKey:
         """The server's identity key, made on first use and kept across restarts."""

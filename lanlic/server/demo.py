@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+from lanlic import osdeps
 from lanlic.core import netkey
 from lanlic.core.netkey import ProductEntitlement
 from lanlic.errors import NetworkKeyError
@@ -59,5 +60,5 @@ def ensure_demo(data: Path, today: dt.date) -> tuple[Path, Path]:
         products=DEMO_PRODUCTS,
         issued=today,
     )
-    license_path.write_bytes(content)
+    osdeps.write_atomic(license_path, content)  # every file of a data folder is private
     return license_path, pub_path

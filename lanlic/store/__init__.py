@@ -10,6 +10,7 @@ event loop), which also serialises writers.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
@@ -20,6 +21,7 @@ from lanlic import osdeps
 from lanlic.core.records import BorrowRecord, EnrollmentRecord, HistoryRow, LeaseRecord
 from lanlic.core.restart import LeaseBatch, RestartState
 from lanlic.errors import LanlicError
+from lanlic.store import history as hist
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -97,6 +99,30 @@ def _open_checked(path: Path) -> sqlite3.Connection:
     return db
 
 
+#: The files SQLite keeps beside a database.
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def make_private(path: Path) -> None:
+    """Make the database file (before SQLite opens it) and its side files mode 0600, whatever
+    the folder's mode and the umask: they hold the admin password's hash, lease ids and client
+    ids. SQLite creates ``-wal``, ``-shm`` and ``-journal`` with the database file's own
+    permissions, so a database made 0600 keeps them 0600 too; a file left wider by an older
+    lanlic is narrowed."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # empty: a new database
+    except FileExistsError:
+        pass
+    else:
+        os.close(fd)
+    for p in (path, *(Path(f"{path}{s}") for s in _SIDE_FILES)):
+        try:
+            if os.stat(p).st_mode & 0o077:
+                os.chmod(p, 0o600)
+        except FileNotFoundError:
+            continue
+
+
 class Store:
     """The server's database: ``Store(path)`` opens (creating and migrating) it."""
 
@@ -104,6 +130,10 @@ class Store:
         self.path = Path(path)
         if self.path.exists():
             _open_checked(self.path).close()  # refuse a corrupt or newer file before writing
+        try:
+            make_private(self.path)
+        except OSError as exc:
+            raise StoreError(f"cannot create the database {self.path}: {exc}") from exc
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             # Another process (an admin command) may write while the server runs: wait for it.
@@ -147,6 +177,7 @@ class Store:
         dest = Path(dest)
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
         try:
+            make_private(tmp)  # a copy holds the same secrets as the database
             target = sqlite3.connect(tmp, isolation_level=None)
             try:
                 self._db.backup(target)
@@ -500,42 +531,29 @@ class Store:
         )
 
     # ---------------------------------------------------------------------------- history
+    # The table's rules live in lanlic.store.history; these are the writer's doors to them.
 
     def append_history(self, rows: Iterable[HistoryRow]) -> None:
         """Append a batch in one transaction."""
         self.append_history_rows(
-            [(r.at, r.event, r.product, r.user, r.host, r.detail) for r in rows]
+            [(r.at, r.event, r.product, r.user, r.host, r.detail, r.count) for r in rows]
         )
 
-    def append_history_rows(self, rows: Sequence[tuple[float, str, str, str, str, str]]) -> None:
-        """Append a batch of ``(at, event, product, user, host, detail)`` in one transaction."""
-        self._write("BEGIN")
+    def append_history_rows(self, rows: Sequence[Sequence[object]]) -> None:
+        """Append a batch of ``(at, event, product, user, host, detail[, count])`` in one
+        transaction."""
         try:
-            self._db.executemany(
-                "INSERT INTO history(at, event, product, user, host, detail)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            self._write("COMMIT")
-        except BaseException:
-            if self._db.in_transaction:  # SQLite already rolled back on a full disk
-                self._db.execute("ROLLBACK")
-            raise
+            hist.append(self._db, rows)
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"could not write to {self.path}: {exc}") from exc
 
     def history(
         self, since: float | None = None, product: str | None = None, limit: int = 10_000
     ) -> list[HistoryRow]:
-        sql = "SELECT at, event, product, user, host, detail FROM history WHERE 1"
-        params: list[object] = []
-        if since is not None:
-            sql += " AND at >= ?"
-            params.append(since)
-        if product is not None:
-            sql += " AND product = ?"
-            params.append(product)
-        sql += " ORDER BY seq LIMIT ?"
-        params.append(limit)
-        return [HistoryRow(*r) for r in self._db.execute(sql, params)]
+        """The first ``limit`` matching rows, oldest first (tests and small reads; an export
+        goes through ``history.iter_rows``)."""
+        rows = hist.iter_rows(self._db, hist.Filters(since=since, product=product))
+        return list(itertools.islice(rows, limit if limit >= 0 else None))
 
     def history_page(
         self,
@@ -548,37 +566,27 @@ class Store:
         limit: int = 100,
         newest_first: bool = True,
     ) -> tuple[int, list[HistoryRow]]:
-        """One page of the rows that match (the admin page's table and CSV export), and how many
-        match in all."""
-        where = " WHERE 1"
-        params: list[object] = []
-        for sql, value in (
-            (" AND at >= ?", since),
-            (" AND at < ?", until),
-            (" AND product = ?", product),
-            (" AND event = ?", event),
-        ):
-            if value is not None:
-                where += sql
-                params.append(value)
-        # The clauses are fixed text; every value is bound.
-        count = "SELECT count(*) FROM history" + where  # noqa: S608
-        total = int(self._db.execute(count, params).fetchone()[0])
-        order = "DESC" if newest_first else "ASC"
-        rows = self._db.execute(
-            "SELECT at, event, product, user, host, detail FROM history"  # noqa: S608
-            f"{where} ORDER BY at {order}, seq {order} LIMIT ? OFFSET ?",
-            [*params, limit, offset],
-        )
-        return total, [HistoryRow(*r) for r in rows]
+        """One page of the rows that match, and how many match in all."""
+        filters = hist.Filters(since, until, product, event)
+        return hist.page(self._db, filters, offset=offset, limit=limit, newest_first=newest_first)
 
     def history_events(self, since: float, events: Sequence[str]) -> list[tuple[float, str, str]]:
-        """``(at, product, event)`` of the given kinds from ``since`` on, oldest first: the raw
-        material of the admin page's usage chart, without building a row object each."""
-        marks = ", ".join("?" * len(events))
-        rows = self._db.execute(
-            f"SELECT at, product, event FROM history WHERE at >= ? AND event IN ({marks})"  # noqa: S608
-            " ORDER BY at, seq",
-            [since, *events],
-        )
-        return [(float(a), str(p), str(e)) for a, p, e in rows]
+        """``(at, product, event)`` of the given kinds from ``since`` on, oldest first."""
+        return hist.events_since(self._db, since, events)
+
+    def prune_history(self, now: float, batch: int = hist.PRUNE_BATCH) -> int:
+        """Delete one batch of rows beyond the retention settings; how many went."""
+        try:
+            return hist.prune(self._db, now, batch)
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"could not write to {self.path}: {exc}") from exc
+
+    def retention(self) -> hist.Retention:
+        """How much history is kept (the admin's setting, or the defaults)."""
+        return hist.retention(self._db)
+
+    def set_retention(self, r: hist.Retention) -> None:
+        try:
+            hist.set_retention(self._db, r)
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"could not write to {self.path}: {exc}") from exc

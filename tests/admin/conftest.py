@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lanlic.admin.app import AdminOptions, AdminServer
+from lanlic.admin.connections import AdminLimits
 from lanlic.admin.passwords import META_KEY, hash_password
 from lanlic.core import netkey
 from lanlic.core.netkey import ProductEntitlement
@@ -101,6 +102,7 @@ async def make_site(
         lease: float = 60.0,
         heartbeat: float = 20.0,
         host: str = "127.0.0.1",
+        admin_limits: AdminLimits | None = None,
     ) -> Site:
         folder = tmp_path / f"data{len(sites)}"
         folder.mkdir()
@@ -116,8 +118,11 @@ async def make_site(
         )
         admin = AdminServer(
             server,
-            AdminOptions(host=host, port=0, vendor_public=vendor_key.public_key(), data_dir=folder),
-        )
+            AdminOptions(
+                host=host, port=0, vendor_public=vendor_key.public_key(), data_dir=folder,
+                **({} if admin_limits is None else {"limits": admin_limits}),
+            ),
+        )  # fmt: skip
         await admin.start()
         site = Site(server, admin, folder)
         sites.append(site)

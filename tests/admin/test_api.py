@@ -269,7 +269,16 @@ async def test_history_filters_and_csv_export(make_site: MakeSite) -> None:
         assert r.headers["Content-Disposition"].startswith('attachment; filename="lanlic-history-')
         text = await r.text()
     table = list(csv.reader(io.StringIO(text)))
-    assert table[0] == ["time_utc", "unix_time", "event", "product", "user", "host", "detail"]
+    assert table[0] == [
+        "time_utc",
+        "unix_time",
+        "event",
+        "product",
+        "user",
+        "host",
+        "detail",
+        "count",
+    ]
     assert [row[2] for row in table[1:]] == ["checkout", "release", "refusal"]  # oldest first
     async with http.get("/api/history.csv?product=render") as r:
         table = list(csv.reader(io.StringIO(await r.text())))

@@ -366,11 +366,12 @@ async def test_well_behaved_latency_stays_bounded_with_1000_hostile_connections(
 async def test_the_connection_cap_refuses_before_the_descriptors_run_out(
     tmp_path: Path,
 ) -> None:
-    """RLIMIT_NOFILE 256 in the server process: its cap (256 less a reserve of 64) answers
+    """RLIMIT_NOFILE 256 in the server process: its cap (256 less a reserve of 64 and the admin
+    page's share of 64) answers
     ``server_busy`` before ``accept`` could fail; heartbeats go on; refusing costs little CPU
     and idling at the cap costs none (no accept loop spinning on EMFILE)."""
     nofile = 256
-    cap = nofile - ServerLimits().fd_reserve
+    cap = nofile - ServerLimits().fd_reserve - ServerLimits().admin_connections
     server = await ServeProcess.start(tmp_path / "data", nofile=nofile)
     held: list[RawPeer] = []
     try:

@@ -96,7 +96,7 @@ def test_history_of_checkouts_releases_and_a_borrow_in_three_forms(
     result = run(["admin", "history", "--data", str(data), "--csv"])
     assert result.returncode == 0 and result.stderr == ""
     lines = result.stdout.splitlines()
-    assert lines[0] == "time_utc,at,event,product,user,host,detail"
+    assert lines[0] == "time_utc,at,event,product,user,host,detail,count"
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [(r["time_utc"], float(r["at"]), r["event"], r["product"], r["user"], r["host"],
              r["detail"]) for r in rows] == [

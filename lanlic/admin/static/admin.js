@@ -474,7 +474,7 @@ async function loadHistory() {
   const page = await api("GET", `/api/history?${q}`);
   const rows = page.items.map((r) => el("tr", {},
     el("td", { text: fmtTime(r.at) }), el("td", { text: r.event }), el("td", { text: r.product }),
-    el("td", { text: r.user }), el("td", { text: r.host }), el("td", { class: "detail", text: r.detail }),
+    el("td", { text: r.user }), el("td", { text: r.host }), el("td", { class: "detail", text: r.count > 1 ? `${r.detail} (×${r.count})` : r.detail }),
   ));
   fillTable($("history-table"), rows, "No history matches.");
   const end = page.offset + page.items.length;
