@@ -125,7 +125,7 @@ def bad_arguments(s: dict[str, Any]) -> list[list[str]]:
         ["checkout", "cad", *srv, "--hold", "nan"],
         ["checkout", "cad", *srv, "--hold", "-1"],
         ["checkout", "cad", *srv, "--hold", "inf"],
-        ["checkout", "cad", *srv, "--hold", "0"],
+        ["checkout", "cad", *srv, "--hold", "-0.5"],
         ["checkout", "cad", "--server", "127.0.0.1:99999"],
         ["checkout", "cad", "--server", ":7766"],
         ["checkout", "cad", "--server", "[::1"],

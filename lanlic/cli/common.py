@@ -145,6 +145,8 @@ def whole(low: int, high: int = LARGEST_WHOLE) -> Callable[[str], int]:
 
 #: Seconds to wait or hold: above 0 (and below about 30 years, which asyncio's timers take).
 seconds = number(0, low_open=True, unit=" s")
+#: Seconds to hold a seat: 0 takes one and gives it back at once (a check that one can be had).
+hold_seconds = number(0, unit=" s")
 
 
 def address(text: str) -> str:

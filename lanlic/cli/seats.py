@@ -23,6 +23,7 @@ from lanlic.cli.common import (
     checked_interfaces,
     connect,
     explicit_server,
+    hold_seconds,
     iso_utc,
     local_time,
     print_json,
@@ -415,7 +416,10 @@ def register(commands: Commands) -> None:
         add_find(sp)
         sp.add_argument("--version", dest="version", help="the application's version")
         sp.add_argument(
-            "--hold", type=seconds, metavar="S", help="seconds to hold (default: until Ctrl-C)"
+            "--hold",
+            type=hold_seconds,
+            metavar="S",
+            help="seconds to hold (default: until Ctrl-C; 0: take a seat and give it back at once)",
         )
         sp.add_argument("--app", default="lanlic-cli", help="application name shown to the admin")
 
