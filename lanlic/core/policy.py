@@ -505,7 +505,7 @@ def decide_borrow(
             f"{product}: {who.user} has {borrowed_by_user} borrowed, the most a user may have "
             f"is {rules.max_borrowed_per_user}",
         )
-    if borrowed + 1 > capacity - rules.borrow_lowwater:
+    if rules.borrow_lowwater and borrowed + 1 > capacity - rules.borrow_lowwater:
         return Refuse(
             "no_borrowable_seat",
             f"{product}: {rules.borrow_lowwater} seats are kept unborrowable (borrow_lowwater)",

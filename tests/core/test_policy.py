@@ -207,3 +207,24 @@ def test_queue_drops_silent_waiters() -> None:
     assert [w.ticket for w in q.drop_silent(60.0, 60.0)] == [b"1"]
     assert q.position(b"2") == 1
     q.check_invariant()
+
+
+def test_gate_waiter_who_may_not_take_the_seat_does_not_block_the_line() -> None:
+    from lanlic.core.gate import Joined, SeatGate
+    from lanlic.core.netkey import ProductEntitlement
+    from lanlic.core.pool import Granted, Holder, SeatPool
+
+    gate = SeatGate(SeatPool([ProductEntitlement("cad", 2)], 60.0))
+    gate.set_policy(parse('[products.cad]\nmax = [{ seats = 1, user = "alice" }]\n'))
+    alice, bob, dave = (Holder(u, u + "-pc") for u in ("alice", "bob", "dave"))
+    a = gate.checkout("cad", "", b"a", alice, 0.0)
+    b = gate.checkout("cad", "", b"b", bob, 0.0)
+    assert isinstance(a, Granted) and isinstance(b, Granted)
+    first = gate.join(b"t1", "cad", "", b"a2", alice, 1.0)  # alice's second seat: over her MAX
+    second = gate.join(b"t2", "cad", "", b"d", dave, 2.0)
+    assert isinstance(first, Joined) and first.position == 1
+    assert isinstance(second, Joined) and second.position == 2
+    gate.pool.release([b.lease.id], b"b", 3.0)
+    out = gate.drain("cad", 3.0)
+    assert [(o.waiter.ticket, type(o.result).__name__) for o in out] == [(b"t2", "Granted")]
+    assert gate.queue.position(b"t1") == 1
