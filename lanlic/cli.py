@@ -151,6 +151,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
             restore_for_serve(args, data)
         store = Store(data / "lanlic.db")
+        try:  # acknowledged borrows missing (a lost WAL): refuse, unless told to go on
+            accept = getattr(args, "accept_lost_borrows", False)
+            for note in store.check_ledger(accept, time.time()):
+                print(f"lanlic: warning: {note}", file=sys.stderr, flush=True)
+        except BaseException:
+            store.close()
+            raise
     except BaseException:
         datadir.unlock()
         raise
@@ -631,10 +638,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         _print_json(status)
         return 0
     print(f"{status['customer']} (key expires {status['expires']}), server {status['server_id']}")
-    print(f"{'PRODUCT':<22} {'SEATS':>5} {'IN USE':>6} {'BORROWED':>8} {'FREE':>5}")
+    print(f"{'PRODUCT':<22} {'SEATS':>5} {'IN USE':>6} {'BORROWED':>8} {'HELD':>4} {'FREE':>5}")
     for p in status["products"]:
         name = p["name"] + (" (add-on)" if p["addon"] else "")
-        print(f"{name:<22} {p['seats']:>5} {p['in_use']:>6} {p['borrowed']:>8} {p['free']:>5}")
+        held = p.get("held", 0)
+        print(f"{name:<22} {p['seats']:>5} {p['in_use']:>6} {p['borrowed']:>8} {held:>4}"
+              f" {p['free']:>5}")  # fmt: skip
+    for p in status["products"]:
+        if p.get("held") and p.get("held_until"):
+            print(f"  {p['name']}: {p['held']} held for clients reconnecting after a restart,"
+                  f" until {_fmt_time(p['held_until'])} or each is reclaimed")  # fmt: skip
     for p in status["products"]:
         for h in p["holders"]:
             app = f" {h['app']}" if h["app"] else ""
@@ -786,6 +799,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     admin_command.register(add, asub)
     cli_admin.register(add, asub, sub.choices["serve"])
+    from lanlic.ui.command import add_parser as add_gui_parser
+
+    add_gui_parser(sub)
     return parser
 
 

@@ -28,7 +28,7 @@ __all__ = ["register", "restore"]
 
 DB_NAME = "lanlic.db"
 #: The files SQLite keeps beside a database; they belong to it and move with it.
-_SIDE_FILES = ("-wal", "-shm", "-journal")
+_SIDE_FILES = ("-wal", "-shm", "-journal", "-ledger")  # the ledger belongs to its database
 
 
 def _cli_error(message: str) -> Exception:
@@ -295,4 +295,10 @@ def register(add: Callable[..., Any], admin_sub: Any, serve: Any | None = None) 
             "--force",
             action="store_true",
             help="with --restore: set an existing database aside (renamed, never deleted)",
+        )
+        serve.add_argument(
+            "--accept-lost-borrows",
+            action="store_true",
+            help="start although the database lacks borrows, returns or enrollments that clients "
+            "were told about (its WAL was lost); what was lost is written to the history",
         )

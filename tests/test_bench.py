@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import in_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -41,6 +42,9 @@ def test_tiny_run_of_every_scenario_reports_numbers(tmp_path: Path) -> None:
     plot = tmp_path / "bench.png"
     has_redis = shutil.which("redis-server") is not None
     has_matplotlib = importlib.util.find_spec("matplotlib") is not None
+    if in_ci():  # the checks below that need them must not pass quietly without them in CI
+        assert has_redis, "CI must install redis-server (Debian: apt-get install redis-server)"
+        assert has_matplotlib, "CI must install the bench extra: pip install -e '.[bench]'"
     env = {**os.environ, "LANLIC_CONFIG": str(tmp_path / "config")}  # never the user's pins
     proc = subprocess.run(
         [

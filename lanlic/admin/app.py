@@ -436,7 +436,7 @@ class AdminServer:
         key = service.key
         discovery = self.options.discovery() if self.options.discovery else {"enabled": False}
         host, port = srv.address
-        products = views.product_rows(service, now)
+        products = views.product_rows(service, now, wall)
         return web.json_response(
             {
                 "now": wall,

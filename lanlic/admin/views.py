@@ -64,23 +64,30 @@ def _live(service: LicenseService, now: float) -> list[Lease]:
     return [x for x in service.pool.leases() if x.expires > now]
 
 
-def product_rows(service: LicenseService, now: float) -> list[dict[str, Any]]:
-    """Per product: seats, in use, borrowed, free, and the borrowing terms (key and in force)."""
+def product_rows(
+    service: LicenseService, now: float, wall: float | None = None
+) -> list[dict[str, Any]]:
+    """Per product: seats, in use, borrowed, held after a restart (and until when: UTC, from
+    ``wall``), free, and the borrowing terms (key and in force)."""
     in_use: dict[str, int] = {}
     for lease in _live(service, now):
         in_use[lease.product] = in_use.get(lease.product, 0) + 1
     pool, desk = service.pool, service.desk
     out = []
     for name, ent in pool.products.items():
-        used, borrowed = in_use.get(name, 0), pool.borrowed(name)
+        used, borrowed, held = in_use.get(name, 0), pool.borrowed(name), pool.held(name)
         terms = desk.terms(name)
+        until = service.guard.reclaim_until
+        held_until = wall + max(0.0, until - now) if held and wall is not None else None
         out.append(
             {
                 "name": name,
                 "seats": ent.seats,
                 "in_use": used,
                 "borrowed": borrowed,
-                "free": max(0, ent.seats - used - borrowed),
+                "held": held,
+                "held_until": held_until,
+                "free": max(0, ent.seats - used - borrowed - held),
                 "borrowable": terms.borrowable,
                 "max_borrow_days": terms.max_days,
                 "key_borrowable": ent.borrowable,

@@ -129,13 +129,13 @@ class _LeaseIds:
         self._buf = b""
         self._pos = 0
 
-    def __call__(self) -> bytes:
+    def __call__(self, n: int = 16) -> bytes:
         pos = self._pos
-        if pos >= len(self._buf):
+        if pos + n > len(self._buf):
             self._buf = secrets.token_bytes(4096)
             pos = 0
-        self._pos = pos + 16
-        return self._buf[pos : pos + 16]
+        self._pos = pos + n
+        return self._buf[pos : pos + n]
 
 
 _lease_ids = _LeaseIds()
@@ -163,6 +163,9 @@ class SeatPool:
         self._leases: dict[bytes, Lease] = {}
         self._by_owner: dict[bytes, set[bytes]] = {}
         self._heap: list[tuple[float, bytes]] = []
+        self.mint: Callable[[bytes, str], bytes] | None = None
+        """Makes lease ids from (owner, product) instead of ``new_lease_id`` when set: the
+        restart guard's ids, which prove their owner after a restart (core/restart.py)."""
 
     # ------------------------------------------------------------------------------ queries
 
@@ -240,9 +243,10 @@ class SeatPool:
             self.expire(now)
             if p.in_use + p.borrowed + p.held >= p.entitlement.seats:
                 return Denied("no_seat", self._full_message(product, p))
-        lease_id = self._new_lease_id()
-        while lease_id in self._leases:  # pragma: no cover - 2**-128
-            lease_id = self._new_lease_id()
+        mint = self.mint
+        lease_id = self._new_lease_id() if mint is None else mint(owner, product)
+        while lease_id in self._leases:  # pragma: no cover - 2**-128 (minted: 2**-32 a batch)
+            lease_id = self._new_lease_id() if mint is None else mint(owner, product)
         return Granted(self._add(lease_id, p, product, owner, holder, now))
 
     @staticmethod
@@ -269,6 +273,11 @@ class SeatPool:
             p.peak = p.in_use
         heapq.heappush(self._heap, (expires, lease_id))
         return lease
+
+    @staticmethod
+    def random_bytes(n: int) -> bytes:
+        """``n`` bytes from the OS's CSPRNG (the lease ids' buffer)."""
+        return _lease_ids(n)
 
     def take_peak(self, product: str) -> int:
         """The most seats of ``product`` in use since the last call; starts a new period."""

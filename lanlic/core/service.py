@@ -289,7 +289,9 @@ class LicenseService:
             guard.pending[product] -= 1
             guard.raised(product, need)
             now, wall = self.clock()  # time moved on while the store wrote
-            if not guard.covers_one_more(product):
+            # With no seat free, the checkout below says no_seat (the raise was capped at the
+            # key's seats); with one free, the reservation must cover it.
+            if self.pool.free(product) > 0 and not guard.covers_one_more(product):
                 # Cannot happen while reservations count the ones in flight; never grant past
                 # what is on disk all the same.
                 return m.Error(msg.id, "server_busy", "seat reservation raced; retry")
@@ -297,7 +299,16 @@ class LicenseService:
 
         def abort(exc: Exception) -> m.Message:
             guard.pending[product] -= 1
-            return m.Error(msg.id, "internal_error", f"the seat could not be reserved: {exc}")
+            # The disk refused the write (full, read-only, failing): nothing was granted, and
+            # the client may retry once the administrator has made room.
+            self._event("refusal", product, session.holder.user, session.holder.host,
+                        "store_failed")  # fmt: skip
+            return m.Error(
+                msg.id,
+                "store_failed",
+                f"the seat could not be reserved on disk (the server cannot write its data "
+                f"folder; seats already held keep working): {exc}",
+            )
 
         return Durable(
             write=lambda store: store.raise_reservations({product: need}),
@@ -306,31 +317,94 @@ class LicenseService:
         )
 
     def _renew(self, session: Session, msg: m.Renew, now: float) -> Reply:
-        result = self.pool.renew(_once(msg.leases), session.client_id, now)
-        code = self._lost_code(now)
-        lost = [m.Lost(lease, code) for lease in result.lost]
-        return Reply(m.Renewed(id=msg.id, leases=result.renewed, lost=lost))
+        renewed, gone = self.pool.renew_pair(_once(msg.leases), session.client_id, now)
+        if not gone:
+            return Reply(m.Renewed(id=msg.id, leases=renewed, lost=[]))
+        # After a restart, a lease this server granted to this client before it is taken back
+        # as its ``reclaim`` would (SPEC section 13); the others are ``lease_unknown``.
+        guard = self.guard
+        items, lost = [], []
+        for lease_id in gone:
+            product = guard.identify(lease_id, session.client_id) if guard.reclaimable() else None
+            if product is None:
+                lost.append(m.Lost(lease_id, "lease_unknown"))
+            else:
+                items.append((lease_id, product, ""))
 
-    def _lost_code(self, now: float) -> str:
-        """Why a renewed lease is unknown: during a reclaim window it may be one of the previous
-        epoch's, to be reclaimed (SPEC section 13); otherwise it is simply unknown."""
-        return "reclaim" if self.guard.in_window(now) else "lease_unknown"
+        def answer(results: list[tuple[bytes, str | None]]) -> m.Message:
+            back = [x for x, code in results if code is None]
+            more = [m.Lost(x, code) for x, code in results if code is not None]
+            return m.Renewed(id=msg.id, leases=renewed + back, lost=lost + more)
+
+        return self._take_back(session, items, now, answer)
 
     def _reclaim(self, session: Session, msg: m.Reclaim, now: float) -> Reply:
-        leases: list[bytes] = []
-        lost: list[m.Lost] = []
+        items = [(x["lease"], x["product"], x.get("version", "")) for x in msg.seats]
+
+        def answer(results: list[tuple[bytes, str | None]]) -> m.Message:
+            return m.Reclaimed(
+                id=msg.id,
+                leases=[x for x, code in results if code is None],
+                epoch=self.guard.epoch,
+                lost=[m.Lost(x, code) for x, code in results if code is not None],
+            )
+
+        return self._take_back(session, items, now, answer)
+
+    def _take_back(
+        self,
+        session: Session,
+        items: list[tuple[bytes, str, str]],
+        now: float,
+        answer: Callable[[list[tuple[bytes, str | None]]], m.Message],
+    ) -> Reply:
+        """Reclaim ``items`` (lease id, product, version), then ``answer`` with each one's
+        outcome (None: taken back; else the code). A lease that finds no held seat takes a free
+        one, and the reservation must cover that first, as for a checkout."""
+        guard = self.guard
+        extra = guard.beyond_held(items, session.client_id) if guard.enabled else {}
+        needs = {p: n for p, k in extra.items() if (n := guard.needed(p, k)) is not None}
+        if not needs:
+            return Reply(answer(self._reclaim_each(session, items, now)))
+        for p, k in extra.items():
+            guard.pending[p] += k
+
+        def done() -> None:
+            for p, k in extra.items():
+                guard.pending[p] -= k
+
+        def commit(_: object) -> m.Message:
+            done()
+            for p, n in needs.items():
+                guard.raised(p, n)
+            now, _wall = self.clock()
+            return answer(self._reclaim_each(session, items, now))
+
+        def abort(exc: Exception) -> m.Message:
+            done()
+            return answer([(x, "store_failed") for x, _, _ in items])
+
+        return Reply(
+            None,
+            durable=Durable(
+                write=lambda store: store.raise_reservations(needs), commit=commit, abort=abort
+            ),
+        )
+
+    def _reclaim_each(
+        self, session: Session, items: list[tuple[bytes, str, str]], now: float
+    ) -> list[tuple[bytes, str | None]]:
+        out: list[tuple[bytes, str | None]] = []
         h = session.holder
-        for item in msg.seats:
-            lease_id, product = item["lease"], item["product"]
-            version = item.get("version", "")
+        for lease_id, product, version in items:
             holder = Holder(h.user, h.host, h.app, version)
             denied = self.guard.reclaim(lease_id, product, version, session.client_id, holder, now)
             if denied is None:
-                leases.append(lease_id)
+                out.append((lease_id, None))
                 self._event("reclaim", product, h.user, h.host, version)
             else:
-                lost.append(m.Lost(lease_id, denied.code))
-        return Reply(m.Reclaimed(id=msg.id, leases=leases, epoch=self.guard.epoch, lost=lost))
+                out.append((lease_id, denied.code))
+        return out
 
     # ----------------------------------------------------------- the fast path (wire maps)
     # The adapter's fast path for the three commonest requests: the same checks, changes and
@@ -347,8 +421,9 @@ class LicenseService:
             return None
         renewed, gone = self.pool.renew_pair(_once(req[1]), session.client_id, now)
         if gone:
-            code = self._lost_code(now)
-            lost = [{"lease": x, "code": code} for x in gone]
+            if self.guard.reclaimable():
+                return None  # may be a reclaim (SPEC section 13): the general path does it
+            lost = [{"lease": x, "code": "lease_unknown"} for x in gone]
         else:
             lost = []
         return {"t": "renewed", "id": req[0], "leases": renewed, "lost": lost}
@@ -439,6 +514,9 @@ class LicenseService:
         ``holders_total`` says how many there are (the admin page pages through all of them)."""
         products: list[dict[str, Any]] = []
         budget = MAX_STATUS_HOLDERS
+        # Seats held after a restart for their clients to reclaim are held until then (UTC),
+        # or until each is reclaimed.
+        held_until = wall + max(0.0, self.guard.reclaim_until - now)
         for name, ent in self.pool.products.items():
             live = sorted(
                 (x for x in self.pool.leases(name) if x.expires > now), key=lambda x: x.since
@@ -463,6 +541,7 @@ class LicenseService:
                     "in_use": len(live),
                     "borrowed": borrowed,
                     "held": held,
+                    "held_until": held_until if held else None,
                     "free": max(0, ent.seats - len(live) - borrowed - held),
                     "borrowable": self.desk.terms(name).borrowable,
                     "max_borrow_days": self.desk.terms(name).max_days,

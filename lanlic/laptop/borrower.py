@@ -30,9 +30,25 @@ from lanlic.laptop.machine import machine_fingerprint
 from lanlic.net.client import Client
 from lanlic.proto import messages as m
 
-__all__ = ["Borrower", "default_portable_key"]
+__all__ = [
+    "BORROWED_FILE",
+    "BORROWED_KEY",
+    "DISABLED",
+    "NETWORK",
+    "NOT_AVAILABLE",
+    "Borrower",
+    "default_portable_key",
+]
 
 DAY = 86400.0
+# The licence states of ``Borrower.info``, as ``lanlic info`` and the License Information
+# window (lanlic.ui) show them: one set of words, so one piece of documentation covers both.
+NETWORK = "Network"
+BORROWED_FILE = "Borrowed (license file)"
+BORROWED_KEY = "Borrowed (portable key)"
+DISABLED = "Disabled"
+"""An add-on whose seat is not held."""
+NOT_AVAILABLE = "Not available"
 #: Returns deactivated here but not yet acknowledged by the server: product -> borrow id.
 PENDING_FILE = "pending-returns.json"
 
@@ -309,9 +325,8 @@ class Borrower:
                 except (BorrowedFileError, BorrowRefused) as exc:
                     row["problem"] = f"{exc.code}: {exc.message}"
             if lic is not None:
-                label = "license file" if lic.kind == "act" else "portable key"
                 row.update(
-                    state=f"Borrowed ({label})",
+                    state=BORROWED_FILE if lic.kind == "act" else BORROWED_KEY,
                     expires=dt.datetime.fromtimestamp(lic.end, dt.UTC).isoformat(
                         timespec="seconds"
                     ),
@@ -323,13 +338,13 @@ class Borrower:
                 if p.get("borrowable", 0) > 0:
                     actions.append("borrow")
                 if row["addon"]:
-                    row["state"] = "Disabled"
+                    row["state"] = DISABLED
                     actions.insert(0, "enable")
                 else:
-                    row["state"] = "Network"
+                    row["state"] = NETWORK
                 row["actions"] = actions
             else:
-                row["state"] = "Not available"
+                row["state"] = NOT_AVAILABLE
                 row["actions"] = []
             if p is not None:
                 row.update(seats=p["seats"], free=p["free"])

@@ -23,6 +23,7 @@ lives in a daemon thread of ours, as the hand-made loop thread before it did.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -99,6 +100,7 @@ class BlockingClient:
             self._ready.set()
 
     async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
         async with BlockingPortal() as portal:
             self._portal = portal
             self._ready.set()
@@ -112,6 +114,11 @@ class BlockingClient:
         except TimeoutError:
             fut.cancel()
             raise
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the client runs on, in its own thread (``lanlic.ui`` sends its work there)."""
+        return self._loop
 
     @property
     def client(self) -> Client:

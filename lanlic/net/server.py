@@ -35,7 +35,7 @@ from typing import Any, cast
 from lanlic import osdeps
 from lanlic.core.clock import STALL_THRESHOLD, WALL_TOLERANCE, StallWatch, WallGuard
 from lanlic.core.lending import Durable
-from lanlic.core.records import LeaseRecord
+from lanlic.core.restart import RestartState
 from lanlic.core.service import EventFields, LicenseService
 from lanlic.core.service import Session as _Session
 from lanlic.proto import messages as m
@@ -335,6 +335,7 @@ class LicenseServer:
         service.clock = lambda: (self.now(), self.wall())
         self._synced_leases: set[bytes] = set()
         self._lease_task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     @property
     def address(self) -> tuple[str, int]:
@@ -355,15 +356,13 @@ class LicenseServer:
             return []
         store = self.store
 
-        def read() -> tuple[list[str], int, dict[str, int], list[LeaseRecord]]:
+        def read() -> tuple[list[str], RestartState]:
             warnings = self.service.desk.load(store, self.wall())
-            return warnings, store.begin_epoch(), store.reservations(), store.leases()
+            return warnings, store.restart_state()
 
-        warnings, epoch, reserved, leases = await self.loop.run_in_executor(
-            self._store_thread, read
-        )
-        held = self.service.guard.start(epoch, reserved, leases, self.loop.time())
-        self._synced_leases = {x.lease_id for x in leases}
+        warnings, state = await self.loop.run_in_executor(self._store_thread, read)
+        epoch = state.epoch
+        held = self.service.guard.start(state, self.loop.time())
         for w in warnings:
             log.warning("%s", w)
         if held:
@@ -376,7 +375,11 @@ class LicenseServer:
         return warnings
 
     async def stop(self) -> None:
-        """Stop accepting, tell connected clients, close every connection."""
+        """Stop accepting, tell connected clients, close every connection. (Once: a second
+        call does nothing.)"""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._server is not None:
             self._server.close()
         for h in (self._timer, self._housekeeping):
@@ -393,7 +396,9 @@ class LicenseServer:
         for task in (self._policy_task, self._lease_task):
             if task is not None:
                 await asyncio.wait([task], timeout=10)
-        await self.sync_leases()
+        # Nothing is granted any more: the last batch records exactly the leases still out,
+        # so the next start holds exactly their seats (SPEC section 13).
+        await self.sync_leases(clean=True)
         await self.flush_history()
         if self._store_thread is not None:
             self._store_thread.shutdown(wait=True)
@@ -530,36 +535,25 @@ class LicenseServer:
             conn.send(reply)
         self.arm_expiry_timer()
 
-    async def sync_leases(self) -> None:
-        """Write the batch of lease changes since the last one, and lowered reservations.
-        (A crash loses at most this batch: the reservations still bound what was granted.)"""
+    async def sync_leases(self, clean: bool = False) -> None:
+        """Write the batch of lease changes since the last one, and lowered reservations (exact
+        ones for a clean stop). A crash loses at most this batch: the reservations still bound
+        what was granted, and lease ids granted after it prove their owner (SPEC section 13)."""
         store = self.store
-        if store is None:
+        guard = self.service.guard
+        if store is None or not guard.enabled:
+            self._lease_task = None
             return
-        pool = self.service.pool
-        epoch = self.service.guard.epoch
-        current = set(pool.lease_ids())
-        synced = self._synced_leases
-        added = []
-        for lease_id in current - synced:
-            lease = pool.lease(lease_id)
-            if lease is not None:
-                h = lease.holder
-                added.append(
-                    LeaseRecord(lease_id, lease.product, lease.owner, h.user, h.host, epoch)
-                )
-        removed = list(synced - current)
-        lowered = self.service.guard.to_lower()
+        # The batch is handed to the store's one writer in the same turn as it lowered the
+        # reservations in memory: a raise asked for after this is written after it.
+        batch = guard.snapshot(clean)
+        write = self.loop.run_in_executor(self._store_thread, store.write_batch, batch)
         try:
-            if added or removed:
-                await self.loop.run_in_executor(
-                    self._store_thread, store.sync_leases, added, removed
-                )
-                self._synced_leases = current
-            if lowered:
-                await self.loop.run_in_executor(self._store_thread, store.set_reservations, lowered)
+            await write
         except Exception as exc:
             log.error("could not write the lease batch: %s", exc)
+        else:
+            guard.batch_written(batch)
         finally:
             self._lease_task = None
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 
 from lanlic import osdeps
 from lanlic.core.records import BorrowRecord, EnrollmentRecord, HistoryRow, LeaseRecord
+from lanlic.core.restart import LeaseBatch, RestartState
 from lanlic.errors import LanlicError
 
 __all__ = [
@@ -46,6 +47,9 @@ def _migrations() -> list[tuple[int, str]]:
 
 
 SCHEMA_VERSION = max(v for v, _ in _migrations())
+
+#: The ledger of acknowledged changes beside the database: ``lanlic.db-ledger``.
+LEDGER_SUFFIX = "-ledger"
 
 
 def _open_checked(path: Path) -> sqlite3.Connection:
@@ -215,11 +219,15 @@ class Store:
     # ------------------------------------------------------------------------ enrollments
 
     def add_enrollment(self, e: EnrollmentRecord) -> None:
-        self._write(
-            "INSERT OR REPLACE INTO enrollments VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (e.container_fp, e.container_key, e.kind, e.machine_fp, e.user, e.host,
-             e.enrolled_at, e.via),
-        )  # fmt: skip
+        def write() -> bool:
+            self._write(
+                "INSERT OR REPLACE INTO enrollments VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (e.container_fp, e.container_key, e.kind, e.machine_fp, e.user, e.host,
+                 e.enrolled_at, e.via),
+            )  # fmt: skip
+            return True
+
+        self._acknowledged("enroll", e.container_fp, "", write)
 
     def enrollment(self, container_fp: str) -> EnrollmentRecord | None:
         row = self._db.execute(
@@ -234,19 +242,119 @@ class Store:
     # ---------------------------------------------------------------------------- borrows
 
     def add_borrow(self, b: BorrowRecord) -> None:
-        self._write(
-            "INSERT INTO borrows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (b.borrow_id, b.request_id, b.product, b.container_fp, b.user, b.host, b.start,
-             b.end, b.state, b.ended_at, b.file),
-        )  # fmt: skip
+        def write() -> bool:
+            self._write(
+                "INSERT INTO borrows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (b.borrow_id, b.request_id, b.product, b.container_fp, b.user, b.host, b.start,
+                 b.end, b.state, b.ended_at, b.file),
+            )  # fmt: skip
+            return True
+
+        self._acknowledged("borrow", b.borrow_id, b.product, write)
 
     def end_borrow(self, borrow_id: str, state: str, at: float) -> bool:
         """Mark an active borrow returned or expired; False if it was not active."""
-        cur = self._write(
-            "UPDATE borrows SET state = ?, ended_at = ? WHERE borrow_id = ? AND state = 'active'",
-            (state, at, borrow_id),
-        )
-        return cur.rowcount == 1
+
+        def write() -> bool:
+            cur = self._write(
+                "UPDATE borrows SET state = ?, ended_at = ? WHERE borrow_id = ?"
+                " AND state = 'active'",
+                (state, at, borrow_id),
+            )
+            return cur.rowcount == 1
+
+        return self._acknowledged(state, borrow_id, "", write)
+
+    # ------------------------------------------------------------- the acknowledged ledger
+    # A lost or damaged WAL silently takes the last commits with it, and SQLite cannot tell.
+    # So every change a client is told about (enrollment, borrow, return, expiry) also bumps a
+    # sequence number in the database, in the same transaction, and is then appended, fsynced,
+    # to a small file beside it (lanlic.db-ledger). On start, a ledger ahead of the database
+    # means acknowledged changes are missing (SPEC section 13, README Durability).
+
+    @property
+    def ledger_path(self) -> Path:
+        return Path(f"{self.path}{LEDGER_SUFFIX}")
+
+    def _acknowledged(self, kind: str, ident: str, product: str, write: Callable[[], bool]) -> bool:
+        try:
+            self._write("BEGIN IMMEDIATE")
+            changed = write()
+            seq = 0
+            if changed:
+                seq = int(self.meta("ledger_seq") or 0) + 1
+                self.set_meta("ledger_seq", str(seq))
+            self._write("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreError(f"could not write to {self.path}: {exc}") from exc
+        except BaseException:
+            self._rollback()
+            raise
+        if changed:
+            self._append_ledger(f"{seq}\t{kind}\t{ident}\t{product}\n")
+        return changed
+
+    def _append_ledger(self, line: str) -> None:
+        path = self.ledger_path
+        try:
+            new = not path.exists()
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line.encode())
+                osdeps.fsync_file(fd)
+            finally:
+                os.close(fd)
+            if new:
+                osdeps.fsync_dir(path.parent)
+        except OSError as exc:
+            raise StoreError(f"could not write to {path}: {exc}") from exc
+
+    def _ledger(self) -> list[tuple[int, str, str, str]]:
+        """The ledger's entries; a torn last line (a crash mid-append, never acknowledged) and
+        lines that do not parse are skipped."""
+        try:
+            text = self.ledger_path.read_bytes().decode(errors="replace")
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StoreError(f"cannot read {self.ledger_path}: {exc}") from exc
+        out = []
+        for line in text.split("\n")[:-1]:
+            parts = line.split("\t")
+            if len(parts) == 4 and parts[0].isdigit():
+                out.append((int(parts[0]), parts[1], parts[2], parts[3]))
+        return out
+
+    def check_ledger(self, accept_loss: bool, wall: float) -> list[str]:
+        """Refuse (StoreError) a database that lacks changes the ledger says clients were told
+        about; with ``accept_loss``, write what was lost to the history, carry on, and return a
+        warning."""
+        entries = self._ledger()
+        ahead = max((seq for seq, *_ in entries), default=0)
+        have = int(self.meta("ledger_seq") or 0)
+        if ahead <= have:
+            return []
+        lost = [e for e in entries if e[0] > have]
+        kinds = ", ".join(f"{sum(1 for e in lost if e[1] == k)} {k}" for k in
+                          sorted({e[1] for e in lost}))  # fmt: skip
+        if not accept_loss:
+            raise StoreError(
+                f"the database {self.path} lacks {len(lost)} change(s) that clients were told "
+                f"about ({kinds}; {self.ledger_path} records them): its write-ahead log was lost "
+                "or damaged. Restore a backup (lanlic serve --restore FILE --force), or start "
+                "with --accept-lost-borrows to go on without them (they are written to the "
+                "history)"
+            )
+        self.append_history_rows(
+            [(wall, "lost", product, "", "", f"{kind} {ident} (ledger #{seq}) was acknowledged "
+              "to its client but is missing from the database; accepted at start")
+             for seq, kind, ident, product in lost]
+        )  # fmt: skip
+        self.set_meta("ledger_seq", str(ahead))
+        return [
+            f"accepted the loss of {len(lost)} acknowledged change(s) ({kinds}); see the history"
+        ]
 
     def borrow(self, borrow_id: str) -> BorrowRecord | None:
         row = self._db.execute("SELECT * FROM borrows WHERE borrow_id = ?", (borrow_id,)).fetchone()
@@ -269,22 +377,19 @@ class Store:
     def reservations(self) -> dict[str, int]:
         return {str(p): int(n) for p, n in self._db.execute("SELECT * FROM reservations")}
 
-    def set_reservations(self, seats: dict[str, int]) -> None:
-        """Record upper bounds of floating seats in use (one transaction, fsynced)."""
-        self._write("BEGIN")
-        try:
-            for product, n in seats.items():
-                self._write("INSERT OR REPLACE INTO reservations VALUES (?, ?)", (product, n))
-            self._write("COMMIT")
-        except BaseException:
-            if self._db.in_transaction:  # SQLite already rolled back on a full disk
+    def _rollback(self) -> None:
+        # SQLite has already rolled back after some errors (a full disk): rolling back again
+        # would raise "no transaction is active" and hide the error that matters.
+        if self._db.in_transaction:
+            try:
                 self._db.execute("ROLLBACK")
-            raise
+            except sqlite3.Error:
+                pass  # the error being raised is the one to report
 
     def raise_reservations(self, seats: dict[str, int]) -> None:
         """Raise reservations, never lowering one (raises may finish in any order)."""
-        self._write("BEGIN")
         try:
+            self._write("BEGIN")
             for product, n in seats.items():
                 self._write(
                     "INSERT INTO reservations VALUES (?, ?) ON CONFLICT(product) DO UPDATE"
@@ -293,30 +398,77 @@ class Store:
                 )
             self._write("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
 
+    def lease_key(self) -> bytes:
+        """The secret that lease ids are tagged with (made on first use, kept here)."""
+        value = self.meta("lease_key")
+        if value is None:
+            value = os.urandom(32).hex()
+            self.set_meta("lease_key", value)
+        return bytes.fromhex(value)
+
     def leases(self) -> list[LeaseRecord]:
-        rows = self._db.execute("SELECT * FROM leases").fetchall()
+        """The leases the batches recorded as live."""
+        rows = self._db.execute(
+            "SELECT lease_id, product, owner, user, host, epoch FROM leases WHERE live = 1"
+        ).fetchall()
         return [LeaseRecord(*r) for r in rows]
 
-    def sync_leases(self, added: Sequence[LeaseRecord], removed: Sequence[bytes]) -> None:
-        """Apply one batch of lease changes (one transaction)."""
-        self._write("BEGIN")
+    def restart_state(self) -> RestartState:
+        """Count one more start and read what a restart needs (SPEC section 13)."""
+        key = self.lease_key()
+        epoch = self.begin_epoch()
+        self._write("INSERT OR IGNORE INTO epochs(epoch) VALUES (?)", (epoch,))
+        dead = frozenset(
+            bytes(r[0]) for r in self._db.execute("SELECT lease_id FROM leases WHERE live = 0")
+        )
+        open_epochs = {
+            int(e): int(b)
+            for e, b in self._db.execute(
+                "SELECT epoch, batch FROM epochs WHERE closed = 0 AND epoch < ?", (epoch,)
+            )
+        }
+        # An epoch from before this table (schema 2) has no row: none of its leases carry a
+        # batch number, so none can be taken back by its tag.
+        return RestartState(epoch, key, self.reservations(), self.leases(), dead, open_epochs)
+
+    def write_batch(self, batch: LeaseBatch) -> None:
+        """One lease batch, in one transaction: leases granted and ended, reservations written
+        as given (the server orders this before any later raise), older epochs closed."""
         try:
-            self._db.executemany("DELETE FROM leases WHERE lease_id = ?", [(x,) for x in removed])
+            self._write("BEGIN")
             self._db.executemany(
-                "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?)",
-                [(r.lease_id, r.product, r.owner, r.user, r.host, r.epoch) for r in added],
+                "DELETE FROM leases WHERE lease_id = ?",
+                [(x,) for x, keep in batch.removed if not keep],
+            )
+            self._db.executemany(
+                "UPDATE leases SET live = 0 WHERE lease_id = ?",
+                [(x,) for x, keep in batch.removed if keep],
+            )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?, 1)",
+                [(r.lease_id, r.product, r.owner, r.user, r.host, r.epoch) for r in batch.added],
+            )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO reservations VALUES (?, ?)",
+                list(batch.reservations.items()),
+            )
+            if batch.close_below:
+                self._write("UPDATE epochs SET closed = 1 WHERE epoch < ?", (batch.close_below,))
+                self._write("DELETE FROM leases WHERE live = 0 AND epoch < ?", (batch.close_below,))
+            self._write(
+                "INSERT INTO epochs(epoch, batch, clean) VALUES (?, ?, ?) ON CONFLICT(epoch)"
+                " DO UPDATE SET batch = excluded.batch, clean = excluded.clean",
+                (batch.epoch, batch.number, int(batch.clean)),
             )
             self._write("COMMIT")
-        except sqlite3.OperationalError as exc:
-            if self._db.in_transaction:  # SQLite already rolled back on a full disk
-                self._db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            self._rollback()
             raise StoreError(f"could not write to {self.path}: {exc}") from exc
         except BaseException:
-            if self._db.in_transaction:  # SQLite already rolled back on a full disk
-                self._db.execute("ROLLBACK")
+            self._rollback()
             raise
 
     # ----------------------------------------------------------------------------- policy

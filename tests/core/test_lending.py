@@ -3,6 +3,7 @@ to the store by hand (as the server's store thread would) and then committed or 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -283,3 +284,490 @@ def test_admin_policy_lowers_but_never_raises(
     laptop = enrolled(site)
     reply = site.request(laptop.borrow_msg(site.server_id, days=4))
     assert isinstance(reply, m.Error) and reply.code == "borrow_too_long"
+
+
+# ------------------------------------------------------------------ a borrow while it is written
+
+
+def with_events(site: Site) -> list[tuple[str, str, str, str, str]]:
+    events: list[tuple[str, str, str, str, str]] = []
+    site.service.set_event_sink(events.append)
+    return events
+
+
+def test_a_borrow_in_flight_is_not_counted_as_recorded_until_its_write_commits(
+    site: Site,
+) -> None:
+    """Between the reservation and the fsync the borrow holds its seat but is nowhere a
+    recorded borrow: a retry, a return, a status listing and the expiry sweep all wait."""
+    laptop = enrolled(site)
+    desk = site.service.desk
+    rid = os.urandom(16)
+    reply = site.service.handle(site.session, laptop.borrow_msg(site.server_id, rid=rid), 0, T0)
+    durable = reply.durable
+    assert isinstance(durable, Durable) and reply.message is None
+    assert site.service.pool.borrowed("cad") == 1  # the seat is out at once
+    [active] = desk.active.values()
+    assert not active.committed
+    assert desk.listing() == [] and desk.next_end() is None
+    assert desk.due(T0 + 100 * DAY) == []
+    retry = site.request(laptop.borrow_msg(site.server_id, rid=rid))
+    assert isinstance(retry, m.Error) and retry.code == "borrow_refused"
+    assert "still being recorded" in retry.message
+    early_return = site.request(laptop.return_msg(site.server_id, active.borrow_id))
+    assert isinstance(early_return, m.Error) and early_return.code == "borrow_refused"
+    assert site.store.borrow(active.borrow_id) is None
+
+    done = site.apply(durable)
+    assert isinstance(done, m.Borrowed) and done.borrow_id == active.borrow_id
+    assert active.committed
+    assert [b["borrow_id"] for b in desk.listing()] == [active.borrow_id]
+    assert desk.next_end() == T0 + 7 * DAY
+    again = site.request(laptop.borrow_msg(site.server_id, rid=rid))
+    assert isinstance(again, m.Borrowed) and again.file == done.file
+
+
+def test_a_borrow_whose_write_fails_gives_its_seat_back_and_can_be_tried_again(
+    site: Site,
+) -> None:
+    laptop = enrolled(site)
+    events = with_events(site)
+    rid = os.urandom(16)
+    reply = site.service.handle(site.session, laptop.borrow_msg(site.server_id, rid=rid), 0, T0)
+    assert reply.durable is not None
+    failed = reply.durable.abort(OSError("disk full"))
+    assert isinstance(failed, m.Error) and failed.code == "store_failed"
+    assert "disk full" in failed.message
+    assert site.service.pool.borrowed("cad") == 0
+    assert site.service.desk.active == {}
+    assert events[-1] == ("refusal", "cad", "", "", "store_failed")
+    retry = site.request(laptop.borrow_msg(site.server_id, rid=rid))  # not "still recorded"
+    assert isinstance(retry, m.Borrowed)
+    assert site.service.pool.borrowed("cad") == 1
+
+
+def test_history_events_of_enrollment_borrow_return_expiry_and_refusals(site: Site) -> None:
+    events = with_events(site)
+    laptop = Laptop()
+    assert isinstance(site.request(laptop.enroll_msg()), m.Enrolled)
+    assert events == [("enroll", "", "ann", "lt-1", "online")]
+    b = site.request(laptop.borrow_msg(site.server_id, days=2))
+    assert isinstance(b, m.Borrowed)
+    assert events[-1] == ("borrow", "cad", "ann", "lt-1", f"{b.borrow_id} until {b.end:.0f}")
+    assert b.end == T0 + 2 * DAY
+    r = site.request(laptop.return_msg(site.server_id, b.borrow_id))
+    assert isinstance(r, m.Returned)
+    assert events[-1] == ("return", "cad", "ann", "lt-1", b.borrow_id)
+    b2 = site.request(laptop.borrow_msg(site.server_id, days=1))
+    assert isinstance(b2, m.Borrowed)
+    site.expire(T0 + DAY)
+    assert events[-1] == ("expiry_borrow", "cad", "ann", "lt-1", b2.borrow_id)
+    refused = site.request(laptop.borrow_msg(site.server_id, product="cam"))
+    assert isinstance(refused, m.Error)
+    assert events[-1] == ("refusal", "cam", "", "", "not_borrowable")
+    enrolled(site)
+    for _ in range(2):
+        site.request(laptop.borrow_msg(site.server_id))
+    full = site.request(Laptop().borrow_msg(site.server_id))
+    assert isinstance(full, m.Error)
+
+
+def test_no_seat_to_borrow_is_refused_with_the_free_count_and_an_event(site: Site) -> None:
+    laptop = enrolled(site)
+    events = with_events(site)
+    for _ in range(3):
+        assert isinstance(site.checkout(), Granted)
+    reply = site.request(laptop.borrow_msg(site.server_id))
+    assert isinstance(reply, m.Error) and reply.code == "no_seat"
+    assert reply.message == "no seat of cad is free to borrow (0 free)"
+    assert events == [("refusal", "cad", "", "", "no_seat")]
+    assert site.service.desk.active == {}
+
+
+def test_a_borrow_sweeps_a_dead_lease_for_its_seat(site: Site) -> None:
+    laptop = enrolled(site)
+    for _ in range(3):
+        assert isinstance(site.checkout(), Granted)
+    site.now = site.service.pool.lease_seconds  # every lease is dead, none swept yet
+    assert isinstance(site.request(laptop.borrow_msg(site.server_id)), m.Borrowed)
+
+
+def test_offline_enrollment_is_recorded_as_offline(site: Site) -> None:
+    laptop = Laptop()
+    msg = laptop.enroll_msg()
+    reply = site.request(m.Enroll(msg.id, msg.request, via="offline"))
+    assert isinstance(reply, m.Enrolled)
+    rec = site.store.enrollment(signing.fingerprint(laptop.pub))
+    assert rec is not None and rec.via == "offline"
+    assert site.service.desk.enrollments[rec.container_fp] == rec
+    odd = Laptop()
+    msg = odd.enroll_msg()
+    assert isinstance(site.request(m.Enroll(msg.id, msg.request, via="carrier pigeon")), m.Enrolled)
+    assert site.store.enrollment(signing.fingerprint(odd.pub)).via == "online"  # type: ignore[union-attr]
+
+
+def test_an_enrollment_whose_write_fails_is_not_remembered(site: Site) -> None:
+    laptop = Laptop()
+    reply = site.service.handle(site.session, laptop.enroll_msg(), 0, T0)
+    assert reply.durable is not None
+    failed = reply.durable.abort(OSError("read-only"))
+    assert isinstance(failed, m.Error) and failed.code == "store_failed"
+    assert failed.message == "enrollment not saved: read-only"
+    assert site.service.desk.enrollments == {}
+    borrow = site.request(laptop.borrow_msg(site.server_id))
+    assert isinstance(borrow, m.Error) and borrow.code == "not_enrolled"
+
+
+def test_a_malformed_enrollment_request_is_bad_proof(site: Site) -> None:
+    reply = site.request(m.Enroll(1, b"not a request"))
+    assert isinstance(reply, m.Error) and reply.code == "bad_proof"
+
+
+# ------------------------------------------------------------------ reload after a restart
+
+
+def test_a_restart_reloads_every_field_of_every_active_borrow(
+    tmp_path: Path, vendor_key: Ed25519PrivateKey, server_key: Ed25519PrivateKey
+) -> None:
+    site = Site(tmp_path / "lanlic.db", vendor_key, server_key)
+    laptops = [enrolled(site), enrolled(site, Laptop(machine="mfp:bbbb"))]
+    rids = [os.urandom(16), os.urandom(16)]
+    borrowed = [
+        site.request(lt.borrow_msg(site.server_id, days=d, rid=r))
+        for lt, d, r in zip(laptops, (3, 5), rids, strict=True)
+    ]
+    before = dict(site.service.desk.active)
+    site.store.close()
+
+    again = Site(tmp_path / "lanlic.db", vendor_key, server_key)
+    desk = again.service.desk
+    assert desk.active == before  # every field: ids, product, container, user, host, times, file
+    assert all(b.committed for b in desk.active.values())
+    assert desk.enrollments == site.service.desk.enrollments
+    assert again.service.pool.borrowed("cad") == 2
+    # the request ids came back too: a retry after the restart gets the same borrow
+    for lt, r, b in zip(laptops, rids, borrowed, strict=True):
+        retry = again.request(lt.borrow_msg(again.server_id, rid=r))
+        assert isinstance(retry, m.Borrowed) and isinstance(b, m.Borrowed)
+        assert (retry.borrow_id, retry.file, retry.end) == (b.borrow_id, b.file, b.end)
+    # the container too: only the laptop that borrowed may return it
+    assert isinstance(b, m.Borrowed)
+    other = again.request(laptops[0].return_msg(again.server_id, b.borrow_id))
+    assert isinstance(other, m.Error) and other.code == "borrow_unknown"
+    assert isinstance(
+        again.request(laptops[1].return_msg(again.server_id, b.borrow_id)), m.Returned
+    )
+
+
+def test_a_restart_warns_of_borrows_the_key_no_longer_serves_or_has_no_seat_for(
+    tmp_path: Path, vendor_key: Ed25519PrivateKey, server_key: Ed25519PrivateKey
+) -> None:
+    site = Site(tmp_path / "lanlic.db", vendor_key, server_key)
+    laptop = enrolled(site)
+    a = site.request(laptop.borrow_msg(site.server_id))
+    b = site.request(laptop.borrow_msg(site.server_id))
+    assert isinstance(a, m.Borrowed) and isinstance(b, m.Borrowed)
+    site.store.close()
+
+    store = Store(tmp_path / "lanlic.db")
+    smaller = (ProductEntitlement("cad", seats=1, borrowable=1, max_borrow_days=14),)
+    service = LicenseService(make_key(vendor_key, smaller), server_key)
+    warnings = service.desk.load(store, T0)
+    assert len(warnings) == 1 and "does not fit in the current key's seats" in warnings[0]
+    assert service.pool.borrowed("cad") == 2  # counted all the same
+    assert not service.pool.take_borrowed("cad")
+    store.close()
+
+    store = Store(tmp_path / "lanlic.db")
+    other = (ProductEntitlement("sim", seats=2, borrowable=1, max_borrow_days=14),)
+    service = LicenseService(make_key(vendor_key, other), server_key)
+    warnings = service.desk.load(store, T0)
+    assert len(warnings) == 2
+    assert all("which the current network key does not serve" in w for w in warnings)
+    assert service.desk.active == {} and service.pool.borrowed("sim") == 0
+    store.close()
+
+
+# ------------------------------------------------------------------ return, the odd cases
+
+
+class FailingStore:
+    """The real store, but ``method`` raises as a full disk would."""
+
+    def __init__(self, store: Store, method: str) -> None:
+        self._store, self._method = store, method
+
+    def __getattr__(self, name: str) -> Any:
+        if name == self._method:
+
+            def fail(*args: Any) -> Any:
+                raise OSError("database or disk is full")
+
+            return fail
+        return getattr(self._store, name)
+
+
+def test_a_return_whose_write_fails_keeps_the_borrow(site: Site) -> None:
+    laptop = enrolled(site)
+    b = site.request(laptop.borrow_msg(site.server_id))
+    assert isinstance(b, m.Borrowed)
+    real = site.store
+    site.store = FailingStore(real, "end_borrow")  # type: ignore[assignment]
+    failed = site.request(laptop.return_msg(site.server_id, b.borrow_id))
+    assert isinstance(failed, m.Error) and failed.code == "store_failed"
+    assert "the return could not be recorded" in failed.message
+    assert b.borrow_id in site.service.desk.active
+    assert site.service.pool.borrowed("cad") == 1
+    site.store = real
+    assert isinstance(site.request(laptop.return_msg(site.server_id, b.borrow_id)), m.Returned)
+    assert site.service.pool.borrowed("cad") == 0
+
+
+def test_a_return_of_an_ended_borrow_is_told_only_to_its_container(site: Site) -> None:
+    laptop, other = enrolled(site), enrolled(site)
+    b = site.request(laptop.borrow_msg(site.server_id))
+    assert isinstance(b, m.Borrowed)
+    assert isinstance(site.request(laptop.return_msg(site.server_id, b.borrow_id)), m.Returned)
+    again = site.request(laptop.return_msg(site.server_id, b.borrow_id))
+    assert isinstance(again, m.Returned) and again.already and again.borrow_id == b.borrow_id
+    foreign = site.request(other.return_msg(site.server_id, b.borrow_id))
+    assert isinstance(foreign, m.Error) and foreign.code == "borrow_unknown"
+    never = site.request(laptop.return_msg(site.server_id, "b-0000000000000000"))
+    assert isinstance(never, m.Error) and never.code == "borrow_unknown"
+    site.store = FailingStore(site.store, "borrow")  # type: ignore[assignment]
+    lookup = site.request(laptop.return_msg(site.server_id, b.borrow_id))
+    assert isinstance(lookup, m.Error) and lookup.code == "store_failed"
+    assert site.service.pool.borrowed("cad") == 0
+
+
+def test_a_return_with_a_bad_proof_is_refused(site: Site) -> None:
+    laptop = enrolled(site)
+    b = site.request(laptop.borrow_msg(site.server_id))
+    assert isinstance(b, m.Borrowed)
+    msg = laptop.return_msg(site.server_id, b.borrow_id)
+    forged = m.Return(msg.id, b.borrow_id, Laptop().pub, msg.proof)
+    reply = site.request(forged)
+    assert isinstance(reply, m.Error) and reply.code == "bad_proof"
+    assert site.service.pool.borrowed("cad") == 1
+
+
+def test_expiry_ends_only_recorded_borrows_whose_end_has_come(site: Site) -> None:
+    laptop = enrolled(site)
+    short = site.request(laptop.borrow_msg(site.server_id, days=1))
+    long = site.request(laptop.borrow_msg(site.server_id, days=2))
+    assert isinstance(short, m.Borrowed) and isinstance(long, m.Borrowed)
+    desk = site.service.desk
+    assert desk.next_end() == T0 + DAY
+    assert [b["borrow_id"] for b in desk.listing()] == [short.borrow_id, long.borrow_id]
+    assert desk.listing()[0] == {
+        "borrow_id": short.borrow_id, "product": "cad", "user": "ann", "host": "lt-1",
+        "start": T0, "end": T0 + DAY,
+    }  # fmt: skip
+    assert desk.due(T0 + DAY - 1) == []
+    [due] = desk.due(T0 + DAY)
+    assert isinstance(site.apply(due), m.Returned)
+    assert desk.next_end() == T0 + 2 * DAY
+    assert site.store.borrow(short.borrow_id).state == "expired"  # type: ignore[union-attr]
+    assert site.service.pool.borrowed("cad") == 1
+
+
+# ------------------------------------------------------------------ presenting a borrowed file
+
+
+def present_msg(laptop: Laptop, server_id: str, file: bytes, borrow_id: str) -> m.Present:
+    proof = signing.sign(
+        laptop.key,
+        signing.DOMAIN_CONTAINER_REQUEST,
+        borrowing.container_proof_payload("present", server_id, [borrow_id]),
+    )
+    return m.Present(4, file, proof)
+
+
+def issued_file(site: Site, server_key: Ed25519PrivateKey, laptop: Laptop, **over: Any) -> bytes:
+    """A borrowed file as this server issues one, with fields changed by ``over``."""
+    fields: dict[str, Any] = dict(
+        borrow_id="b-1234567890abcdef", product="cad", versions=("10", "16"), kind="act",
+        server_id=site.server_id, customer="ACME Engineering", container_key=laptop.pub,
+        machine_fp=laptop.machine, user="ann", host="lt-1", start=T0 - DAY, end=T0 + 6 * DAY,
+    )  # fmt: skip
+    fields.update(over)
+    return borrowing.issue_borrowed_file(server_key, **fields)
+
+
+def test_presenting_an_active_borrow_says_active(site: Site) -> None:
+    laptop = enrolled(site)
+    b = site.request(laptop.borrow_msg(site.server_id, days=4))
+    assert isinstance(b, m.Borrowed)
+    reply = site.request(present_msg(laptop, site.server_id, b.file, b.borrow_id))
+    assert reply == m.Presented(4, b.borrow_id, "active", T0 + 4 * DAY)
+    assert site.service.pool.borrowed("cad") == 1
+
+
+def test_presenting_a_borrow_still_being_written_is_refused(site: Site) -> None:
+    laptop = enrolled(site)
+    reply = site.service.handle(site.session, laptop.borrow_msg(site.server_id), 0, T0)
+    [active] = site.service.desk.active.values()
+    got = site.request(present_msg(laptop, site.server_id, active.file, active.borrow_id))
+    assert isinstance(got, m.Error) and got.code == "borrow_refused"
+    assert reply.durable is not None
+
+
+def test_presenting_a_returned_borrow_says_returned_and_counts_nothing(site: Site) -> None:
+    laptop = enrolled(site)
+    b = site.request(laptop.borrow_msg(site.server_id))
+    assert isinstance(b, m.Borrowed)
+    assert isinstance(site.request(laptop.return_msg(site.server_id, b.borrow_id)), m.Returned)
+    reply = site.request(present_msg(laptop, site.server_id, b.file, b.borrow_id))
+    assert reply == m.Presented(4, b.borrow_id, "returned", b.end)
+    assert site.service.pool.borrowed("cad") == 0
+    assert site.service.desk.active == {}
+
+
+def test_presenting_a_file_past_its_end_says_expired(
+    site: Site, server_key: Ed25519PrivateKey
+) -> None:
+    laptop = Laptop()
+    file = issued_file(site, server_key, laptop, end=T0)
+    reply = site.request(present_msg(laptop, site.server_id, file, "b-1234567890abcdef"), wall=T0)
+    assert reply == m.Presented(4, "b-1234567890abcdef", "expired", T0)
+    assert site.service.pool.borrowed("cad") == 0 and site.service.desk.active == {}
+
+
+def test_a_file_unknown_to_a_restored_database_is_adopted_and_counted(
+    site: Site, server_key: Ed25519PrivateKey
+) -> None:
+    laptop = Laptop()  # not enrolled either: the database knows nothing of it
+    events = with_events(site)
+    file = issued_file(site, server_key, laptop, end=T0 + 1)
+    reply = site.request(present_msg(laptop, site.server_id, file, "b-1234567890abcdef"))
+    assert reply == m.Presented(4, "b-1234567890abcdef", "adopted", T0 + 1)
+    fp = signing.fingerprint(laptop.pub)
+    rec = site.store.borrow("b-1234567890abcdef")
+    assert rec is not None
+    assert (rec.request_id, rec.product, rec.container_fp, rec.user, rec.host) == (
+        "adopted:b-1234567890abcdef", "cad", fp, "ann", "lt-1",
+    )  # fmt: skip
+    assert (rec.start, rec.end, rec.state, rec.ended_at, rec.file) == (
+        T0 - DAY, T0 + 1, "active", None, file,
+    )  # fmt: skip
+    enrollment = site.store.enrollment(fp)
+    assert enrollment is not None
+    assert (enrollment.container_key, enrollment.kind, enrollment.machine_fp) == (
+        laptop.pub, "act", laptop.machine,
+    )  # fmt: skip
+    assert (enrollment.user, enrollment.host, enrollment.enrolled_at, enrollment.via) == (
+        "ann", "lt-1", T0, "adopted",
+    )  # fmt: skip
+    assert site.service.desk.enrollments[fp] == enrollment
+    active = site.service.desk.active["b-1234567890abcdef"]
+    assert active.committed and active.container_fp == fp and active.file == file
+    assert site.service.pool.borrowed("cad") == 1
+    assert events == [
+        ("borrow_adopted", "cad", "ann", "lt-1", f"b-1234567890abcdef until {T0 + 1:.0f}, "
+         "unknown to the database (restored from an older backup?)"),
+    ]  # fmt: skip
+    # counted until its end like any borrow, and presented again it is simply active
+    again = site.request(present_msg(laptop, site.server_id, file, "b-1234567890abcdef"))
+    assert again == m.Presented(4, "b-1234567890abcdef", "active", T0 + 1)
+    assert site.service.pool.borrowed("cad") == 1
+    site.expire(T0 + 1)
+    assert site.service.pool.borrowed("cad") == 0
+
+
+def test_an_adopted_borrow_with_no_seat_free_is_counted_over_the_seats(
+    site: Site, server_key: Ed25519PrivateKey
+) -> None:
+    for _ in range(3):
+        assert isinstance(site.checkout(), Granted)
+    laptop = enrolled(site)
+    events = with_events(site)
+    file = issued_file(site, server_key, laptop)
+    reply = site.request(present_msg(laptop, site.server_id, file, "b-1234567890abcdef"))
+    assert isinstance(reply, m.Presented) and reply.state == "adopted"
+    assert events[-1][4].endswith("; no seat was free: the product is over its seats until one is")
+    assert site.service.pool.borrowed("cad") == 1 and site.service.pool.in_use("cad") == 3
+    site.service.pool.check_invariant()
+    # the enrollment the database had is kept, not replaced by the adopted one
+    fp = signing.fingerprint(laptop.pub)
+    assert site.store.enrollment(fp).via == "online"  # type: ignore[union-attr]
+    assert site.service.desk.enrollments[fp].via == "online"
+
+
+def test_a_file_on_record_but_not_counted_is_counted_under_its_request_id(
+    site: Site, server_key: Ed25519PrivateKey
+) -> None:
+    """The store has the borrow active but memory does not (written behind the desk's back):
+    presenting it counts it, under the request id on record, and a retry finds it."""
+    from lanlic.core.records import BorrowRecord
+
+    laptop = enrolled(site)
+    file = issued_file(site, server_key, laptop)
+    fp = signing.fingerprint(laptop.pub)
+    site.store.add_borrow(
+        BorrowRecord("b-1234567890abcdef", "ab" * 16, "cad", fp, "ann", "lt-1", T0 - DAY,
+                     T0 + 6 * DAY, "active", None, file)
+    )  # fmt: skip
+    reply = site.request(present_msg(laptop, site.server_id, file, "b-1234567890abcdef"))
+    assert reply == m.Presented(4, "b-1234567890abcdef", "active", T0 + 6 * DAY)
+    assert site.service.pool.borrowed("cad") == 1
+    active = site.service.desk.active["b-1234567890abcdef"]
+    assert active.committed and active.request_id == "ab" * 16
+    retry = site.request(laptop.borrow_msg(site.server_id, rid=bytes.fromhex("ab" * 16)))
+    assert isinstance(retry, m.Borrowed) and retry.borrow_id == "b-1234567890abcdef"
+    assert site.service.pool.borrowed("cad") == 1
+
+
+def test_presenting_a_file_the_store_cannot_record_counts_nothing(
+    site: Site, server_key: Ed25519PrivateKey
+) -> None:
+    laptop = Laptop()
+    file = issued_file(site, server_key, laptop)
+    site.store = FailingStore(site.store, "add_borrow")  # type: ignore[assignment]
+    reply = site.request(present_msg(laptop, site.server_id, file, "b-1234567890abcdef"))
+    assert isinstance(reply, m.Error) and reply.code == "store_failed"
+    assert "the borrow could not be recorded" in reply.message
+    assert site.service.pool.borrowed("cad") == 0 and site.service.desk.active == {}
+
+
+def test_presenting_files_not_ours_or_without_the_key_is_refused(
+    site: Site, server_key: Ed25519PrivateKey
+) -> None:
+    laptop = Laptop()
+    bid = "b-1234567890abcdef"
+    other = Ed25519PrivateKey.generate()
+    genuine = issued_file(site, server_key, laptop)
+    doc = json.loads(genuine)
+    body = json.loads(doc["payload"])
+    # another server's file; one claiming our key signed by another; one of ours edited
+    signed_elsewhere = issued_file(site, other, laptop)
+    claims_ours = json.loads(borrowing.issue_borrowed_file(other, **{
+        k: v for k, v in {**body, "versions": tuple(body["versions"]),
+                          "container_key": laptop.pub}.items() if k != "server_key"}))  # fmt: skip
+    claims_ours["payload"] = json.dumps(
+        {**json.loads(claims_ours["payload"]), "server_key": body["server_key"]}, sort_keys=True
+    )
+    edited = {**doc, "payload": doc["payload"].replace(str(T0 + 6 * DAY), str(T0 + 60 * DAY))}
+    assert edited != doc
+    for file in (signed_elsewhere, json.dumps(claims_ours).encode(), json.dumps(edited).encode()):
+        reply = site.request(present_msg(laptop, site.server_id, file, bid))
+        assert isinstance(reply, m.Error) and reply.code == "borrow_unknown", reply
+        assert reply.message == "this file was not issued by this server"
+    garbage = site.request(present_msg(laptop, site.server_id, b"{}", bid))
+    assert isinstance(garbage, m.Error) and garbage.code == "borrow_unknown"
+    assert garbage.message.startswith("not a borrowed licence file: ")
+    thief = site.request(present_msg(Laptop(), site.server_id, genuine, bid))
+    assert isinstance(thief, m.Error) and thief.code == "bad_proof"
+    wrong_id = site.request(present_msg(laptop, site.server_id, genuine, "b-other"))
+    assert isinstance(wrong_id, m.Error) and wrong_id.code == "bad_proof"
+    assert site.service.pool.borrowed("cad") == 0 and site.service.desk.active == {}
+
+
+def test_presenting_a_file_of_a_product_the_key_no_longer_has_is_not_counted(
+    site: Site, server_key: Ed25519PrivateKey
+) -> None:
+    laptop = Laptop()
+    file = issued_file(site, server_key, laptop, product="gone")
+    reply = site.request(present_msg(laptop, site.server_id, file, "b-1234567890abcdef"))
+    assert isinstance(reply, m.Error) and reply.code == "not_borrowable"
+    assert "no product 'gone'" in reply.message
+    assert site.store.borrow("b-1234567890abcdef") is None

@@ -271,7 +271,7 @@ def test_version_not_licensed() -> None:
         result = pool.checkout("cad", version, A, HOLDER, T0)
         assert isinstance(result, Denied), version
         assert result.code == "version_not_licensed"
-        assert version in result.message
+        assert result.message == (f"cad version {version!r} is not licensed (licensed: 2.0 to 4.0)")
     assert pool.in_use("cad") == 0
 
 
@@ -280,6 +280,7 @@ def test_unknown_product() -> None:
     result = pool.checkout("nope", "3.0", A, HOLDER, T0)
     assert isinstance(result, Denied)
     assert result.code == "unknown_product"
+    assert result.message == "no product 'nope' in the network key"
     assert len(pool) == 0
     with pytest.raises(KeyError):
         pool.free("nope")
@@ -298,3 +299,364 @@ def test_borrowed_seats_count_against_the_pool() -> None:
     with pytest.raises(ValueError, match="no borrowed seat"):
         pool.return_borrowed("sim")
     pool.check_invariant()
+
+
+# ------------------------------------------------------------------ expiry past renewed and stale
+
+
+def test_expire_sweeps_past_a_renewed_lease_and_a_released_one() -> None:
+    """The heap holds a renewed lease's old deadline and a released lease's entry ahead of a dead
+    lease: the sweep must step over both, not stop at them (a full product would otherwise refuse
+    a checkout although one of its leases is dead)."""
+    pool = make_pool(seats=3)
+    renewed = take(pool, now=T0)  # old heap entry T0 + 60
+    gone = take(pool, now=T0 + 1)  # released: a stale entry at T0 + 61
+    dead = take(pool, now=T0 + 2)  # dies at T0 + 62
+    assert pool.renew([renewed.id], A, T0 + 30).renewed == [renewed.id]
+    assert pool.release([gone.id], A, T0 + 30).released == [gone]
+    take(pool, owner=B, now=T0 + 30)
+    expired = pool.expire(T0 + 62)
+    assert [x.id for x in expired] == [dead.id]
+    assert pool.lease(renewed.id) is renewed and pool.lease(dead.id) is None
+    assert pool.in_use("cad") == 2
+    # and a checkout into the product, full until that sweep, is granted
+    take(pool, owner=B, now=T0 + 62)
+    pool.check_invariant()
+
+
+def test_a_full_product_checkout_finds_the_dead_lease_behind_a_renewed_one() -> None:
+    pool = make_pool(seats=2)
+    renewed = take(pool, now=T0)
+    take(pool, now=T0 + 1)
+    pool.renew([renewed.id], A, T0 + 30)
+    lease = take(pool, owner=B, now=T0 + 61)  # full: the checkout sweeps, past the renewed entry
+    assert lease.owner == B
+    assert pool.in_use("cad") == 2
+
+
+def test_expire_returns_nothing_before_the_deadline_and_everything_at_it() -> None:
+    pool = make_pool(seats=2)
+    a = take(pool, now=T0)
+    b = take(pool, now=T0)
+    assert pool.expire(T0 + LEASE - 0.001) == []
+    assert sorted(x.id for x in pool.expire(T0 + LEASE)) == sorted([a.id, b.id])
+    assert len(pool) == 0
+    assert pool.expire(T0 + 999) == []
+
+
+# ------------------------------------------------------------------ hold, adopt, release_holds
+
+
+def test_hold_takes_only_free_seats_and_replaces_the_earlier_hold() -> None:
+    pool = make_pool(seats=3)
+    take(pool)
+    pool.take_borrowed("cad")
+    assert pool.hold("cad", 5) == 1  # 3 seats - 1 in use - 1 borrowed
+    assert pool.held("cad") == 1 and pool.free("cad") == 0
+    assert pool.hold("cad", 0) == 0  # a hold is set, not added to
+    assert pool.held("cad") == 0 and pool.free("cad") == 1
+    assert pool.hold("cad", -2) == 0
+    assert pool.hold("sim", 1) == 1
+    pool.check_invariant()
+
+
+def test_held_seats_refuse_checkouts_and_borrows_until_released() -> None:
+    pool = make_pool(seats=2)
+    assert pool.hold("cad", 2) == 2
+    denied = pool.checkout("cad", "3.0", A, HOLDER, T0)
+    assert isinstance(denied, Denied) and denied.code == "no_seat"
+    assert "2 held for clients reconnecting after a restart" in denied.message
+    assert not pool.take_borrowed("cad", T0)
+    assert pool.release_holds() == {"cad": 2}
+    assert pool.held("cad") == 0 and pool.free("cad") == 2
+    assert pool.release_holds() == {}
+    take(pool)
+    pool.check_invariant()
+
+
+def test_adopt_takes_a_held_seat_under_the_old_id() -> None:
+    pool = make_pool(seats=2)
+    pool.hold("cad", 2)
+    result = pool.adopt(b"old-id", "cad", A, HOLDER, T0)
+    assert isinstance(result, Granted)
+    lease = result.lease
+    assert (lease.id, lease.product, lease.owner, lease.holder) == (b"old-id", "cad", A, HOLDER)
+    assert (lease.since, lease.renewed, lease.expires) == (T0, T0, T0 + LEASE)
+    assert (pool.held("cad"), pool.in_use("cad"), pool.free("cad")) == (1, 1, 0)
+    assert pool.leases_of(A) == [b"old-id"]
+    assert pool.next_deadline() == T0 + LEASE
+    pool.check_invariant()
+
+
+def test_adopt_again_by_its_owner_is_the_same_lease_and_no_second_seat() -> None:
+    pool = make_pool(seats=2)
+    pool.hold("cad", 1)
+    first = pool.adopt(b"old-id", "cad", A, HOLDER, T0)
+    again = pool.adopt(b"old-id", "cad", A, HOLDER, T0 + 5)
+    assert isinstance(first, Granted) and isinstance(again, Granted)
+    assert again.lease is first.lease
+    assert (pool.in_use("cad"), pool.held("cad")) == (1, 0)
+
+
+@pytest.mark.parametrize(("owner", "product"), [(B, "cad"), (A, "sim"), (B, "sim")])
+def test_adopt_of_someone_elses_lease_is_refused(owner: bytes, product: str) -> None:
+    pool = make_pool(seats=2)
+    lease = take(pool)
+    result = pool.adopt(lease.id, product, owner, HOLDER, T0)
+    assert isinstance(result, Denied) and result.code == "lease_unknown"
+    assert pool.lease(lease.id) is lease and lease.owner == A
+    assert (pool.in_use("cad"), pool.in_use("sim")) == (1, 0)
+
+
+def test_adopt_without_held_seats_takes_a_free_one_or_is_refused() -> None:
+    pool = make_pool(seats=2)
+    take(pool)
+    assert isinstance(pool.adopt(b"x", "cad", B, HOLDER, T0), Granted)
+    denied = pool.adopt(b"y", "cad", B, HOLDER, T0)
+    assert isinstance(denied, Denied) and denied.code == "no_seat"
+    assert pool.lease(b"y") is None and pool.in_use("cad") == 2
+    unknown = pool.adopt(b"z", "nope", B, HOLDER, T0)
+    assert isinstance(unknown, Denied) and unknown.code == "unknown_product"
+
+
+def test_adopt_into_a_full_product_sweeps_dead_leases_first() -> None:
+    pool = make_pool(seats=1)
+    take(pool, now=T0)
+    assert isinstance(pool.adopt(b"x", "cad", B, HOLDER, T0 + LEASE), Granted)
+    assert pool.in_use("cad") == 1 and pool.leases_of(A) == []
+
+
+def test_adopt_uses_a_held_seat_even_when_the_rest_are_taken() -> None:
+    pool = make_pool(seats=2)
+    take(pool)
+    assert pool.hold("cad", 2) == 1
+    assert isinstance(pool.adopt(b"x", "cad", B, HOLDER, T0), Granted)
+    assert (pool.held("cad"), pool.in_use("cad")) == (0, 2)
+    pool.check_invariant()
+
+
+# ------------------------------------------------------------------ borrows: sweep and force
+
+
+def test_take_borrowed_with_now_sweeps_a_dead_lease_and_without_does_not() -> None:
+    pool = make_pool(seats=1)
+    take(pool, now=T0)
+    assert not pool.take_borrowed("cad")  # dead but unswept: still taken without a `now`
+    assert pool.in_use("cad") == 1
+    assert pool.take_borrowed("cad", T0 + LEASE)
+    assert (pool.in_use("cad"), pool.borrowed("cad")) == (0, 1)
+
+
+def test_a_forced_borrow_is_counted_over_the_seats_and_blocks_grants_until_paid_back() -> None:
+    pool = make_pool(seats=1)
+    take(pool)
+    assert pool.take_borrowed("cad", force=True) is False  # did not fit, counted all the same
+    assert (pool.in_use("cad"), pool.borrowed("cad"), pool.free("cad")) == (1, 1, 0)
+    pool.check_invariant()  # over its seats by exactly the forced borrow: allowed
+    assert pool.take_borrowed("cad", force=True) is False
+    assert pool.borrowed("cad") == 2
+    pool.check_invariant()
+    pool.release_owner(A, T0)
+    # 0 in use + 2 borrowed on 1 seat: nothing is granted
+    assert isinstance(pool.checkout("cad", "3.0", B, HOLDER, T0), Denied)
+    assert not pool.take_borrowed("cad")
+    pool.return_borrowed("cad")
+    assert isinstance(pool.checkout("cad", "3.0", B, HOLDER, T0), Denied)
+    pool.return_borrowed("cad")
+    take(pool, owner=B)
+    pool.check_invariant()
+
+
+def test_a_forced_borrow_that_fits_is_an_ordinary_borrow() -> None:
+    pool = make_pool(seats=2)
+    assert pool.take_borrowed("cad", force=True) is True
+    pool.return_borrowed("cad")
+    pool.take_borrowed("cad")
+    pool.take_borrowed("cad")
+    # no forced borrow is outstanding: the invariant holds with no slack at all
+    pool._products["cad"].borrowed += 1
+    with pytest.raises(AssertionError):
+        pool.check_invariant()
+
+
+def test_returning_a_forced_borrow_gives_back_its_slack() -> None:
+    pool = make_pool(seats=1)
+    take(pool)
+    pool.take_borrowed("cad", force=True)
+    pool.return_borrowed("cad")
+    # the slack went with the borrow: one seat over is an error again
+    pool._products["cad"].borrowed += 1
+    with pytest.raises(AssertionError):
+        pool.check_invariant()
+
+
+# ------------------------------------------------------------------ the invariant check itself
+
+
+@pytest.mark.parametrize("field", ["in_use", "borrowed", "held"])
+def test_check_invariant_catches_one_seat_too_many(field: str) -> None:
+    """Each count, one over the key, is caught: the check is an oracle only if it can fail."""
+    pool = make_pool(seats=2)
+    take(pool)
+    pool.take_borrowed("cad")
+    pool.check_invariant()
+    p = pool._products["cad"]
+    if field == "in_use":
+        pool._add(b"extra", p, "cad", B, HOLDER, T0)  # bypasses the seat check
+    else:
+        setattr(p, field, getattr(p, field) + 1)
+    with pytest.raises(AssertionError):
+        pool.check_invariant()
+
+
+def test_check_invariant_catches_counts_out_of_step() -> None:
+    pool = make_pool(seats=3)
+    lease = take(pool)
+    p = pool._products["cad"]
+    p.in_use += 1
+    with pytest.raises(AssertionError):
+        pool.check_invariant()
+    p.in_use -= 1
+    p.borrowed = -1
+    with pytest.raises(AssertionError):
+        pool.check_invariant()
+    p.borrowed = 0
+    p.held = -1
+    with pytest.raises(AssertionError):
+        pool.check_invariant()
+    p.held = 0
+    pool._by_owner[A].discard(lease.id)
+    with pytest.raises(AssertionError):
+        pool.check_invariant()
+    pool._by_owner[A].add(lease.id)
+    pool._by_owner[B] = {b"ghost"}
+    with pytest.raises(AssertionError):
+        pool.check_invariant()
+    del pool._by_owner[B]
+    pool.check_invariant()
+    owned = pool._by_owner.pop(A)  # the owner missing altogether
+    with pytest.raises(AssertionError):
+        pool.check_invariant()
+    pool._by_owner[A] = owned
+    pool.check_invariant()
+
+
+# ------------------------------------------------------------------ peak, postpone, lease ids
+
+
+def test_take_peak_reports_the_most_in_use_since_the_last_call() -> None:
+    pool = make_pool(seats=3)
+    assert pool.take_peak("cad") == 0
+    a, b = take(pool), take(pool)
+    take(pool)
+    pool.release([a.id, b.id], A, T0)
+    assert pool.take_peak("cad") == 3
+    assert pool.take_peak("cad") == 1  # a new period starts at the seats in use now
+    pool.release_owner(A, T0)
+    assert pool.take_peak("cad") == 1
+    assert pool.take_peak("cad") == 0
+    pool.hold("cad", 1)
+    assert isinstance(pool.adopt(b"x", "cad", B, HOLDER, T0), Granted)
+    assert pool.take_peak("cad") == 1  # an adopted lease counts as in use
+    assert pool.take_peak("sim") == 0
+
+
+def test_postpone_moves_every_deadline_and_the_timer() -> None:
+    pool = make_pool(seats=2)
+    a = take(pool, now=T0)
+    b = take(pool, owner=B, now=T0 + 10)
+    pool.postpone(30)
+    assert (a.expires, b.expires) == (T0 + LEASE + 30, T0 + LEASE + 40)
+    assert pool.next_deadline() == T0 + LEASE + 30
+    assert pool.expire(T0 + LEASE + 29) == []
+    assert pool.renew([a.id], A, T0 + LEASE + 29).renewed == [a.id]
+    assert [x.id for x in pool.expire(T0 + LEASE + 40)] == [b.id]
+
+
+def test_default_lease_ids_are_16_random_bytes_and_unique() -> None:
+    assert SeatPool([entitlement("cad", 1)]).lease_seconds == 60.0
+    pool = SeatPool([entitlement("cad", 600)], lease_seconds=LEASE)
+    assert dict(pool.products) == {"cad": entitlement("cad", 600)}
+    ids = [take(pool).id for _ in range(600)]  # more than one 4 KiB draw
+    assert all(type(x) is bytes and len(x) == 16 for x in ids)
+    assert len(set(ids)) == len(ids)
+
+
+# ------------------------------------------------------------------ messages, filters, the heap
+
+
+def test_the_no_seat_message_says_what_holds_the_seats() -> None:
+    def denied(pool: SeatPool) -> str:
+        result = pool.checkout("cad", "3.0", B, HOLDER, T0)
+        assert isinstance(result, Denied) and result.code == "no_seat"
+        return result.message
+
+    pool = make_pool(seats=2)
+    take(pool)
+    take(pool)
+    assert denied(pool) == "all 2 seats of cad are in use"
+    pool = make_pool(seats=2)
+    take(pool)
+    pool.take_borrowed("cad")
+    assert denied(pool) == "all 2 seats of cad are in use (1 borrowed)"
+    pool = make_pool(seats=3)
+    pool.take_borrowed("cad")
+    pool.hold("cad", 2)
+    assert denied(pool) == (
+        "all 3 seats of cad are in use (1 borrowed, 2 held for clients reconnecting after a "
+        "restart)"
+    )
+    full = pool.adopt(b"x", "cad", B, HOLDER, T0)  # takes a held seat
+    assert isinstance(full, Granted)
+    pool.adopt(b"y", "cad", B, HOLDER, T0)
+    refused = pool.adopt(b"z", "cad", B, HOLDER, T0)
+    assert isinstance(refused, Denied)
+    assert refused.message == "all 3 seats of cad are in use (1 borrowed)"
+
+
+def test_adopt_refusals_say_why() -> None:
+    pool = make_pool(seats=1)
+    lease = take(pool)
+    theirs = pool.adopt(lease.id, "cad", B, HOLDER, T0)
+    assert theirs == Denied("lease_unknown", "that lease belongs to someone else")
+    unknown = pool.adopt(b"x", "nope", B, HOLDER, T0)
+    assert unknown == Denied("unknown_product", "no product 'nope' in the network key")
+
+
+def test_leases_of_one_product() -> None:
+    pool = make_pool(seats=2)
+    a = take(pool)
+    s = take(pool, product="sim")
+    assert [x.id for x in pool.leases("cad")] == [a.id]
+    assert [x.id for x in pool.leases("sim")] == [s.id]
+    assert sorted(x.id for x in pool.leases()) == sorted([a.id, s.id])
+
+
+@pytest.mark.parametrize("blocked_by", ["held", "borrowed"])
+def test_a_borrow_with_now_sweeps_when_held_or_borrowed_seats_fill_the_rest(
+    blocked_by: str,
+) -> None:
+    pool = make_pool(seats=2)
+    take(pool, now=T0)  # dead at T0 + LEASE, not swept
+    if blocked_by == "held":
+        assert pool.hold("cad", 1) == 1
+    else:
+        assert pool.take_borrowed("cad")
+    assert pool.take_borrowed("cad", T0 + LEASE)
+    assert pool.in_use("cad") == 0
+
+
+@pytest.mark.parametrize("n", [65, 66, 85, 200])
+def test_released_leases_leave_stale_heap_entries_until_they_dominate(n: int) -> None:
+    """Lazy deletion, as the module says: a release costs no heap work; once the entries pass
+    64 and twice the live leases plus 64, one rebuild keeps only the live ones."""
+    pool = SeatPool([entitlement("cad", n)], lease_seconds=LEASE)
+    leases = [take(pool) for _ in range(n)]
+    heap, live = n, n
+    for lease in leases:
+        pool.release([lease.id], A, T0)
+        live -= 1
+        if heap > 64 and heap > 2 * live + 64:
+            heap = live
+        assert len(pool._heap) == heap, (n, live)
+    assert heap < n  # it was rebuilt at least once

@@ -1,9 +1,12 @@
 """The seat pool against a model of the truth, driven by Hypothesis.
 
 The model is deliberately naive: a dict of the leases the pool still holds (alive, or dead but not
-yet swept) with their owner and deadline, and a borrowed count per product. A lease is alive while
-``now < deadline``. Every rule computes the expected outcome from the model alone, calls the pool,
-and compares; the invariants compare the pool's counts and leases with the model after every step.
+yet swept) with their owner and deadline, and per product the seats borrowed, the borrows forced
+in over the seats (a restored database), and the seats held for reclaim after a restart. A lease
+is alive while ``now < deadline``. Every rule computes the expected outcome from the model alone,
+calls the pool, and compares; the invariants compare the pool's counts and leases with the model
+after every step, and check the promise (in use + borrowed + held never above the seats, but for
+forced borrows) from the model's own counts: an oracle independent of ``check_invariant``.
 
 Seat counts are small (1 to 5) and the lease period is 20 time units advanced in whole steps, so
 products fill up, deadlines are hit exactly, and expired-but-unswept leases are common.
@@ -15,7 +18,7 @@ import itertools
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -56,6 +59,11 @@ class SeatPoolMachine(RuleBasedStateMachine):
         self.held: dict[bytes, ModelLease] = {}
         """Leases the pool should still hold: alive, or dead and not yet swept."""
         self.borrowed: dict[str, int] = {}
+        self.over: dict[str, int] = {}
+        """Forced borrows not yet paid back by a return (``take_borrowed(force=True)``)."""
+        self.held_seats: dict[str, int] = {}
+        """Seats held out of the pool for reclaim after a restart."""
+        self.peak: dict[str, int] = {}
         self.issued: list[bytes] = []
         """Every lease id ever granted, including ones long gone."""
 
@@ -103,6 +111,9 @@ class SeatPoolMachine(RuleBasedStateMachine):
             self.seats[name] = n
             self.ranged[name] = r
             self.borrowed[name] = 0
+            self.over[name] = 0
+            self.held_seats[name] = 0
+            self.peak[name] = 0
             products.append(
                 ProductEntitlement(
                     name=name,
@@ -144,15 +155,23 @@ class SeatPoolMachine(RuleBasedStateMachine):
             assert isinstance(result, Denied)
             assert result.code == "version_not_licensed"
             return
-        seats, borrowed = self.seats[product], self.borrowed[product]
-        free = self.count(product, alive_only=True) + borrowed < seats
-        if self.count(product, alive_only=False) + borrowed >= seats:
-            self.sweep()  # a checkout that finds the product full sweeps first
-        if not free:
+        if not self.fits(product):
             assert isinstance(result, Denied)
             assert result.code == "no_seat"
+            event("checkout refused: no seat")
             return
         assert isinstance(result, Granted), result
+        self.granted(result, product, owner, holder)
+
+    def fits(self, product: str) -> bool:
+        """Whether one more seat fits, sweeping first if the product looks full (as the pool
+        does for a checkout, an adopt and a borrow with ``now``)."""
+        taken = self.borrowed[product] + self.held_seats[product]
+        if self.count(product, alive_only=False) + taken >= self.seats[product]:
+            self.sweep()
+        return self.count(product, alive_only=True) + taken < self.seats[product]
+
+    def granted(self, result: Granted, product: str, owner: bytes, holder: Holder) -> None:
         lease = result.lease
         assert lease.id not in self.held
         assert (lease.product, lease.owner, lease.holder) == (product, owner, holder)
@@ -160,6 +179,7 @@ class SeatPoolMachine(RuleBasedStateMachine):
         assert lease.expires == self.now + LEASE
         self.held[lease.id] = ModelLease(product, owner, self.now + LEASE)
         self.issued.append(lease.id)
+        self.peak[product] = max(self.peak[product], self.count(product, alive_only=False))
 
     @rule(owner=st.sampled_from(OWNERS))
     def heartbeat(self, owner: bytes) -> None:
@@ -191,7 +211,7 @@ class SeatPoolMachine(RuleBasedStateMachine):
     def release(self, data: st.DataObject, admin: bool) -> None:
         ids = self.draw_ids(data)
         owner = None if admin else self.draw_owner(data, ids)
-        free_before = {p: self.pool.free(p) for p in self.seats}
+        in_use_before = {p: self.pool.in_use(p) for p in self.seats}
         result = self.pool.release(ids, owner, self.now)
         released, lost, removed = [], [], []
         for lid in ids:
@@ -204,7 +224,7 @@ class SeatPoolMachine(RuleBasedStateMachine):
         assert [x.id for x in result.released] == released
         assert result.lost == lost
         for p in self.seats:  # released seats (and dead ones found on the way) are free at once
-            assert self.pool.free(p) == free_before[p] + removed.count(p)
+            assert self.pool.in_use(p) == in_use_before[p] - removed.count(p)
 
     @rule(owner=st.sampled_from(OWNERS))
     def release_owner(self, owner: bytes) -> None:
@@ -243,15 +263,95 @@ class SeatPoolMachine(RuleBasedStateMachine):
         assert set(ids) == self.sweep()
         assert all(x.expires <= self.now for x in expired)
 
-    @rule(data=st.data())
-    def take_borrowed(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), sweep=st.booleans(), force=st.sampled_from([False, False, True]))
+    def take_borrowed(self, data: st.DataObject, sweep: bool, force: bool) -> None:
         product = data.draw(st.sampled_from(sorted(self.seats)), label="product")
-        # No `now` here, so no sweep: a dead but unswept lease still counts as taken.
-        expected = (
-            self.count(product, alive_only=False) + self.borrowed[product] < self.seats[product]
+        if sweep:  # with `now`, a full product is swept first, as for a checkout
+            expected = self.fits(product)
+            got = self.pool.take_borrowed(product, self.now, force=force)
+        else:  # no `now`, so no sweep: a dead but unswept lease still counts as taken
+            taken = self.borrowed[product] + self.held_seats[product]
+            expected = self.count(product, alive_only=False) + taken < self.seats[product]
+            got = self.pool.take_borrowed(product, force=force)
+        assert got is expected
+        if expected or force:
+            self.borrowed[product] += 1
+        if force and not expected:
+            self.over[product] += 1
+            event("forced borrow over the seats")
+
+    @rule(data=st.data())
+    def hold(self, data: st.DataObject) -> None:
+        """A restart holds seats for the clients that held them before it."""
+        product = data.draw(st.sampled_from(sorted(self.seats)), label="product")
+        want = data.draw(st.integers(-1, 6), label="seats")
+        room = self.seats[product] - self.count(product, alive_only=False) - self.borrowed[product]
+        expected = max(0, min(want, room))
+        assert self.pool.hold(product, want) == expected
+        self.held_seats[product] = expected
+        event("hold", "some" if expected else "none")
+
+    @rule()
+    def release_holds(self) -> None:
+        expected = {p: n for p, n in self.held_seats.items() if n}
+        assert self.pool.release_holds() == expected
+        for p in self.held_seats:
+            self.held_seats[p] = 0
+        event("held seats returned" if expected else "no held seat to return")
+
+    @rule(data=st.data(), owner=st.sampled_from(OWNERS))
+    def adopt(self, data: st.DataObject, owner: bytes) -> None:
+        """A client reclaims a lease under its old id: its own (again), someone else's, a
+        long-gone one, or a made-up one; for a product of the key or not."""
+        lease_id = data.draw(
+            st.sampled_from([*sorted(self.held), *self.issued, b"reclaim-%d" % len(self.issued)]),
+            label="lease_id",
         )
-        assert self.pool.take_borrowed(product) is expected
-        self.borrowed[product] += expected
+        product = data.draw(st.sampled_from([*sorted(self.seats), UNKNOWN]), label="product")
+        holder = Holder("user", "host", "app", "3.0")
+        result = self.pool.adopt(lease_id, product, owner, holder, self.now)
+        m = self.held.get(lease_id)
+        if m is not None:
+            if m.owner == owner and m.product == product:
+                assert isinstance(result, Granted) and result.lease.id == lease_id
+                assert result.lease.expires == m.deadline  # the same lease, not a second seat
+                event("reclaim: again by its owner")
+            else:
+                assert isinstance(result, Denied) and result.code == "lease_unknown"
+                event("reclaim refused: someone else's lease")
+            return
+        if product not in self.seats:
+            assert isinstance(result, Denied) and result.code == "unknown_product"
+            return
+        if self.held_seats[product] > 0:
+            self.held_seats[product] -= 1
+            event("reclaim from a held seat")
+        elif not self.fits(product):
+            assert isinstance(result, Denied) and result.code == "no_seat"
+            event("reclaim refused: no seat")
+            return
+        else:
+            event("reclaim from a free seat")
+        assert isinstance(result, Granted), result
+        assert result.lease.id == lease_id
+        self.granted(result, product, owner, holder)
+
+    @rule(data=st.data())
+    def take_peak(self, data: st.DataObject) -> None:
+        product = data.draw(st.sampled_from(sorted(self.seats)), label="product")
+        in_use = self.count(product, alive_only=False)
+        assert self.pool.take_peak(product) == max(self.peak[product], in_use)
+        self.peak[product] = in_use
+
+    @rule(seconds=st.integers(1, int(LEASE)))
+    def stall(self, seconds: int) -> None:
+        """The server's loop stalled for ``seconds``: that time passed with nobody listening, and
+        the server postpones every deadline by it (a stall is never longer than the time that
+        passed, so a renewal after it never moves a deadline earlier)."""
+        self.now += seconds
+        self.pool.postpone(seconds)
+        for m in self.held.values():
+            m.deadline += seconds
 
     @precondition(lambda self: any(self.borrowed.values()))
     @rule(data=st.data())
@@ -261,6 +361,8 @@ class SeatPoolMachine(RuleBasedStateMachine):
         )
         self.pool.return_borrowed(product)
         self.borrowed[product] -= 1
+        if self.over[product]:
+            self.over[product] -= 1
 
     @precondition(lambda self: not all(self.borrowed.values()))
     @rule(data=st.data())
@@ -274,14 +376,28 @@ class SeatPoolMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------------------ invariants
 
     @invariant()
+    def never_over_granted(self) -> None:
+        """The promise, from the model's own counts (an oracle that does not trust the pool's
+        check): in use + borrowed + held never exceed the seats, except by the forced borrows
+        still out, and only while borrows are out to pay for them."""
+        for p, seats in self.seats.items():
+            taken = self.count(p, alive_only=False) + self.borrowed[p] + self.held_seats[p]
+            assert taken <= seats + self.over[p], (p, taken, seats, self.over[p])
+            assert self.over[p] <= self.borrowed[p]
+
+    @invariant()
     def pool_is_consistent(self) -> None:
         self.pool.check_invariant()
         for p, seats in self.seats.items():
+            taken = self.borrowed[p] + self.held_seats[p]
             assert self.pool.seats(p) == seats
-            assert self.pool.in_use(p) + self.pool.borrowed(p) <= seats
+            assert self.pool.in_use(p) + self.pool.borrowed(p) + self.pool.held(p) <= (
+                seats + self.over[p]
+            )
             assert self.pool.in_use(p) == self.count(p, alive_only=False)
             assert self.pool.borrowed(p) == self.borrowed[p]
-            assert self.pool.free(p) == seats - self.pool.in_use(p) - self.borrowed[p]
+            assert self.pool.held(p) == self.held_seats[p]
+            assert self.pool.free(p) == max(0, seats - self.pool.in_use(p) - taken)
 
     @invariant()
     def pool_matches_model(self) -> None:

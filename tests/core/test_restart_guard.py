@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from helpers import make_key
 
 from lanlic.core.netkey import ProductEntitlement
+from lanlic.core.restart import RestartState
 from lanlic.core.service import LicenseService, Session
 from lanlic.proto import messages as m
 from lanlic.store import Store
@@ -22,7 +23,7 @@ def test_grants_waiting_for_a_reservation_keep_their_room(
         make_key(vendor_key, (ProductEntitlement("cad", seats=16),)), Ed25519PrivateKey.generate()
     )
     service.clock = lambda: (0.0, 0.0)
-    service.guard.start(1, {}, [], 0.0)
+    service.guard.start(RestartState(1, bytes(32), {}, []), 0.0)
     sessions = [Session() for _ in range(3)]
     for i, s in enumerate(sessions):
         service.handle(s, m.Hello(1, [1], bytes([i + 1]) * 16, "u", "h"), 0.0, 0.0)

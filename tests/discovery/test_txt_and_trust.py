@@ -39,6 +39,8 @@ from lanlic.proto import messages as m
 FP_A = "sha256:" + "a" * 32
 FP_B = "sha256:" + "b" * 32
 FP_V = "sha256:" + "c" * 32
+TXT_KEYS = {b"txtvers", b"proto", b"products", b"site", b"id", b"sfp", b"vfp", b"pmore"}
+"""The TXT keys this version reads (lanlic.discovery.parse_txt)."""
 
 
 def txt(**over: str) -> dict[bytes, bytes | None]:
@@ -122,10 +124,19 @@ def test_announcement_needs_an_address_and_a_port() -> None:
     )
 )
 def test_any_txt_record_parses_or_is_a_value_error(props: dict[bytes, bytes | None]) -> None:
+    known = {k: v for k, v in props.items() if k in TXT_KEYS}
     try:
-        parse_txt("x", ["10.0.0.5"], 7766, props)
-    except ValueError:
-        pass
+        ann = parse_txt("x", ["10.0.0.5"], 7766, props)
+    except ValueError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        with pytest.raises(ValueError):  # what refuses it is a key this version reads
+            parse_txt("x", ["10.0.0.5"], 7766, known)
+        return
+    assert ann == parse_txt("x", ["10.0.0.5"], 7766, known)  # unknown keys are ignored
+    assert (ann.addresses, ann.port) == (("10.0.0.5",), 7766)
+    assert ann.protocol and all(0 < v < 2**31 for v in ann.protocol)
+    assert ann.site.isprintable()
+    assert ann.products_complete == (props.get(b"pmore") != b"1")
 
 
 def test_instance_name_is_one_short_line() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import struct
+import threading
 from typing import Any
 
 import msgpack
@@ -69,8 +70,21 @@ def test_frame_of_exactly_max_frame_is_accepted() -> None:
 
 
 def test_encode_refuses_a_frame_over_max_frame() -> None:
-    with pytest.raises(BadFrame):
+    with pytest.raises(BadFrame) as info:
         encode_frame(padded(MAX_FRAME + 1))
+    assert info.value.message == f"frame of {MAX_FRAME + 1} bytes exceeds the limit of {MAX_FRAME}"
+
+
+def test_each_thread_encodes_with_its_own_packer_the_same_bytes() -> None:
+    """bytes stay msgpack bin and str stays str, on a thread's first frame as on later ones."""
+    msg = {"t": "renew", "id": 3, "leases": [b"\x00" * 16], "note": "é"}
+    want = struct.pack(">I", len(body := msgpack.packb(msg, use_bin_type=True))) + body
+    got: list[bytes] = []
+    for _ in range(2):
+        worker = threading.Thread(target=lambda: got.append(encode_frame(msg)))
+        worker.start()
+        worker.join()
+    assert got == [want, want] and encode_frame(msg) == want
 
 
 def test_max_frame_plus_one_is_refused_at_the_header() -> None:
@@ -81,6 +95,8 @@ def test_max_frame_plus_one_is_refused_at_the_header() -> None:
     with pytest.raises(FrameTooLarge) as info:
         decoder.feed(head[3:])  # not one byte of the body has arrived
     assert info.value.code == "bad_frame"
+    assert info.value.message == f"frame length {MAX_FRAME + 1} exceeds the limit of {MAX_FRAME}"
+    assert str(info.value) == f"bad_frame: {info.value.message}"
     assert isinstance(info.value, BadFrame)
     assert decoder.buffered == 0
 
@@ -119,7 +135,7 @@ def test_buffered_reports_a_half_frame() -> None:
 
 def test_empty_frame_is_an_error_and_the_stream_stays_in_step() -> None:
     [empty, status] = FrameDecoder().feed(header(0) + encode_frame(STATUS))
-    assert isinstance(empty, BadFrame)
+    assert isinstance(empty, BadFrame) and empty.message == "empty frame"
     assert status == STATUS
 
 
@@ -281,3 +297,152 @@ def test_arbitrary_bytes_through_the_connection_whole_and_byte_by_byte(
     whole = events_of(ServerConnection(), [stream])
     bytewise = events_of(ServerConnection(), [stream[i : i + 1] for i in range(len(stream))])
     assert whole == bytewise
+
+
+# ------------------------------------------------------------------------------ nesting depth
+# The top map is level 0; a frame may nest containers (maps or lists) 16 levels below it, and not
+# one more: the limit is exact, whichever kinds of container make up the levels.
+
+
+def nested_maps(levels: int) -> dict[str, Any]:
+    """A map with ``levels`` maps nested below it."""
+    obj: dict[str, Any] = {"v": 1}
+    for _ in range(levels):
+        obj = {"a": obj}
+    return obj
+
+
+def nested_lists(levels: int) -> dict[str, Any]:
+    """A map holding ``levels`` lists nested in each other (the innermost holds a scalar)."""
+    obj: Any = [1]
+    for _ in range(levels - 1):
+        obj = [obj]
+    return {"a": obj}
+
+
+def nested_mixed(levels: int, first: str) -> dict[str, Any]:
+    """Maps and lists taking turns, ``levels`` of them below the top map."""
+    obj: Any = 1
+    for i in range(levels):
+        obj = [obj] if (i % 2 == 0) == (first == "list") else {"a": obj}
+    return {"a": obj}
+
+
+SHAPES = {
+    "maps": nested_maps,
+    "lists": nested_lists,
+    "list_then_map": lambda n: nested_mixed(n, "list"),
+    "map_then_list": lambda n: nested_mixed(n, "map"),
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_sixteen_levels_are_accepted_and_seventeen_refused(shape: str) -> None:
+    make = SHAPES[shape]
+    assert decode_body(packed(make(16))) == make(16)
+    for levels in (17, 18, 40, 1000):
+        with pytest.raises(BadFrame, match="nest"):
+            decode_body(packed(make(levels)))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_depth_check_looks_past_a_shallow_first_value(shape: str) -> None:
+    """A shallow container first (a list holding a map, a map, scalars) does not end the look:
+    a value after it nesting too deep is still refused, within a map and within a list."""
+    deep = SHAPES[shape](17)["a"]
+    firsts: list[Any] = [[{"x": 1}], {"x": 1}, [1, 2], "text", [[1]]]
+    for first in firsts:
+        with pytest.raises(BadFrame, match="nest"):
+            decode_body(packed({"a": first, "b": deep}))
+        with pytest.raises(BadFrame, match="nest"):
+            decode_body(packed({"a": [first, deep]}))
+        with pytest.raises(BadFrame, match="nest"):
+            decode_body(packed({"a": [1, "x", first, deep]}))
+    fine = SHAPES[shape](16)["a"]
+    assert decode_body(packed({"a": [{"x": 1}], "b": fine})) == {"a": [{"x": 1}], "b": fine}
+
+
+def test_keys_are_checked_in_maps_within_lists_and_after_the_first_value() -> None:
+    for body in (
+        {"a": [{b"k": 1}]},
+        {"a": [1, [{b"k": 2}]]},
+        {"a": 1, "b": {"c": {b"k": 1}}},
+        {"a": [[1], {b"k": 1}]},
+    ):
+        with pytest.raises(BadFrame, match="keys must be msgpack str"):
+            decode_body(packed(body))
+
+
+def test_a_frame_must_be_a_map() -> None:
+    for obj in ([1, 2], "text", 5, None, b"bin"):
+        with pytest.raises(BadFrame, match="not a map"):
+            decode_body(packed(obj))
+
+
+# ------------------------------------------------------------------------------ the large path
+# Bodies over 16 KiB take the decode with every limit spelled out; the same rules hold there.
+
+
+def test_a_large_frame_decodes_to_the_same_types_as_a_small_one() -> None:
+    small = {"s": "text", "b": b"\x00\x01", "l": [1, [2]], "m": {"k": "v"}, "f": 1.5}
+    large = {**small, "pad": "x" * 20_000}
+    for obj in (small, large):
+        got = decode_body(packed(obj))
+        assert got == obj
+        assert type(got["s"]) is str and type(got["b"]) is bytes
+        assert type(got["l"]) is list and type(got["l"][1]) is list
+
+
+@pytest.mark.parametrize("pad", [0, 20_000])
+def test_timestamps_and_other_extensions_are_refused(pad: int) -> None:
+    for ext in (msgpack.Timestamp(1, 0), msgpack.ExtType(5, b"x"), msgpack.ExtType(1, b"")):
+        with pytest.raises(BadFrame):
+            decode_body(packed({"t": ext, "pad": "x" * pad}))
+
+
+@pytest.mark.parametrize("pad", [0, 20_000])
+def test_nesting_and_keys_are_checked_in_large_frames_too(pad: int) -> None:
+    with pytest.raises(BadFrame, match="nest"):
+        decode_body(packed({**nested_maps(17), "pad": "x" * pad}))
+    with pytest.raises(BadFrame, match="keys"):
+        decode_body(packed({"pad": "x" * pad, "m": {b"k": 2}}))
+    with pytest.raises(BadFrame, match="keys"):
+        decode_body(packed({"pad": "x" * pad, b"k": 2}))
+
+
+def test_containers_of_16k_items_are_accepted_and_one_more_refused() -> None:
+    for items in ([0] * 16384, {str(i): 0 for i in range(16384)}):
+        assert decode_body(packed({"c": items})) == {"c": items}
+    for items in ([0] * 16385, {str(i): 0 for i in range(16385)}):
+        with pytest.raises(BadFrame, match="not valid msgpack"):
+            decode_body(packed({"c": items}))
+
+
+def test_a_claimed_size_bigger_than_the_body_is_refused_without_allocating() -> None:
+    """Headers of a str, bin, array and map claiming far more than the body holds."""
+    for claim in (b"\xdb\xff\xff\xff\xff", b"\xc6\xff\xff\xff\xff", b"\xdd\xff\xff\xff\xff",
+                  b"\xdf\xff\xff\xff\xff"):  # fmt: skip
+        for pad in (0, 20_000):
+            body = b"\x82\xa1p" + packed("x" * pad) + b"\xa1c" + claim
+            with pytest.raises(BadFrame):
+                decode_body(body)
+
+
+def test_a_recursion_error_is_a_bad_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lanlic.proto.framing as framing
+
+    def deep(*args: Any, **kw: Any) -> Any:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(framing.msgpack, "unpackb", deep)
+    with pytest.raises(BadFrame, match="nests too deeply"):
+        decode_body(packed(STATUS))
+
+
+def test_decode_errors_name_what_was_wrong() -> None:
+    with pytest.raises(BadFrame, match=r"not valid msgpack \(.*Error\)"):
+        decode_body(b"\xc1")
+    with pytest.raises(BadFrame, match="is a msgpack list, not a map"):
+        decode_body(packed([1]))
+    with pytest.raises(BadFrame, match="extension type 5 is not allowed"):
+        decode_body(b"\x81\xa1t" + b"\xc7\x00\x05")  # an empty ext 5 passes max_ext_len
