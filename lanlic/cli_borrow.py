@@ -211,7 +211,8 @@ def cmd_admin_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_admin_policy(args: argparse.Namespace) -> int:
-    """Lower a product's borrowing terms on this server (never above the network key's)."""
+    """Lower a product's borrowing terms on this server (never above the network key's), or
+    load and show the seat policy file (--load, --show)."""
     from lanlic.server.datadir import default_data_dir
     from lanlic.store import Store
 
@@ -220,6 +221,12 @@ def cmd_admin_policy(args: argparse.Namespace) -> int:
         from lanlic.cli import CliError
 
         raise CliError(f"no lanlic database in {folder}; pass --data with the server's folder")
+    if args.load or args.show:
+        return _seat_policy(args, folder)
+    if not args.product:
+        from lanlic.cli import CliError
+
+        raise CliError("name a PRODUCT, or use --load FILE or --show")
     store = Store(folder / "lanlic.db")
     try:
         if args.clear:
@@ -244,6 +251,46 @@ def cmd_admin_policy(args: argparse.Namespace) -> int:
         + " (never more than the network key allows; a running server applies it within a "
         "second)",
     )
+    return 0
+
+
+def _seat_policy(args: argparse.Namespace, folder: Path) -> int:
+    import getpass
+    import socket
+
+    from lanlic.cli import CliError
+    from lanlic.core.policy import PolicyError
+    from lanlic.server import policyfile
+
+    if args.load:
+        try:
+            text = Path(args.load).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"cannot read {args.load}: {exc}") from None
+        try:
+            plan = policyfile.load_command(folder, text, getpass.getuser(), socket.gethostname())
+        except PolicyError as exc:
+            raise CliError(f"{args.load}: {exc} (nothing applied)") from None
+        note = "" if plan.checked_against_key else " (not checked against the network key: "
+        note += "" if plan.checked_against_key else "the server has not run on this folder yet)"
+        _out(
+            args,
+            {"loaded": args.load, "changes": plan.changes, "checked_against_key":
+             plan.checked_against_key},
+            "\n".join(plan.changes or ["no change"])
+            + f"\nloaded {args.load}; the running server applies it within a second{note}",
+        )  # fmt: skip
+        return 0
+    try:
+        shown = policyfile.show_command(folder)
+    except PolicyError as exc:
+        raise CliError(f"{folder / policyfile.POLICY_FILE}: {exc}") from None
+    status = {True: "in force", False: "NOT in force yet", None: "server state unknown"}
+    text = "\n".join(shown["lines"] or ["no seat policy"])
+    text += f"\n({shown['file']}: {status[shown['in_force']]})"
+    if shown["error"]:
+        text += f"\nthe server refused the last file: {shown['error']}"
+    _out(args, shown, text)
     return 0
 
 
@@ -340,8 +387,17 @@ def register(
         sp.add_argument("--data", help="the server's data folder (to find it on this machine)")
         add_find(sp)
 
-        sp = add("policy", cmd_admin_policy, "lower a product's borrowing terms", admin_sub)
-        sp.add_argument("product")
+        sp = add(
+            "policy", cmd_admin_policy, "the seat policy file; lower a product's borrowing terms",
+            admin_sub,
+        )  # fmt: skip
+        sp.add_argument("product", nargs="?", help="the product whose borrowing terms to lower")
+        sp.add_argument(
+            "--load", metavar="FILE",
+            help="validate a seat policy file (README: Seat policy), show what it changes and "
+            "apply it live; an invalid file is refused with its line and nothing is applied",
+        )  # fmt: skip
+        sp.add_argument("--show", action="store_true", help="print the seat policy in force")
         sp.add_argument("--borrowable", type=int, help="borrowable seats at most (<= the key)")
         sp.add_argument("--max-days", type=int, help="longest borrow in days (<= the key)")
         sp.add_argument("--clear", action="store_true", help="back to the network key's terms")

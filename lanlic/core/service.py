@@ -17,8 +17,10 @@ import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lanlic.core import signing
-from lanlic.core.lending import BorrowDesk, Durable
+from lanlic.core.gate import SeatGate
+from lanlic.core.lending import BorrowCheck, BorrowDesk, Durable
 from lanlic.core.netkey import NetworkKey
+from lanlic.core.policy import Asker, Policy
 from lanlic.core.pool import Denied, Holder, Lease, SeatPool
 from lanlic.core.restart import RestartGuard
 from lanlic.proto import messages as m
@@ -43,12 +45,14 @@ class ServiceConfig:
 class Session:
     """What the server knows of one connection after its hello."""
 
-    __slots__ = ("client_id", "holder", "version")
+    __slots__ = ("addr", "client_id", "holder", "version")
 
-    def __init__(self) -> None:
+    def __init__(self, addr: str = "") -> None:
         self.client_id = b""
         self.holder = Holder("", "")
         self.version = 0
+        self.addr = addr
+        """The peer's address as the adapter saw the connection (seat policy subnets)."""
 
 
 class _Client:
@@ -112,11 +116,40 @@ class LicenseService:
         self._expiry_day = (0.0, 0.0, False)  # (start, end, expired) of the last UTC day asked
         self.desk = BorrowDesk(key, self.pool, server_key, self.server_id, self._event)
         self.guard = RestartGuard(self.pool)
+        self.gate = SeatGate(self.pool, self._borrowers)
+        """The seat policy and the queue (lanlic.core.gate)."""
         self._clients: dict[bytes, _Client] = {}
         """Client ids the server knows (connected, or holding leases): their recent nonces."""
         self.clock: Callable[[], tuple[float, float]] = _no_clock
         """(monotonic now, UTC wall) for work finished after a durable write; the adapter
         sets it (the core reads no clock of its own)."""
+
+    def _borrowers(self, product: str) -> list[Asker]:
+        return [Asker(b.user, b.host) for b in self.desk.active.values() if b.product == product]
+
+    def set_policy(self, policy: Policy, now: float, who: str = "") -> list[str]:
+        """Apply a seat policy to new requests at once (held seats stay held). Returns what
+        changed, written to the history with ``who``."""
+        changes = self.gate.set_policy(policy)
+        self.desk.file_policy = policy.borrow_terms()
+        if changes:
+            self._event("policy_applied", "", who, "", "; ".join(changes)[:2000])
+        self.gate.drain_all(now)
+        return changes
+
+    def _borrow_policy(self, session: Session, now: float) -> BorrowCheck | None:
+        """The seat policy's check for a borrow by the enrolled user and host (None: no
+        policy, nothing to ask)."""
+        if not self.gate.policy.products:
+            return None
+
+        def check(product: str, user: str, host: str) -> Denied | None:
+            mine = sum(
+                1 for b in self.desk.active.values() if b.product == product and b.user == user
+            )
+            return self.gate.borrow_refused(product, Asker(user, host, session.addr), mine, now)
+
+        return check
 
     def set_event_sink(self, sink: Callable[[EventFields], None] | None) -> None:
         """Where history events go: ``(event, product, user, host, detail)``, a ``HistoryRow``
@@ -148,7 +181,9 @@ class LicenseService:
         if isinstance(msg, m.Status):
             return Reply(self.status(msg.id, now, wall))
         if isinstance(msg, m.Borrow):
-            return self._durable(self.desk.borrow(msg, wall, now))
+            return self._durable(
+                self.desk.borrow(msg, wall, now, self._borrow_policy(session, now))
+            )
         if isinstance(msg, m.Return):
             return self._durable(self.desk.return_(msg, wall))
         if isinstance(msg, m.Present):
@@ -203,7 +238,7 @@ class LicenseService:
             del client.nonces[:-MAX_NONCES_PER_CLIENT]
         session.version = max(common)
         session.client_id = msg.client_id
-        session.holder = Holder(msg.user, msg.host, msg.app)
+        session.holder = Holder(msg.user, msg.host, msg.app, "", session.addr)
         payload = handshake_payload(msg.nonce, msg.client_id, self.server_id, self.key.vendor_fp)
         return Reply(
             m.Welcome(
@@ -237,8 +272,11 @@ class LicenseService:
         if self._key_expired(wall):
             return m.Error(rid, "license_expired", f"the network key expired on {self.key.expires}")
         h = session.holder
-        holder = h if h.version == version else Holder(h.user, h.host, h.app, version)
-        result = self.pool.checkout(product, version, session.client_id, holder, now)
+        holder = h if h.version == version else Holder(h.user, h.host, h.app, version, h.addr)
+        if product in self.gate.rules:  # the one lookup a product without seat rules pays
+            result = self.gate.checkout(product, version, session.client_id, holder, now)
+        else:
+            result = self.pool.checkout(product, version, session.client_id, holder, now)
         if isinstance(result, Denied):
             self._event("refusal", product, holder.user, holder.host, result.code)
             return m.Error(rid, result.code, result.message)
@@ -397,7 +435,7 @@ class LicenseService:
         out: list[tuple[bytes, str | None]] = []
         h = session.holder
         for lease_id, product, version in items:
-            holder = Holder(h.user, h.host, h.app, version)
+            holder = Holder(h.user, h.host, h.app, version, h.addr)
             denied = self.guard.reclaim(lease_id, product, version, session.client_id, holder, now)
             if denied is None:
                 out.append((lease_id, None))

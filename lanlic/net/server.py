@@ -35,12 +35,14 @@ from typing import Any, cast
 from lanlic import osdeps
 from lanlic.core.clock import STALL_THRESHOLD, WALL_TOLERANCE, StallWatch, WallGuard
 from lanlic.core.lending import Durable
+from lanlic.core.policy import PolicyError
 from lanlic.core.restart import RestartState
 from lanlic.core.service import EventFields, LicenseService
 from lanlic.core.service import Session as _Session
 from lanlic.proto import messages as m
 from lanlic.proto.connection import ConnState, RequestError, ServerConnection
 from lanlic.proto.framing import encode_frame
+from lanlic.server.policyfile import PolicyWatch
 from lanlic.store import Store
 
 __all__ = ["LicenseServer", "ServerLimits"]
@@ -148,6 +150,9 @@ class _Protocol(asyncio.Protocol):
             self._closing = True
             return
         srv.connections.add(self)
+        peer = t.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self._session.addr = str(peer[0])  # subnet rules trust this, never the hello
         high = srv.limits.write_buffer_high
         t.set_write_buffer_limits(high=high, low=high // 4)
 
@@ -336,6 +341,12 @@ class LicenseServer:
         self._synced_leases: set[bytes] = set()
         self._lease_task: asyncio.Task[None] | None = None
         self._stopped = False
+        self.policy_watch = (
+            PolicyWatch(store.path.parent, {n: e.seats for n, e in service.pool.products.items()})
+            if store is not None
+            else None
+        )
+        """The seat policy file of the data folder (lanlic.server.policyfile)."""
 
     @property
     def address(self) -> tuple[str, int]:
@@ -563,6 +574,15 @@ class LicenseServer:
             self.service.desk.policy = await self.loop.run_in_executor(
                 self._store_thread, self.store.policy
             )
+            watch = self.policy_watch
+            if watch is not None:
+                found = await self.loop.run_in_executor(self._store_thread, watch.check)
+                if isinstance(found, PolicyError):
+                    log.error("seat policy not applied, the one in force stays: %s", found)
+                    self._history_event(("policy_refused", "", "", "", str(found)[:2000]))
+                elif found is not None:
+                    changes = self.service.set_policy(found, self.now())
+                    log.info("seat policy applied: %s", "; ".join(changes) or "no change")
         except Exception as exc:
             log.error("could not read the borrowing policy: %s", exc)
         finally:
