@@ -344,7 +344,12 @@ def cmd_checkout(args: argparse.Namespace) -> int:
             return await _hold_borrowed(args, lic, stop)
         client = await _connect(args, args.product, app=args.app, on_seat_lost=on_lost)
         async with client:
-            seat = await client.acquire(args.product, args.version or "")
+            from lanlic.net.waiting import position_printer
+
+            shown = position_printer(args.product, args.json) if args.wait else None
+            seat = await client.acquire(
+                args.product, args.version or "", args.wait, args.timeout, shown
+            )
             # Before the "checked out" line: a signal sent as soon as it is read must release.
             loop = asyncio.get_running_loop()
             osdeps.on_stop(loop, stop.set)
@@ -659,6 +664,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         more = p.get("holders_total", len(p["holders"])) - len(p["holders"])
         if more > 0:
             print(f"  {p['name']}: ... and {more} more (the admin page lists them all)")
+    from lanlic.net.waiting import queue_lines
+
+    for line in queue_lines(status):
+        print(line)
     borrows = status.get("borrows", [])
     if borrows:
         print("borrowed:")
@@ -755,6 +764,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_find(sp)
     sp.add_argument("--version", dest="version", help="the application's version")
     sp.add_argument("--hold", type=float, help="seconds to hold (default: until Ctrl-C)")
+    sp.add_argument(
+        "--wait", action="store_true",
+        help="with no seat free, wait in the server's queue (first come, first served), "
+        "printing the place in line as it changes",
+    )  # fmt: skip
+    sp.add_argument(
+        "--timeout", type=float, metavar="S", help="with --wait: give up after S seconds (no_seat)"
+    )
     sp.add_argument("--app", default="lanlic-cli", help="application name shown to the admin")
     sp.add_argument(
         "--portable-key", metavar="PATH", help="use a licence borrowed into this portable key"

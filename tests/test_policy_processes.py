@@ -7,6 +7,7 @@ bounded; the ``procs`` fixture ends every process a test starts.
 from __future__ import annotations
 
 import datetime as dt
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -168,3 +169,72 @@ def test_borrow_lowwater_and_the_per_user_borrow_limit(
     ok(
         carol.run(port, "checkout", "cad", "--hold", "0")
     )  # the low-water seat is still a floating seat
+
+
+def waiter(procs: Procs, laptop: Laptop, port: int, product: str, *extra: str) -> Any:
+    args = ["checkout", product, "--server", f"127.0.0.1:{port}", "--wait", "--hold", "60"]
+    return procs.start([*args, *extra, "--json"], laptop.env())
+
+
+def queue_of(laptop: Laptop, port: int, product: str) -> list[tuple[int, str]]:
+    return [(w["position"], w["user"]) for w in laptop.status(port)[0][product]["queue"]]
+
+
+def test_waiters_get_seats_in_order_and_a_vanished_one_is_dropped(
+    procs: Procs, vendor: Path, net_key: Path, tmp_path: Path
+) -> None:
+    _, port, _ = procs.serve(net_key, vendor, tmp_path / "data")
+    bob, carol, dave, erin = (Laptop(tmp_path, n, n) for n in ("bob", "carol", "dave", "erin"))
+    holders = []
+    for _ in range(2):
+        args = ["checkout", "viewer", "--server", f"127.0.0.1:{port}", "--hold", "60", "--json"]
+        holders.append(procs.start(args, bob.env()))
+        assert holders[-1].read_json()["event"] == "checked_out"
+
+    first = waiter(procs, carol, port, "viewer")
+    assert first.read_json() == {"event": "queued", "product": "viewer", "position": 1}
+    second = waiter(procs, dave, port, "viewer")
+    assert second.read_json()["position"] == 2
+    third = waiter(procs, erin, port, "viewer")
+    assert third.read_json()["position"] == 3
+    assert queue_of(bob, port, "viewer") == [(1, "carol"), (2, "dave"), (3, "erin")]
+    plain = run(["status", "--server", f"127.0.0.1:{port}"], bob.env())
+    assert "viewer: #2 dave@" in plain.stdout, plain.stdout
+
+    # A waiter that vanishes (killed: no goodbye) leaves the line; the one behind moves up.
+    second.stop(signal.SIGKILL)
+    assert third.read_json()["position"] == 2
+    assert queue_of(bob, port, "viewer") == [(1, "carol"), (2, "erin")]
+
+    # A seat given back goes to the head of the line, at once.
+    assert holders[0].stop() == 0
+    assert first.read_json()["event"] == "checked_out"
+    assert third.read_json()["position"] == 1
+    assert holders[1].stop() == 0
+    assert third.read_json()["event"] == "checked_out"
+    assert queue_of(bob, port, "viewer") == []
+
+
+def test_a_waiter_gives_up_at_its_timeout(
+    procs: Procs, vendor: Path, net_key: Path, tmp_path: Path
+) -> None:
+    _, port, _ = procs.serve(net_key, vendor, tmp_path / "data")
+    bob, carol = Laptop(tmp_path, "bob", "bob"), Laptop(tmp_path, "carol", "carol")
+    for _ in range(2):
+        hold(procs, bob, port, "viewer")
+    result = carol.run(port, "checkout", "viewer", "--wait", "--timeout", "1")
+    assert result.returncode == 1
+    assert '"position": 1' in result.stdout
+    assert "lanlic: no_seat: no seat of viewer within 1 s; left the queue" in result.stderr
+    assert queue_of(bob, port, "viewer") == []
+
+
+def test_a_waiter_never_allowed_is_refused_at_once(
+    procs: Procs, vendor: Path, net_key: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    _, port, _ = procs.serve(net_key, vendor, data)
+    ok(load(data, POLICY, tmp_path))
+    assert wait_in_force(data)["in_force"]
+    mallory = Laptop(tmp_path, "mallory", "mallory")
+    fails(mallory.run(port, "checkout", "viewer", "--wait"), "not_allowed")

@@ -9,6 +9,7 @@ the key's expiry date), and sends back what it returns. Expected refusals (``no_
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,11 +18,12 @@ import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lanlic.core import signing
-from lanlic.core.gate import SeatGate
+from lanlic.core.gate import Joined, SeatGate
 from lanlic.core.lending import BorrowCheck, BorrowDesk, Durable
 from lanlic.core.netkey import NetworkKey
 from lanlic.core.policy import Asker, Policy
-from lanlic.core.pool import Denied, Holder, Lease, SeatPool
+from lanlic.core.pool import Denied, Granted, Holder, Lease, SeatPool
+from lanlic.core.queue import Waiter
 from lanlic.core.restart import RestartGuard
 from lanlic.proto import messages as m
 
@@ -118,11 +120,87 @@ class LicenseService:
         self.guard = RestartGuard(self.pool)
         self.gate = SeatGate(self.pool, self._borrowers)
         """The seat policy and the queue (lanlic.core.gate)."""
+        self._waits: dict[bytes, tuple[int, int]] = {}
+        """Per queue ticket: the ``wait`` request's id, and the position last told the client."""
+        self.outbox: list[tuple[bytes, m.Message]] = []
+        """(client id, message) the adapter sends to connected clients: news of the queue."""
         self._clients: dict[bytes, _Client] = {}
         """Client ids the server knows (connected, or holding leases): their recent nonces."""
         self.clock: Callable[[], tuple[float, float]] = _no_clock
         """(monotonic now, UTC wall) for work finished after a durable write; the adapter
         sets it (the core reads no clock of its own)."""
+
+    # ------------------------------------------------------------------------ the queue
+
+    def _wait(self, session: Session, msg: m.Wait, now: float, wall: float) -> m.Message:
+        if self._key_expired(wall):
+            return m.Error(
+                msg.id, "license_expired", f"the network key expired on {self.key.expires}"
+            )
+        h = session.holder
+        holder = Holder(h.user, h.host, h.app, msg.version, h.addr)
+        ticket = secrets.token_bytes(16)
+        result = self.gate.join(ticket, msg.product, msg.version, session.client_id, holder, now)
+        if isinstance(result, Joined):
+            self._waits[ticket] = (msg.id, result.position)
+            self._event("queue_join", msg.product, h.user, h.host, f"position {result.position}")
+            return m.Queued(msg.id, ticket, msg.product, result.position)
+        if isinstance(result, Denied):
+            self._event("refusal", msg.product, h.user, h.host, result.code)
+            return m.Error(msg.id, result.code, result.message)
+        self._lease_event("checkout", result.lease, msg.version)
+        return self._granted_msg(msg.id, result.lease)
+
+    def _granted_msg(self, rid: int, lease: Lease) -> m.Granted:
+        return m.Granted(
+            id=rid,
+            lease=lease.id,
+            product=lease.product,
+            lease_s=self.pool.lease_seconds,
+            epoch=self.guard.epoch,
+        )
+
+    def _waiter_left(self, w: Waiter, why: str) -> None:
+        self._waits.pop(w.ticket, None)
+        self._event("queue_leave", w.product, w.who.user, w.who.host, why)
+
+    @property
+    def waiting(self) -> bool:
+        """Whether anyone is in the queue."""
+        return bool(self._waits)
+
+    def drain_queue(self, now: float) -> None:
+        """Give freed seats to waiters in order, and tell every waiter whose place changed
+        (messages go to ``outbox``). Costs one length check with nobody waiting."""
+        if not self._waits:
+            return
+        for out in self.gate.drain_all(now):
+            w = out.waiter
+            rid, _ = self._waits.pop(w.ticket, (0, 0))
+            if isinstance(out.result, Granted):
+                self._lease_event("checkout", out.result.lease, w.version)
+                self.outbox.append((w.owner, self._granted_msg(rid, out.result.lease)))
+            else:
+                self._event("queue_leave", w.product, w.who.user, w.who.host, out.result.code)
+                self.outbox.append((w.owner, m.Error(rid, out.result.code, out.result.message)))
+        for product in self.pool.products:
+            for position, w in enumerate(self.gate.queue.waiters(product), 1):
+                rid, told = self._waits.get(w.ticket, (0, 0))
+                if told != position:
+                    self._waits[w.ticket] = (rid, position)
+                    self.outbox.append((w.owner, m.Queued(rid, w.ticket, product, position)))
+
+    def remove_waiter(self, ticket: bytes) -> Waiter | None:
+        """The admin takes a client out of the line; it is told at once."""
+        w = self.gate.queue.leave(ticket)
+        if w is None:
+            return None
+        rid, _ = self._waits.get(ticket, (0, 0))
+        self._waiter_left(w, "removed by admin")
+        self.outbox.append(
+            (w.owner, m.Error(rid, "no_seat", "removed from the queue by the administrator"))
+        )
+        return w
 
     def _borrowers(self, product: str) -> list[Asker]:
         return [Asker(b.user, b.host) for b in self.desk.active.values() if b.product == product]
@@ -192,6 +270,13 @@ class LicenseService:
             return self._durable(self.desk.enroll(msg, wall))
         if isinstance(msg, m.Reclaim):
             return self._reclaim(session, msg, now)
+        if isinstance(msg, m.Wait):
+            return Reply(self._wait(session, msg, now, wall))
+        if isinstance(msg, m.Unwait):
+            left = self.gate.queue.leave(msg.ticket, session.client_id)
+            if left is not None:
+                self._waiter_left(left, "gave up")
+            return Reply(m.Unwaited(msg.id, msg.ticket, left is not None))
         if isinstance(msg, m.Bye):
             released = self.pool.release_owner(session.client_id, now)
             for lease in released:
@@ -521,6 +606,11 @@ class LicenseService:
         client = self._clients.get(client_id)
         if client is not None:
             client.connections -= 1
+            if client.connections <= 0 and self._waits:
+                # A waiter lives as long as a connection of its client: one that vanished
+                # leaves the line.
+                for w in self.gate.queue.leave_owner(client_id):
+                    self._waiter_left(w, "vanished")
             self._forget_if_gone(client_id)
 
     def _forget_if_gone(self, client_id: bytes) -> None:
@@ -587,6 +677,15 @@ class LicenseService:
                     "versions": list(ent.versions) if ent.versions else None,
                     "holders": holders,
                     "holders_total": len(live),
+                    "queue": [
+                        {
+                            "position": i,
+                            "user": w.who.user,
+                            "host": w.who.host,
+                            "since": wall - (now - w.since),
+                        }
+                        for i, w in enumerate(self.gate.queue.waiters(name), 1)
+                    ],
                 }
             )
         return m.StatusReply(

@@ -253,6 +253,8 @@ class _Protocol(asyncio.Protocol):
         if close:
             self._closing = True
             transport.close()
+        if service.outbox or service.waiting:
+            srv.flush_queue()  # after the replies: a "queued" reply precedes its "granted"
         srv.arm_expiry_timer()
 
     def eof_received(self) -> bool | None:
@@ -436,6 +438,22 @@ class LicenseServer:
         if client_id:  # the connection got past its hello
             self.service.client_gone(client_id)
 
+    def flush_queue(self) -> None:
+        """Offer freed seats to the queue and send its news to the clients it concerns."""
+        service = self.service
+        service.drain_queue(self.now())
+        outbox, service.outbox = service.outbox, []
+        for owner, msg in outbox:
+            conn = self._owners.get(owner)
+            if conn is not None:
+                conn.send(msg)
+
+    def remove_waiter(self, ticket: bytes) -> bool:
+        """Take a client out of the queue (admin) and tell it."""
+        removed = self.service.remove_waiter(ticket) is not None
+        self.flush_queue()
+        return removed
+
     def remove_lease(self, lease_id: bytes) -> bool:
         """End a lease now (admin) and tell its client if it is connected."""
         lease = self.service.remove(lease_id, self.now())
@@ -448,6 +466,8 @@ class LicenseServer:
                     kind="lease_removed", message="removed by the administrator", leases=[lease_id]
                 )
             )
+        if self.service.waiting:
+            self.flush_queue()
         return True
 
     # ------------------------------------------------------------------------------ time
@@ -519,6 +539,8 @@ class LicenseServer:
         expired = self.service.expire(self.now())
         if expired:
             log.info("%d lease(s) expired", len(expired))
+        if self.service.waiting:
+            self.flush_queue()
         self.arm_expiry_timer()
 
     # ------------------------------------------------------------------- durable changes
@@ -544,6 +566,8 @@ class LicenseServer:
                 reply = durable.commit(result)
         if conn is not None:
             conn.send(reply)
+        if self.service.waiting:
+            self.flush_queue()  # a borrow returned frees a seat
         self.arm_expiry_timer()
 
     async def sync_leases(self, clean: bool = False) -> None:
@@ -624,6 +648,8 @@ class LicenseServer:
         freed = self.service.guard.close_window(self.loop.time())
         if freed:
             log.info("reclaim window over: %s back in the pool", freed)
+        if self.service.waiting or self.service.outbox:
+            self.flush_queue()
         if self.store is not None and self._lease_task is None:
             self._lease_task = self.loop.create_task(self.sync_leases())
         if self.store is not None and self._policy_task is None:
