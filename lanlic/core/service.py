@@ -190,6 +190,19 @@ class LicenseService:
                     self._waits[w.ticket] = (rid, position)
                     self.outbox.append((w.owner, m.Queued(rid, w.ticket, product, position)))
 
+    def waiting_owners(self) -> set[bytes]:
+        return {w.owner for w in self.gate.queue.waiters()}
+
+    def drop_waiters(self, owners: set[bytes]) -> None:
+        """These clients went silent: out of the line (told, should they still be there)."""
+        for owner in owners:
+            for w in self.gate.queue.leave_owner(owner):
+                rid, _ = self._waits.get(w.ticket, (0, 0))
+                self._waiter_left(w, "vanished")
+                self.outbox.append(
+                    (owner, m.Error(rid, "no_seat", "dropped from the queue: no heartbeat"))
+                )
+
     def remove_waiter(self, ticket: bytes) -> Waiter | None:
         """The admin takes a client out of the line; it is told at once."""
         w = self.gate.queue.leave(ticket)

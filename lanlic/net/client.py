@@ -797,6 +797,12 @@ class Client:
                 # A stalled server must not stall the give-up check: wait at most a heartbeat.
                 with contextlib.suppress(ServerUnavailable, TimeoutError):
                     await asyncio.wait_for(self._renew_all(), max(self.heartbeat_s, 0.05))
+            elif self.connected and self._waiting:
+                # Waiting in line with no seat: an empty renew says this client is alive, or
+                # the server drops it from the line (SPEC section 17).
+                with contextlib.suppress(ServerUnavailable, TimeoutError):
+                    renew = self._send_request(m.Renew(id=self._take_id(), leases=[]))
+                    await asyncio.wait_for(renew, max(self.heartbeat_s, 0.05))
 
     async def _renew_all(self) -> None:
         given_up = self._given_up

@@ -124,6 +124,7 @@ class _Protocol(asyncio.Protocol):
         "_session",
         "_transport",
         "frame_started",
+        "heard",
         "opened",
         "write_paused",
     )
@@ -135,6 +136,8 @@ class _Protocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._closing = False
         self.opened = server.loop.time()
+        self.heard = self.opened
+        """When the peer last sent anything (a waiter in the queue silent too long is dropped)."""
         self.frame_started: float | None = None
         """When the first byte of the frame now half-received arrived (None: no half frame)."""
         self.write_paused: float | None = None
@@ -188,6 +191,7 @@ class _Protocol(asyncio.Protocol):
         service = srv.service
         session = self._session
         conn = self._conn
+        self.heard = now
         frames, fatal = conn.receive_frames(data)
         # The frame timeout runs from a frame's first byte, so a trickle cannot reset it.
         if not conn.has_partial_frame:
@@ -448,6 +452,19 @@ class LicenseServer:
             if conn is not None:
                 conn.send(msg)
 
+    def _drop_silent_waiters(self) -> None:
+        """A waiter whose client sent nothing for a lease period (no heartbeat: the machine
+        vanished without closing its connection) leaves the line, as a lease would expire."""
+        now = self.loop.time()
+        limit = self.service.pool.lease_seconds
+        silent = set()
+        for owner in self.service.waiting_owners():
+            conn = self._owners.get(owner)
+            if conn is None or now - conn.heard >= limit:
+                silent.add(owner)
+        if silent:
+            self.service.drop_waiters(silent)
+
     def remove_waiter(self, ticket: bytes) -> bool:
         """Take a client out of the queue (admin) and tell it."""
         removed = self.service.remove_waiter(ticket) is not None
@@ -648,6 +665,8 @@ class LicenseServer:
         freed = self.service.guard.close_window(self.loop.time())
         if freed:
             log.info("reclaim window over: %s back in the pool", freed)
+        if self.service.waiting:
+            self._drop_silent_waiters()
         if self.service.waiting or self.service.outbox:
             self.flush_queue()
         if self.store is not None and self._lease_task is None:
