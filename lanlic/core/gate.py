@@ -10,6 +10,7 @@ waiter may take, so a checkout without waiting may have it without jumping the l
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -72,10 +73,16 @@ class SeatGate:
         self.rules = policy.seat_rules()
         return changes
 
-    def holders(self, product: str, now: float) -> list[Asker]:
-        """Everyone holding a seat of ``product`` at ``now``: live leases and borrowers."""
-        out = [asker_of(x.holder) for x in self.pool.leases(product) if x.expires > now]
-        out.extend(self.borrowers(product))
+    def holders(self, product: str, now: float) -> Counter[Asker]:
+        """Everyone holding a seat of ``product`` at ``now`` (live leases and borrowers), with
+        how many seats each holds. O(seats held): see the README's note on the policy's cost."""
+        who = Counter(
+            (x.holder.user, x.holder.host, x.holder.addr)
+            for x in self.pool.leases(product)
+            if x.expires > now
+        )
+        out: Counter[Asker] = Counter({Asker(*k): n for k, n in who.items()})
+        out.update(self.borrowers(product))
         return out
 
     def capacity(self, product: str) -> int:

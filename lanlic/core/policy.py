@@ -39,7 +39,7 @@ import ipaddress
 import re
 import tomllib
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -455,7 +455,7 @@ def decide(
     rules: ProductRules,
     capacity: int,
     who: Asker,
-    holders: Sequence[Asker],
+    holders: Sequence[Asker] | Counter[Asker],
 ) -> Allow | Refuse:
     """Whether ``who`` may take one more seat of ``product`` now. ``capacity`` is the seats
     that may be held (the key's, less any held out for a restart); ``holders`` are everyone who
@@ -463,19 +463,22 @@ def decide(
     free seats with the reservations."""
     if not admitted(policy, rules, who):
         return Refuse("not_allowed", f"{who.user}@{who.host} may not use {product} (policy)")
+    # Rules are matched once per distinct holder, not once per seat.
+    counts = holders if isinstance(holders, Counter) else Counter(holders)
+    total = sum(counts.values())
     for limit in rules.max:
         if policy.matches(limit, who):
-            count = sum(1 for h in holders if policy.matches(limit, h))
+            count = sum(n for h, n in counts.items() if policy.matches(limit, h))
             if count >= limit.seats:
                 return Refuse(
                     "limit_reached",
                     f"{product}: {limit.text()} reached ({count} in use)",
                 )
-    if len(holders) >= capacity:
+    if total >= capacity:
         return Refuse("no_seat", f"all {capacity} seats of {product} are in use")
     if not rules.reserve:
         return Allow(False)
-    fits = _Fit(policy, rules, capacity, holders)
+    fits = _Fit(policy, rules, capacity, counts)
     if fits.adds(who):
         return Allow(reserved=not fits.adds(Asker("", "")))
     return Refuse(
@@ -492,7 +495,7 @@ def decide_borrow(
     rules: ProductRules,
     capacity: int,
     who: Asker,
-    holders: Sequence[Asker],
+    holders: Sequence[Asker] | Counter[Asker],
     borrowed: int,
     borrowed_by_user: int,
 ) -> Allow | Refuse:
@@ -523,13 +526,15 @@ class _Fit:
     whatever the number of seats."""
 
     def __init__(
-        self, policy: Policy, rules: ProductRules, capacity: int, holders: Iterable[Asker]
+        self, policy: Policy, rules: ProductRules, capacity: int, holders: Counter[Asker]
     ) -> None:
         self.policy = policy
         self.reserve = rules.reserve
         reserved = sum(r.seats for r in self.reserve)
         self.pools = [max(0, capacity - reserved)] + [r.seats for r in self.reserve]
-        self.classes: Counter[frozenset[int]] = Counter(self.member_of(h) for h in holders)
+        self.classes: Counter[frozenset[int]] = Counter()
+        for h, n in holders.items():
+            self.classes[self.member_of(h)] += n
         self.base = self._flow(self.classes)
 
     def member_of(self, who: Asker) -> frozenset[int]:
