@@ -25,7 +25,7 @@ from lanlic.core import netkey
 from lanlic.vendorkeys import load_vendor_private, load_vendor_public
 
 #: A server's lease and heartbeat when a test watches leases run out.
-SHORT_LEASE = ["--lease", "2", "--heartbeat", "0.5"]
+SHORT_LEASE = ["--lease", "2", "--heartbeat", "0.5", "--allow-short-lease"]
 CAD_SPEC = "cad:3:borrowable=2:max-days=14:versions=10-16"
 
 

@@ -113,8 +113,14 @@ def test_act_enroll_borrow_until_the_borrowable_seats_are_gone(
             "host": socket.gethostname(),
             "start": lic["start"],
             "end": lic["end"],
+            "start_utc": lic["start_utc"],
+            "end_utc": lic["end_utc"],
         }
     ]
+    # For scripts, the times also as ISO 8601 in UTC.
+    assert lic["end_utc"] == dt.datetime.fromtimestamp(lic["end"], dt.UTC).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
     cad = products["cad"]
     assert (cad["seats"], cad["borrowed"], cad["in_use"], cad["free"]) == (3, 1, 0, 2)
 

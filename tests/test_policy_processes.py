@@ -114,10 +114,10 @@ def test_policy_loaded_live_while_seats_are_held(
     assert "bob" in fails(bob.run(port, "checkout", "cad"), "limit_reached")
     # RESERVE: the one seat left is the designers'.
     assert "reserved" in fails(carol.run(port, "checkout", "cad"), "no_seat")
-    ok(alice.run(port, "checkout", "cad", "--hold", "0"))
+    ok(alice.run(port, "checkout", "cad", "--hold", "0.01"))
     # EXCLUDE: mallory keeps the seat she had, and gets no new one.
     fails(mallory.run(port, "checkout", "viewer"), "not_allowed")
-    ok(carol.run(port, "checkout", "viewer", "--hold", "0"))
+    ok(carol.run(port, "checkout", "viewer", "--hold", "0.01"))
 
     history = Store(data / "lanlic.db").history()
     [row] = [h for h in history if h.event == "policy"]
@@ -134,7 +134,7 @@ def test_include_and_an_invalid_file_refused_with_its_line(
     assert wait_in_force(data)["in_force"]
     alice, bob = Laptop(tmp_path, "alice", "alice"), Laptop(tmp_path, "bob", "bob")
     fails(bob.run(port, "checkout", "viewer"), "not_allowed")
-    ok(alice.run(port, "checkout", "viewer", "--hold", "0"))
+    ok(alice.run(port, "checkout", "viewer", "--hold", "0.01"))
 
     bad = '[products.viewer]\ninclude = [{ user = "alice" }]\n\nmax = [{ seats = 1, host = "x" }]\n'
     result = load(data, bad, tmp_path)
@@ -167,7 +167,7 @@ def test_borrow_lowwater_and_the_per_user_borrow_limit(
     message = fails(carol.run(port, "borrow", "cad", "--days", "3"), "no_borrowable_seat")
     assert "borrow_lowwater" in message
     ok(
-        carol.run(port, "checkout", "cad", "--hold", "0")
+        carol.run(port, "checkout", "cad", "--hold", "0.01")
     )  # the low-water seat is still a floating seat
 
 

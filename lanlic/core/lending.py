@@ -14,6 +14,7 @@ Borrow periods are UTC wall time (a laptop off the network has nothing else to a
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,12 @@ from lanlic.core.pool import Denied, SeatPool
 from lanlic.core.records import BorrowRecord, EnrollmentRecord
 from lanlic.errors import BorrowedFileError, BorrowRefused, LanlicError
 from lanlic.proto import messages as m
+
+
+def _utc_text(ts: float) -> str:
+    """A time in the history's details: ISO 8601, UTC, to the second (never epoch seconds)."""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
 
 if TYPE_CHECKING:  # the store is the adapter's; the core only names its interface
     from lanlic.store import Store
@@ -218,7 +225,7 @@ class BorrowDesk:
         try:
             enrollment, ent = self._check_borrow(msg)
         except LanlicError as exc:
-            self._event("refusal", product=msg.product, detail=exc.code)
+            self._refused(msg, exc.code)
             return _error(msg.id, exc)
         if policy is not None:
             denied = policy(msg.product, enrollment.user, enrollment.host)
@@ -230,7 +237,7 @@ class BorrowDesk:
                 return m.Error(msg.id, denied.code, denied.message)
         if not self.pool.take_borrowed(msg.product, now):
             free = self.pool.free(msg.product)
-            self._event("refusal", product=msg.product, detail="no_seat")
+            self._refused(msg, "no_seat")
             return m.Error(
                 msg.id, "no_seat", f"no seat of {msg.product} is free to borrow ({free} free)"
             )
@@ -265,17 +272,26 @@ class BorrowDesk:
             active.committed = True
             self._event(
                 "borrow", product=msg.product, user=enrollment.user, host=enrollment.host,
-                detail=f"{borrow_id} until {end:.0f}",
+                detail=f"{borrow_id} until {_utc_text(end)}",
             )  # fmt: skip
             return m.Borrowed(msg.id, borrow_id, file, end)
 
         def abort(exc: Exception) -> m.Message:
             self._forget(active)
             self.pool.return_borrowed(msg.product)
-            self._event("refusal", product=msg.product, detail="store_failed")
+            self._refused(msg, "store_failed")
             return m.Error(msg.id, "store_failed", f"the borrow could not be recorded: {exc}")
 
         return Durable(write=lambda store: store.add_borrow(record), commit=commit, abort=abort)
+
+    def _refused(self, msg: m.Borrow, code: str) -> None:
+        """A refused borrow in the history, naming who asked when the machine is enrolled."""
+        try:
+            who = self.enrollments.get(signing.fingerprint(msg.container_key))
+        except ValueError:  # a key that is no key names nobody
+            who = None
+        user, host = (who.user, who.host) if who is not None else ("", "")
+        self._event("refusal", product=msg.product, user=user, host=host, detail=code)
 
     def _check_borrow(self, msg: m.Borrow) -> tuple[EnrollmentRecord, Any]:
         ent = self.pool.products.get(msg.product)
@@ -417,7 +433,7 @@ class BorrowDesk:
             )
             self._event(
                 "borrow_adopted", product=lic.product, user=lic.user, host=lic.host,
-                detail=f"{lic.borrow_id} until {lic.end:.0f}, unknown to the database "
+                detail=f"{lic.borrow_id} until {_utc_text(lic.end)}, unknown to the database "
                 f"(restored from an older backup?){over}",
             )  # fmt: skip
             return m.Presented(msg.id, lic.borrow_id, "adopted", lic.end)

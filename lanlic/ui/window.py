@@ -245,7 +245,7 @@ class LicenseWindow:
         self.doing = ttk.Label(status, text="", style="Detail.TLabel")
         self.message = ttk.Label(status, text="", wraplength=wrap)
         self.message.grid(row=1, column=0, columnspan=2, sticky="w")
-        self.detail = ttk.Label(status, text="", style="Detail.TLabel")
+        self.detail = ttk.Label(status, text="", style="Detail.TLabel", wraplength=wrap)
         self.detail.grid(row=2, column=0, columnspan=2, sticky="w")
 
         # Keyboard: every action has a key; Escape closes; the list has the focus first.

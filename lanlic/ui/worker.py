@@ -17,6 +17,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from lanlic.errors import ServerUnavailable
+
 __all__ = ["Outcome", "Worker"]
 
 
@@ -59,7 +61,15 @@ class Worker:
     ) -> concurrent.futures.Future[Any]:
         """Run ``coro`` on the loop; ``done(outcome)`` runs later on the thread calling
         ``poll``."""
-        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        except RuntimeError:  # the loop is closed: the application closed its client
+            coro.close()
+            fut = concurrent.futures.Future()
+            fut.set_exception(ServerUnavailable("the licence client is closed"))
+            if done is not None:
+                self._done.put((done, Outcome(error=fut.exception())))
+            return fut
         with self._lock:
             self._jobs.add(fut)
 

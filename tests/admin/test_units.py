@@ -6,7 +6,7 @@ import asyncio
 
 from lanlic.admin.passwords import hash_password, verify_password
 from lanlic.admin.security import Sessions
-from lanlic.cli import _discovery_state
+from lanlic.cli.serve import _discovery_state
 
 
 def test_password_hashes_are_salted_and_checked_in_constant_form() -> None:

@@ -174,7 +174,8 @@ def served(
         proc = subprocess.Popen(
             [sys.executable, "-m", "lanlic.cli", "serve", "--license", str(lic), "--vendor-pub",
              str(pub), "--data", str(tmp_path / "data"), "--host", "127.0.0.1", "--port", "0",
-             "--no-mdns", "--no-admin", "--json", "--lease", "3", "--heartbeat", "0.5"],
+             "--no-mdns", "--no-admin", "--json", "--lease", "3", "--heartbeat", "0.5",
+             "--allow-short-lease"],
             stdout=subprocess.PIPE, stderr=err_file,
         )  # fmt: skip
     try:

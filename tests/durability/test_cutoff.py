@@ -45,7 +45,7 @@ class Office:
         self.serve_args = [
             "serve", "--license", str(lic), "--vendor-pub", str(pub), "--data", str(tmp / "data"),
             "--host", "10.99.0.1", "--port", "0", "--no-mdns", "--json", "--lease", str(LEASE),
-            "--heartbeat", "0.5",
+            "--heartbeat", "0.5", "--allow-short-lease",
         ]  # fmt: skip
         self.env = {**os.environ, "LANLIC_CONFIG": str(tmp / "config")}
         self.port = 0

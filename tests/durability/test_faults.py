@@ -86,7 +86,7 @@ def test_a_full_disk_refuses_the_borrow_keeps_the_pool_and_floating_seats_work(
     with tmpfs(tmp_path / "mnt", "2m") as mnt:
         data = mnt / "data"
         server, port, _ = procs.serve(network_key, vendor, data, "--lease", "2",
-                                      "--heartbeat", "0.5")  # fmt: skip
+                                      "--heartbeat", "0.5", "--allow-short-lease")  # fmt: skip
         ok(a.run(port, "enroll"))
         held = procs.checkout(b, port, "cad")  # a floating seat held across the whole fault
         # Two seats in use once: the server's durable reservation (an upper bound on the

@@ -56,7 +56,7 @@ class ServerProcess:
             sys.executable, "-m", "lanlic.cli", "serve", "--license", str(license),
             "--vendor-pub", str(pub), "--data", str(data), "--host", "127.0.0.1",
             "--port", str(port), "--no-mdns", "--no-admin", "--json", "--lease", str(LEASE),
-            "--heartbeat", "0.5",
+            "--heartbeat", "0.5", "--allow-short-lease",
         ]  # fmt: skip
         self.proc: asyncio.subprocess.Process | None = None
 

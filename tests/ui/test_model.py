@@ -57,3 +57,22 @@ def test_rows_online_offline_and_enabled() -> None:
     rows = {r.product: r for r in build_rows(borrowed, None, known=["cad", "render"])}
     assert rows["cad"].state == "Borrowed (license file)" and rows["cad"].end is not None
     assert rows["render"] == Row("render", NOT_AVAILABLE)
+
+
+def test_work_for_a_closed_loop_comes_back_as_a_refusal() -> None:
+    import asyncio
+
+    from lanlic.ui.worker import Outcome, Worker
+
+    loop = asyncio.new_event_loop()
+    loop.close()
+    worker = Worker(loop)
+    seen: list[Outcome] = []
+
+    async def nothing() -> None:
+        return None
+
+    worker.submit(nothing(), seen.append)
+    assert worker.poll() == 1
+    [outcome] = seen
+    assert getattr(outcome.error, "code", "") == "server_unavailable"

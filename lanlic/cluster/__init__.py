@@ -1,0 +1,8 @@
+"""Redundant servers on etcd (issue 16): the pieces that do not depend on the server yet.
+
+- :mod:`lanlic.cluster.fence`: when a member may still answer (pure; time passed in).
+- :mod:`lanlic.cluster.mirror`: which seats are taken, fed by etcd's watch (pure).
+- :mod:`lanlic.cluster.etcd`: the seat store on etcd (asyncio, aetcd: ``lanlic[cluster]``).
+
+docs/cluster.md has the design, the measurements and what remains.
+"""

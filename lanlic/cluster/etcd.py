@@ -1,0 +1,534 @@
+"""The seat store on etcd: several lanlic members share one pool, each seat in use one key.
+
+One key per seat in use, ``{prefix}/seats/{product}/{index}``, under the serving member's single
+etcd lease, valued with who holds it (JSON: member, client id, client lease id, claim token).
+Renewals of a client's lease stay in the member's memory; only the member's own lease is kept alive
+in etcd.
+
+- checkout: a transaction that creates a free seat's key (compare ``create_revision == 0``), the
+  seat picked from a watch-fed mirror (:mod:`lanlic.cluster.mirror`), so a full pool is refused
+  with no round trip. A lost race moves on to another free seat.
+- release: delete with a ``mod_revision`` compare, so a seat someone else took meanwhile stays.
+- adopt (failover): a member presented a lease by a client whose member died checks the key's
+  client id and client lease id, then re-puts the same key under its own lease with a
+  ``mod_revision`` compare.
+- unknown outcomes: a write whose reply was lost (the etcd member died, a timeout) may have
+  committed. We read the key back, on the next endpoint, before doing anything else; a claim
+  carries a random token so that we can tell our write from another's.
+- the fence (:mod:`lanlic.cluster.fence`): checkout and adopt raise ``ServerUnavailable`` unless
+  the member's etcd lease provably outlives the client lease it would grant.
+
+aetcd has no type hints; this is the one module that touches it, and it turns replies into typed
+values here. One aetcd client talks to one endpoint: we keep the list and move on when a call fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aetcd
+import aetcd.exceptions
+import aetcd.rpc
+import aetcd.watcher
+import grpc
+
+from lanlic.cluster.fence import Fence
+from lanlic.cluster.mirror import SeatMirror, seat_key, seats_prefix
+from lanlic.errors import LeaseUnknown, NoSeat, ServerBusy, ServerUnavailable, UnknownProduct
+
+log = logging.getLogger(__name__)
+
+CLAIM_ATTEMPTS = 8
+"""Free seats tried per checkout before answering ``server_busy`` (each loss is another member's
+win, so the mirror learns the seat is taken)."""
+
+READ_BACK_SECONDS = 5.0
+"""How long an unknown outcome may take to read back (a leader election takes about a second)."""
+
+
+class Unreachable(Exception):
+    """An etcd call failed or timed out: for a write, the outcome is unknown."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a seat, as stored in the seat's key."""
+
+    member: str
+    client: str
+    lease: str
+    token: str
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {"member": self.member, "client": self.client, "lease": self.lease, "token": self.token}
+        ).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Holder | None:
+        try:
+            d = json.loads(raw)
+            return cls(str(d["member"]), str(d["client"]), str(d["lease"]), str(d["token"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+@dataclass(frozen=True)
+class SeatHold:
+    """A seat this member holds in etcd."""
+
+    product: str
+    index: int
+    key: bytes
+    mod_revision: int
+    holder: Holder
+
+
+@dataclass(frozen=True)
+class KeyState:
+    value: bytes
+    mod_revision: int
+    create_revision: int
+    lease: int
+
+
+def _key_state(kv: Any) -> KeyState:
+    return KeyState(
+        value=bytes(kv.value),
+        mod_revision=int(kv.mod_revision),
+        create_revision=int(kv.create_revision),
+        lease=int(kv.lease),
+    )
+
+
+@dataclass(frozen=True)
+class EtcdTls:
+    """PEM bytes for a TLS connection to etcd with a client certificate (etcd's
+    ``--client-cert-auth``): in production write access to etcd mints seats, so members prove who
+    they are."""
+
+    ca: bytes
+    cert: bytes
+    key: bytes
+
+
+class _TlsClient(aetcd.Client):  # type: ignore[misc]  # aetcd is untyped
+    """aetcd 1.0 opens only plaintext channels; this is its ``connect`` with a TLS channel."""
+
+    def __init__(self, *args: Any, tls: EtcdTls, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._tls = tls
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        if getattr(self, "_is_connecting", False):  # another task is connecting
+            await asyncio.wait_for(self._connected.wait(), self._connect_wait_timeout)
+            return
+        try:
+            self._is_connecting = True
+            creds = grpc.ssl_channel_credentials(self._tls.ca, self._tls.key, self._tls.cert)
+            target = f"{self._host}:{self._port}"
+            self.channel = grpc.aio.secure_channel(target, creds, options=self._options.items())
+            self.kvstub = aetcd.rpc.KVStub(self.channel)
+            self.clusterstub = aetcd.rpc.ClusterStub(self.channel)
+            self.leasestub = aetcd.rpc.LeaseStub(self.channel)
+            self.maintenancestub = aetcd.rpc.MaintenanceStub(self.channel)
+            self._watcher = aetcd.watcher.Watcher(
+                aetcd.rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
+            )
+            self._connected.set()
+        finally:
+            self._is_connecting = False
+
+
+class EtcdSeats:
+    """One member's view of the shared pool. ``start()`` before use, ``close()`` after."""
+
+    def __init__(
+        self,
+        endpoints: list[str],
+        *,
+        prefix: str,
+        products: dict[str, int],
+        member: str,
+        etcd_ttl: int = 5,
+        client_lease: float = 2.0,
+        call_timeout: float = 1.0,
+        tls: EtcdTls | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("no etcd endpoints")
+        if etcd_ttl <= client_lease:
+            raise ValueError("the member's etcd lease must outlive the client lease it grants")
+        self.endpoints = list(endpoints)
+        self.prefix = prefix.rstrip("/")
+        self.products = dict(products)
+        self.member = member
+        self.etcd_ttl = etcd_ttl
+        self.client_lease = client_lease
+        self.call_timeout = call_timeout
+        self.tls = tls
+        self.clock = clock
+        self.fence = Fence()
+        self.mirror = SeatMirror(self.prefix)
+        self.lease_id = 0
+        self._endpoint = 0
+        self._generation = 0
+        self._client: Any = None
+        self._retired: list[Any] = []
+        """Clients of endpoints we moved away from: closed once their calls had time to end
+        (closing a gRPC channel cancels the calls still on it)."""
+        self._tasks: list[asyncio.Task[None]] = []
+        self._watch_task: asyncio.Task[None] | None = None
+        self._doubtful: dict[bytes, str] = {}
+        """Claims whose outcome we could not read back (key -> token): the keepalive loop reads
+        them again and deletes those that did commit, so no seat leaks under our live lease."""
+        self.lease_lost = asyncio.Event()
+        """Set when etcd says this member's lease is gone: every seat it held was deleted."""
+
+    # -- connection ------------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        host, _, port = self.endpoints[self._endpoint].rpartition(":")
+        if self.tls is None:
+            self._client = aetcd.Client(host=host, port=int(port), timeout=self.call_timeout)
+        else:
+            self._client = _TlsClient(
+                host=host, port=int(port), timeout=self.call_timeout, tls=self.tls
+            )
+
+    async def _rotate(self, generation: int) -> None:
+        """Move to the next endpoint, once per failure however many calls saw it."""
+        if generation != self._generation:
+            return
+        self._generation += 1
+        old = self._client
+        self._endpoint = (self._endpoint + 1) % len(self.endpoints)
+        self._connect()
+        log.info("etcd: moving to %s", self.endpoints[self._endpoint])
+        self._retired.append(old)
+        # The watch follows: a watch left on a silent endpoint would starve the mirror.
+        watch = self._watch_task
+        if watch is not None and watch is not asyncio.current_task() and not watch.done():
+            watch.cancel()
+            self._watch_task = asyncio.create_task(self._watch_loop(), name="etcd-watch")
+        while len(self._retired) > 2:  # calls on these timed out long since
+            with contextlib.suppress(Exception):
+                await self._retired.pop(0).close()
+
+    async def _call(self, fn: Callable[[Any], Any]) -> Any:
+        """Run ``fn(client)`` once; a failure moves to the next endpoint and raises Unreachable."""
+        generation = self._generation
+        try:
+            return await asyncio.wait_for(fn(self._client), self.call_timeout)
+        except (aetcd.exceptions.ClientError, TimeoutError, OSError) as e:
+            await self._rotate(generation)
+            raise Unreachable(str(e)) from e
+        except asyncio.CancelledError as e:
+            # gRPC raises CancelledError in calls on a channel that was closed under them; only a
+            # cancellation of our own task is one.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            await self._rotate(generation)
+            raise Unreachable("the etcd channel was closed") from e
+
+    async def _read(self, key: bytes, deadline_s: float = READ_BACK_SECONDS) -> KeyState | None:
+        """A linearizable read, retried on the next endpoints until ``deadline_s`` passes."""
+        deadline = self.clock() + deadline_s
+        while True:
+            try:
+                kv = await self._call(lambda c: c.get(key))
+                return None if kv is None else _key_state(kv)
+            except Unreachable:
+                if self.clock() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
+    # -- life ------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Take an etcd lease and load the mirror; may be called again after it failed."""
+        if self._client is None:
+            self._connect()
+        await self._new_lease()
+        await self._load_mirror()
+        self._tasks = [asyncio.create_task(self._keepalive_loop(), name="etcd-keepalive")]
+        self._watch_task = asyncio.create_task(self._watch_loop(), name="etcd-watch")
+
+    async def recover(self) -> None:
+        """After ``lease_lost``: take a new etcd lease and answer again. The seats held under the
+        old lease are gone; the server must already have told their clients (seat_lost)."""
+        if not self.fence.lost:
+            return
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._new_lease()
+        await self._load_mirror()
+        self.lease_lost.clear()
+        self._tasks = [asyncio.create_task(self._keepalive_loop(), name="etcd-keepalive")]
+
+    async def close(self, *, revoke: bool = False) -> None:
+        """Stop. ``revoke`` deletes every seat this member holds (a clean shutdown whose clients
+        were told); without it the seats stay until the lease expires, for others to adopt."""
+        tasks = [*self._tasks, *([self._watch_task] if self._watch_task else [])]
+        self._watch_task = None
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if revoke and self.lease_id:
+            with contextlib.suppress(Unreachable):
+                await self._call(lambda c: c.revoke_lease(self.lease_id))
+        for client in [*self._retired, self._client]:
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.close()
+        self._retired = []
+        self._client = None
+
+    async def _new_lease(self) -> None:
+        deadline = self.clock() + READ_BACK_SECONDS
+        while True:
+            sent = self.clock()
+            try:
+                lease = await self._call(lambda c: c.lease(self.etcd_ttl))
+                break
+            except Unreachable:
+                # A grant whose reply was lost leaves an orphan lease with no keys: harmless.
+                if self.clock() > deadline:
+                    raise
+        self.lease_id = int(lease.id)
+        self.fence.reset()
+        self.fence.keepalive_answered(sent, int(lease.ttl))
+
+    async def _keepalive_loop(self) -> None:
+        interval = self.etcd_ttl / 10
+        while True:
+            sent = self.clock()
+            try:
+                reply = await self._call(lambda c: c.refresh_lease(self.lease_id))
+            except Unreachable:
+                await asyncio.sleep(min(interval, 0.1))
+                continue
+            ttl = int(reply.TTL) if reply is not None else 0
+            self.fence.keepalive_answered(sent, ttl)
+            if self._doubtful and not self.fence.lost:
+                await self._settle_doubtful()
+            if self.fence.lost:
+                log.warning(
+                    "etcd lease %x expired: every seat this member held is gone", self.lease_id
+                )
+                self.lease_lost.set()
+                return
+            await asyncio.sleep(interval)
+
+    async def _settle_doubtful(self) -> None:
+        for key, token in list(self._doubtful.items()):
+            try:
+                state = await self._read(key, deadline_s=0)
+            except Unreachable:
+                return
+            got = Holder.decode(state.value) if state is not None else None
+            if state is not None and got is not None and got.token == token:
+                hold = SeatHold("", 0, key, state.mod_revision, got)
+                try:
+                    await self.release(hold)
+                except ServerUnavailable:
+                    return
+            del self._doubtful[key]
+
+    async def _load_mirror(self) -> None:
+        head = seats_prefix(self.prefix)
+        got = await self._call(lambda c: c.get_prefix(head))
+        keys = [(bytes(kv.key), int(kv.mod_revision)) for kv in got]
+        self.mirror.load(keys, int(got.header.revision))
+
+    async def _watch_loop(self) -> None:
+        head = seats_prefix(self.prefix)
+        while True:
+            generation = self._generation
+            try:
+                watch = await self._client.watch_prefix(
+                    head, start_revision=self.mirror.revision + 1
+                )
+                async for event in watch:
+                    kv = event.kv
+                    if event.kind == "DELETE":
+                        self.mirror.delete(bytes(kv.key), int(kv.mod_revision))
+                    else:
+                        self.mirror.put(bytes(kv.key), int(kv.mod_revision))
+            except aetcd.exceptions.RevisionCompactedError:
+                await self._load_mirror_retrying()
+            except (aetcd.exceptions.ClientError, OSError, asyncio.CancelledError) as e:
+                # gRPC raises CancelledError when the channel under the watch is closed (a retired
+                # endpoint): only a cancellation of this task ends the watch.
+                task = asyncio.current_task()
+                if isinstance(e, asyncio.CancelledError) and task is not None and task.cancelling():
+                    raise
+                log.info("etcd watch broke (%r); resuming at %d", e, self.mirror.revision + 1)
+                await self._rotate(generation)
+                await asyncio.sleep(0.05)
+
+    async def _load_mirror_retrying(self) -> None:
+        while True:
+            try:
+                await self._load_mirror()
+                return
+            except Unreachable:
+                await asyncio.sleep(0.05)
+
+    # -- the fence -------------------------------------------------------------------------------
+
+    def check_fence(self) -> None:
+        """Raise ServerUnavailable unless this member may grant a client lease now."""
+        if not self.fence.may_answer(self.clock(), self.client_lease):
+            raise ServerUnavailable(
+                "this member cannot prove its etcd lease outlives a client lease: try another"
+            )
+
+    # -- seats -----------------------------------------------------------------------------------
+
+    async def checkout(self, product: str, client: str, client_lease: str) -> SeatHold:
+        """Claim a free seat of ``product`` for a client, or raise NoSeat, ServerBusy,
+        ServerUnavailable."""
+        self.check_fence()
+        seats = self.products.get(product)
+        if seats is None:
+            raise UnknownProduct(product)
+        tried: set[int] = set()
+        for _ in range(CLAIM_ATTEMPTS):
+            free = [i for i in self.mirror.free(product, seats) if i not in tried]
+            if not free:
+                raise NoSeat(f"all {seats} seats of {product} are in use")
+            index = random.choice(free)  # noqa: S311 (spreads members over free seats; not secret)
+            tried.add(index)
+            key = seat_key(self.prefix, product, index)
+            holder = Holder(self.member, client, client_lease, secrets.token_hex(8))
+            self.check_fence()
+            state = await self._create(key, holder)
+            if state is not None:
+                return SeatHold(product, index, key, state.mod_revision, holder)
+        raise ServerBusy(f"lost {CLAIM_ATTEMPTS} races for seats of {product}; try again")
+
+    async def _create(self, key: bytes, holder: Holder) -> KeyState | None:
+        """Create the key for ``holder`` under our lease; the key's state if we won, else None."""
+        tx = self._client.transactions
+        value = holder.encode()
+        try:
+            won, responses = await self._call(
+                lambda c: c.transaction(
+                    compare=[tx.create(key) == 0],
+                    success=[tx.put(key, value, lease=self.lease_id), tx.get(key)],
+                    failure=[tx.get(key)],
+                )
+            )
+        except Unreachable:
+            # The claim may have committed: read back, and judge by our token.
+            try:
+                state = await self._read(key)
+            except Unreachable as e:
+                self._doubtful[key] = holder.token
+                raise ServerUnavailable("etcd did not answer; the claim is settled later") from e
+            if state is not None:
+                self.mirror.put(key, state.mod_revision)
+                got = Holder.decode(state.value)
+                if got is not None and got.token == holder.token:
+                    return state
+            return None
+        kvs = responses[-1]
+        state = _key_state(kvs[0][1]) if kvs else None
+        if state is not None:
+            self.mirror.put(key, state.mod_revision)
+        return state if won else None
+
+    async def release(self, hold: SeatHold) -> None:
+        """Give a seat back: delete its key unless it changed hands since ``hold``."""
+        tx = self._client.transactions
+        try:
+            await self._call(
+                lambda c: c.transaction(
+                    compare=[tx.mod(hold.key) == hold.mod_revision],
+                    success=[tx.delete(hold.key)],
+                    failure=[],
+                )
+            )
+        except Unreachable:
+            # Either it committed, or the key is still ours: read back and try once more if so.
+            try:
+                state = await self._read(hold.key)
+            except Unreachable as e:
+                raise ServerUnavailable("etcd did not answer the release; try again") from e
+            if state is not None and state.mod_revision == hold.mod_revision:
+                await self.release(hold)
+            return
+        self.mirror.delete(hold.key, hold.mod_revision)
+
+    async def adopt(self, product: str, index: int, client: str, client_lease: str) -> SeatHold:
+        """Take over a seat whose member died, for the client that holds it: the key must name
+        this client and its lease; it is re-put under our lease unless it changed meanwhile."""
+        self.check_fence()
+        if product not in self.products or not 0 <= index < self.products[product]:
+            raise LeaseUnknown("no such seat")
+        key = seat_key(self.prefix, product, index)
+        for _ in range(CLAIM_ATTEMPTS):
+            try:
+                state = await self._read(key)
+            except Unreachable as e:
+                raise ServerUnavailable("etcd did not answer; try again") from e
+            old = Holder.decode(state.value) if state is not None else None
+            if state is None or old is None or (old.client, old.lease) != (client, client_lease):
+                raise LeaseUnknown("the seat's key is gone or names another client")
+            if state.lease == self.lease_id:
+                return SeatHold(product, index, key, state.mod_revision, old)
+            holder = Holder(self.member, client, client_lease, secrets.token_hex(8))
+            self.check_fence()
+            won = await self._replace(key, state.mod_revision, holder)
+            if won is not None:
+                return SeatHold(product, index, key, won.mod_revision, holder)
+        raise ServerBusy("the seat kept changing while adopting it; try again")
+
+    async def _replace(self, key: bytes, mod_revision: int, holder: Holder) -> KeyState | None:
+        tx = self._client.transactions
+        value = holder.encode()
+        try:
+            won, responses = await self._call(
+                lambda c: c.transaction(
+                    compare=[tx.mod(key) == mod_revision],
+                    success=[tx.put(key, value, lease=self.lease_id), tx.get(key)],
+                    failure=[],
+                )
+            )
+        except Unreachable:
+            try:
+                state = await self._read(key)
+            except Unreachable as e:
+                raise ServerUnavailable("etcd did not answer; try again") from e
+            got = Holder.decode(state.value) if state is not None else None
+            if state is not None and got is not None and got.token == holder.token:
+                return state
+            return None
+        if not won:
+            return None
+        state = _key_state(responses[-1][0][1])
+        self.mirror.put(key, state.mod_revision)
+        return state
+
+
+async def read_holders(client: Any, prefix: str) -> dict[bytes, tuple[Holder | None, int]]:
+    """Every seat key under the prefix with its holder and etcd lease (for auditors and status)."""
+    got = await client.get_prefix(seats_prefix(prefix.rstrip("/")))
+    return {bytes(kv.key): (Holder.decode(bytes(kv.value)), int(kv.lease)) for kv in got}

@@ -1,0 +1,42 @@
+"""Fixtures for tests on a real etcd cluster (Debian's etcd-server: apt-get install etcd-server)."""
+
+from __future__ import annotations
+
+import gc
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from etcd_cluster import ETCD, EtcdCluster
+
+if shutil.which("etcd") is None and not Path(ETCD).exists():
+    # Not a skip: CI installs etcd-server, and a missing binary must fail loudly there.
+    raise RuntimeError("tests/cluster need etcd 3.4 at /usr/bin/etcd: apt-get install etcd-server")
+
+
+@pytest.fixture
+def etcd_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
+    cluster = EtcdCluster(tmp_path / "etcd")
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(autouse=True)
+def grpc_poller_ends_with_its_channels() -> Iterator[None]:
+    """grpc.aio runs a poller thread while any channel object lives, and its channels sit in
+    reference cycles: collect them after each test, so the root conftest's check that no thread
+    outlives a test still catches a channel left open, without tripping on closed ones. (After a
+    test that failed, pytest keeps its traceback and so its channels: the thread check then
+    reports an error too, after the failure itself.)"""
+    yield
+    for _ in range(50):
+        gc.collect()
+        if not any(t.name.endswith("(_poll_wrapper)") for t in threading.enumerate()):
+            return
+        time.sleep(0.1)

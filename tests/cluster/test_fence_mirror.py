@@ -1,0 +1,53 @@
+"""The pure parts of the cluster store: the fence and the seat mirror (no etcd, time passed in)."""
+
+from __future__ import annotations
+
+from lanlic.cluster.fence import Fence
+from lanlic.cluster.mirror import SeatMirror, parse_seat_key, seat_key
+
+
+def test_fence_closed_until_a_keepalive_proves_the_lease() -> None:
+    f = Fence(margin=0.25)
+    assert not f.may_answer(0.0, 1.0)
+    f.keepalive_answered(sent_at=10.0, ttl=3)
+    assert f.may_answer(10.5, 1.0)  # 10.5 + 1 + 0.25 < 13
+    assert not f.may_answer(11.75, 1.0)  # the client's lease would reach the lease's expiry
+
+
+def test_fence_counts_from_the_send_time_not_the_reply() -> None:
+    f = Fence(margin=0.0)
+    # A keepalive sent at 10 and answered much later proves the lease only until 10 + ttl.
+    f.keepalive_answered(sent_at=10.0, ttl=3)
+    assert f.alive_until == 13.0
+    f.keepalive_answered(sent_at=9.0, ttl=3)  # a late reply to an older keepalive
+    assert f.alive_until == 13.0
+
+
+def test_fence_stays_shut_once_etcd_says_the_lease_is_gone() -> None:
+    f = Fence()
+    f.keepalive_answered(0.0, 5)
+    f.keepalive_answered(1.0, 0)
+    assert f.lost and not f.may_answer(1.0, 0.0)
+    f.keepalive_answered(2.0, 5)
+    assert not f.may_answer(2.0, 0.0)
+    f.reset()
+    f.keepalive_answered(3.0, 5)
+    assert f.may_answer(3.0, 1.0)
+
+
+def test_mirror_tracks_taken_seats_and_ignores_stale_events() -> None:
+    m = SeatMirror("/site")
+    m.load([(seat_key("/site", "cad", 0), 5), (b"/site/other", 6)], revision=7)
+    assert m.free("cad", 3) == [1, 2] and m.revision == 7
+    m.put(seat_key("/site", "cad", 2), 9)
+    assert m.free("cad", 3) == [1]
+    m.delete(seat_key("/site", "cad", 2), 8)  # older than the put we saw: ignored
+    assert m.free("cad", 3) == [1]
+    m.delete(seat_key("/site", "cad", 2), 10)
+    assert m.free("cad", 3) == [1, 2] and m.in_use("cad") == 1
+
+
+def test_seat_keys_round_trip_and_reject_strangers() -> None:
+    assert parse_seat_key("/s", seat_key("/s", "a/b", 12)) == ("a/b", 12)
+    assert parse_seat_key("/s", b"/s/seats/cad/x") is None
+    assert parse_seat_key("/s", b"/t/seats/cad/1") is None
