@@ -208,3 +208,10 @@ def test_the_scan_finds_each_kind(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert found.count("always true") == 2
     assert found.count("broad except") == 1
     assert found.count("takes any error") == 1
+
+
+def test_test_module_names_are_unique() -> None:
+    """pytest imports test modules by basename (rootdir-based): two of one name stop the whole
+    run at collection, which no single-folder run shows."""
+    names = [p.name for p in TESTS.rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []

@@ -48,6 +48,8 @@ TESTS: dict[str, list[str]] = {
     "lanlic/core/lending.py": ["tests/core/test_lending.py"],
     "lanlic/core/restart.py": [
         "tests/core/test_restart_guard.py",
+        "tests/core/test_restart_reservation.py",
+        "tests/core/test_restart_reclaim.py",
         "tests/core/test_restart_state_machine.py",
     ],
 }

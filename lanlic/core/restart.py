@@ -136,7 +136,15 @@ class RestartGuard:
         self._open = {e: b for e, b in state.open_epochs.items() if e < self.epoch}
         self._taggers = {e: _tagger(self._key, e) for e in self._open}
         self._origin = {}
-        self.reclaim_until = now + self.pool.lease_seconds if held else 0.0
+        if held or self._recorded:
+            self.reclaim_until = now + self.pool.lease_seconds
+        else:
+            # Nothing was bound on disk, so no lease can have been out: nothing to take back,
+            # and the older epochs close with the first batch.
+            self.reclaim_until = 0.0
+            self._open.clear()
+            self._taggers.clear()
+            self._close = bool(state.open_epochs)
         return held
 
     # ------------------------------------------------------------------------- lease ids
@@ -272,7 +280,7 @@ class RestartGuard:
 
     def reclaimable(self) -> bool:
         """Whether a lease of an older epoch can still be taken back."""
-        return bool(self._recorded or self._open or self._origin)
+        return bool(self._recorded or self._open)
 
     def reclaim(
         self, lease_id: bytes, product: str, version: str, owner: bytes, holder: Holder,

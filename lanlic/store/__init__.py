@@ -417,10 +417,17 @@ class Store:
         return [LeaseRecord(*r) for r in rows]
 
     def restart_state(self) -> RestartState:
-        """Count one more start and read what a restart needs (SPEC section 13)."""
-        key = self.lease_key()
-        epoch = self.begin_epoch()
-        self._write("INSERT OR IGNORE INTO epochs(epoch) VALUES (?)", (epoch,))
+        """Count one more start and read what a restart needs (SPEC section 13): one
+        transaction, one fsync (a restart is waited for by every client)."""
+        try:
+            self._write("BEGIN IMMEDIATE")
+            key = self.lease_key()
+            epoch = self.begin_epoch()
+            self._write("INSERT OR IGNORE INTO epochs(epoch) VALUES (?)", (epoch,))
+            self._write("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
         dead = frozenset(
             bytes(r[0]) for r in self._db.execute("SELECT lease_id FROM leases WHERE live = 0")
         )

@@ -3,8 +3,10 @@ to the store by hand (as the server's store thread would) and then committed or 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -289,6 +291,11 @@ def test_admin_policy_lowers_but_never_raises(
 # ------------------------------------------------------------------ a borrow while it is written
 
 
+def utc(ts: float) -> str:
+    """How the history writes a time: ISO 8601 UTC to the second."""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def with_events(site: Site) -> list[tuple[str, str, str, str, str]]:
     events: list[tuple[str, str, str, str, str]] = []
     site.service.set_event_sink(events.append)
@@ -340,7 +347,7 @@ def test_a_borrow_whose_write_fails_gives_its_seat_back_and_can_be_tried_again(
     assert "disk full" in failed.message
     assert site.service.pool.borrowed("cad") == 0
     assert site.service.desk.active == {}
-    assert events[-1] == ("refusal", "cad", "", "", "store_failed")
+    assert events[-1] == ("refusal", "cad", "ann", "lt-1", "store_failed")
     retry = site.request(laptop.borrow_msg(site.server_id, rid=rid))  # not "still recorded"
     assert isinstance(retry, m.Borrowed)
     assert site.service.pool.borrowed("cad") == 1
@@ -353,7 +360,7 @@ def test_history_events_of_enrollment_borrow_return_expiry_and_refusals(site: Si
     assert events == [("enroll", "", "ann", "lt-1", "online")]
     b = site.request(laptop.borrow_msg(site.server_id, days=2))
     assert isinstance(b, m.Borrowed)
-    assert events[-1] == ("borrow", "cad", "ann", "lt-1", f"{b.borrow_id} until {b.end:.0f}")
+    assert events[-1] == ("borrow", "cad", "ann", "lt-1", f"{b.borrow_id} until {utc(b.end)}")
     assert b.end == T0 + 2 * DAY
     r = site.request(laptop.return_msg(site.server_id, b.borrow_id))
     assert isinstance(r, m.Returned)
@@ -364,7 +371,7 @@ def test_history_events_of_enrollment_borrow_return_expiry_and_refusals(site: Si
     assert events[-1] == ("expiry_borrow", "cad", "ann", "lt-1", b2.borrow_id)
     refused = site.request(laptop.borrow_msg(site.server_id, product="cam"))
     assert isinstance(refused, m.Error)
-    assert events[-1] == ("refusal", "cam", "", "", "not_borrowable")
+    assert events[-1] == ("refusal", "cam", "ann", "lt-1", "not_borrowable")
     enrolled(site)
     for _ in range(2):
         site.request(laptop.borrow_msg(site.server_id))
@@ -379,8 +386,8 @@ def test_no_seat_to_borrow_is_refused_with_the_free_count_and_an_event(site: Sit
         assert isinstance(site.checkout(), Granted)
     reply = site.request(laptop.borrow_msg(site.server_id))
     assert isinstance(reply, m.Error) and reply.code == "no_seat"
-    assert reply.message == "no seat of cad is free to borrow (0 free)"
-    assert events == [("refusal", "cad", "", "", "no_seat")]
+    assert reply == m.Error(2, "no_seat", "no seat of cad is free to borrow (0 free)")
+    assert events == [("refusal", "cad", "ann", "lt-1", "no_seat")]
     assert site.service.desk.active == {}
 
 
@@ -473,7 +480,11 @@ def test_a_restart_warns_of_borrows_the_key_no_longer_serves_or_has_no_seat_for(
     smaller = (ProductEntitlement("cad", seats=1, borrowable=1, max_borrow_days=14),)
     service = LicenseService(make_key(vendor_key, smaller), server_key)
     warnings = service.desk.load(store, T0)
-    assert len(warnings) == 1 and "does not fit in the current key's seats" in warnings[0]
+    assert len(warnings) == 1 and warnings[0] in {
+        f"borrow {x.borrow_id} of cad does not fit in the current key's seats; it is counted all "
+        "the same, and no seat of it is granted until enough come back"
+        for x in (a, b)
+    }
     assert service.pool.borrowed("cad") == 2  # counted all the same
     assert not service.pool.take_borrowed("cad")
     store.close()
@@ -663,7 +674,7 @@ def test_a_file_unknown_to_a_restored_database_is_adopted_and_counted(
     assert active.committed and active.container_fp == fp and active.file == file
     assert site.service.pool.borrowed("cad") == 1
     assert events == [
-        ("borrow_adopted", "cad", "ann", "lt-1", f"b-1234567890abcdef until {T0 + 1:.0f}, "
+        ("borrow_adopted", "cad", "ann", "lt-1", f"b-1234567890abcdef until {utc(T0 + 1)}, "
          "unknown to the database (restored from an older backup?)"),
     ]  # fmt: skip
     # counted until its end like any borrow, and presented again it is simply active
@@ -771,3 +782,185 @@ def test_presenting_a_file_of_a_product_the_key_no_longer_has_is_not_counted(
     assert isinstance(reply, m.Error) and reply.code == "not_borrowable"
     assert "no product 'gone'" in reply.message
     assert site.store.borrow("b-1234567890abcdef") is None
+
+
+# ------------------------------------------------------------------ every answer, exactly
+
+FULL = "database or disk is full"
+
+
+def test_return_answers_carry_the_request_id_and_say_exactly_why(site: Site) -> None:
+    laptop, other = enrolled(site), enrolled(site)
+    b = site.request(laptop.borrow_msg(site.server_id))
+    assert isinstance(b, m.Borrowed) and b.id == 2
+    bid = b.borrow_id
+    msg = laptop.return_msg(site.server_id, bid)
+    forged = site.request(m.Return(3, bid, other.pub, msg.proof))
+    assert forged == m.Error(3, "bad_proof", "the return request's proof does not verify")
+    assert site.request(other.return_msg(site.server_id, bid)) == m.Error(
+        3, "borrow_unknown", f"no borrow {bid!r}"
+    )
+    real = site.store
+    site.store = FailingStore(real, "end_borrow")  # type: ignore[assignment]
+    assert site.request(msg) == m.Error(
+        3, "store_failed", f"the return could not be recorded: {FULL}"
+    )
+    site.store = real
+    assert site.request(msg) == m.Returned(3, bid, already=False)
+    rec = site.store.borrow(bid)
+    assert rec is not None and (rec.state, rec.ended_at) == ("returned", T0)
+    assert site.request(msg) == m.Returned(3, bid, already=True)
+    assert site.request(other.return_msg(site.server_id, bid)) == m.Error(
+        3, "borrow_unknown", f"no borrow {bid!r}"
+    )
+    site.store = FailingStore(real, "borrow")  # type: ignore[assignment]
+    assert site.request(msg) == m.Error(3, "store_failed", FULL)
+    site.store = real
+    # a borrow still being written
+    reply = site.service.handle(site.session, laptop.borrow_msg(site.server_id), 0, T0)
+    assert reply.durable is not None
+    [flying] = [x for x in site.service.desk.active.values() if not x.committed]
+    assert site.request(laptop.return_msg(site.server_id, flying.borrow_id)) == m.Error(
+        3, "borrow_refused", "that borrow is still being recorded"
+    )
+    # a refusal made by the borrow checks keeps the borrow's request id
+    refused = site.request(laptop.borrow_msg(site.server_id, product="cam"))
+    assert isinstance(refused, m.Error) and (refused.id, refused.code) == (2, "not_borrowable")
+
+
+def test_an_expiry_is_answered_to_nobody_and_dated_by_the_sweep(site: Site) -> None:
+    laptop = enrolled(site)
+    b = site.request(laptop.borrow_msg(site.server_id, days=1))
+    assert isinstance(b, m.Borrowed)
+    [due] = site.service.desk.due(T0 + DAY + 5)
+    assert site.apply(due) == m.Returned(0, b.borrow_id, already=False)
+    rec = site.store.borrow(b.borrow_id)
+    assert rec is not None and (rec.state, rec.ended_at) == ("expired", T0 + DAY + 5)
+
+
+def test_present_answers_carry_the_request_id_and_say_exactly_why(
+    site: Site, server_key: Ed25519PrivateKey
+) -> None:
+    laptop = Laptop()
+    bid = "b-1234567890abcdef"
+    file = issued_file(site, server_key, laptop)
+    other = issued_file(site, Ed25519PrivateKey.generate(), laptop)
+    assert site.request(present_msg(laptop, site.server_id, other, bid)) == m.Error(
+        4, "borrow_unknown", "this file was not issued by this server"
+    )
+    garbage = site.request(present_msg(laptop, site.server_id, b"{}", bid))
+    assert isinstance(garbage, m.Error) and garbage.id == 4
+    assert site.request(present_msg(Laptop(), site.server_id, file, bid)) == m.Error(
+        4, "bad_proof", "the presenting container does not hold the file's key"
+    )
+    gone = issued_file(site, server_key, laptop, product="gone")
+    refused = site.request(present_msg(laptop, site.server_id, gone, bid))
+    assert refused == m.Error(
+        4, "not_borrowable", "the network key served now has no product 'gone'; not counted"
+    )
+    real = site.store
+    site.store = FailingStore(real, "add_borrow")  # type: ignore[assignment]
+    assert site.request(present_msg(laptop, site.server_id, file, bid)) == m.Error(
+        4, "store_failed", f"the borrow could not be recorded: {FULL}"
+    )
+    site.store = real
+    # adopted, but its write not done yet: nowhere a recorded borrow
+    reply = site.service.handle(site.session, present_msg(laptop, site.server_id, file, bid), 0, T0)
+    assert reply.message is None and reply.durable is not None
+    desk = site.service.desk
+    assert not desk.active[bid].committed
+    assert desk.listing() == [] and desk.next_end() is None and desk.due(T0 + 99 * DAY) == []
+    assert site.request(present_msg(laptop, site.server_id, file, bid)) == m.Error(
+        4, "borrow_refused", "that borrow is still being recorded"
+    )
+    assert site.apply(reply.durable) == m.Presented(4, bid, "adopted", T0 + 6 * DAY)
+    assert desk.listing() == [
+        {"borrow_id": bid, "product": "cad", "user": "ann", "host": "lt-1",
+         "start": T0 - DAY, "end": T0 + 6 * DAY},
+    ]  # fmt: skip
+
+
+def test_borrow_and_enroll_answers_carry_the_request_id_and_say_exactly_why(site: Site) -> None:
+    laptop = Laptop()
+    enrolled_reply = site.request(laptop.enroll_msg())
+    assert isinstance(enrolled_reply, m.Enrolled) and enrolled_reply.id == 1
+    wrong_kind = site.request(Laptop(kind="key").enroll_msg())
+    assert wrong_kind == m.Error(
+        1, "wrong_borrow_kind",
+        "this site's network key borrows with kind 'act'; the container is of kind 'key'",
+    )  # fmt: skip
+    bad = site.request(m.Enroll(1, b"not a request"))
+    assert isinstance(bad, m.Error) and (bad.id, bad.code) == (1, "bad_proof") and bad.message
+    real = site.store
+    site.store = FailingStore(real, "add_enrollment")  # type: ignore[assignment]
+    assert site.request(Laptop().enroll_msg()) == m.Error(
+        1, "store_failed", f"enrollment not saved: {FULL}"
+    )
+    site.store = FailingStore(real, "add_borrow")  # type: ignore[assignment]
+    assert site.request(laptop.borrow_msg(site.server_id)) == m.Error(
+        2, "store_failed", f"the borrow could not be recorded: {FULL}"
+    )
+    site.store = real
+
+    def refused(msg: m.Borrow) -> m.Message:
+        return site.request(msg)
+
+    assert refused(laptop.borrow_msg(site.server_id, product="nope")) == m.Error(
+        2, "not_borrowable", "no product 'nope' in the network key"
+    )
+    old = laptop.borrow_msg(site.server_id)
+    old = m.Borrow(2, old.request_id, "cad", 7, laptop.pub, old.proof, version="9")
+    assert refused(old) == m.Error(2, "not_borrowable", "cad version '9' is not licensed")
+    assert refused(Laptop().borrow_msg(site.server_id)) == m.Error(
+        2, "not_enrolled",
+        "this machine is not enrolled for borrowing: run 'lanlic enroll' first (or 'lanlic "
+        "enroll --request FILE' when the server cannot be reached)",
+    )  # fmt: skip
+    forged = laptop.borrow_msg(site.server_id)
+    forged = m.Borrow(2, forged.request_id, "cad", 6, laptop.pub, forged.proof, version="16")
+    assert refused(forged) == m.Error(2, "bad_proof", "the borrow request's proof does not verify")
+    assert refused(laptop.borrow_msg(site.server_id, days=15)) == m.Error(
+        2, "borrow_too_long", "cad may be borrowed for at most 14 days, not 15"
+    )
+    assert refused(laptop.borrow_msg(site.server_id, product="cam")) == m.Error(
+        2, "not_borrowable", "cam cannot be borrowed under this licence"
+    )
+
+    rid = os.urandom(16)
+    b = site.request(laptop.borrow_msg(site.server_id, rid=rid))
+    assert isinstance(b, m.Borrowed) and b.id == 2
+    assert re.fullmatch(r"b-[0-9a-f]{16}", b.borrow_id)
+    assert site.request(laptop.borrow_msg(site.server_id, rid=rid)) == m.Borrowed(
+        2, b.borrow_id, b.file, b.end
+    )
+    flying = site.service.handle(site.session, laptop.borrow_msg(site.server_id), 0, T0)
+    assert flying.durable is not None
+    [pending] = [x for x in site.service.desk.active.values() if not x.committed]
+    retry = m.Borrow(2, bytes.fromhex(pending.request_id), "cad", 7, laptop.pub, b"", "16")
+    assert site.request(retry) == m.Error(
+        2, "borrow_refused", "that borrow is still being recorded"
+    )
+
+
+def test_a_desk_with_no_data_folder_starts_empty_and_works(vendor_key: Ed25519PrivateKey) -> None:
+    """No store, so no ``load``: the desk starts with no enrollment and no policy."""
+    service = LicenseService(make_key(vendor_key, PRODUCTS), Ed25519PrivateKey.generate())
+    desk = service.desk
+    assert desk.enrollments == {} and desk.policy == {} and desk.active == {}
+    assert desk.terms("cad").borrowable == 2
+    reply = service.handle(Session(), Laptop().borrow_msg(service.server_id), 0.0, T0)
+    assert isinstance(reply.message, m.Error) and reply.message.code == "not_enrolled"
+    enroll = service.handle(Session(), Laptop().enroll_msg(), 0.0, T0)
+    assert enroll.durable is not None
+    assert isinstance(enroll.durable.commit(None), m.Enrolled)
+    assert len(desk.enrollments) == 1
+
+
+def test_a_return_of_a_borrow_the_store_already_ended_says_already(site: Site) -> None:
+    laptop = enrolled(site)
+    b = site.request(laptop.borrow_msg(site.server_id))
+    assert isinstance(b, m.Borrowed)
+    assert site.store.end_borrow(b.borrow_id, "expired", T0)  # ended behind the desk's back
+    reply = site.request(laptop.return_msg(site.server_id, b.borrow_id))
+    assert reply == m.Returned(3, b.borrow_id, already=True)
+    assert site.service.pool.borrowed("cad") == 0

@@ -660,3 +660,24 @@ def test_released_leases_leave_stale_heap_entries_until_they_dominate(n: int) ->
             heap = live
         assert len(pool._heap) == heap, (n, live)
     assert heap < n  # it was rebuilt at least once
+
+
+def test_a_lease_id_already_in_use_is_drawn_again() -> None:
+    ids = iter([b"same", b"same", b"other"])
+    pool = SeatPool([entitlement("cad", 2)], lease_seconds=LEASE, new_lease_id=lambda: next(ids))
+    assert [take(pool).id, take(pool).id] == [b"same", b"other"]
+
+
+def test_a_pool_with_a_mint_takes_its_lease_ids_from_it_and_draws_again_on_a_clash() -> None:
+    """The restart guard's ids: made from (owner, product), drawn again if one is in use."""
+    asked: list[tuple[bytes, str]] = []
+    made = iter([b"m-1", b"m-1", b"m-2"])
+
+    def mint(owner: bytes, product: str) -> bytes:
+        asked.append((owner, product))
+        return next(made)
+
+    pool = make_pool(seats=2)
+    pool.mint = mint
+    assert [take(pool).id, take(pool, owner=B).id] == [b"m-1", b"m-2"]
+    assert asked == [(A, "cad"), (B, "cad"), (B, "cad")]

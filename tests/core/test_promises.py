@@ -1,7 +1,7 @@
 """Promises that had no test of their own, at the service level and below (fast, no sockets):
 lease ids, the expiry event, reservations in chunks, the seats held after a restart, and the
 clock tolerances at their edges. The durability promises that need a real process and disk are
-in tests/durability/test_promises.py."""
+in tests/durability/test_durable_promises.py."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from lanlic.core.clock import WALL_TOLERANCE, WallGuard
 from lanlic.core.lending import Durable
 from lanlic.core.netkey import ProductEntitlement
 from lanlic.core.pool import Granted, Holder, SeatPool
-from lanlic.core.records import LeaseRecord
 from lanlic.core.service import LicenseService, ServiceConfig, Session
 from lanlic.errors import BorrowedFileError
 from lanlic.proto import messages as m
@@ -41,8 +40,8 @@ def test_lease_ids_are_128_bits_from_the_csprng(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(pool.secrets, "token_bytes", token_bytes)
     ids = pool._LeaseIds()
-    got = [ids() for _ in range(2000)]
-    assert drawn == [4096] * 8  # 256 ids of 16 bytes per draw, nothing else
+    got = [ids() for _ in range(2048)]
+    assert drawn == [4096] * 8  # 256 ids of 16 bytes per draw, every byte used, nothing else
     ids.reset()  # what a forked child does: the rest of the buffer is thrown away
     ids()
     assert drawn == [4096] * 9
@@ -51,7 +50,10 @@ def test_lease_ids_are_128_bits_from_the_csprng(monkeypatch: pytest.MonkeyPatch)
     # would fall outside these bounds; the chance of a false alarm is below 1e-20).
     for bit in range(128):
         ones = sum((int.from_bytes(x, "big") >> bit) & 1 for x in got)
-        assert 700 < ones < 1300, (bit, ones)
+        assert 700 < ones < 1350, (bit, ones)
+    # the restart guard's ids take their random part from the same buffer
+    parts = [SeatPool.random_bytes(4) for _ in range(64)]
+    assert all(len(x) == 4 for x in parts) and len(set(parts)) > 60
 
 
 def test_a_forked_child_draws_fresh_lease_ids() -> None:
@@ -210,11 +212,14 @@ def test_seats_held_after_a_restart_are_reclaimed_and_the_rest_return_to_the_poo
 ) -> None:
     first = Site(tmp_path / "lanlic.db", vendor_key, server_key)
     ann, bob = first.session(b"a" * 16, "ann"), first.session(b"b" * 16, "bob")
-    leases = [first.checkout(ann).lease, first.checkout(ann).lease, first.checkout(bob).lease]
+    bobs = first.checkout(bob).lease
     # the last batch wrote bob's lease with its owner; ann's two were granted after it
-    first.store.sync_leases(
-        [LeaseRecord(leases[2], "cad", b"b" * 16, "bob", "ws-1", first.epoch)], []
-    )
+    guard = first.service.guard
+    batch = guard.snapshot()
+    assert [(r.lease_id, r.owner) for r in batch.added] == [(bobs, b"b" * 16)]
+    first.store.write_batch(batch)
+    guard.batch_written(batch)
+    leases = [first.checkout(ann).lease, first.checkout(ann).lease, bobs]
     reserved = first.store.reservations()["cad"]
     assert reserved >= 3
     first.store.close()  # the server dies: nothing more reaches the disk
@@ -233,15 +238,16 @@ def test_seats_held_after_a_restart_are_reclaimed_and_the_rest_return_to_the_poo
         assert isinstance(reply, m.Reclaimed) and reply.epoch == again.epoch
         return reply
 
-    stolen = reclaim(eve, leases[2])  # written to bob: nobody else may take it
-    assert stolen.leases == [] and [x.code for x in stolen.lost] == ["lease_unknown"]
-    assert reclaim(ann2, leases[0], leases[1]).leases == leases[:2]  # taken on their 128 bits
+    for lease_id in leases:  # written to bob, or granted to ann after it: nobody else's
+        stolen = reclaim(eve, lease_id)
+        assert stolen.leases == [] and [x.code for x in stolen.lost] == ["lease_unknown"]
+    assert reclaim(ann2, leases[0], leases[1]).leases == leases[:2]
     assert reclaim(bob2, leases[2]).leases == [leases[2]]
     assert (pool_.in_use("cad"), pool_.held("cad")) == (3, reserved - 3)
     assert [pool_.lease(x).owner for x in leases] == [b"a" * 16, b"a" * 16, b"b" * 16]  # type: ignore[union-attr]
-    # a renew of a lease nobody reclaimed is told to reclaim while the window is open
+    # a renew is taken as a reclaim (SPEC 13): of a lease this server never granted, refused
     renew = again.request(ann2, m.Renew(8, [b"x" * 16]), now=2.0)
-    assert isinstance(renew, m.Renewed) and [x.code for x in renew.lost] == ["reclaim"]
+    assert isinstance(renew, m.Renewed) and [x.code for x in renew.lost] == ["lease_unknown"]
     # the window ends one lease period after the start: unclaimed held seats return
     assert again.service.guard.close_window(LEASE - 0.001) == {}
     freed = again.service.guard.close_window(LEASE)

@@ -205,3 +205,64 @@ def test_a_renew_after_a_restart_takes_the_lease_back_as_its_reclaim(
     assert lease is not None and lease.owner == ALICE
     forged = rig.ask(MALLORY, m.Renew(6, [os.urandom(16)]))
     assert isinstance(forged, m.Renewed) and [x.code for x in forged.lost] == ["lease_unknown"]
+
+
+# ------------------------------------------------------------- what each refusal is called
+
+
+def test_reclaim_refusals_name_their_reason(
+    tmp_path: Path, vendor_key: Ed25519PrivateKey, loop: asyncio.AbstractEventLoop
+) -> None:
+    key = make_key(
+        vendor_key,
+        (ProductEntitlement("cad", 2, versions=("10", "12")), ProductEntitlement("cam", 1)),
+    )
+    now = [100.0]
+    rig = Rig(loop, tmp_path / "lanlic.db", key, SERVER_KEY, 60.0, lambda: now[0])
+    rig.boot()
+    for c in (ALICE, BOB):
+        rig.hello(c)
+    rig.ask(ALICE, m.Checkout(2, "cad", "11"))
+    rig.drain()
+    lease = lease_of(rig.conns[ALICE].inbox.pop())
+    rig.crash()
+    rig = Rig(loop, tmp_path / "lanlic.db", key, SERVER_KEY, 60.0, lambda: now[0])
+    rig.boot()
+    for c in (ALICE, BOB):
+        rig.hello(c)
+
+    def ask(client: bytes, product: str, version: str = "11", lease_id: bytes = lease) -> list[str]:
+        item = {"lease": lease_id, "product": product, "version": version}
+        reply = rig.ask(client, m.Reclaim(3, [item]))
+        assert isinstance(reply, m.Reclaimed)
+        return [x.code for x in reply.lost] or ["ok" for _ in reply.leases]
+
+    assert ask(ALICE, "nope") == ["unknown_product"]
+    assert ask(ALICE, "cad", "13") == ["version_not_licensed"]
+    assert ask(BOB, "cad") == ["lease_unknown"]
+    assert rig.service.pool.held("cad") == 1  # refusals take nothing
+    assert ask(ALICE, "cad") == ["ok"]
+    assert rig.service.pool.held("cad") == 0
+    assert ask(ALICE, "cad") == ["ok"]  # a retry: the same lease, no second seat
+    assert rig.service.pool.in_use("cad") == 1
+    assert ask(BOB, "cad") == ["lease_unknown"]  # held now, and Alice's
+    assert isinstance(rig.ask(ALICE, m.Release(4, [lease])), m.Released)
+    assert ask(ALICE, "cad") == ["lease_unknown"]  # taken back, then ended: never again
+    rig.crash()
+
+
+def test_once_a_window_is_over_the_older_epochs_leases_are_never_taken_back(
+    life: Callable[..., Rig],
+) -> None:
+    rig = life(2)
+    alices = lease_of(checkout(rig, ALICE))  # no batch records it: only its tag can prove it
+    rig.crash()
+    rig = life(2)
+    assert rig.service.pool.held("cad") == 1
+    freed = rig.service.guard.close_window(rig.clock() + 61.0)  # nobody came back in time
+    assert freed == {"cad": 1}
+    batch(rig)  # closes epoch 1 on disk
+    rig.crash()
+    rig = life(2)
+    late = reclaim(rig, ALICE, alices)
+    assert late.leases == [] and [x.code for x in late.lost] == ["lease_unknown"]

@@ -16,7 +16,7 @@ def test_a_checkout_that_must_raise_the_reservation_on_a_full_disk_gets_store_fa
     with tmpfs(tmp_path / "mnt", "2m") as mnt:
         data = mnt / "data"
         server, port, _ = procs.serve(network_key, vendor, data, "--lease", "3",
-                                      "--heartbeat", "0.5")  # fmt: skip
+                                      "--heartbeat", "0.5", "--allow-short-lease")  # fmt: skip
         held = procs.checkout(b, port, "cad")  # the reservation now covers one seat
         filler = fill(mnt)
         message = fails(a.run(port, "checkout", "cad", "--hold", "0.1"), "store_failed")

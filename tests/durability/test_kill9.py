@@ -50,12 +50,22 @@ def free_port() -> int:
         return port
 
 
+#: The slowed store: every durable write waits this long first, as behind a slow fsync.
+SLOW_FSYNC = 0.25
+#: Its lease: work in flight at a kill takes longer to fail over slow writes, and a client that
+#: hears nothing for a lease gives its seat up (rightly, but the test wants none lost).
+SLOW_LEASE = 6.0
+SLOW_SERVE = str(Path(__file__).with_name("slow_serve.py"))
+
+
 class ServerProcess:
-    def __init__(self, license: Path, pub: Path, data: Path, port: int) -> None:
+    def __init__(self, license: Path, pub: Path, data: Path, port: int, slow: bool) -> None:
+        run = [SLOW_SERVE, str(SLOW_FSYNC)] if slow else ["-m", "lanlic.cli"]
+        lease = SLOW_LEASE if slow else LEASE
         self.args = [
-            sys.executable, "-m", "lanlic.cli", "serve", "--license", str(license),
+            sys.executable, *run, "serve", "--license", str(license),
             "--vendor-pub", str(pub), "--data", str(data), "--host", "127.0.0.1",
-            "--port", str(port), "--no-mdns", "--no-admin", "--json", "--lease", str(LEASE),
+            "--port", str(port), "--no-mdns", "--no-admin", "--json", "--lease", str(lease),
             "--heartbeat", "0.5", "--allow-short-lease",
         ]  # fmt: skip
         self.proc: asyncio.subprocess.Process | None = None
@@ -90,10 +100,15 @@ class Laptop:
         return home is not None and home.borrowed("cad") is not None
 
 
+@pytest.mark.parametrize("slow", [False, True], ids=["store", "slow-store"])
 async def test_sigkill_at_random_moments_loses_nothing_and_never_over_grants(
-    tmp_path: Path, vendor_key: Ed25519PrivateKey
+    tmp_path: Path, vendor_key: Ed25519PrivateKey, slow: bool
 ) -> None:
-    rng = random.Random(SEED)
+    """With ``slow``, every store write waits ``SLOW_FSYNC`` first: reservation raises, lease
+    batches and borrows interleave with the checkouts and kills (issue 12.1: with fsyncs
+    delayed 0.25 s, clients believed they held 9 seats of 8)."""
+    rng = random.Random(SEED + slow)
+    lease = SLOW_LEASE if slow else LEASE
     products = (ProductEntitlement("cad", seats=SEATS, borrowable=2, max_borrow_days=7),)
     license = tmp_path / "net.lic"
     license.write_bytes(
@@ -105,7 +120,7 @@ async def test_sigkill_at_random_moments_loses_nothing_and_never_over_grants(
     pub = tmp_path / "vendor.pub"
     pub.write_bytes(signing.public_to_pem(vendor_key.public_key()))
     port = free_port()
-    server = ServerProcess(license, pub, tmp_path / "data", port)
+    server = ServerProcess(license, pub, tmp_path / "data", port, slow)
     clients = [
         Client(("127.0.0.1", port), user=f"user{i}", host=f"ws{i}", connect_timeout=1.0)
         for i in range(3)
@@ -184,7 +199,8 @@ async def test_sigkill_at_random_moments_loses_nothing_and_never_over_grants(
         for round_no in range(KILLS):
             # Work, and a SIGKILL at a random moment in the middle of it.
             ops = [asyncio.create_task(worker()) for _ in range(3)]
-            await asyncio.sleep(rng.uniform(0.02, 0.3))
+            # (Longer with the slowed store: a grant past the reservation waits 0.25 s.)
+            await asyncio.sleep(rng.uniform(0.1, 0.8) if slow else rng.uniform(0.02, 0.3))
             await server.kill()
             await asyncio.wait(ops, timeout=15)
             # Nothing changes the clients' seats from here but the server coming back.
@@ -195,7 +211,7 @@ async def test_sigkill_at_random_moments_loses_nothing_and_never_over_grants(
             await server.start()
 
             # The clients reconnect and reclaim by themselves.
-            async with asyncio.timeout(LEASE):
+            async with asyncio.timeout(lease):
                 while not all(
                     c.connected and all(s.epoch == c.epoch for s in c.seats.values())
                     for c in clients
@@ -220,7 +236,7 @@ async def test_sigkill_at_random_moments_loses_nothing_and_never_over_grants(
                 # Now and then the server stays up past the reclaim window, so seats held for
                 # leases nobody came back for return to the pool (they would only pile up if
                 # the server were killed every second).
-                await asyncio.sleep(LEASE + 1.2)
+                await asyncio.sleep(lease + 1.2)
             listed = {b["borrow_id"]: b["user"] for b in (await status())["borrows"]}
             missing = set(told) - set(listed)
             assert not missing, f"round {round_no}: borrows told to clients are gone: {missing}"
@@ -254,7 +270,11 @@ async def test_sigkill_at_random_moments_loses_nothing_and_never_over_grants(
         await server.kill()
     print(f"kill9: {KILLS} kills, seed {SEED}, {observations} observations, {stats}")
     assert observations > KILLS * 10
-    assert stats["seats"] > KILLS and stats["files"] >= KILLS / 10, stats  # the rounds did work
+    # The rounds did work: seats and files out at the kills. With the slowed store every grant
+    # past the reservation waits 0.25 s, so fewer are out when the kill comes (31 and 10 of 50
+    # kills measured on a loaded machine).
+    seats = KILLS // 2 if slow else KILLS
+    assert stats["seats"] > seats and stats["files"] >= KILLS / 10, stats
     assert not violations, violations[:3]
 
 

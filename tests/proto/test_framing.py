@@ -369,8 +369,9 @@ def test_keys_are_checked_in_maps_within_lists_and_after_the_first_value() -> No
         {"a": 1, "b": {"c": {b"k": 1}}},
         {"a": [[1], {b"k": 1}]},
     ):
-        with pytest.raises(BadFrame, match="keys must be msgpack str"):
+        with pytest.raises(BadFrame) as info:
             decode_body(packed(body))
+        assert info.value.message == "map keys must be msgpack str"
 
 
 def test_a_frame_must_be_a_map() -> None:
@@ -435,8 +436,20 @@ def test_a_recursion_error_is_a_bad_frame(monkeypatch: pytest.MonkeyPatch) -> No
         raise RecursionError("maximum recursion depth exceeded")
 
     monkeypatch.setattr(framing.msgpack, "unpackb", deep)
-    with pytest.raises(BadFrame, match="nests too deeply"):
+    with pytest.raises(BadFrame) as info:
         decode_body(packed(STATUS))
+    assert info.value.message == "frame nests too deeply"
+
+
+@pytest.mark.parametrize("pad", [0, 20_000])
+def test_an_extension_with_data_is_refused_by_its_size_before_any_hook(pad: int) -> None:
+    """``max_ext_len=0``: an extension carrying data never reaches the hook (one that carries
+    none is named by the hook, below)."""
+    for ext in (b"\xd4\x05x", b"\xc7\x01\x05x"):
+        body = b"\x82\xa1p" + packed("x" * pad) + b"\xa1t" + ext
+        with pytest.raises(BadFrame) as info:
+            decode_body(body)
+        assert info.value.message == "frame body is not valid msgpack (ValueError)"
 
 
 def test_decode_errors_name_what_was_wrong() -> None:
@@ -446,3 +459,7 @@ def test_decode_errors_name_what_was_wrong() -> None:
         decode_body(packed([1]))
     with pytest.raises(BadFrame, match="extension type 5 is not allowed"):
         decode_body(b"\x81\xa1t" + b"\xc7\x00\x05")  # an empty ext 5 passes max_ext_len
+    large = b"\x82\xa1p" + packed("x" * 20_000) + b"\xa1t\xc7\x00\x05"
+    with pytest.raises(BadFrame) as info:
+        decode_body(large)
+    assert info.value.message == "msgpack extension type 5 is not allowed"

@@ -448,11 +448,13 @@ def test_vendor_fp_is_signed_into_the_handshake_not_proven(vendor_key: Ed25519Pr
 
 def test_shutdown_tells_the_same_story_as_section_13() -> None:
     """Point 3: after a shutdown notice the client reconnects and presents its leases; after a
-    restart (a new epoch) it reclaims them, and a renew meets lost code reclaim (section 13)."""
+    restart (a new epoch) it reclaims them, and a renew is taken as their reclaim (section 13;
+    tests/core/test_restart_reclaim.py holds the server to it)."""
     shutdown = section("7. Message reference").split("- `shutdown`:")[1]
     assert "`reclaim`" in shutdown and "section 13" in shutdown and "epoch" in shutdown
+    assert "takes as the leases' reclaim" in shutdown
     restarts = section("13. Restarts")
-    assert "sends `reclaim`" in restarts and "`lost` code\n   `reclaim`" in restarts
+    assert "sends `reclaim`" in restarts and "is treated as its reclaim" in restarts
 
 
 # ------------------------------------------------------- 10: versions, 11: products
