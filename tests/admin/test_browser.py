@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from lanlic.core.netkey import ProductEntitlement
 from lanlic.core.pool import Granted, Holder
 from lanlic.core.records import HistoryRow
+from lanlic.errors import NoSeat
 from lanlic.laptop.borrower import Borrower
 from lanlic.net.client import Client
 
@@ -309,7 +310,7 @@ async def test_settings_edit_the_seat_policy_and_remove_a_waiter(
         await expect(row).to_contain_text("ws-ben")
         await row.locator("button.remove").click()
         await page.click("#confirm-ok")
-        with pytest.raises(Exception, match="administrator"):
+        with pytest.raises(NoSeat, match="administrator"):
             await asyncio.wait_for(waiting, 5)
         await expect(page.locator("#queue-table tbody")).to_contain_text("Nobody is waiting.")
 
