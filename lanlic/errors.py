@@ -15,7 +15,9 @@ The tree::
     │   ├── UnknownProduct            unknown_product
     │   ├── VersionNotLicensed        version_not_licensed
     │   ├── LicenseExpired            license_expired
-    │   └── LeaseUnknown              lease_unknown
+    │   ├── LeaseUnknown              lease_unknown
+    │   ├── LimitReached              limit_reached   the seat policy's MAX for this user/group
+    │   └── NotAllowed                not_allowed     the seat policy's INCLUDE/EXCLUDE
     ├── BorrowRefused                 (code per reason) a borrow, return or enrollment refused:
     │                                 not_borrowable, wrong_borrow_kind, borrow_too_long,
     │                                 no_borrowable_seat, not_enrolled, borrow_unknown ...
@@ -61,9 +63,11 @@ __all__ = [
     "LeaseUnknown",
     "LicenseExpired",
     "LicenseRefused",
+    "LimitReached",
     "MachineUnidentified",
     "NetworkKeyError",
     "NoSeat",
+    "NotAllowed",
     "ProtocolError",
     "ReplayedHello",
     "SeatLost",
@@ -162,6 +166,20 @@ class LeaseUnknown(LicenseRefused):
     """The lease does not exist, has expired, or belongs to another client (we do not say which)."""
 
     code = "lease_unknown"
+
+
+class LimitReached(LicenseRefused):
+    """The seat policy caps this user's or group's seats of the product (MAX), or the borrowed
+    seats one user may have, and the cap is reached. A seat given back makes room."""
+
+    code = "limit_reached"
+
+
+class NotAllowed(LicenseRefused):
+    """The seat policy does not let this user, host or address use the product (INCLUDE or
+    EXCLUDE). Waiting does not help."""
+
+    code = "not_allowed"
 
 
 class _CodedError(LanlicError):

@@ -326,6 +326,10 @@ class AdminServer:
         r.add_get("/api/history.csv", self._history_csv)
         r.add_get("/api/usage", self._usage)
         r.add_put("/api/policy/{product}", self._policy)
+        r.add_get("/api/queue", self._queue)
+        r.add_delete("/api/queue/{ticket}", self._remove_waiter)
+        r.add_get("/api/seat-policy", self._seat_policy)
+        r.add_put("/api/seat-policy", self._load_seat_policy)
         r.add_post("/api/key", self._install_key)
         return app
 
@@ -628,6 +632,74 @@ class AdminServer:
         await self._record(session, "admin_remove", lease.product, detail)
         return web.json_response({"removed": True, "lease": lease_id.hex(), "user": h.user,
                                   "host": h.host, "product": lease.product})  # fmt: skip
+
+    async def _queue(self, request: web.Request) -> web.StreamResponse:
+        srv = self.server
+        now, wall = srv.loop.time(), srv.wall()
+        items = [
+            {
+                "ticket": w.ticket.hex(),
+                "product": w.product,
+                "position": i,
+                "user": w.who.user,
+                "host": w.who.host,
+                "since": wall - (now - w.since),
+            }
+            for product in srv.service.pool.products
+            for i, w in enumerate(srv.service.gate.queue.waiters(product), 1)
+        ]
+        return web.json_response({"items": items})
+
+    async def _remove_waiter(self, request: web.Request) -> web.StreamResponse:
+        session = self._session(request)
+        try:
+            ticket = bytes.fromhex(request.match_info["ticket"])
+        except ValueError:
+            return _error(400, "bad_request", "a ticket is hex")
+        w = self.server.service.gate.queue.get(ticket)
+        if w is None or not self.server.remove_waiter(ticket):
+            return _error(404, "not_waiting", "nobody waits with that ticket (granted or gone?)")
+        detail = f"removed {w.who.user}@{w.who.host} from the queue"
+        await self._record(session, "admin_unqueue", w.product, detail)
+        return web.json_response({"removed": True, "user": w.who.user, "host": w.who.host,
+                                  "product": w.product})  # fmt: skip
+
+    async def _seat_policy(self, request: web.Request) -> web.StreamResponse:
+        srv = self.server
+        policy = srv.service.gate.policy
+        return web.json_response(
+            {"text": policy.text, "lines": policy.lines(), "policy": policy.to_json()}
+        )
+
+    async def _load_seat_policy(self, request: web.Request) -> web.StreamResponse:
+        """Validate, install and apply a seat policy file (as ``lanlic admin policy --load``)."""
+        from lanlic.core.policy import PolicyError
+        from lanlic.server import policyfile
+
+        session = self._session(request)
+        srv = self.server
+        watch = srv.policy_watch
+        if watch is None:
+            return _error(409, "no_data_folder", "this server runs without a data folder")
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("text"), str):
+            return _error(400, "bad_request", 'send JSON: {"text": "<the policy file>"}')
+        text = body["text"]
+        try:
+            plan = policyfile.plan(watch.folder, text)
+        except PolicyError as exc:
+            return _error(400, "bad_policy", str(exc))
+        await srv.store_call(lambda _: policyfile.install(watch.folder, text))
+        found = await srv.store_call(lambda _: watch.check())
+        if found is not None and not isinstance(found, PolicyError):
+            srv.service.set_policy(found, srv.now(), session.user)
+            srv.flush_queue()
+        detail = "; ".join(plan.changes) or "no change"
+        await self._record(session, "policy", "", detail[:2000])
+        return web.json_response({"changes": plan.changes, "lines": plan.policy.lines()})
 
     async def _policy(self, request: web.Request) -> web.StreamResponse:
         session = self._session(request)

@@ -277,11 +277,56 @@ def _key_terms(store: Store, folder: Path) -> dict[str, dict[str, int]]:
     return terms
 
 
+def _seat_policy(args: argparse.Namespace, folder: Path) -> int:
+    from lanlic.core.policy import PolicyError
+    from lanlic.server import policyfile
+
+    if args.load:
+        try:
+            text = Path(args.load).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"cannot read {args.load}: {exc}") from None
+        try:
+            plan = policyfile.load_command(folder, text, user_name(), socket.gethostname())
+        except PolicyError as exc:
+            raise CliError(f"{args.load}: {exc} (nothing applied)") from None
+        note = (
+            ""
+            if plan.checked_against_key
+            else " (not checked against the network key: the server has not run on this folder)"
+        )
+        say(
+            args,
+            {"loaded": args.load, "changes": plan.changes, "checked_against_key":
+             plan.checked_against_key},
+            "\n".join(plan.changes or ["no change"])
+            + f"\nloaded {args.load}; the running server applies it within a second{note}",
+        )  # fmt: skip
+        return 0
+    try:
+        shown = policyfile.show_command(folder)
+    except PolicyError as exc:
+        raise CliError(f"{folder / policyfile.POLICY_FILE}: {exc}") from None
+    status = {True: "in force", False: "NOT in force yet", None: "server state unknown"}
+    text = "\n".join(shown["lines"] or ["no seat policy"])
+    text += f"\n({shown['file']}: {status[shown['in_force']]})"
+    if shown["error"]:
+        text += f"\nthe server refused the last file: {shown['error']}"
+    say(args, shown, text)
+    return 0
+
+
 def cmd_admin_policy(args: argparse.Namespace) -> int:
-    """Lower a product's borrowing terms on this server (never above the network key's)."""
+    """Lower a product's borrowing terms on this server (never above the network key's), or
+    load and show the seat policy file (--load, --show)."""
     from lanlic.store import HistoryRow, Store
 
     folder = data_folder(args)
+    existing_database(folder)
+    if args.load or args.show:
+        return _seat_policy(args, folder)
+    if not args.product:
+        raise CliError("name a PRODUCT, or use --load FILE or --show")
     store = Store(existing_database(folder))
     try:
         terms = _key_terms(store, folder)
@@ -459,8 +504,16 @@ def register(commands: Commands) -> None:
     sp.add_argument("--rows", type=whole(0), metavar="N", help="keep at most N rows (0: no limit)")
     add_data(sp)
 
-    sp = admin.add("policy", cmd_admin_policy, "lower a product's borrowing terms")
-    sp.add_argument("product")
+    sp = admin.add(
+        "policy", cmd_admin_policy, "the seat policy file; lower a product's borrowing terms"
+    )
+    sp.add_argument("product", nargs="?", help="the product whose borrowing terms to lower")
+    sp.add_argument(
+        "--load", metavar="FILE",
+        help="validate a seat policy file (README: Seat policy), show what it changes and "
+        "apply it live; an invalid file is refused with its line and nothing is applied",
+    )  # fmt: skip
+    sp.add_argument("--show", action="store_true", help="print the seat policy in force")
     sp.add_argument("--borrowable", type=whole(0), help="borrowable seats at most (0 to the key's)")
     sp.add_argument("--max-days", type=whole(0), help="longest borrow in days (0 to the key's)")
     sp.add_argument("--clear", action="store_true", help="back to the network key's terms")

@@ -64,7 +64,13 @@ def cmd_checkout(args: argparse.Namespace) -> int:
             return await _hold_borrowed(args, lic, stop)
         client = await connect(args, args.product, app=args.app, on_seat_lost=on_lost)
         async with client:
-            seat = await client.acquire(args.product, args.version or "")
+            from lanlic.net.waiting import position_printer
+
+            wait = getattr(args, "wait", False)
+            shown = position_printer(args.product, args.json) if wait else None
+            seat = await client.acquire(
+                args.product, args.version or "", wait, getattr(args, "timeout", None), shown
+            )
             # Before the "checked out" line: a signal sent as soon as it is read must release.
             loop = asyncio.get_running_loop()
             osdeps.on_stop(loop, stop.set)
@@ -383,6 +389,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         more = p.get("holders_total", len(p["holders"])) - len(p["holders"])
         if more > 0:
             print(f"  {p['name']}: ... and {more} more (the admin page lists them all)")
+    from lanlic.net.waiting import queue_lines
+
+    for line in queue_lines(status):
+        print(line)
     borrows = status.get("borrows", [])
     if borrows:
         print("borrowed:")
@@ -426,6 +436,15 @@ def register(commands: Commands) -> None:
     sp = commands.add("checkout", cmd_checkout, "take a seat and hold it")
     sp.add_argument("product")
     holding(sp)
+    sp.add_argument(
+        "--wait", action="store_true",
+        help="with no seat free, wait in the server's queue (first come, first served), "
+        "printing the place in line as it changes",
+    )  # fmt: skip
+    sp.add_argument(
+        "--timeout", type=seconds, metavar="S",
+        help="with --wait: give up after S seconds (no_seat)",
+    )  # fmt: skip
     sp.add_argument(
         "--portable-key", metavar="PATH", help="use a licence borrowed into this portable key"
     )

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lanlic.core import borrowing, signing
 from lanlic.core.netkey import NetworkKey
-from lanlic.core.pool import SeatPool
+from lanlic.core.pool import Denied, SeatPool
 from lanlic.core.records import BorrowRecord, EnrollmentRecord
 from lanlic.errors import BorrowedFileError, BorrowRefused, LanlicError
 from lanlic.proto import messages as m
@@ -68,6 +68,10 @@ class Durable:
     abort: Callable[[Exception], m.Message]
 
 
+#: The seat policy's check of a borrow: (product, user, host) to a refusal, or None to go on.
+BorrowCheck = Callable[[str, str, str], Denied | None]
+
+
 def _error(rid: int, exc: LanlicError) -> m.Error:
     return m.Error(rid, exc.code, exc.message)
 
@@ -90,6 +94,8 @@ class BorrowDesk:
         self._by_request: dict[str, str] = {}
         self.enrollments: dict[str, EnrollmentRecord] = {}
         self.policy: dict[str, tuple[int | None, int | None]] = {}
+        self.file_policy: dict[str, tuple[int | None, int | None]] = {}
+        """The seat policy file's lowering of the same terms (both apply: the lower wins)."""
         self._event = on_event
 
     # ------------------------------------------------------------------------------ restart
@@ -138,7 +144,13 @@ class BorrowDesk:
 
     def terms(self, product: str) -> borrowing.BorrowTerms:
         ent = self.pool.products[product]
-        return borrowing.borrow_terms(ent.borrowable, ent.max_borrow_days, self.policy.get(product))
+        terms = borrowing.borrow_terms(
+            ent.borrowable, ent.max_borrow_days, self.policy.get(product)
+        )
+        lower = self.file_policy.get(product)
+        if lower is None:
+            return terms
+        return borrowing.borrow_terms(terms.borrowable, terms.max_days, lower)
 
     def borrowed_count(self, product: str) -> int:
         return sum(1 for b in self.active.values() if b.product == product)
@@ -197,8 +209,11 @@ class BorrowDesk:
             abort=lambda exc: m.Error(msg.id, "store_failed", f"enrollment not saved: {exc}"),
         )
 
-    def borrow(self, msg: m.Borrow, wall: float, now: float) -> Durable | m.Message:
-        """``wall`` (UTC) dates the borrow; ``now`` (monotonic) lets the pool sweep dead leases."""
+    def borrow(
+        self, msg: m.Borrow, wall: float, now: float, policy: BorrowCheck | None = None
+    ) -> Durable | m.Message:
+        """``wall`` (UTC) dates the borrow; ``now`` (monotonic) lets the pool sweep dead leases;
+        ``policy`` is the seat policy's word on this borrower (lanlic.core.policy)."""
         rid = msg.request_id.hex()
         # A retry of a borrow we already made gets the same borrow back, never a second seat.
         existing = self._by_request.get(rid)
@@ -212,6 +227,14 @@ class BorrowDesk:
         except LanlicError as exc:
             self._refused(msg, exc.code)
             return _error(msg.id, exc)
+        if policy is not None:
+            denied = policy(msg.product, enrollment.user, enrollment.host)
+            if denied is not None:
+                self._event(
+                    "refusal", product=msg.product, user=enrollment.user, host=enrollment.host,
+                    detail=denied.code,
+                )  # fmt: skip
+                return m.Error(msg.id, denied.code, denied.message)
         if not self.pool.take_borrowed(msg.product, now):
             free = self.pool.free(msg.product)
             self._refused(msg, "no_seat")

@@ -51,6 +51,8 @@ class Holder:
     app: str = ""
     version: str = ""
     """The application version given at checkout."""
+    addr: str = ""
+    """The connection's peer address as the server saw it (seat policy subnets)."""
 
 
 @dataclass(slots=True)

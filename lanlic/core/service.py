@@ -9,6 +9,7 @@ the key's expiry date), and sends back what it returns. Expected refusals (``no_
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,9 +18,12 @@ import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lanlic.core import signing
-from lanlic.core.lending import BorrowDesk, Durable
+from lanlic.core.gate import Joined, SeatGate
+from lanlic.core.lending import BorrowCheck, BorrowDesk, Durable
 from lanlic.core.netkey import NetworkKey
-from lanlic.core.pool import Denied, Holder, Lease, SeatPool
+from lanlic.core.policy import Asker, Policy
+from lanlic.core.pool import Denied, Granted, Holder, Lease, SeatPool
+from lanlic.core.queue import Waiter
 from lanlic.core.restart import RestartGuard
 from lanlic.proto import messages as m
 
@@ -43,12 +47,14 @@ class ServiceConfig:
 class Session:
     """What the server knows of one connection after its hello."""
 
-    __slots__ = ("client_id", "holder", "version")
+    __slots__ = ("addr", "client_id", "holder", "version")
 
-    def __init__(self) -> None:
+    def __init__(self, addr: str = "") -> None:
         self.client_id = b""
         self.holder = Holder("", "")
         self.version = 0
+        self.addr = addr
+        """The peer's address as the adapter saw the connection (seat policy subnets)."""
 
 
 class _Client:
@@ -121,11 +127,129 @@ class LicenseService:
         self._expiry_day = (0.0, 0.0, False)  # (start, end, expired) of the last UTC day asked
         self.desk = BorrowDesk(key, self.pool, server_key, self.server_id, self._event)
         self.guard = RestartGuard(self.pool)
+        self.gate = SeatGate(self.pool, self._borrowers)
+        """The seat policy and the queue (lanlic.core.gate)."""
+        self._waits: dict[bytes, tuple[int, int]] = {}
+        """Per queue ticket: the ``wait`` request's id, and the position last told the client."""
+        self.outbox: list[tuple[bytes, m.Message]] = []
+        """(client id, message) the adapter sends to connected clients: news of the queue."""
         self._clients: dict[bytes, _Client] = {}
         """Client ids the server knows (connected, or holding leases): their recent nonces."""
         self.clock: Callable[[], tuple[float, float]] = _no_clock
         """(monotonic now, UTC wall) for work finished after a durable write; the adapter
         sets it (the core reads no clock of its own)."""
+
+    # ------------------------------------------------------------------------ the queue
+
+    def _wait(self, session: Session, msg: m.Wait, now: float, wall: float) -> m.Message:
+        if self._key_expired(wall):
+            return m.Error(
+                msg.id, "license_expired", f"the network key expired on {self.key.expires}"
+            )
+        h = session.holder
+        holder = Holder(h.user, h.host, h.app, msg.version, h.addr)
+        ticket = secrets.token_bytes(16)
+        result = self.gate.join(ticket, msg.product, msg.version, session.client_id, holder, now)
+        if isinstance(result, Joined):
+            self._waits[ticket] = (msg.id, result.position)
+            self._event("queue_join", msg.product, h.user, h.host, f"position {result.position}")
+            return m.Queued(msg.id, ticket, msg.product, result.position)
+        if isinstance(result, Denied):
+            self._event("refusal", msg.product, h.user, h.host, result.code)
+            return m.Error(msg.id, result.code, result.message)
+        self._lease_event("checkout", result.lease, msg.version)
+        return self._granted_msg(msg.id, result.lease)
+
+    def _granted_msg(self, rid: int, lease: Lease) -> m.Granted:
+        return m.Granted(
+            id=rid,
+            lease=lease.id,
+            product=lease.product,
+            lease_s=self.pool.lease_seconds,
+            epoch=self.guard.epoch,
+        )
+
+    def _waiter_left(self, w: Waiter, why: str) -> None:
+        self._waits.pop(w.ticket, None)
+        self._event("queue_leave", w.product, w.who.user, w.who.host, why)
+
+    @property
+    def waiting(self) -> bool:
+        """Whether anyone is in the queue."""
+        return bool(self._waits)
+
+    def drain_queue(self, now: float) -> None:
+        """Give freed seats to waiters in order, and tell every waiter whose place changed
+        (messages go to ``outbox``). Costs one length check with nobody waiting."""
+        if not self._waits:
+            return
+        for out in self.gate.drain_all(now):
+            w = out.waiter
+            rid, _ = self._waits.pop(w.ticket, (0, 0))
+            if isinstance(out.result, Granted):
+                self._lease_event("checkout", out.result.lease, w.version)
+                self.outbox.append((w.owner, self._granted_msg(rid, out.result.lease)))
+            else:
+                self._event("queue_leave", w.product, w.who.user, w.who.host, out.result.code)
+                self.outbox.append((w.owner, m.Error(rid, out.result.code, out.result.message)))
+        for product in self.pool.products:
+            for position, w in enumerate(self.gate.queue.waiters(product), 1):
+                rid, told = self._waits.get(w.ticket, (0, 0))
+                if told != position:
+                    self._waits[w.ticket] = (rid, position)
+                    self.outbox.append((w.owner, m.Queued(rid, w.ticket, product, position)))
+
+    def waiting_owners(self) -> set[bytes]:
+        return {w.owner for w in self.gate.queue.waiters()}
+
+    def drop_waiters(self, owners: set[bytes]) -> None:
+        """These clients went silent: out of the line (told, should they still be there)."""
+        for owner in owners:
+            for w in self.gate.queue.leave_owner(owner):
+                rid, _ = self._waits.get(w.ticket, (0, 0))
+                self._waiter_left(w, "vanished")
+                self.outbox.append(
+                    (owner, m.Error(rid, "no_seat", "dropped from the queue: no heartbeat"))
+                )
+
+    def remove_waiter(self, ticket: bytes) -> Waiter | None:
+        """The admin takes a client out of the line; it is told at once."""
+        w = self.gate.queue.leave(ticket)
+        if w is None:
+            return None
+        rid, _ = self._waits.get(ticket, (0, 0))
+        self._waiter_left(w, "removed by admin")
+        self.outbox.append(
+            (w.owner, m.Error(rid, "no_seat", "removed from the queue by the administrator"))
+        )
+        return w
+
+    def _borrowers(self, product: str) -> list[Asker]:
+        return [Asker(b.user, b.host) for b in self.desk.active.values() if b.product == product]
+
+    def set_policy(self, policy: Policy, now: float, who: str = "") -> list[str]:
+        """Apply a seat policy to new requests at once (held seats stay held). Returns what
+        changed, written to the history with ``who``."""
+        changes = self.gate.set_policy(policy)
+        self.desk.file_policy = policy.borrow_terms()
+        if changes:
+            self._event("policy_applied", "", who, "", "; ".join(changes)[:2000])
+        self.gate.drain_all(now)
+        return changes
+
+    def _borrow_policy(self, session: Session, now: float) -> BorrowCheck | None:
+        """The seat policy's check for a borrow by the enrolled user and host (None: no
+        policy, nothing to ask)."""
+        if not self.gate.policy.products:
+            return None
+
+        def check(product: str, user: str, host: str) -> Denied | None:
+            mine = sum(
+                1 for b in self.desk.active.values() if b.product == product and b.user == user
+            )
+            return self.gate.borrow_refused(product, Asker(user, host, session.addr), mine, now)
+
+        return check
 
     def set_event_sink(self, sink: Callable[[EventFields], None] | None) -> None:
         """Where history events go: ``(event, product, user, host, detail)``, a ``HistoryRow``
@@ -157,7 +281,9 @@ class LicenseService:
         if isinstance(msg, m.Status):
             return Reply(self.status(msg.id, now, wall))
         if isinstance(msg, m.Borrow):
-            return self._durable(self.desk.borrow(msg, wall, now))
+            return self._durable(
+                self.desk.borrow(msg, wall, now, self._borrow_policy(session, now))
+            )
         if isinstance(msg, m.Return):
             return self._durable(self.desk.return_(msg, wall))
         if isinstance(msg, m.Present):
@@ -166,6 +292,13 @@ class LicenseService:
             return self._durable(self.desk.enroll(msg, wall))
         if isinstance(msg, m.Reclaim):
             return self._reclaim(session, msg, now)
+        if isinstance(msg, m.Wait):
+            return Reply(self._wait(session, msg, now, wall))
+        if isinstance(msg, m.Unwait):
+            left = self.gate.queue.leave(msg.ticket, session.client_id)
+            if left is not None:
+                self._waiter_left(left, "gave up")
+            return Reply(m.Unwaited(msg.id, msg.ticket, left is not None))
         if isinstance(msg, m.Bye):
             released = self.pool.release_owner(session.client_id, now)
             for lease in released:
@@ -212,7 +345,7 @@ class LicenseService:
             del client.nonces[:-MAX_NONCES_PER_CLIENT]
         session.version = max(common)
         session.client_id = msg.client_id
-        session.holder = Holder(msg.user, msg.host, msg.app)
+        session.holder = Holder(msg.user, msg.host, msg.app, "", session.addr)
         payload = handshake_payload(msg.nonce, msg.client_id, self.server_id, self.key.vendor_fp)
         # The time is signed only over a nonce: without one it could be a recording (SPEC 12).
         time_sig = b""
@@ -253,8 +386,11 @@ class LicenseService:
         if self._key_expired(wall):
             return m.Error(rid, "license_expired", f"the network key expired on {self.key.expires}")
         h = session.holder
-        holder = h if h.version == version else Holder(h.user, h.host, h.app, version)
-        result = self.pool.checkout(product, version, session.client_id, holder, now)
+        holder = h if h.version == version else Holder(h.user, h.host, h.app, version, h.addr)
+        if product in self.gate.rules:  # the one lookup a product without seat rules pays
+            result = self.gate.checkout(product, version, session.client_id, holder, now)
+        else:
+            result = self.pool.checkout(product, version, session.client_id, holder, now)
         if isinstance(result, Denied):
             self._event("refusal", product, holder.user, holder.host, result.code)
             return m.Error(rid, result.code, result.message)
@@ -413,7 +549,7 @@ class LicenseService:
         out: list[tuple[bytes, str | None]] = []
         h = session.holder
         for lease_id, product, version in items:
-            holder = Holder(h.user, h.host, h.app, version)
+            holder = Holder(h.user, h.host, h.app, version, h.addr)
             denied = self.guard.reclaim(lease_id, product, version, session.client_id, holder, now)
             if denied is None:
                 out.append((lease_id, None))
@@ -499,6 +635,11 @@ class LicenseService:
         client = self._clients.get(client_id)
         if client is not None:
             client.connections -= 1
+            if client.connections <= 0 and self._waits:
+                # A waiter lives as long as a connection of its client: one that vanished
+                # leaves the line.
+                for w in self.gate.queue.leave_owner(client_id):
+                    self._waiter_left(w, "vanished")
             self._forget_if_gone(client_id)
 
     def _forget_if_gone(self, client_id: bytes) -> None:
@@ -565,6 +706,15 @@ class LicenseService:
                     "versions": list(ent.versions) if ent.versions else None,
                     "holders": holders,
                     "holders_total": len(live),
+                    "queue": [
+                        {
+                            "position": i,
+                            "user": w.who.user,
+                            "host": w.who.host,
+                            "since": wall - (now - w.since),
+                        }
+                        for i, w in enumerate(self.gate.queue.waiters(name), 1)
+                    ],
                 }
             )
         return m.StatusReply(

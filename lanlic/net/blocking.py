@@ -153,15 +153,33 @@ class BlockingClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def acquire(self, product: str, version: str = "") -> Seat:
-        return self._call(functools.partial(self._client.acquire, product, version))
+    def acquire(
+        self,
+        product: str,
+        version: str = "",
+        wait: bool = False,
+        timeout: float | None = None,
+        on_position: Callable[[int], None] | None = None,
+    ) -> Seat:
+        """One seat; ``wait=True`` waits in the server's queue, at most ``timeout`` seconds
+        (``Client.acquire``; ``on_position`` is called on the client's event loop thread)."""
+        return self._call(
+            functools.partial(self._client.acquire, product, version, wait, timeout, on_position)
+        )
 
     def release(self, seat: Seat) -> None:
         self._call(functools.partial(self._client.release, seat))
 
     @contextmanager
-    def checkout(self, product: str, version: str = "") -> Iterator[Seat]:
-        seat = self.acquire(product, version)
+    def checkout(
+        self,
+        product: str,
+        version: str = "",
+        wait: bool = False,
+        timeout: float | None = None,
+        on_position: Callable[[int], None] | None = None,
+    ) -> Iterator[Seat]:
+        seat = self.acquire(product, version, wait, timeout, on_position)
         try:
             yield seat
         finally:

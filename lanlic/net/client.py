@@ -49,7 +49,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -321,6 +321,8 @@ class Client:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._pending: dict[int, asyncio.Future[m.Message]] = {}
+        self._waiting: dict[int, asyncio.Queue[m.Message]] = {}
+        """Per ``wait`` request id: the server's news of that place in line, in order."""
         self._next_id = 1
         self._connected = asyncio.Event()
         self._closing = False
@@ -511,12 +513,33 @@ class Client:
 
     # -------------------------------------------------------------------------- seats
 
-    def checkout(self, product: str, version: str = "") -> _SeatContext:
-        """``async with client.checkout(...) as seat`` (released on exit) or ``await`` it."""
-        return _SeatContext(self, product, version)
+    def checkout(
+        self,
+        product: str,
+        version: str = "",
+        wait: bool = False,
+        timeout: float | None = None,
+        on_position: Callable[[int], None] | None = None,
+    ) -> _SeatContext:
+        """``async with client.checkout(...) as seat`` (released on exit) or ``await`` it.
+        ``wait=True`` waits in the server's queue for a seat (see ``acquire``)."""
+        return _SeatContext(self, product, version, wait, timeout, on_position)
 
-    async def acquire(self, product: str, version: str = "") -> Seat:
+    async def acquire(
+        self,
+        product: str,
+        version: str = "",
+        wait: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 - the issue's interface: checkout(wait=, timeout=)
+        on_position: Callable[[int], None] | None = None,
+    ) -> Seat:
         """Take one seat; raises ``NoSeat``, ``UnknownProduct``... on refusal.
+
+        ``wait=True``: with no seat free for this client, join the product's queue and wait,
+        first come first served, at most ``timeout`` seconds (None: as long as it takes);
+        ``on_position(n)`` is called with the place in line (1 is next) each time it changes.
+        At the timeout the client leaves the line and ``NoSeat`` is raised. A refusal that
+        waiting cannot change (``not_allowed``...) is raised at once.
 
         With ``borrowed`` set, a valid borrowed licence for the product is used first, with no
         network at all (``seat.source`` says which kind of seat it is)."""
@@ -532,15 +555,72 @@ class Client:
                 return seat
         await self._ensure_connected()
         sent = self._loop.time()
-        reply = await self._send_request(
-            m.Checkout(id=self._take_id(), product=product, version=version)
-        )
+        reply: m.Message
+        if wait:
+            reply = await self._wait_in_line(product, version, timeout, on_position)
+        else:
+            reply = await self._send_request(
+                m.Checkout(id=self._take_id(), product=product, version=version)
+            )
         assert isinstance(reply, m.Granted)
         seat = Seat(self, product, version, reply.lease, sent)
         seat.epoch = reply.epoch
         self.seats[seat.lease_id] = seat
         self._arm_give_up()
         return seat
+
+    async def _wait_in_line(
+        self,
+        product: str,
+        version: str,
+        timeout: float | None,  # noqa: ASYNC109 - a bound on the wait in line, not on one call
+        on_position: Callable[[int], None] | None,
+    ) -> m.Granted:
+        writer = self._writer
+        if writer is None or not self.connected:
+            raise ServerUnavailable("not connected to the licence server")
+        rid = self._take_id()
+        news: asyncio.Queue[m.Message] = asyncio.Queue()
+        self._waiting[rid] = news
+        deadline = None if timeout is None else self._loop.time() + timeout
+        ticket = b""
+        try:
+            writer.write(encode_frame(m.to_wire(m.Wait(id=rid, product=product, version=version))))
+            while True:
+                left = None if deadline is None else max(0.0, deadline - self._loop.time())
+                if not ticket:  # the first answer comes at once, as to any request
+                    left = self.request_timeout if left is None else min(left, self.request_timeout)
+                try:
+                    msg = await asyncio.wait_for(news.get(), left)
+                except TimeoutError:
+                    if not ticket:
+                        raise ServerUnavailable(f"no answer to wait within {left} s") from None
+                    raise NoSeat(
+                        f"no seat of {product} within {timeout:g} s; left the queue"
+                    ) from None
+                if isinstance(msg, m.Error):
+                    raise error_for_code(msg.code, msg.message)
+                if isinstance(msg, m.Granted):
+                    ticket = b""
+                    return msg
+                if isinstance(msg, m.Queued):
+                    ticket = msg.ticket
+                    if on_position is not None:
+                        on_position(msg.position)
+        finally:
+            self._waiting.pop(rid, None)
+            if ticket and self.connected:
+                # Gave up (timeout, cancelled): leave the line; a seat granted meanwhile is
+                # given back (its "granted" may already be on the way).
+                with contextlib.suppress(LanlicError):
+                    await self._send_request(m.Unwait(id=self._take_id(), ticket=ticket))
+                while not news.empty():
+                    late = news.get_nowait()
+                    if isinstance(late, m.Granted):
+                        with contextlib.suppress(LanlicError):
+                            await self._send_request(
+                                m.Release(id=self._take_id(), leases=[late.lease])
+                            )
 
     def _borrowed_seat(self, product: str, version: str) -> Seat | None:
         assert self.borrowed is not None
@@ -660,6 +740,10 @@ class Client:
                         self._change(seat, SeatState.GONE, why)
             return
         rid = getattr(msg, "id", 0)
+        news = self._waiting.get(rid)
+        if news is not None:
+            news.put_nowait(msg)
+            return
         fut = self._pending.get(rid)
         if fut is not None and not fut.done():
             fut.set_result(msg)
@@ -676,6 +760,8 @@ class Client:
             if not fut.done():
                 fut.set_exception(reason)
         self._pending.clear()
+        for rid, news in self._waiting.items():  # the place in line is gone with the connection
+            news.put_nowait(m.Error(rid, reason.code, reason.message))
         if not self._closing and self._reconnect_task is None:
             self._reconnect_task = asyncio.create_task(self._reconnect(), name="lanlic-reconnect")
 
@@ -721,6 +807,12 @@ class Client:
                 # A stalled server must not stall the give-up check: wait at most a heartbeat.
                 with contextlib.suppress(ServerUnavailable, TimeoutError):
                     await asyncio.wait_for(self._renew_all(), max(self.heartbeat_s, 0.05))
+            elif self.connected and self._waiting:
+                # Waiting in line with no seat: an empty renew says this client is alive, or
+                # the server drops it from the line (SPEC section 17).
+                with contextlib.suppress(ServerUnavailable, TimeoutError):
+                    renew = self._send_request(m.Renew(id=self._take_id(), leases=[]))
+                    await asyncio.wait_for(renew, max(self.heartbeat_s, 0.05))
 
     async def _renew_all(self) -> None:
         given_up = self._given_up
@@ -951,15 +1043,28 @@ class Client:
 
 
 class _SeatContext:
-    def __init__(self, client: Client, product: str, version: str) -> None:
+    def __init__(
+        self,
+        client: Client,
+        product: str,
+        version: str,
+        wait: bool = False,
+        timeout: float | None = None,
+        on_position: Callable[[int], None] | None = None,
+    ) -> None:
         self._client, self._product, self._version = client, product, version
+        self._wait = (wait, timeout, on_position)
         self._seat: Seat | None = None
 
+    def _acquire(self) -> Coroutine[Any, Any, Seat]:
+        wait, timeout, on_position = self._wait
+        return self._client.acquire(self._product, self._version, wait, timeout, on_position)
+
     def __await__(self) -> Generator[Any, None, Seat]:
-        return self._client.acquire(self._product, self._version).__await__()
+        return self._acquire().__await__()
 
     async def __aenter__(self) -> Seat:
-        self._seat = await self._client.acquire(self._product, self._version)
+        self._seat = await self._acquire()
         return self._seat
 
     async def __aexit__(self, *exc: object) -> None:

@@ -36,6 +36,7 @@ from typing import Any, cast
 from lanlic import osdeps
 from lanlic.core.clock import STALL_THRESHOLD, WALL_TOLERANCE, StallWatch, WallGuard
 from lanlic.core.lending import Durable
+from lanlic.core.policy import PolicyError
 from lanlic.core.refusals import RefusalTally
 from lanlic.core.restart import RestartState
 from lanlic.core.service import EventFields, LicenseService
@@ -43,6 +44,7 @@ from lanlic.core.service import Session as _Session
 from lanlic.proto import messages as m
 from lanlic.proto.connection import ConnState, RequestError, ServerConnection
 from lanlic.proto.framing import encode_frame
+from lanlic.server.policyfile import PolicyWatch
 from lanlic.store import Store
 from lanlic.store import history as hist
 
@@ -138,6 +140,7 @@ class _Protocol(asyncio.Protocol):
         "_session",
         "_transport",
         "frame_started",
+        "heard",
         "opened",
         "queued",
         "write_paused",
@@ -150,6 +153,8 @@ class _Protocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._closing = False
         self.opened = server.loop.time()
+        self.heard = self.opened
+        """When the peer last sent anything (a waiter in the queue silent too long is dropped)."""
         self.frame_started: float | None = None
         """When the first byte of the frame now half-received arrived (None: no half frame)."""
         self.write_paused: float | None = None
@@ -168,6 +173,9 @@ class _Protocol(asyncio.Protocol):
             srv.note_busy()
             return
         srv.connections.add(self)
+        peer = t.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self._session.addr = str(peer[0])  # subnet rules trust this, never the hello
         high = srv.limits.write_buffer_high
         t.set_write_buffer_limits(high=high, low=high // 4)
 
@@ -206,6 +214,7 @@ class _Protocol(asyncio.Protocol):
         service = srv.service
         session = self._session
         conn = self._conn
+        self.heard = now
         frames, fatal = conn.receive_frames(data)
         # The frame timeout runs from a frame's first byte, so a trickle cannot reset it.
         if not conn.has_partial_frame:
@@ -273,6 +282,8 @@ class _Protocol(asyncio.Protocol):
         if close:
             self._closing = True
             transport.close()
+        if service.outbox or service.waiting:
+            srv.flush_queue()  # after the replies: a "queued" reply precedes its "granted"
         srv.arm_expiry_timer()
 
     def eof_received(self) -> bool | None:
@@ -384,6 +395,12 @@ class LicenseServer:
         self._synced_leases: set[bytes] = set()
         self._lease_task: asyncio.Task[None] | None = None
         self._stopped = False
+        self.policy_watch = (
+            PolicyWatch(store.path.parent, {n: e.seats for n, e in service.pool.products.items()})
+            if store is not None
+            else None
+        )
+        """The seat policy file of the data folder (lanlic.server.policyfile)."""
 
     @property
     def address(self) -> tuple[str, int]:
@@ -497,6 +514,35 @@ class LicenseServer:
         if client_id:  # the connection got past its hello
             self.service.client_gone(client_id)
 
+    def flush_queue(self) -> None:
+        """Offer freed seats to the queue and send its news to the clients it concerns."""
+        service = self.service
+        service.drain_queue(self.now())
+        outbox, service.outbox = service.outbox, []
+        for owner, msg in outbox:
+            conn = self._owners.get(owner)
+            if conn is not None:
+                conn.send(msg)
+
+    def _drop_silent_waiters(self) -> None:
+        """A waiter whose client sent nothing for a lease period (no heartbeat: the machine
+        vanished without closing its connection) leaves the line, as a lease would expire."""
+        now = self.loop.time()
+        limit = self.service.pool.lease_seconds
+        silent = set()
+        for owner in self.service.waiting_owners():
+            conn = self._owners.get(owner)
+            if conn is None or now - conn.heard >= limit:
+                silent.add(owner)
+        if silent:
+            self.service.drop_waiters(silent)
+
+    def remove_waiter(self, ticket: bytes) -> bool:
+        """Take a client out of the queue (admin) and tell it."""
+        removed = self.service.remove_waiter(ticket) is not None
+        self.flush_queue()
+        return removed
+
     def remove_lease(self, lease_id: bytes) -> bool:
         """End a lease now (admin) and tell its client if it is connected."""
         lease = self.service.remove(lease_id, self.now())
@@ -509,6 +555,8 @@ class LicenseServer:
                     kind="lease_removed", message="removed by the administrator", leases=[lease_id]
                 )
             )
+        if self.service.waiting:
+            self.flush_queue()
         return True
 
     # ------------------------------------------------------------------------------ time
@@ -632,6 +680,8 @@ class LicenseServer:
         expired = self.service.expire(self.now())
         if expired:
             log.info("%d lease(s) expired", len(expired))
+        if self.service.waiting:
+            self.flush_queue()
         self.arm_expiry_timer()
 
     # ------------------------------------------------------------------- durable changes
@@ -657,6 +707,8 @@ class LicenseServer:
                 reply = durable.commit(result)
         if conn is not None:
             conn.send(reply)
+        if self.service.waiting:
+            self.flush_queue()  # a borrow returned frees a seat
         self.arm_expiry_timer()
 
     async def sync_leases(self, clean: bool = False) -> None:
@@ -687,6 +739,15 @@ class LicenseServer:
             self.service.desk.policy = await self.loop.run_in_executor(
                 self._store_thread, self.store.policy
             )
+            watch = self.policy_watch
+            if watch is not None:
+                found = await self.loop.run_in_executor(self._store_thread, watch.check)
+                if isinstance(found, PolicyError):
+                    log.error("seat policy not applied, the one in force stays: %s", found)
+                    self._history_event(("policy_refused", "", "", "", str(found)[:2000]))
+                elif found is not None:
+                    changes = self.service.set_policy(found, self.now())
+                    log.info("seat policy applied: %s", "; ".join(changes) or "no change")
         except Exception as exc:
             log.error("could not read the borrowing policy: %s", exc)
         finally:
@@ -768,6 +829,10 @@ class LicenseServer:
         freed = self.service.guard.close_window(self.loop.time())
         if freed:
             log.info("reclaim window over: %s back in the pool", freed)
+        if self.service.waiting:
+            self._drop_silent_waiters()
+        if self.service.waiting or self.service.outbox:
+            self.flush_queue()
         if self.store is not None and self._lease_task is None:
             self._lease_task = self.loop.create_task(self.sync_leases())
         if self.store is not None and self._policy_task is None:

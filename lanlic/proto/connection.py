@@ -38,6 +38,8 @@ TRANSITIONS: dict[ConnState, dict[type[m.Message], ConnState]] = {
         m.Return: ConnState.READY,
         m.Present: ConnState.READY,
         m.Reclaim: ConnState.READY,
+        m.Wait: ConnState.READY,
+        m.Unwait: ConnState.READY,
         m.Bye: ConnState.CLOSED,
     },
     ConnState.CLOSED: {},

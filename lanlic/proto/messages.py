@@ -115,6 +115,29 @@ class Checkout(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Wait(Message):
+    """A checkout that waits in line: ``granted`` at once if a seat is free for this client,
+    else ``queued`` (then ``queued`` again as the place changes, and one ``granted`` or ``error``
+    later, all with this request's id). SPEC section 14."""
+
+    TYPE: ClassVar[str] = "wait"
+    REQUEST: ClassVar[bool] = True
+    id: int
+    product: str
+    version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Unwait(Message):
+    """Leave the line (the client gave up)."""
+
+    TYPE: ClassVar[str] = "unwait"
+    REQUEST: ClassVar[bool] = True
+    id: int
+    ticket: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Renew(Message):
     """Heartbeat: extend every listed lease by one lease period. One frame for all of them."""
 
@@ -193,6 +216,28 @@ class Granted(Message):
     lease_s: float
     epoch: int = 0
     """The server epoch the lease was granted in."""
+
+
+@dataclass(frozen=True, slots=True)
+class Queued(Message):
+    """The waiting client's place in line (1 is next); sent again whenever it changes."""
+
+    TYPE: ClassVar[str] = "queued"
+    id: int
+    """The ``wait`` request's id."""
+    ticket: bytes
+    """16 bytes naming this place in line (``unwait`` gives it up)."""
+    product: str
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unwaited(Message):
+    TYPE: ClassVar[str] = "unwaited"
+    id: int
+    ticket: bytes
+    left: bool
+    """False if the ticket was not in line (granted or dropped already)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,6 +471,10 @@ _TYPES: dict[str, type[Message]] = {
         Presented,
         Reclaim,
         Reclaimed,
+        Wait,
+        Queued,
+        Unwait,
+        Unwaited,
     )
 }
 
@@ -581,6 +630,8 @@ def _checker_for(cls: type[Message], f: dataclasses.Field[Any]) -> Any:
         return partial(_check_str, t, name, limit=4096)
     if name in ("request", "response", "file"):
         return partial(_check_bytes_upto, t, name, limit=MAX_DOCUMENT)
+    if name == "ticket":
+        return partial(_check_bytes, t, name, size=16)
     if name == "request_id":
         return partial(_check_bytes, t, name, size=16)
     if name == "container_key":

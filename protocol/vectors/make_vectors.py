@@ -153,6 +153,9 @@ VALID: list[tuple[str, m.Message]] = [
                         }
                     ],
                     "holders_total": 1,
+                    "queue": [
+                        {"position": 1, "user": "bob", "host": "ws-07", "since": 1765500100.0}
+                    ],
                 },
                 {
                     "name": "cadpro-render",
@@ -168,6 +171,7 @@ VALID: list[tuple[str, m.Message]] = [
                     "versions": None,
                     "holders": [],
                     "holders_total": 0,
+                    "queue": [],
                 },
             ],
             borrows=[
@@ -238,6 +242,10 @@ VALID: list[tuple[str, m.Message]] = [
         "reclaimed",
         m.Reclaimed(id=12, leases=[LEASE_A], epoch=4, lost=[m.Lost(lease=LEASE_B, code="no_seat")]),
     ),
+    ("wait", m.Wait(id=14, product="cadpro", version="2024.1")),
+    ("queued", m.Queued(id=14, ticket=bytes(range(200, 216)), product="cadpro", position=2)),
+    ("unwait", m.Unwait(id=15, ticket=bytes(range(200, 216)))),
+    ("unwaited", m.Unwaited(id=15, ticket=bytes(range(200, 216)), left=True)),
 ]
 
 

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from lanlic.core.netkey import ProductEntitlement
 from lanlic.core.pool import Granted, Holder
 from lanlic.core.records import HistoryRow
+from lanlic.errors import NoSeat
 from lanlic.laptop.borrower import Borrower
 from lanlic.net.client import Client
 
@@ -291,3 +292,34 @@ async def test_the_page_stays_responsive_with_5000_holders(make_site: MakeSite, 
     await page.fill("#holders-q", "user4999")
     await expect(page.locator("#holders-range")).to_have_text(f"1{DASH}1 of 1")
     await expect(page.locator("#holders-table tbody")).to_contain_text("ws-4999")
+
+
+async def test_settings_edit_the_seat_policy_and_remove_a_waiter(
+    make_site: MakeSite, page: Page
+) -> None:
+    site = await make_site(products=(ProductEntitlement("cad", seats=1),))
+    async with (
+        Client(site.server.address, user="ann", host="ws-ann") as a,
+        Client(site.server.address, user="ben", host="ws-ben") as b,
+    ):
+        await a.acquire("cad")
+        waiting = asyncio.ensure_future(b.acquire("cad", wait=True))
+        await log_in(page, site)
+        await page.click("#tabs a[data-tab=settings]")
+        row = page.locator("#queue-table tbody tr").first
+        await expect(row).to_contain_text("ws-ben")
+        await row.locator("button.remove").click()
+        await page.click("#confirm-ok")
+        with pytest.raises(NoSeat, match="administrator"):
+            await asyncio.wait_for(waiting, 5)
+        await expect(page.locator("#queue-table tbody")).to_contain_text("Nobody is waiting.")
+
+        box = page.locator("#seat-policy-text")
+        await box.fill("[products.cad]\n\nmax = [{ seats = 1 }]\n")
+        await page.click("#seat-policy-save")
+        await expect(page.locator("#seat-policy-result")).to_contain_text("line 3:")
+        assert site.server.service.gate.policy.products == {}
+        await box.fill('[products.cad]\nexclude = [{ user = "ben" }]\n')
+        await page.click("#seat-policy-save")
+        await expect(page.locator("#seat-policy-result")).to_contain_text("+ cad: exclude user ben")
+        assert "cad" in site.server.service.gate.rules

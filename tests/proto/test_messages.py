@@ -67,6 +67,10 @@ SAMPLES: list[m.Message] = [
     m.Presented(10, "b-1", "adopted", 1.8e9),
     m.Reclaim(10, [{"lease": LEASE_A, "product": "cadpro", "version": "16"}]),
     m.Reclaimed(10, [LEASE_A], 3, lost=[m.Lost(LEASE_B, "no_seat")]),
+    m.Wait(11, "cadpro", "16"),
+    m.Queued(11, b"t" * 16, "cadpro", 3),
+    m.Unwait(12, b"t" * 16),
+    m.Unwaited(12, b"t" * 16, False),
 ]
 
 IDS = [s.TYPE for s in SAMPLES]

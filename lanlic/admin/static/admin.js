@@ -220,7 +220,11 @@ async function refreshTab(force) {
     case "borrows": await loadBorrows(); break;
     case "machines": await loadMachines(); break;
     case "history": await loadHistory(); break;
-    case "settings": if (force) renderPolicy(state.overview); break;
+    case "settings":
+      if (force) renderPolicy(state.overview);
+      await loadQueue();
+      if (force) await loadSeatPolicy();
+      break;
     default: break;
   }
 }
@@ -521,6 +525,45 @@ async function savePolicy(product, borrowable, days) {
   renderPolicy(state.overview);
 }
 
+async function loadSeatPolicy() {
+  const r = await api("GET", "/api/seat-policy");
+  const box = $("seat-policy-text");
+  if (document.activeElement !== box && !box.dataset.edited) box.value = r.text;
+}
+
+async function saveSeatPolicy() {
+  const box = $("seat-policy-text");
+  try {
+    const r = await api("PUT", "/api/seat-policy", { text: box.value });
+    delete box.dataset.edited;
+    showResult("seat-policy-result", true, r.changes.length ? "Applied:" : "Applied: no change.", r.changes);
+  } catch (e) {
+    showResult("seat-policy-result", false, `Not applied: ${e.message}`);
+  }
+}
+
+async function loadQueue() {
+  const r = await api("GET", "/api/queue");
+  const rows = r.items.map((w) => el("tr", { "data-ticket": w.ticket },
+    el("td", { text: String(w.position) }), el("td", { text: w.product }),
+    el("td", { text: w.user }), el("td", { text: w.host }), el("td", { text: fmtTime(w.since) }),
+    el("td", {}, el("button", { class: "small remove", type: "button", onclick: () => removeWaiter(w) }, "Remove")),
+  ));
+  fillTable($("queue-table"), rows, "Nobody is waiting.");
+}
+
+async function removeWaiter(w) {
+  const ok = await confirmDialog(`Take ${w.user} on ${w.host} out of the queue for ${w.product}? They are told at once.`);
+  if (!ok) return;
+  try {
+    await api("DELETE", `/api/queue/${w.ticket}`);
+    flash(`Removed ${w.user}@${w.host} from the queue for ${w.product}.`);
+  } catch (e) {
+    flash(`Not removed: ${e.message}`, true);
+  }
+  await loadQueue();
+}
+
 function showResult(id, ok, text, extra) {
   const box = $(id);
   box.className = ok ? "result ok" : "result bad";
@@ -572,6 +615,8 @@ function init() {
   $("logout").addEventListener("click", logout);
   $("key-form").addEventListener("submit", installKey);
   $("enroll-form").addEventListener("submit", acceptEnrollment);
+  $("seat-policy-save").addEventListener("click", saveSeatPolicy);
+  $("seat-policy-text").addEventListener("input", () => { $("seat-policy-text").dataset.edited = "1"; });
   $("holders-prev").addEventListener("click", () => { state.holdersOffset = Math.max(0, state.holdersOffset - PAGE); loadHolders(); });
   $("holders-next").addEventListener("click", () => { state.holdersOffset += PAGE; loadHolders(); });
   $("holders-product").addEventListener("change", () => { state.holdersOffset = 0; loadHolders(); });

@@ -1,0 +1,184 @@
+"""The seat pool as the policy and the queue see it: who may take a seat, and who waits for one.
+
+Pure, time passed in. The service asks ``checkout`` instead of the pool; with no seat rule on a
+product that costs one failed dict lookup (``rules``), and renew never comes here. Whenever a
+seat may have freed (release, expiry, a borrow ended, an admin removal, a policy change, the end
+of a restart's reclaim window) the service calls ``drain``, which offers the free seats to the
+product's waiters in order. Because every such event drains, a seat that stays free is one no
+waiter may take, so a checkout without waiting may have it without jumping the line.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from lanlic.core.policy import (
+    NO_POLICY,
+    Asker,
+    Policy,
+    ProductRules,
+    Refuse,
+    decide,
+    decide_borrow,
+    diff,
+)
+from lanlic.core.pool import Denied, Granted, Holder, Lease, SeatPool
+from lanlic.core.queue import Offer, SeatQueue, Waiter
+
+__all__ = ["Joined", "QueueOutcome", "SeatGate"]
+
+#: Refusals after which waiting cannot help: the waiter leaves the line with the reason.
+FINAL = frozenset({"not_allowed", "unknown_product", "version_not_licensed", "license_expired"})
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    waiter: Waiter
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueOutcome:
+    """A waiter that left the line in ``drain``: with its seat, or refused for good."""
+
+    waiter: Waiter
+    result: Granted | Denied
+
+
+def asker_of(holder: Holder) -> Asker:
+    return Asker(holder.user, holder.host, holder.addr)
+
+
+class SeatGate:
+    def __init__(
+        self, pool: SeatPool, borrowers: Callable[[str], Iterable[Asker]] = lambda p: ()
+    ) -> None:
+        self.pool = pool
+        self.borrowers = borrowers
+        """Who holds the product's borrowed seats (they count for MAX and reservations)."""
+        self.policy = NO_POLICY
+        self.rules: dict[str, ProductRules] = {}
+        """Products whose checkouts consult the policy; absent means "no rule: go ahead"."""
+        self.queue = SeatQueue()
+
+    # ------------------------------------------------------------------------------ policy
+
+    def set_policy(self, policy: Policy) -> list[str]:
+        """Apply ``policy`` to new checkouts at once; held seats are never taken away. Returns
+        the diff. The caller drains every product afterwards (rules may have opened seats)."""
+        changes = diff(self.policy, policy)
+        self.policy = policy
+        self.rules = policy.seat_rules()
+        return changes
+
+    def holders(self, product: str, now: float) -> Counter[Asker]:
+        """Everyone holding a seat of ``product`` at ``now`` (live leases and borrowers), with
+        how many seats each holds. O(seats held): see the README's note on the policy's cost."""
+        who = Counter(
+            (x.holder.user, x.holder.host, x.holder.addr)
+            for x in self.pool.leases(product)
+            if x.expires > now
+        )
+        out: Counter[Asker] = Counter({Asker(*k): n for k, n in who.items()})
+        out.update(self.borrowers(product))
+        return out
+
+    def capacity(self, product: str) -> int:
+        return self.pool.seats(product) - self.pool.held(product)
+
+    # ----------------------------------------------------------------------------- seats
+
+    def checkout(
+        self, product: str, version: str, owner: bytes, holder: Holder, now: float
+    ) -> Granted | Denied:
+        rules = self.rules.get(product)
+        if rules is not None:
+            refused = self._refused(product, rules, holder, now)
+            if refused is not None:
+                return refused
+        return self.pool.checkout(product, version, owner, holder, now)
+
+    def _refused(
+        self, product: str, rules: ProductRules, holder: Holder, now: float
+    ) -> Denied | None:
+        if product not in self.pool.products:
+            return None  # the pool says unknown_product
+        holders = self.holders(product, now)
+        verdict = decide(
+            self.policy, product, rules, self.capacity(product), asker_of(holder), holders
+        )
+        if isinstance(verdict, Refuse):
+            return Denied(verdict.code, verdict.message)
+        return None
+
+    def borrow_refused(
+        self, product: str, who: Asker, borrowed_by_user: int, now: float
+    ) -> Denied | None:
+        """The policy's word on a borrow (the desk checks the key's terms and the free seat)."""
+        rules = self.policy.products.get(product)
+        if rules is None or product not in self.pool.products:
+            return None
+        verdict = decide_borrow(
+            self.policy,
+            product,
+            rules,
+            self.capacity(product),
+            who,
+            self.holders(product, now),
+            self.pool.borrowed(product),
+            borrowed_by_user,
+        )
+        if isinstance(verdict, Refuse):
+            return Denied(verdict.code, verdict.message)
+        return None
+
+    # ----------------------------------------------------------------------------- queue
+
+    def join(
+        self, ticket: bytes, product: str, version: str, owner: bytes, holder: Holder, now: float
+    ) -> Granted | Denied | Joined:
+        """A checkout that waits: the seat at once if this client may take one now, a refusal
+        that waiting cannot change, or a place at the end of the line."""
+        result = self.checkout(product, version, owner, holder, now)
+        if isinstance(result, Granted) or result.code in FINAL:
+            return result
+        waiter = Waiter(ticket, product, version, owner, asker_of(holder), holder.app, now, now)
+        return Joined(waiter, self.queue.join(waiter))
+
+    def drain(self, product: str, now: float) -> list[QueueOutcome]:
+        """Offer ``product``'s free seats to its waiters, first come first served among those
+        who may take them."""
+        if not self.queue.waiting(product):
+            return []
+        results: dict[bytes, Granted | Denied] = {}
+        pool = self.pool
+
+        def offer(w: Waiter) -> Offer:
+            if pool.free(product) <= 0:
+                pool.expire(now)
+                if pool.free(product) <= 0:
+                    return "full"
+            who = w.who
+            holder = Holder(who.user, who.host, w.app, w.version, who.addr)
+            result = self.checkout(product, w.version, w.owner, holder, now)
+            results[w.ticket] = result
+            if isinstance(result, Granted):
+                return "granted"
+            return "drop" if result.code in FINAL else "skip"
+
+        return [QueueOutcome(w, results[w.ticket]) for w, _ in self.queue.drain(product, offer)]
+
+    def drain_all(self, now: float) -> list[QueueOutcome]:
+        out: list[QueueOutcome] = []
+        for product in list(self.pool.products):
+            out.extend(self.drain(product, now))
+        return out
+
+    def leases_freed(self, leases: Iterable[Lease], now: float) -> list[QueueOutcome]:
+        """Seats of these leases came back: drain their products."""
+        out: list[QueueOutcome] = []
+        for product in {x.product for x in leases}:
+            out.extend(self.drain(product, now))
+        return out
