@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import json
 import math
 from collections.abc import Collection
@@ -465,9 +466,17 @@ def verify_borrowed_file(data: bytes, check: FileCheck) -> BorrowedLicense:
             "this licence file is bound to another machine (was it copied?)", "file_wrong_machine"
         )
     if check.last_seen is not None and check.now < check.last_seen - CLOCK_TOLERANCE:
+        # Also what a clock that once ran ahead leaves behind (last_seen in the future): say
+        # both ways out, since the laptop cannot tell which of the two times was wrong.
+        ok_from = check.last_seen - CLOCK_TOLERANCE
+        try:
+            until = f"{dt.datetime.fromtimestamp(ok_from, dt.UTC):%Y-%m-%d %H:%M} UTC"
+        except (OverflowError, ValueError, OSError):
+            until = f"{ok_from:.0f} (UTC seconds)"
         raise BorrowedFileError(
-            "the clock of this machine was set back: borrowed licences are refused until it is "
-            "right again",
+            "the clock of this machine was set back (or was once ahead): borrowed licences are "
+            "refused until it is right again. To recover, set the clock right and connect to "
+            f"the server once (e.g. lanlic info), or wait until {until}",
             "clock_set_back",
         )
     # A laptop's clock a little behind the server's must not refuse a file it was just given.

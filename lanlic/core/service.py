@@ -82,6 +82,15 @@ def handshake_payload(nonce: bytes, client_id: bytes, server_id: str, vendor_fp:
     return out
 
 
+def server_time_payload(nonce: bytes, client_id: bytes, server_id: str, time: float) -> bytes:
+    """The bytes the server signs over its wall time in a welcome (after the server-time domain
+    prefix): the client's nonce makes the signed time fresh, so no recorded one can be replayed."""
+    out: bytes = msgpack.packb(
+        [nonce, client_id, server_id, float(time)], use_bin_type=True, use_single_float=False
+    )
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     message: m.Message | None
@@ -268,7 +277,7 @@ class LicenseService:
         if isinstance(msg, m.Release):
             return self._release(session, msg, now)
         if isinstance(msg, m.Hello):
-            return self._hello(session, msg)
+            return self._hello(session, msg, wall)
         if isinstance(msg, m.Status):
             return Reply(self.status(msg.id, now, wall))
         if isinstance(msg, m.Borrow):
@@ -304,7 +313,7 @@ class LicenseService:
             return Reply(None, durable=result)
         return Reply(result)
 
-    def _hello(self, session: Session, msg: m.Hello) -> Reply:
+    def _hello(self, session: Session, msg: m.Hello, wall: float) -> Reply:
         common = set(msg.versions).intersection(m.PROTOCOL_VERSIONS)
         if not common:
             return Reply(
@@ -338,6 +347,11 @@ class LicenseService:
         session.client_id = msg.client_id
         session.holder = Holder(msg.user, msg.host, msg.app, "", session.addr)
         payload = handshake_payload(msg.nonce, msg.client_id, self.server_id, self.key.vendor_fp)
+        # The time is signed only over a nonce: without one it could be a recording (SPEC 12).
+        time_sig = b""
+        if msg.nonce:
+            signed = server_time_payload(msg.nonce, msg.client_id, self.server_id, wall)
+            time_sig = signing.sign(self._server_key, signing.DOMAIN_SERVER_TIME, signed)
         return Reply(
             m.Welcome(
                 id=msg.id,
@@ -350,6 +364,8 @@ class LicenseService:
                 vendor_fp=self.key.vendor_fp,
                 customer=self.key.customer,
                 epoch=self.guard.epoch,
+                time=wall if msg.nonce else 0.0,
+                time_signature=time_sig,
             )
         )
 

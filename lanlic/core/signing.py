@@ -29,6 +29,7 @@ __all__ = [
     "DOMAIN_HANDSHAKE",
     "DOMAIN_LOCAL_STATE",
     "DOMAIN_NETWORK_KEY",
+    "DOMAIN_SERVER_TIME",
     "PUBLIC_KEY_SIZE",
     "SIGNATURE_SIZE",
     "fingerprint",
@@ -50,6 +51,8 @@ DOMAIN_ENROLLMENT: Final = b"lanlic/v1/enrollment\x00"
 DOMAIN_CONTAINER_REQUEST: Final = b"lanlic/v1/container-request\x00"
 #: The client's local borrowing state (last-seen time, returned borrows), signed by its container.
 DOMAIN_LOCAL_STATE: Final = b"lanlic/v1/local-state\x00"
+#: The server's wall time in its welcome, over the client's nonce: a time a laptop can trust.
+DOMAIN_SERVER_TIME: Final = b"lanlic/v1/server-time\x00"
 #: Every domain a signature may be made in.
 DOMAINS: Final = frozenset(
     {
@@ -59,6 +62,7 @@ DOMAINS: Final = frozenset(
         DOMAIN_ENROLLMENT,
         DOMAIN_CONTAINER_REQUEST,
         DOMAIN_LOCAL_STATE,
+        DOMAIN_SERVER_TIME,
     }
 )
 

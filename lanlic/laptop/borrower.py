@@ -265,6 +265,11 @@ class Borrower:
             states[name] = reply.state
             if reply.state in ("returned", "expired"):
                 home.deactivate(lic.borrow_id, self.clock())
+        # Re-anchor only on a time the server signed over our fresh nonce (``server_time``),
+        # by a key this container enrolled with: a forged or recorded time must not undo the
+        # clock check (SPEC 12, Offline use).
+        if client.server_time is not None and client.server_key in home.trusted_server_keys():
+            home.reanchor(client.server_time)
         home.touch(self.clock())
         return states
 

@@ -343,6 +343,16 @@ class ContainerHome:
         last_seen = now if state.last_seen is None else max(state.last_seen, now)
         self._save_state(LocalState(last_seen=last_seen, returned=returned))
 
+    def reanchor(self, server_time: float) -> None:
+        """Pull the latest time seen back to ``server_time`` if it is ahead of it: after a clock
+        that once ran ahead (and was put right), a still-valid file works again. Only for a time
+        the server signed over this connection's fresh nonce, by a key this container trusts
+        (``Borrower`` checks both); an unsigned or recorded time would undo the clock check."""
+        server_time = _check_now(server_time)
+        state = self._load_state()
+        if state.last_seen is not None and state.last_seen > server_time:
+            self._save_state(LocalState(last_seen=server_time, returned=state.returned))
+
     def touch(self, now: float) -> None:
         """Remember ``now`` as seen (it never goes back): after every server contact and check."""
         self._advance(self._load_state(), _check_now(now))

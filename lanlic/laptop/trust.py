@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from lanlic import osdeps
 from lanlic.core import signing
-from lanlic.core.service import handshake_payload
+from lanlic.core.service import handshake_payload, server_time_payload
 from lanlic.errors import LanlicError, ServerKeyChanged, ServerUntrusted
 from lanlic.proto import messages as m
 
@@ -55,6 +55,7 @@ __all__ = [
     "config_dir",
     "configured_server",
     "fingerprint_of",
+    "verify_server_time",
     "verify_welcome",
 ]
 
@@ -154,6 +155,22 @@ def verify_welcome(
             "it cannot prove it holds that key, so it is not trusted"
         )
     return ServerIdentity(welcome.server_key, welcome.vendor_fp, welcome.customer)
+
+
+def verify_server_time(welcome: m.Welcome, nonce: bytes, client_id: bytes) -> float | None:
+    """The server's wall time from ``welcome`` if its key signed it over this connection's fresh
+    ``nonce`` (so it is neither forged nor a recording), else None. The caller still decides
+    whether it trusts the key (``verify_welcome``, pins, the key a borrowed file names)."""
+    if len(nonce) != m.NONCE_SIZE or not welcome.time_signature or welcome.time <= 0:
+        return None
+    try:
+        public = signing.public_from_bytes(welcome.server_key)
+    except ValueError:
+        return None
+    payload = server_time_payload(nonce, client_id, welcome.server_id, welcome.time)
+    if not signing.verify(public, signing.DOMAIN_SERVER_TIME, payload, welcome.time_signature):
+        return None
+    return welcome.time
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,7 +66,13 @@ from lanlic.errors import (
     ServerUntrusted,
     error_for_code,
 )
-from lanlic.laptop.trust import TrustStore, configured_server, fingerprint_of, verify_welcome
+from lanlic.laptop.trust import (
+    TrustStore,
+    configured_server,
+    fingerprint_of,
+    verify_server_time,
+    verify_welcome,
+)
 from lanlic.proto import messages as m
 from lanlic.proto.framing import FrameDecoder, encode_frame
 
@@ -302,6 +308,7 @@ class Client:
         self.heartbeat_s = 20.0
         self.server_id = ""
         self.server_key = b""
+        self.server_time: float | None = None
         self.customer = ""
         self.epoch = 0
         """The epoch of the server this client last spoke to."""
@@ -423,6 +430,9 @@ class Client:
         self.epoch = welcome.epoch
         self.server_id, self.server_key = welcome.server_id, welcome.server_key
         self.customer = welcome.customer
+        # The server's time as of this handshake, if signed over our nonce (re-anchors a
+        # borrowing laptop's clock check, SPEC 12); None from a server that does not send it.
+        self.server_time = verify_server_time(welcome, nonce, self.client_id)
         self._connected.set()
 
     def _check_server(self, welcome: m.Welcome, nonce: bytes) -> None:

@@ -201,6 +201,10 @@ class Welcome(Message):
     epoch: int = 0
     """How many times this server's data folder has been started: a client whose seats came
     from an older epoch reclaims them (``reclaim``) instead of renewing them."""
+    time: float = 0.0
+    """The server's UTC wall time (seconds) when it answered; 0 when not sent."""
+    time_signature: bytes = b""
+    """Signature by the server key over the server-time domain, the nonce, ids and ``time``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -614,7 +618,7 @@ def _checker_for(cls: type[Message], f: dataclasses.Field[Any]) -> Any:
         return partial(_check_bytes, t, name, size=LEASE_ID_SIZE)
     if name == "server_key":
         return partial(_check_bytes, t, name, size=None)
-    if name == "signature":
+    if name in ("signature", "time_signature"):
         return partial(_check_bytes, t, name, size=None)
     if name == "versions":
         return partial(_check_versions, t, name)

@@ -473,3 +473,12 @@ def test_touch_only_moves_forward(home: ContainerHome) -> None:
     assert home.state().last_seen == T0 + DAY
     with pytest.raises(ValueError):
         home.touch(float("nan"))
+
+
+def test_reanchor_pulls_a_latest_time_ahead_back_never_forward(tmp_path: Path, fp_a: str) -> None:
+    h = ContainerHome.create(tmp_path / "h", "act", fp_a)
+    h.touch(1_800_000_000.0 + DAY)  # a clock once a day ahead
+    h.reanchor(1_800_000_000.0)  # a time the server signed over this connection's nonce
+    assert h.state().last_seen == 1_800_000_000.0
+    h.reanchor(1_800_000_000.0 + 2 * DAY)  # never pushed forward: only the local clock does
+    assert h.state().last_seen == 1_800_000_000.0

@@ -22,6 +22,7 @@ ALL_DOMAINS = [
     signing.DOMAIN_ENROLLMENT,
     signing.DOMAIN_CONTAINER_REQUEST,
     signing.DOMAIN_LOCAL_STATE,
+    signing.DOMAIN_SERVER_TIME,
 ]
 PRIVATE = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 PUBLIC = PRIVATE.public_key()
@@ -35,6 +36,7 @@ def test_domain_values_are_fixed() -> None:
     assert signing.DOMAIN_ENROLLMENT == b"lanlic/v1/enrollment\x00"
     assert signing.DOMAIN_CONTAINER_REQUEST == b"lanlic/v1/container-request\x00"
     assert signing.DOMAIN_LOCAL_STATE == b"lanlic/v1/local-state\x00"
+    assert signing.DOMAIN_SERVER_TIME == b"lanlic/v1/server-time\x00"
     assert set(ALL_DOMAINS) == signing.DOMAINS
 
 

@@ -4,6 +4,7 @@ folders, with controllable wall clocks on both sides (days pass in numbers, not 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from lanlic.errors import BorrowedFileError, BorrowRefused, NoSeat, ServerUnavai
 from lanlic.laptop.borrower import Borrower
 from lanlic.net.client import Client
 from lanlic.net.server import LicenseServer, ServerLimits
+from lanlic.proto import messages as m
 from lanlic.store import Store
 
 DAY = 86400.0
@@ -233,6 +235,64 @@ async def test_a_clock_set_back_is_refused(start_server: Any, tmp_path: Path, cl
     with pytest.raises(BorrowedFileError) as refused:
         ann.offline("cad")
     assert refused.value.code == "clock_set_back"
+
+
+@pytest.mark.parametrize("welcome", ["genuine", "forged", "unsigned", "replayed"])
+async def test_a_clock_once_ahead_recovers_when_the_laptop_reaches_the_server(
+    start_server: Any, tmp_path: Path, clock: Clock, welcome: str, monkeypatch: Any
+) -> None:
+    """A laptop clock that jumped a day ahead once (then was put right) locks a still-valid
+    file with clock_set_back; reaching the server re-anchors the latest time seen to the time
+    the server signed over this connection's nonce. A welcome whose time was edited, is not
+    signed, or was recorded from an earlier connection re-anchors nothing."""
+    site = Site(start_server, tmp_path, clock, "act")
+    server = await site.start()
+    recorded: list[m.Welcome] = []
+    real_hello = server.service._hello
+
+    def hello(session: Any, msg: m.Hello, wall: float) -> Any:
+        reply = real_hello(session, msg, wall)
+        sent = reply.message
+        assert isinstance(sent, m.Welcome) and sent.time_signature
+        recorded.append(sent)
+        if len(recorded) == 1 or welcome == "genuine":
+            return reply
+        if welcome == "forged":
+            sent = dataclasses.replace(sent, time=sent.time - 1.0)
+        elif welcome == "unsigned":
+            sent = dataclasses.replace(sent, time_signature=b"")
+        else:  # the welcome of the first connection, played back
+            old = recorded[0]
+            sent = dataclasses.replace(sent, time=old.time, time_signature=old.time_signature)
+        return dataclasses.replace(reply, message=sent)
+
+    monkeypatch.setattr(server.service, "_hello", hello)
+    laptop_clock = Clock()
+    ann = make_laptop(tmp_path, "ann", laptop_clock)
+    async with Client(server.address) as c:
+        await ann.enroll(c, "ann", "lt")
+        await ann.borrow(c, "cad", days=10)
+    laptop_clock.t += DAY  # the laptop's clock jumps a day ahead, and lanlic runs
+    ann.offline("cad")
+    clock.t += 3600.0
+    laptop_clock.t = clock.t  # put right: an hour after the borrow
+    with pytest.raises(BorrowedFileError) as refused:
+        ann.offline("cad")
+    assert refused.value.code == "clock_set_back"
+    assert "connect to the server once" in refused.value.message
+    assert "or wait until 2027-01-16 07:50 UTC" in refused.value.message  # last_seen - 10 min
+
+    async with Client(server.address) as c:
+        await ann.check_online(c)
+    if welcome == "genuine":
+        assert ann.offline("cad").product == "cad"
+        await site.stop()  # and on, offline
+        laptop_clock.t += DAY
+        assert ann.offline("cad").product == "cad"
+    else:
+        with pytest.raises(BorrowedFileError) as still:
+            ann.offline("cad")
+        assert still.value.code == "clock_set_back"
 
 
 async def test_admin_lowers_the_terms_while_the_server_runs(
