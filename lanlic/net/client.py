@@ -809,7 +809,7 @@ class Client:
                     await asyncio.wait_for(self._renew_all(), max(self.heartbeat_s, 0.05))
             elif self.connected and self._waiting:
                 # Waiting in line with no seat: an empty renew says this client is alive, or
-                # the server drops it from the line (SPEC section 17).
+                # the server drops it from the line (SPEC section 16).
                 with contextlib.suppress(ServerUnavailable, TimeoutError):
                     renew = self._send_request(m.Renew(id=self._take_id(), leases=[]))
                     await asyncio.wait_for(renew, max(self.heartbeat_s, 0.05))
