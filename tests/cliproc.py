@@ -9,6 +9,7 @@ reads). Every wait is bounded.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import secrets
@@ -270,4 +271,18 @@ def read_json_line(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, A
         line += chunk
     out = json.loads(line)
     assert isinstance(out, dict)
+    return out
+
+
+def issue_network_key(
+    vendor: Path, out: Path, customer: str, kind: str, products: tuple[str, ...]
+) -> Path:
+    """``lanlic vendor issue`` a network key for a year with ``vendor``'s key (from
+    ``vendor keygen --out vendor``), borrow kind ``kind`` and ``products`` (NAME:SEATS...)."""
+    expires = (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=365)).isoformat()
+    args = ["vendor", "issue", "--vendor-key", str(vendor / "vendor.key"), "--customer", customer]
+    args += ["--expires", expires, "--borrow-kind", kind, "--out", str(out), "--json"]
+    for product in products:
+        args += ["--product", product]
+    ok(run(args))
     return out

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cliproc import Laptop, Procs, fails, ok, run
+from cliproc import Laptop, Procs, fails, issue_network_key, ok, run
 
 DAY = 86400.0
 ACT_PRODUCTS = (
@@ -45,26 +45,18 @@ def vendor(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _issue(vendor: Path, out: Path, customer: str, kind: str, products: tuple[str, ...]) -> Path:
-    expires = (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=365)).isoformat()
-    args = ["vendor", "issue", "--vendor-key", str(vendor / "vendor.key"), "--customer", customer]
-    args += ["--expires", expires, "--borrow-kind", kind, "--out", str(out), "--json"]
-    for product in products:
-        args += ["--product", product]
-    ok(run(args))
-    return out
-
-
 @pytest.fixture(scope="module")
 def act_key(vendor: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("act") / "net.lic"
-    return _issue(vendor, out, "ACME Engineering", "act", ACT_PRODUCTS)
+    return issue_network_key(vendor, out, "ACME Engineering", "act", ACT_PRODUCTS)
 
 
 @pytest.fixture(scope="module")
 def key_key(vendor: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("key") / "net.lic"
-    return _issue(vendor, out, "ACME Field Office", "key", ("cad:3:borrowable=2:max-days=14",))
+    return issue_network_key(
+        vendor, out, "ACME Field Office", "key", ("cad:3:borrowable=2:max-days=14",)
+    )
 
 
 def borrow(laptop: Laptop, port: int, *args: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import datetime as dt
 import re
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -165,8 +166,16 @@ def test_times_are_local_with_their_zone_and_iso_utc_in_json(site: dict[str, Any
     # A refusal names who asked; no epoch seconds in the details.
     fails(run(["borrow", "render", "--server", site["server"], "--days", "1", "--json"], laptop),
           "not_borrowable")  # fmt: skip
-    history = run(["admin", "history"], site["env"]).stdout
-    refusal = next(x for x in history.splitlines() if " refusal " in x)
+    # History is written in batches about once a second: wait for the refusal's.
+    deadline = time.monotonic() + 15
+    while True:
+        history = run(["admin", "history"], site["env"]).stdout
+        refusals = [x for x in history.splitlines() if " refusal " in x]
+        if refusals or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert refusals, history
+    refusal = refusals[0]
     assert "dana" in refusal and socket.gethostname() in refusal, history
     assert LOCAL.search(refusal) and not re.search(r"\b\d{10}\b", history), history
     borrowed = next(x for x in history.splitlines() if " borrow " in x)

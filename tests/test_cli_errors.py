@@ -200,6 +200,11 @@ def bad_arguments(s: dict[str, Any]) -> list[list[str]]:
         ["admin", "enroll", "--accept", "/missing.json", "--out", f"{tmp}/resp.json"],
         ["admin", "enroll", "--accept", garbage, "--out", f"{tmp}/resp.json"],
         ["admin", "enroll", "--accept", garbage, "--out", f"{tmp}/r.json", "--data", "/missing"],
+        # service (refused while the command line is read: nothing is installed or removed)
+        ["service", "print-unit", "--system", "nope"],
+        ["service", "install"],  # no network key given
+        ["service", "install", "--system", "nope", "--license", lic, "--vendor-pub", lic],
+        ["service", "remove", "--system", "nope"],
         # gui (its window needs a display; the test gives it none)
         ["gui", "--nope"],
         ["gui", "--server", s["server"]],
@@ -285,7 +290,7 @@ def test_the_table_covers_every_subcommand(site: dict[str, Any]) -> None:
                 names.add(name)
     covered = set()
     for args in bad_arguments(site):
-        if args and args[0] in ("vendor", "admin") and len(args) > 1:
+        if args and args[0] in ("vendor", "admin", "service") and len(args) > 1:
             covered.add(f"{args[0]} {args[1]}")
         elif args:
             covered.add(args[0])

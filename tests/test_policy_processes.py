@@ -6,7 +6,6 @@ bounded; the ``procs`` fixture ends every process a test starts.
 
 from __future__ import annotations
 
-import datetime as dt
 import signal
 import time
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cliproc import Laptop, Procs, fails, ok, run
+from cliproc import Laptop, Procs, fails, issue_network_key, ok, run
 
 from lanlic.store import Store
 
@@ -36,13 +35,7 @@ def vendor(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def net_key(vendor: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("key") / "net.lic"
-    expires = (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=365)).isoformat()
-    args = ["vendor", "issue", "--vendor-key", str(vendor / "vendor.key"), "--customer", "ACME"]
-    args += ["--expires", expires, "--borrow-kind", "act", "--out", str(out), "--json"]
-    for product in PRODUCTS:
-        args += ["--product", product]
-    ok(run(args))
-    return out
+    return issue_network_key(vendor, out, "ACME", "act", PRODUCTS)
 
 
 def load(data: Path, text: str, tmp: Path) -> Any:

@@ -172,12 +172,15 @@ def cmd_admin_history(args: argparse.Namespace) -> int:
     import sqlite3
 
     from lanlic.admin.views import csv_cell
-    from lanlic.store import StoreError, history
+    from lanlic.store import Store, StoreError, history
 
     if args.csv and args.json:
         raise CliError("choose one of --csv and --json")
     since = None if args.since is None else _parse_since(args.since)
     db_path = existing_database(data_folder(args))
+    # A corrupt or newer database is refused before the first row is written: once streaming
+    # has begun, a refusal could no longer be the command's only output.
+    Store.open_readonly(db_path).close()
     filters = history.Filters(since=since, product=args.product)
     out = sys.stdout
     try:

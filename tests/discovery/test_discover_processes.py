@@ -205,9 +205,14 @@ async def test_serve_refuses_to_announce_where_it_does_not_listen(
     lic, pub = vendor_files
     env = cli_env(tmp_path / "config")
     code, _, err = await run_cli(
+        "serve", *serve_args(lic, pub, tmp_path / "data", "--interface", "::1"), env=env
+    )  # ::1 is this host's (loopback, so nothing could leave it) but not where serve listens
+    assert code == 1 and "listens on 127.0.0.1 only" in err, err
+    # An address that is not this host's is refused while the command line is read.
+    code, _, err = await run_cli(
         "serve", *serve_args(lic, pub, tmp_path / "data", "--interface", "10.11.12.13"), env=env
     )
-    assert code == 1 and "listens on 127.0.0.1 only" in err
+    assert code == 1 and "10.11.12.13 is not an address of this host" in err, err
 
 
 async def test_killed_server_restarted_on_another_port_is_found_again(

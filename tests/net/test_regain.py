@@ -63,7 +63,8 @@ class ServerProcess:
                 [sys.executable, "-m", "lanlic.cli", "serve", "--license", str(self.lic),
                  "--vendor-pub", str(self.pub), "--data", str(self.folder / "data"),
                  "--host", "127.0.0.1", "--port", str(self.port), "--no-mdns", "--no-admin",
-                 "--json", "--lease", str(LEASE), "--heartbeat", str(HEARTBEAT)],
+                 "--json", "--lease", str(LEASE), "--heartbeat", str(HEARTBEAT),
+                 "--allow-short-lease"],
                 stdout=subprocess.PIPE, stderr=err, env=env,
             )  # fmt: skip
         event = read_json_line(self.proc, 30)

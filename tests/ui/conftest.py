@@ -14,7 +14,6 @@ with LANLIC_UPDATE_DOCS=1, the README's copy in docs/ is refreshed too.
 
 from __future__ import annotations
 
-import datetime as dt
 import gc
 import os
 import shutil
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cliproc import Laptop, Procs, ok, run
+from cliproc import Laptop, Procs, issue_network_key, ok, run
 
 from lanlic.laptop.borrower import Borrower
 from lanlic.ui.session import Session
@@ -92,16 +91,6 @@ def vendor(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def issue(vendor: Path, out: Path, customer: str, kind: str, products: tuple[str, ...]) -> Path:
-    expires = (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=365)).isoformat()
-    args = ["vendor", "issue", "--vendor-key", str(vendor / "vendor.key"), "--customer", customer]
-    args += ["--expires", expires, "--borrow-kind", kind, "--out", str(out), "--json"]
-    for product in products:
-        args += ["--product", product]
-    ok(run(args))
-    return out
-
-
 @pytest.fixture(scope="module")
 def act_key(vendor: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     products = (
@@ -109,14 +98,15 @@ def act_key(vendor: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         "cad-render:2:addon",
         "viewer:2",
     )
-    return issue(vendor, tmp_path_factory.mktemp("act") / "net.lic", "ACME Engineering", "act",
-                 products)  # fmt: skip
+    out = tmp_path_factory.mktemp("act") / "net.lic"
+    return issue_network_key(vendor, out, "ACME Engineering", "act", products)
 
 
 @pytest.fixture(scope="module")
 def key_key(vendor: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return issue(vendor, tmp_path_factory.mktemp("key") / "net.lic", "ACME Field Office", "key",
-                 ("cad:3:borrowable=2:max-days=14",))  # fmt: skip
+    out = tmp_path_factory.mktemp("key") / "net.lic"
+    products = ("cad:3:borrowable=2:max-days=14",)
+    return issue_network_key(vendor, out, "ACME Field Office", "key", products)
 
 
 @pytest.fixture

@@ -513,16 +513,21 @@ function renderPolicy(ov) {
 
 async function savePolicy(product, borrowable, days) {
   const num = (input) => (input.value === "" ? null : Number(input.value));
+  // The table is drawn again before the message shows, so what the message says is what the
+  // page shows (and a quick next edit is not lost to the redraw).
+  let message, failed = false;
   try {
     const r = await api("PUT", `/api/policy/${encodeURIComponent(product)}`, {
       borrowable: num(borrowable), max_borrow_days: num(days),
     });
-    flash(`${product}: at most ${r.borrowable} seats borrowable, for up to ${r.max_borrow_days} days.`);
+    message = `${product}: at most ${r.borrowable} seats borrowable, for up to ${r.max_borrow_days} days.`;
   } catch (e) {
-    flash(`Not saved: ${e.message}`, true);
+    message = `Not saved: ${e.message}`;
+    failed = true;
   }
   await refresh();
   renderPolicy(state.overview);
+  flash(message, failed);
 }
 
 async function loadSeatPolicy() {
