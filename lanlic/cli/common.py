@@ -214,13 +214,14 @@ def add_data(sp: argparse.ArgumentParser) -> None:
 def run_async(coro: Any) -> Any:
     """Run ``coro`` on uvloop when it is installed, else on asyncio (outside the ``except``, so
     no error of the command is chained to the missing uvloop)."""
+    run: Callable[[Any], Any]
     try:
         import uvloop
+
+        run = uvloop.run
     except ImportError:
-        uvloop = None  # type: ignore[assignment]
-    if uvloop is not None:
-        return uvloop.run(coro)
-    return asyncio.run(coro)
+        run = asyncio.run
+    return run(coro)
 
 
 def vendor_key(text: str | None) -> Any:
