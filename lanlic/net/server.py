@@ -426,6 +426,17 @@ class LicenseServer:
             return warnings, store.restart_state()
 
         warnings, state = await self.loop.run_in_executor(self._store_thread, read)
+        watch = self.policy_watch
+        if watch is not None:
+            # The seat policy file is in force from the first request, not from the first
+            # reload a second later, and its state file (the key's products, which
+            # `admin policy --load` checks against) is written before anyone can connect.
+            found = await self.loop.run_in_executor(self._store_thread, watch.check)
+            if isinstance(found, PolicyError):
+                log.error("seat policy not applied: %s", found)
+                self._history_event(("policy_refused", "", "", "", str(found)[:2000]))
+            elif found is not None:
+                self.service.set_policy(found, self.now())
         epoch = state.epoch
         held = self.service.guard.start(state, self.loop.time())
         for w in warnings:
