@@ -13,12 +13,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lanlic import osdeps
 from lanlic.core.policy import NO_POLICY, Policy, PolicyError, diff, parse
 
 __all__ = ["POLICY_FILE", "STATE_FILE", "LoadPlan", "PolicyWatch", "install", "plan", "read"]
@@ -79,20 +79,16 @@ def plan(folder: Path, text: str) -> LoadPlan:
 
 
 def install(folder: Path, text: str) -> None:
-    """Put ``text`` in place as the policy file, whole or not at all (write, fsync, rename)."""
-    path = folder / POLICY_FILE
-    tmp = path.with_name(path.name + ".new")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Put ``text`` in place as the policy file, whole or not at all (write, fsync, rename),
+    private like every file of the data folder."""
+    osdeps.write_atomic(folder / POLICY_FILE, text.encode("utf-8"))
 
 
 def write_state(folder: Path, data: dict[str, Any]) -> None:
-    tmp = folder / (STATE_FILE + ".new")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, folder / STATE_FILE)
+    """The server's word on the policy file, for the admin commands: private (0600) like every
+    file of the data folder, and whole or not at all."""
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    osdeps.write_atomic(folder / STATE_FILE, text.encode("utf-8"))
 
 
 class PolicyWatch:
