@@ -16,10 +16,10 @@ for borrows, is checked against a clock that never jumps (``wall``, ``lanlic.cor
 Connections that stall are closed by one housekeeping sweep a second (no timer per connection):
 no hello within ``handshake_timeout`` of the connect, a frame not complete within
 ``frame_timeout`` of its first byte (a trickle does not reset it), or replies left unread above
-``write_buffer_high`` for ``write_timeout`` (reading stops meanwhile, so a peer that does not read
-cannot make the server buffer more). Past ``max_connections`` (by default the open-file limit less
-a reserve) a new connection is told ``server_busy`` and closed, before ``accept`` could run out of
-descriptors.
+``write_buffer_high`` for ``write_timeout`` (reading stops meanwhile, and the rest of the read
+being handled waits, so a peer that does not read cannot make the server buffer more). Past
+``max_connections`` (by default the open-file limit less a reserve) a new connection is told
+``server_busy`` and closed, before ``accept`` could run out of descriptors.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ from lanlic.core.refusals import RefusalTally
 from lanlic.core.restart import RestartState
 from lanlic.core.service import EventFields, LicenseService
 from lanlic.core.service import Session as _Session
+from lanlic.errors import BadFrame
 from lanlic.proto import messages as m
-from lanlic.proto.connection import ConnState, RequestError, ServerConnection
+from lanlic.proto.connection import ConnState, FatalError, RequestError, ServerConnection
 from lanlic.proto.framing import encode_frame
 from lanlic.server.policyfile import PolicyWatch
 from lanlic.store import Store
@@ -83,7 +84,9 @@ class ServerLimits:
     is not reading them) before the connection is closed."""
     write_buffer_high: int = 256 * 1024
     """Unsent bytes a connection may have before the server stops reading its requests
-    (and starts its write timeout); it reads again below a quarter of this."""
+    (and starts its write timeout); it reads again below a quarter of this. A read's replies
+    are written in slices of a quarter of this, and the requests after the slice that crossed
+    it wait until the peer reads: a connection holds at most this, a slice and one reply."""
     write_buffer_max: int = 4 * 1024 * 1024
     """Bytes of replies one read of requests may ask for (small requests with big replies,
     such as ``status``, pipelined by a peer that does not read): past it the connection is
@@ -92,7 +95,7 @@ class ServerLimits:
     """Bytes of unsent replies all connections together may hold. Past it the connections
     holding the most are closed, largest first, until the rest fit: peers that pipeline and
     never read cannot add up to more memory than this, however many they are (the server
-    holds at most this plus one read's replies, ``write_buffer_max``)."""
+    holds at most this plus one connection's share, ``write_buffer_high`` and a slice)."""
     max_connections: int | None = None
     """New connections beyond this are told ``server_busy`` and closed. None: the process's
     open-file limit (``RLIMIT_NOFILE``) less ``fd_reserve``, so the cap is met before the OS
@@ -141,6 +144,7 @@ class _Protocol(asyncio.Protocol):
         "_transport",
         "frame_started",
         "heard",
+        "held",
         "opened",
         "queued",
         "write_paused",
@@ -161,6 +165,9 @@ class _Protocol(asyncio.Protocol):
         """Since when replies have piled up past the high-water mark (None: they have not)."""
         self.queued = 0
         """Unsent reply bytes when last looked at (counted in ``LicenseServer.queued_bytes``)."""
+        self.held: tuple[list[dict[str, Any] | BadFrame], FatalError | None] | None = None
+        """Frames already read but not yet handled, and the fatal error after them: kept while
+        the peer does not read its replies (``write_buffer_high``), handled once it does."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
@@ -191,7 +198,10 @@ class _Protocol(asyncio.Protocol):
         self._server.note_queued(self)
         if self.frame_started is not None:
             self.frame_started = self._server.loop.time()  # its rest waited on us, not the peer
-        if self._transport is not None and not self._closing:
+        held, self.held = self.held, None
+        if held is not None and not self._closing:
+            self._handle(*held, self._server.now())  # may pile replies up past the mark again
+        if self._transport is not None and not self._closing and self.write_paused is None:
             self._transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -200,19 +210,13 @@ class _Protocol(asyncio.Protocol):
         self._server.connections.discard(self)
         self._server.queued_bytes -= self.queued
         self.queued = 0
+        self.held = None
         self._server.forget_owner(self._session.client_id, self)
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
-        srv = self._server
-        now = srv.now()
-        wall = srv.wall()
-        out: list[bytes] = []
-        spent = 0  # bytes of replies made off the fast path (whose replies are small)
-        close = False
-        service = srv.service
-        session = self._session
+        now = self._server.now()
         conn = self._conn
         self.heard = now
         frames, fatal = conn.receive_frames(data)
@@ -221,8 +225,35 @@ class _Protocol(asyncio.Protocol):
             self.frame_started = None
         elif frames or self.frame_started is None:
             self.frame_started = now
+        if self.held is not None:  # not expected (reading pauses as frames are held): in order
+            kept, kept_fatal = self.held
+            self.held = None
+            frames, fatal = kept + frames, kept_fatal or fatal
+        self._handle(frames, fatal, now)
+
+    def _handle(
+        self, frames: list[dict[str, Any] | BadFrame], fatal: FatalError | None, now: float
+    ) -> None:
+        """Handle a read's frames in order and write their replies, until the peer stops taking
+        its replies: the frames left are ``held`` for ``resume_writing``."""
+        srv = self._server
+        wall = srv.wall()
+        out: list[bytes] = []
+        spent = 0  # bytes of replies made off the fast path (whose replies are small)
+        written = 0  # of them, already written during this read
+        # One read of small requests with big replies (status) may ask for megabytes: write
+        # them in slices and stop at the first one that leaves the peer's unsent replies past
+        # the high-water mark, so what a connection pins is that mark and a slice, however
+        # many requests its peer packs into one send (the kernel takes more per read on 3.12+).
+        pile = max(srv.limits.write_buffer_high // 4, 1)
+        close = False
+        service = srv.service
+        session = self._session
+        conn = self._conn
+        transport = self._transport
+        assert transport is not None
         steady = conn.steady_types
-        for item in frames:
+        for index, item in enumerate(frames):
             # The fast path: a well-formed renew, release or checkout that the state table
             # allows here goes from wire map to wire map (see LicenseService.renew_wire).
             if type(item) is dict:
@@ -268,17 +299,24 @@ class _Protocol(asyncio.Protocol):
                          srv.limits.write_buffer_max)  # fmt: skip
                 close = True
                 break
+            if spent - written > pile:
+                transport.write(b"".join(out))
+                out.clear()
+                written = spent
+                if self.write_paused is not None:  # the peer is not reading: hold the rest
+                    if index + 1 < len(frames) or fatal is not None:
+                        self.held = (frames[index + 1 :], fatal)
+                    fatal = None
+                    break
         if fatal is not None and not close:
             conn.fail(fatal)
             log.info("closing connection: %s", fatal.error)
             out.append(_encode(m.Error(0, fatal.error.code, fatal.error.message)))
             close = True
-        transport = self._transport
-        assert transport is not None
         if out:
             transport.write(b"".join(out) if len(out) > 1 else out[0])
-            if self.queued or transport.get_write_buffer_size():
-                srv.note_queued(self)
+        if (out or written) and (self.queued or transport.get_write_buffer_size()):
+            srv.note_queued(self)
         if close:
             self._closing = True
             transport.close()

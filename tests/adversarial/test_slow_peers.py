@@ -224,7 +224,7 @@ async def test_a_client_that_never_reads_is_closed_by_the_write_timeout(
 
         watcher = asyncio.create_task(watch())
         try:
-            outcome = await greedy.flood(statuses(200), stall=0.3, limit=20)
+            outcome = await greedy.flood(statuses(2000), stall=0.3, limit=20)
             stalled_at = time.monotonic()
             assert outcome == "stalled", outcome  # the server stopped taking its requests
             assert conn.write_paused is not None
@@ -236,8 +236,10 @@ async def test_a_client_that_never_reads_is_closed_by_the_write_timeout(
                 await watcher
         assert conn not in server.connections
         assert took < LATE, took
-        # What the server held for it: the high-water mark plus one read's replies at most.
-        assert peak < 64 * 1024 + limits.write_buffer_max, peak
+        # What the server held for it: the high-water mark plus one slice of replies (a
+        # quarter of the mark, and the reply that crossed it), not one read's replies, which
+        # may be megabytes of status replies.
+        assert peak <= 64 * 1024 + 16 * 1024 + 4096, peak
         print(f"\nnon-reader: sent {greedy.sent} bytes, server buffer peaked at {peak} bytes")
     finally:
         greedy.close()
