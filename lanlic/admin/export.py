@@ -16,6 +16,7 @@ second the row happened in, ``unix_time`` the UTC seconds to the millisecond.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from typing import Final
 
@@ -35,8 +36,8 @@ def _sql_text(s: str) -> str:
     return "char(" + ", ".join(str(ord(c)) for c in s) + ")"
 
 
-#: True for a text ``csv.writer`` must quote: it holds a separator, a quote or a line break.
-_NEEDS_QUOTES: Final = "GLOB " + _sql_text('*[,"\r\n]*')
+#: The characters that make ``csv.writer`` quote a cell: a separator, a quote, a line break.
+_SPECIAL: Final = tuple(_sql_text(c) for c in ',"\r\n')
 #: True for a text that starts as a formula would.
 _FORMULA: Final = "IN (" + ", ".join(_sql_text(c) for c in FORMULA_START) + ")"
 _QUOTE: Final = _sql_text('"')
@@ -47,10 +48,12 @@ _APOSTROPHE: Final = _sql_text("'")
 def _cell(x: str) -> str:
     """SQL for the CSV cell of the text ``x``: a ``'`` in front of a formula
     (``views.csv_cell``), then quoted if it must be, its double quotes doubled. Each branch
-    names ``x`` twice at most: SQLite evaluates every mention again."""
+    names ``x`` again: a column of the inner select, so no function runs twice."""
     neutral = f"(CASE WHEN substr({x}, 1, 1) {_FORMULA} THEN {_APOSTROPHE} ELSE '' END)"
     quoted = f"{_QUOTE} || {neutral} || replace({x}, {_QUOTE}, {_TWO_QUOTES}) || {_QUOTE}"
-    return f"(CASE WHEN {x} {_NEEDS_QUOTES} THEN {quoted} ELSE {neutral} || {x} END)"
+    # instr, not GLOB: GLOB stops at a NUL, and a client's "a\0,=1+1" would become two cells.
+    special = " OR ".join(f"instr({x}, {c})" for c in _SPECIAL)
+    return f"(CASE WHEN {special} THEN {quoted} ELSE {neutral} || {x} END)"
 
 
 #: The cells' texts, each computed once per row in an inner select (the line names them often).
@@ -66,6 +69,7 @@ _TEXTS: Final = (
 )
 
 
+@functools.cache  # a few dozen variants at most: which filters are set, and the count column
 def _select(count: str, where: str) -> str:
     """The page's statement: per row, its CSV line (CRLF-terminated), ``at`` and ``seq``."""
     texts = ", ".join(f"{t.format(count=count)} AS c{i}" for i, t in enumerate(_TEXTS))
