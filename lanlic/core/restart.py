@@ -189,7 +189,10 @@ class RestartGuard:
             return None
         seats = self.pool.seats(product)
         chunk = max(1, -(-seats // 8))
-        return min(seats, max(claimed + more, reserved + chunk))
+        # Whole chunks above the reservation: the grants that queue up behind one raise (a
+        # burst, a pipelined connection) ask for the same value, not one more seat each, so the
+        # store writes (and fsyncs) it once (``Store.raise_reservations`` skips a value reached).
+        return min(seats, reserved + chunk * -(-(claimed + more - reserved) // chunk))
 
     def covers_one_more(self, product: str) -> bool:
         """Whether the durable reservation allows one more grant now (for a grant whose own
