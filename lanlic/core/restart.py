@@ -216,9 +216,13 @@ class RestartGuard:
             # stays reserved: after a crash, that is how many seats beyond those in use are held
             # for a lease period. Following the peak, not the moment, keeps a busy product from
             # lowering and raising (an fsync) every second.
+            # Lowered to one chunk above the peak, not to the peak itself: a load that wavers
+            # by a few seats from one second to the next would otherwise lower the bound every
+            # batch and raise it again (an fsync, with every checkout behind it waiting) the
+            # next moment.
             peak = self.pool.take_peak(product)
-            target = min(seats, peak + self.pool.held(product))
-            if reserved > target + chunk and not self.pending[product]:
+            target = min(seats, peak + self.pool.held(product) + chunk)
+            if reserved > target and not self.pending[product]:
                 self.reserved[product] = target
                 out[product] = target
         return out

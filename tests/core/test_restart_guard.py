@@ -9,7 +9,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from helpers import make_key
 
 from lanlic.core.netkey import ProductEntitlement
-from lanlic.core.restart import RestartState
+from lanlic.core.pool import Granted
+from lanlic.core.restart import RestartGuard, RestartState
 from lanlic.core.service import LicenseService, Session
 from lanlic.proto import messages as m
 from lanlic.store import Store
@@ -47,3 +48,28 @@ def test_grants_waiting_for_a_reservation_keep_their_room(
     assert service.pool.in_use("cad") == 3
     assert store.reservations()["cad"] >= 3
     store.close()
+
+
+def test_a_wavering_load_is_not_lowered_and_raised_every_batch() -> None:
+    """SPEC 13 rule 1: the batch lowers the bound to one chunk above the peak, so a load that
+    goes back up by less than a chunk needs no raise (an fsync with every checkout waiting)."""
+    from lanlic.core.pool import Holder, SeatPool
+
+    pool = SeatPool([ProductEntitlement("cad", seats=16)])  # chunks of 2
+    guard = RestartGuard(pool)
+    guard.start(RestartState(1, bytes(32), {"cad": 16}, []), 0.0)
+    guard.close_window(100.0)  # the 16 seats held after the "crash" go back to the pool
+    leases = []
+    for i in range(4):
+        granted = pool.checkout("cad", "", bytes([i]) * 16, Holder("u", "h"), 100.0)
+        assert isinstance(granted, Granted)
+        leases.append(granted.lease.id)
+    assert guard.snapshot().reservations == {"cad": 6}  # peak 4, and a chunk of room
+    assert guard.reserved == {"cad": 6}
+    pool.release([leases[0]], None, 100.0)
+    for i in (8, 9, 10):
+        assert guard.needed("cad") is None  # 3, 4, 5 in use: within the bound
+        assert isinstance(pool.checkout("cad", "", bytes([i]) * 16, Holder("u", "h"), 100.0),
+                          Granted)  # fmt: skip
+    assert guard.needed("cad") == 8  # the seventh would pass it: a whole chunk more
+    assert guard.snapshot().reservations == {}  # peak 6: not lowered, not wavering
