@@ -177,6 +177,7 @@ class _Protocol(asyncio.Protocol):
             srv.note_busy()
             return
         srv.connections.add(self)
+        srv.watched.add(self)  # until its hello
         peer = t.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self._session.addr = str(peer[0])  # subnet rules trust this, never the hello
@@ -187,6 +188,7 @@ class _Protocol(asyncio.Protocol):
         # The peer is not reading its replies: read no more of its requests (which would only
         # make more replies) and start the write timeout.
         self.write_paused = self._server.loop.time()
+        self._server.watched.add(self)
         if self._transport is not None and not self._closing:
             self._transport.pause_reading()
 
@@ -202,6 +204,7 @@ class _Protocol(asyncio.Protocol):
         # Leases stay: a client that vanished keeps its seats until they expire, so one that
         # reconnects in time keeps them. A clean goodbye (``bye``) already released them.
         self._server.connections.discard(self)
+        self._server.watched.discard(self)
         self._server.queued_bytes -= self.queued
         self.queued = 0
         self._server.forget_owner(self._session.client_id, self)
@@ -225,6 +228,7 @@ class _Protocol(asyncio.Protocol):
             self.frame_started = None
         elif frames or self.frame_started is None:
             self.frame_started = now
+            srv.watched.add(self)
         steady = conn.steady_types
         for item in frames:
             # The fast path: a well-formed renew, release or checkout that the state table
@@ -302,6 +306,14 @@ class _Protocol(asyncio.Protocol):
         """Reply bytes written but not yet taken by the peer's socket."""
         t = self._transport
         return 0 if t is None else t.get_write_buffer_size()
+
+    def watched(self) -> bool:
+        """Whether a timeout runs on this connection (``LicenseServer.watched``)."""
+        return (
+            self._conn.state is ConnState.AWAIT_HELLO
+            or self.write_paused is not None
+            or self.frame_started is not None
+        )
 
     def stalled(self, now: float, limits: ServerLimits) -> str | None:
         if (
@@ -387,6 +399,9 @@ class LicenseServer:
         self.max_connections = limits.connection_cap()
         """Connections served at once; the next is told ``server_busy``."""
         self.connections: set[_Protocol] = set()
+        self.watched: set[_Protocol] = set()
+        """Connections a timeout may run on (no hello yet, half a frame, replies unread): the
+        sweep looks at these, not at every connection (10k of them cost the loop ms a second)."""
         self.queued_bytes = 0
         """Unsent reply bytes of all connections, as last looked at (``reply_budget``)."""
         self._busy = (0, -BUSY_LOG_EVERY)
@@ -886,9 +901,11 @@ class LicenseServer:
         if self.queued_bytes:
             self._shed_replies()  # a recount: buffers that drained did not say so
         now = self.loop.time()
-        for conn in list(self.connections):
+        for conn in list(self.watched):
             reason = conn.stalled(now, self.limits)
             if reason is not None:
                 log.info("closing a stalled connection: %s", reason)
                 conn.abort()
+            elif not conn.watched():
+                self.watched.discard(conn)
         self._housekeeping = self.loop.call_later(self.limits.housekeeping_interval, self._sweep)
