@@ -35,6 +35,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="small sizes, under a minute (the full run takes about 4 to 5 minutes)",
     )
+    p.add_argument(
+        "--policy",
+        nargs="?",
+        const="realistic",
+        metavar="FILE",
+        help="also run lanlic with a seat policy on the loaded product, reported beside the "
+        "figures without one ('lanlic (policy on)'): FILE's policy.toml for product 'bench', "
+        "or with no FILE a realistic one (user and host groups, RESERVE, MAX, INCLUDE, "
+        "EXCLUDE; the bench's clients are let in, so it costs, never refuses)",
+    )
     p.add_argument("--server", help="an already running lanlic server, HOST:PORT on loopback")
     p.add_argument("--product", help="with --server: the product to load (default: most seats)")
     p.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto")

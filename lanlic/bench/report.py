@@ -29,6 +29,7 @@ PERCENTILES = (0, 1, 5, 10, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99, 10
 #: Order and labels of the targets in tables and plots.
 TARGET_LABELS = {
     "lanlic": "lanlic",
+    "lanlic-policy": "lanlic (policy on)",
     "ceiling": "ceiling",
     "ceiling-streams": "ceiling (streams)",
     "redis": "Redis",
@@ -174,6 +175,9 @@ def ratios(scenarios: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | 
             v = by_target.get(other, {}).get(key) if key else None
             if v is not None and lan is not None and v > 0:
                 r[f"lanlic/{other}"] = round(lan / v, 3)
+        pol = by_target.get("lanlic-policy", {}).get(key) if key else None
+        if pol is not None and lan:
+            r["policy/no policy"] = round(pol / lan, 3)
         if sc == "saturate-renew":
             a = by_target.get("ceiling-streams", {}).get("ops_per_s")
             b = by_target.get("ceiling", {}).get("ops_per_s")
@@ -273,6 +277,8 @@ def table(data: dict[str, Any]) -> str:
         for k in ("lanlic/ceiling", "lanlic/redis"):
             if k in r:
                 parts.append(f"{k.split('/')[1]} {r[k]:.0%}")
+        if "policy/no policy" in r:
+            parts.append(f"policy on/off {r['policy/no policy']:.0%}")
         return ", ".join(parts)
 
     def lat3(d: dict[str, Any]) -> str:
@@ -379,7 +385,11 @@ def markdown(data: dict[str, Any]) -> str:
     """The headline figures as a Markdown table (for a README)."""
     sc = data["scenarios"]
     p = data["params"]
-    names = [t for t in ("lanlic", "ceiling", "redis") if any(t in by for by in sc.values())]
+    names = [
+        t
+        for t in ("lanlic", "lanlic-policy", "ceiling", "redis")
+        if any(t in by for by in sc.values())
+    ]
     out = [
         "| scenario | figure | " + " | ".join(TARGET_LABELS[t] for t in names) + " |",
         "|---|---|" + "---:|" * len(names),
@@ -448,6 +458,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
         return
     colours = {
         "lanlic": "#1f77b4",
+        "lanlic-policy": "#17becf",
         "ceiling": "#7f7f7f",
         "ceiling-streams": "#bcbd22",
         "redis": "#d62728",
