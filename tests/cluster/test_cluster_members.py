@@ -31,6 +31,7 @@ from lanlic.cluster.etcd import read_holders
 from lanlic.errors import ServerKeyChanged, ServerUnavailable
 from lanlic.laptop.trust import TrustStore
 from lanlic.net.client import Client, Seat
+from lanlic.proto import messages as m
 from lanlic.server.datadir import DataDir
 
 SEATS = 6
@@ -368,6 +369,12 @@ async def test_member_stopped_past_its_etcd_lease_drops_its_seats_and_says_so(
             await asyncio.sleep(0.2)
             under = auditor.leases()[got.lease_id.hex()]
             assert under != a.etcd_lease
+        # The seat whose key went with the old etcd lease is not renewed for its client: no
+        # client believes in a seat that etcd no longer has.
+        reply = await client.call(lambda i: m.Renew(id=i, leases=[seat.lease_id]))
+        assert isinstance(reply, m.Renewed) and reply.leases == [], reply
+        assert [x.code for x in reply.lost] == ["lease_unknown"]
+        assert seat.lease_id.hex() not in auditor.leases()
     finally:
         await client.close()
         await auditor.close()
