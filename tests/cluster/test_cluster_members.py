@@ -1,10 +1,9 @@
 """``lanlic serve --store etcd://`` members as real processes over a real 3-member etcd, with real
 clients (issue 16, "Done when").
 
-A client moves to another member the way the cluster client does (branch cclient): on losing its
-connection it reconnects to the next address and presents its leases (here: its ``address`` is
-pointed at the surviving member, and the library's own reconnect renews them). The member that did
-not grant them adopts them (``lanlic.cluster.service``).
+Clients are given the members' list (``Client([A, B])``): on losing its connection, or on a
+``server_unavailable`` answer, a client moves to the next member and presents its leases there in a
+``reclaim``; the member that did not grant them adopts them (``lanlic.cluster.service``).
 """
 
 from __future__ import annotations
@@ -245,7 +244,7 @@ async def test_kill9_member_under_load_its_seats_adopted_within_2s(
     try:
         for i in range(4):
             cl = Client(
-                a.address, regain=False, on_seat_lost=lambda s, _e: lost.append(s),
+                [a.address, b.address], regain=False, on_seat_lost=lambda s, _e: lost.append(s),
                 trust=TrustStore(site.root / f"a{i}"),
             )  # fmt: skip
             await cl.connect()
@@ -255,8 +254,6 @@ async def test_kill9_member_under_load_its_seats_adopted_within_2s(
         await asyncio.sleep(1.0)
         a.proc.popen.send_signal(signal.SIGKILL)
         killed = time.monotonic()
-        for cl in on_a:
-            cl.address = b.address  # what the cluster client does: the next member
         wanted = {s.lease_id.hex() for cl in on_a for s in cl.seats.values()}
         adopted_after = None
         while time.monotonic() - killed < 10:
@@ -381,3 +378,45 @@ async def test_member_stopped_past_its_etcd_lease_drops_its_seats_and_says_so(
     a.proc.stop()
     said = a.proc.stderr()
     assert "etcd lease lost" in said and "1 seat(s) it held are gone" in said, said
+
+
+async def test_clients_of_a_cut_off_member_move_to_another_with_their_seats(
+    site: Site, etcd_cluster: EtcdCluster, etcd: aetcd.Client
+) -> None:
+    target = etcd_cluster.members[0]
+    proxy = TcpProxy("127.0.0.1", target.client_port)
+    await proxy.start()
+    a = await start_member(site, site.data("a"), [proxy.endpoint])
+    b = await start_member(site, site.data("b", identity_of="a"), etcd_cluster.endpoints[1:])
+    auditor = Auditor(etcd, prefix_of(site))
+    lost: list[Seat] = []
+    clients = [
+        Client([a.address, b.address], regain=False, on_seat_lost=lambda s, _e: lost.append(s),
+               trust=TrustStore(site.root / f"t{i}"))
+        for i in range(3)
+    ]  # fmt: skip
+    try:
+        seats = []
+        for cl in clients:
+            await cl.connect()
+            seats.append(await cl.acquire("cad"))
+        assert all(cl.address == a.address for cl in clients)
+        proxy.mode = "blackhole"
+        cut = time.monotonic()
+        wanted = {s.lease_id.hex() for s in seats}
+        while time.monotonic() - cut < 3 * ETCD_TTL:
+            if all(auditor.leases().get(x) == b.etcd_lease for x in wanted):
+                break
+            await asyncio.sleep(0.05)
+        moved = time.monotonic() - cut
+        assert all(auditor.leases().get(x) == b.etcd_lease for x in wanted), auditor.leases()
+        assert all(cl.address == b.address for cl in clients)
+        assert not lost and all(s.state == "held" for s in seats)
+        print(f"{len(seats)} seats moved from the cut-off member to another in {moved:.2f} s")
+    finally:
+        for cl in clients:
+            await cl.close()
+        await auditor.close()
+        a.proc.close()
+        await proxy.close()
+    assert 0 < auditor.most <= SEATS
