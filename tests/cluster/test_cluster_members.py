@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aetcd
+import aetcd.exceptions
 import pytest
 from cliproc import Proc, ProcGroup, issue_network_key, ok, run, serve_args
 from etcd_cluster import EtcdCluster
@@ -27,7 +28,7 @@ from helpers import RawPeer
 from tcp_proxy import TcpProxy
 
 from lanlic.cluster.etcd import read_holders
-from lanlic.errors import NoSeat, ServerKeyChanged, ServerUnavailable
+from lanlic.errors import NoSeat, ServerBusy, ServerKeyChanged, ServerUnavailable
 from lanlic.laptop.trust import TrustStore
 from lanlic.net.client import Client, Seat
 from lanlic.proto import messages as m
@@ -117,20 +118,36 @@ def prefix_of(site: Site) -> str:
 
 
 class Auditor:
-    """Polls etcd's seat keys (bounded by ``stop``): the most ever seen, and each key's history."""
+    """Polls etcd's seat keys (bounded by ``stop``): the most ever seen, and each key's history.
+    With ``endpoints``, an etcd member that stops answering is left for the next."""
 
-    def __init__(self, etcd: aetcd.Client, prefix: str) -> None:
+    def __init__(self, etcd: aetcd.Client, prefix: str, endpoints: list[str] | None = None) -> None:
         self.etcd, self.prefix = etcd, prefix
+        self.endpoints = endpoints or []
+        self._own: list[aetcd.Client] = []
         self.most = 0
+        self.reads = 0
         self.last: dict[bytes, tuple[Any, int]] = {}
         self.gone_at: dict[bytes, float] = {}
         self._stop = asyncio.Event()
         self.task = asyncio.create_task(self._run())
 
+    async def _read(self) -> dict[bytes, tuple[Any, int]]:
+        if not self.endpoints:
+            return await read_holders(self.etcd, self.prefix)
+        while True:
+            try:
+                return await asyncio.wait_for(read_holders(self.etcd, self.prefix), 1.0)
+            except (aetcd.exceptions.ClientError, TimeoutError):
+                host, _, port = self.endpoints[len(self._own) % len(self.endpoints)].rpartition(":")
+                self.etcd = aetcd.Client(host=host, port=int(port), timeout=1)
+                self._own.append(self.etcd)
+
     async def _run(self) -> None:
         deadline = time.monotonic() + 120
         while not self._stop.is_set() and time.monotonic() < deadline:
-            with_time = await read_holders(self.etcd, self.prefix)
+            with_time = await self._read()
+            self.reads += 1
             now = time.monotonic()
             self.most = max(self.most, len(with_time))
             for k in self.last:
@@ -144,6 +161,8 @@ class Auditor:
     async def close(self) -> None:
         self._stop.set()
         await self.task
+        for client in self._own:
+            await client.close()
 
     def leases(self) -> dict[str, int]:
         """Client lease id (hex) -> the etcd lease its seat key is under, as last seen."""
@@ -427,3 +446,81 @@ async def test_clients_of_a_cut_off_member_move_to_another_with_their_seats(
         a.proc.close()
         await proxy.close()
     assert 0 < auditor.most <= SEATS
+
+
+async def test_killing_the_etcd_leader_then_a_follower_during_checkouts_loses_and_doubles_nothing(
+    site: Site, etcd_cluster: EtcdCluster, etcd: aetcd.Client
+) -> None:
+    endpoints = etcd_cluster.endpoints
+    a = await start_member(site, site.data("a"), endpoints)
+    b = await start_member(site, site.data("b", identity_of="a"), endpoints[1:] + endpoints[:1])
+    auditor = Auditor(etcd, prefix_of(site), endpoints)
+    clients = [
+        Client([a.address, b.address][:: 1 if i % 2 else -1], regain=False,
+               trust=TrustStore(site.root / f"t{i}"))
+        for i in range(SEATS)
+    ]  # fmt: skip
+    stop = asyncio.Event()
+    cycles = 0
+    refusals: dict[str, int] = {}
+
+    async def churn(cl: Client) -> None:
+        nonlocal cycles
+        deadline = time.monotonic() + 40
+        while not stop.is_set() and time.monotonic() < deadline and cycles < 5000:
+            try:
+                seat = await cl.acquire("cad")
+                await asyncio.sleep(0.01)
+                await cl.release(seat)
+                cycles += 1
+            except (NoSeat, ServerUnavailable, ServerBusy) as exc:
+                refusals[exc.code] = refusals.get(exc.code, 0) + 1
+                await asyncio.sleep(0.05)
+
+    try:
+        for cl in clients:
+            await cl.connect()
+        tasks = [asyncio.create_task(churn(cl)) for cl in clients]
+        await asyncio.sleep(1.0)
+        for role in ("leader", "follower"):
+            leader = await etcd_cluster.leader_async()
+            victim = leader if role == "leader" else next(
+                x for x in etcd_cluster.members if x is not leader
+            )  # fmt: skip
+            before = cycles
+            await asyncio.to_thread(etcd_cluster.kill, victim)
+            await asyncio.sleep(2.0)
+            await asyncio.to_thread(etcd_cluster.restart, victim)
+            await asyncio.sleep(1.0)
+            assert cycles > before, f"no checkout went through after the {role} was killed"
+        stop.set()
+        await asyncio.gather(*tasks)
+        # Nothing lost, nothing doubled: each client takes one seat; etcd holds exactly those.
+        held: dict[str, int] = {}
+        for cl in clients:
+            for _ in range(100):
+                try:
+                    seat = await cl.acquire("cad")
+                    held[seat.lease_id.hex()] = 1
+                    break
+                except (NoSeat, ServerUnavailable, ServerBusy):
+                    await asyncio.sleep(0.1)
+        assert len(held) == SEATS, (held, refusals)
+        await asyncio.sleep(0.5)
+        assert set(auditor.leases()) == set(held)
+        assert set(auditor.leases().values()) <= {a.etcd_lease, b.etcd_lease}
+        for cl in clients:
+            for seat in list(cl.seats.values()):
+                await cl.release(seat)
+        for _ in range(100):
+            if not auditor.last:
+                break
+            await asyncio.sleep(0.05)
+        assert not auditor.last, "released seats stayed in etcd"
+        print(f"{cycles} checkouts and releases through two etcd kills; refusals {refusals}")
+    finally:
+        stop.set()
+        for cl in clients:
+            await cl.close()
+        await auditor.close()
+    assert 0 < auditor.most <= SEATS and auditor.reads > 100
