@@ -524,3 +524,39 @@ async def test_killing_the_etcd_leader_then_a_follower_during_checkouts_loses_an
             await cl.close()
         await auditor.close()
     assert 0 < auditor.most <= SEATS and auditor.reads > 100
+
+
+async def test_a_seat_moved_to_another_member_and_back_is_adopted_back(
+    site: Site, etcd_cluster: EtcdCluster, etcd: aetcd.Client
+) -> None:
+    """A client's seat moves A -> B -> A (its member flapped). A must take it back from etcd,
+    not renew its own stale lease: else B's expiry of the lease B no longer hears about would
+    delete the key under a seat the client still holds through A."""
+    endpoints = etcd_cluster.endpoints
+    a = await start_member(site, site.data("a"), endpoints)
+    b = await start_member(site, site.data("b", identity_of="a"), endpoints[::-1])
+    auditor = Auditor(etcd, prefix_of(site))
+    on_a = RawPeer(*await asyncio.open_connection(*a.address))
+    on_b = RawPeer(*await asyncio.open_connection(*b.address))
+    on_b.client_id = on_a.client_id  # one client, two connections: as after a move
+    try:
+        assert (await on_a.hello())["t"] == "welcome"
+        assert (await on_b.hello())["t"] == "welcome"
+        granted = await on_a.request("checkout", product="cad", version="")
+        lease = granted["lease"]
+        seat = [{"lease": lease, "product": "cad", "version": ""}]
+        moved = await on_b.request("reclaim", seats=seat)
+        assert moved["t"] == "reclaimed" and moved["leases"] == [lease], moved
+        await asyncio.sleep(0.3)
+        assert auditor.leases()[lease.hex()] == b.etcd_lease
+        # Back on A, renewing for longer than B's lease: the seat's key must stay, under A.
+        deadline = time.monotonic() + LEASE + 2
+        while time.monotonic() < deadline:
+            renewed = await on_a.request("renew", leases=[lease])
+            assert renewed["t"] == "renewed" and renewed["leases"] == [lease], renewed
+            await asyncio.sleep(HEARTBEAT / 2)
+        assert auditor.leases().get(lease.hex()) == a.etcd_lease, auditor.leases()
+    finally:
+        on_a.close()
+        on_b.close()
+        await auditor.close()
