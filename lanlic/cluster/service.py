@@ -78,6 +78,8 @@ class ClusterService(LicenseService):
         self.holds: dict[bytes, SeatHold] = {}
         """Lease id -> the seat's key this member holds for it in etcd."""
         self._tasks: set[asyncio.Task[None]] = set()
+        self._ending: set[bytes] = set()
+        """Leases ended here whose seat key is being deleted (never adopted back meanwhile)."""
         self._guard_task: asyncio.Task[None] | None = None
         self.lost_total = 0
         """Leases ended because this member's etcd lease was lost (for tests and logs)."""
@@ -196,12 +198,12 @@ class ClusterService(LicenseService):
         """A seat's key is ours in etcd: make the local lease (or give the key back if the
         fence shut while etcd answered: the client must not count on it)."""
         if not self._fence_open():
-            self._spawn(self._free(hold))
+            self._end(lease_id, hold)
             return self._unavailable(0)
         now, _wall = self.clock()
         got = self.pool.adopt(lease_id, hold.product, owner, holder, now)
         if isinstance(got, Denied):  # pragma: no cover - local leases never outnumber etcd's
-            self._spawn(self._free(hold))
+            self._end(lease_id, hold)
             return m.Error(0, got.code, got.message)
         self.holds[lease_id] = hold
         return got.lease
@@ -272,7 +274,7 @@ class ClusterService(LicenseService):
                 self.pool.renew_pair([lease_id], owner, now)
                 return lease_id, None
             return lease_id, "lease_unknown"
-        if lease_id in self.holds:
+        if lease_id in self.holds or lease_id in self._ending:
             return lease_id, "lease_unknown"  # ours once, ended here
         try:
             seat = await self.seats.locate(lease_id.hex(), product)
@@ -343,21 +345,32 @@ class ClusterService(LicenseService):
             return
         hold = self.holds.pop(lease_id, None)
         if hold is not None:
-            self._spawn(self._free(hold))
+            self._end(lease_id, hold)
 
-    async def _free(self, hold: SeatHold) -> None:
-        """Delete a seat's key, retrying while etcd does not answer, until the key is gone or
-        this member's etcd lease (and the key with it) could have expired."""
-        deadline = self.seats.clock() + self.seats.etcd_ttl + self.seats.call_timeout
-        while True:
-            try:
-                await self.seats.release(hold)
-                return
-            except (LanlicError, Unreachable) as exc:
-                if self.seats.fence.lost or self.seats.clock() > deadline:
+    def _end(self, lease_id: bytes, hold: SeatHold) -> None:
+        """Delete the seat's key in the background. Until that is done the key still names the
+        client and its lease under our etcd lease: ``_ending`` keeps an adopt from granting it
+        again (the delete would then take the key from under a granted seat)."""
+        self._ending.add(lease_id)
+        self._spawn(self._free(lease_id, hold))
+
+    async def _free(self, lease_id: bytes, hold: SeatHold) -> None:
+        """Delete a seat's key, retrying while etcd does not answer, until it is gone or the etcd
+        lease it is under is (etcd said so, or the member took a new one). Not by a deadline:
+        while the lease lives, a key left behind would hold its seat for good."""
+        under = self.seats.lease_id
+        try:
+            while True:
+                try:
+                    await self.seats.release(hold)
                     return
-                log.info("etcd: releasing %s failed (%s); retrying", hold.key.decode(), exc)
-                await asyncio.sleep(RELEASE_RETRY)
+                except (LanlicError, Unreachable) as exc:
+                    if self.seats.fence.lost or self.seats.lease_id != under:
+                        return
+                    log.info("etcd: releasing %s failed (%s); retrying", hold.key.decode(), exc)
+                    await asyncio.sleep(RELEASE_RETRY)
+        finally:
+            self._ending.discard(lease_id)
 
     async def _guard_lease(self) -> None:
         """When etcd says this member's lease is gone, end every local lease (their keys were
