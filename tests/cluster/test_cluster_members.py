@@ -24,10 +24,11 @@ import aetcd.exceptions
 import pytest
 from cliproc import Proc, ProcGroup, issue_network_key, ok, run, serve_args
 from etcd_cluster import EtcdCluster
+from etcd_tls import started
 from helpers import RawPeer
 from tcp_proxy import TcpProxy
 
-from lanlic.cluster.etcd import read_holders
+from lanlic.cluster.etcd import EtcdSeats, EtcdTls, read_holders
 from lanlic.errors import NoSeat, ServerBusy, ServerKeyChanged, ServerUnavailable
 from lanlic.laptop.trust import TrustStore
 from lanlic.net.client import Client, Seat
@@ -560,3 +561,29 @@ async def test_a_seat_moved_to_another_member_and_back_is_adopted_back(
         on_a.close()
         on_b.close()
         await auditor.close()
+
+
+async def test_a_member_serves_over_tls_to_etcd_with_its_client_certificate(
+    site: Site, tls_etcd: tuple[str, EtcdTls], tmp_path: Path
+) -> None:
+    endpoint, tls = tls_etcd
+    probe = EtcdSeats([endpoint], prefix="/probe", products={"cad": 1}, member="p", tls=tls)
+    try:
+        await started(probe)  # etcd is up
+    finally:
+        await probe.close()
+    files = []
+    for name, pem in (("ca.pem", tls.ca), ("member.pem", tls.cert), ("member-key.pem", tls.key)):
+        (tmp_path / name).write_bytes(pem)
+        files.append(str(tmp_path / name))
+    # Without the certificate etcd refuses the member, which says so in one line and stops.
+    plain = await asyncio.to_thread(
+        run, serve_args(site.key, site.vendor, site.data("p"), "--store", f"etcd://{endpoint}")
+    )
+    assert plain.returncode != 0 and "did not answer" in plain.stderr, plain.stderr
+    assert len(plain.stderr.strip().splitlines()) == 1, plain.stderr
+    tls_args = ["--etcd-cacert", files[0], "--etcd-cert", files[1], "--etcd-key", files[2]]
+    a = await start_member(site, site.data("a"), [endpoint], *tls_args)
+    async with Client(a.address, regain=False, trust=TrustStore(tmp_path / "t")) as client:
+        seat = await client.acquire("cad")
+        assert seat.state == "held"
