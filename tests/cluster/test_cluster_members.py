@@ -1,0 +1,422 @@
+"""``lanlic serve --store etcd://`` members as real processes over a real 3-member etcd, with real
+clients (issue 16, "Done when").
+
+Clients are given the members' list (``Client([A, B])``): on losing its connection, or on a
+``server_unavailable`` answer, a client moves to the next member and presents its leases there in a
+``reclaim``; the member that did not grant them adopts them (``lanlic.cluster.service``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aetcd
+import pytest
+from cliproc import Proc, ProcGroup, issue_network_key, ok, run, serve_args
+from etcd_cluster import EtcdCluster
+from helpers import RawPeer
+from tcp_proxy import TcpProxy
+
+from lanlic.cluster.etcd import read_holders
+from lanlic.errors import ServerKeyChanged, ServerUnavailable
+from lanlic.laptop.trust import TrustStore
+from lanlic.net.client import Client, Seat
+from lanlic.proto import messages as m
+from lanlic.server.datadir import DataDir
+
+SEATS = 6
+LEASE = 3.0
+HEARTBEAT = 0.75
+ETCD_TTL = 5  # lanlic.cluster.service.etcd_ttl_for(LEASE)
+
+
+@dataclass
+class Site:
+    key: Path
+    vendor: Path
+    root: Path
+    prefix: str = ""
+    procs: ProcGroup = field(default_factory=ProcGroup)
+
+    def data(self, name: str, identity_of: str | None = None) -> Path:
+        """A member's data folder; ``identity_of``: with a copy (0600) of that one's server.key."""
+        folder = self.root / name
+        DataDir(folder)  # makes the folder, private
+        folder.mkdir(parents=True, exist_ok=True)
+        if identity_of is not None:
+            shutil.copyfile(self.root / identity_of / "server.key", folder / "server.key")
+            os.chmod(folder / "server.key", 0o600)
+        else:
+            DataDir(folder).server_key()
+        return folder
+
+
+@dataclass
+class Member:
+    proc: Proc
+    port: int
+    server_id: str
+    etcd_lease: int
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    vendor = tmp_path / "vendor"
+    ok(run(["vendor", "keygen", "--out", str(vendor), "--json"]))
+    key = issue_network_key(vendor, tmp_path / "site.lic", "ACME", "act", (f"cad:{SEATS}",))
+    s = Site(key, vendor, tmp_path)
+    try:
+        yield s
+    finally:
+        for proc in reversed(s.procs.started):
+            proc.popen.send_signal(signal.SIGCONT)  # a stopped one would not die of SIGTERM
+            proc.close()
+
+
+async def start_member(site: Site, data: Path, endpoints: list[str], *extra: str) -> Member:
+    args = serve_args(site.key, site.vendor, data, "--store", "etcd://" + ",".join(endpoints))
+    args += ["--lease", str(LEASE), "--heartbeat", str(HEARTBEAT), "--allow-short-lease", *extra]
+    proc = site.procs.start(args)
+    # Read off the loop: a test's etcd proxy runs on it while the member starts.
+    event = await asyncio.to_thread(proc.read_json, 30)
+    assert event["event"] == "listening" and event["store"] == "etcd", event
+    return Member(proc, event["port"], event["server_id"], event["etcd_lease"])
+
+
+@pytest.fixture
+async def etcd(etcd_cluster: EtcdCluster) -> AsyncIterator[aetcd.Client]:
+    host, _, port = etcd_cluster.endpoints[0].rpartition(":")
+    client = aetcd.Client(host=host, port=int(port), timeout=2)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def prefix_of(site: Site) -> str:
+    from lanlic.cli.serve import cluster_prefix
+    from lanlic.core.netkey import verify_network_key
+    from lanlic.vendorkeys import load_vendor_public
+
+    pub = load_vendor_public(site.vendor / "vendor.pub")
+    key = verify_network_key(site.key.read_bytes(), pub, dt.datetime.now(dt.UTC).date())
+    return cluster_prefix(key)
+
+
+class Auditor:
+    """Polls etcd's seat keys (bounded by ``stop``): the most ever seen, and each key's history."""
+
+    def __init__(self, etcd: aetcd.Client, prefix: str) -> None:
+        self.etcd, self.prefix = etcd, prefix
+        self.most = 0
+        self.last: dict[bytes, tuple[Any, int]] = {}
+        self.gone_at: dict[bytes, float] = {}
+        self._stop = asyncio.Event()
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        deadline = time.monotonic() + 120
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            with_time = await read_holders(self.etcd, self.prefix)
+            now = time.monotonic()
+            self.most = max(self.most, len(with_time))
+            for k in self.last:
+                if k not in with_time and k not in self.gone_at:
+                    self.gone_at[k] = now
+            for k in with_time:
+                self.gone_at.pop(k, None)
+            self.last = with_time
+            await asyncio.sleep(0.01)
+
+    async def close(self) -> None:
+        self._stop.set()
+        await self.task
+
+    def leases(self) -> dict[str, int]:
+        """Client lease id (hex) -> the etcd lease its seat key is under, as last seen."""
+        return {h.lease: lease for h, lease in self.last.values() if h is not None}
+
+
+def test_store_option_refuses_what_a_cluster_cannot_do(site: Site) -> None:
+    data = site.data("m")
+    base = ["--lease", "3", "--heartbeat", "0.75", "--allow-short-lease"]
+
+    def serve(*extra: str) -> str:
+        result = run(serve_args(site.key, site.vendor, data, *base, *extra))
+        assert result.returncode != 0, result.stdout
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        return lines[0]
+
+    line = serve("--store", "etcd://10.1.2.3:2379")
+    assert "TLS" in line and "mint seats" in line
+    line = serve("--store", "etcd://127.0.0.1:2379", "--admin-port", "0")
+    assert "--admin-port" in line and "admin page" in line
+    line = serve("--store", "etcd://127.0.0.1:x")
+    assert "HOST:PORT" in line
+    line = serve("--store", "etcd://127.0.0.1:2379", "--etcd-cert", str(site.key))
+    assert "all three" in line
+    (data / "policy.toml").write_text("")
+    line = serve("--store", "etcd://127.0.0.1:2379")
+    assert "policy.toml" in line and "seat policy" in line
+
+
+async def test_members_are_one_server_sharing_one_pool(
+    site: Site, etcd_cluster: EtcdCluster, etcd: aetcd.Client
+) -> None:
+    endpoints = etcd_cluster.endpoints
+    a = await start_member(site, site.data("a"), endpoints)
+    b = await start_member(site, site.data("b", identity_of="a"), endpoints[::-1])
+    c = await start_member(site, site.data("c"), endpoints)  # its own server.key
+    assert a.server_id == b.server_id != c.server_id
+    trust = TrustStore(site.root / "known_servers.json")
+    clients = []
+    try:
+        for i in range(SEATS):
+            cl = Client((a if i % 2 else b).address, trust=trust, regain=False)
+            await cl.connect()
+            clients.append(cl)
+            await cl.acquire("cad")
+        # The pool is full whichever member is asked, and both count every seat.
+        for member in (a, b):
+            async with Client(member.address, trust=trust, regain=False) as extra:
+                with pytest.raises(Exception, match="in use") as refused:
+                    await extra.acquire("cad")
+                assert getattr(refused.value, "code", "") == "no_seat"
+                status = await extra.status()
+                cad = next(p for p in status["products"] if p["name"] == "cad")
+                assert (cad["in_use"], cad["free"]) == (SEATS, 0)
+        holders = await read_holders(etcd, prefix_of(site))
+        assert len(holders) == SEATS
+        # The site's pin holds for both members (the same key), and refuses another key.
+        other = Client(c.address, trust=trust)
+        with pytest.raises(ServerKeyChanged):
+            await other.connect()
+        await other.close()
+        # A seat released on one member is free for the other.
+        await clients[0].release(next(iter(clients[0].seats.values())))
+        async with Client(a.address, trust=trust, regain=False) as again:
+            await asyncio.wait_for(again.acquire("cad"), 5)
+    finally:
+        for cl in clients:
+            await cl.close()
+
+
+async def test_kill9_member_under_load_its_seats_adopted_within_2s(
+    site: Site, etcd_cluster: EtcdCluster, etcd: aetcd.Client
+) -> None:
+    endpoints = etcd_cluster.endpoints
+    a = await start_member(site, site.data("a"), endpoints)
+    b = await start_member(site, site.data("b", identity_of="a"), endpoints[1:] + endpoints[:1])
+    auditor = Auditor(etcd, prefix_of(site))
+    lost: list[Seat] = []
+    on_a: list[Client] = []
+    churn_done = 0
+    stop_churn = asyncio.Event()
+
+    async def churn(n: int) -> None:
+        """Checkouts and releases on B while A dies: bounded in count and time."""
+        nonlocal churn_done
+        async with Client(b.address, regain=False, trust=TrustStore(site.root / f"t{n}")) as cl:
+            deadline = time.monotonic() + 30
+            while not stop_churn.is_set() and time.monotonic() < deadline and churn_done < 2000:
+                try:
+                    seat = await cl.acquire("cad")
+                    await cl.release(seat)
+                    churn_done += 1
+                except Exception as exc:  # a full pool is expected, not an error
+                    assert getattr(exc, "code", "") in ("no_seat", "server_busy"), exc
+                    await asyncio.sleep(0.02)
+
+    try:
+        for i in range(4):
+            cl = Client(
+                [a.address, b.address], regain=False, on_seat_lost=lambda s, _e: lost.append(s),
+                trust=TrustStore(site.root / f"a{i}"),
+            )  # fmt: skip
+            await cl.connect()
+            await cl.acquire("cad")
+            on_a.append(cl)
+        churners = [asyncio.create_task(churn(n)) for n in range(2)]
+        await asyncio.sleep(1.0)
+        a.proc.popen.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        wanted = {s.lease_id.hex() for cl in on_a for s in cl.seats.values()}
+        adopted_after = None
+        while time.monotonic() - killed < 10:
+            under = auditor.leases()
+            if all(under.get(x) == b.etcd_lease for x in wanted):
+                adopted_after = time.monotonic() - killed
+                break
+            await asyncio.sleep(0.01)
+        stop_churn.set()
+        await asyncio.gather(*churners)
+        assert adopted_after is not None, "A's seats were not adopted by B within 10 s"
+        assert adopted_after < 2.0, f"adopted after {adopted_after:.2f} s"
+        assert churn_done > 0
+        # The applications noticed nothing: every seat is held, none was reported lost.
+        assert not lost
+        assert all(s.state == "held" for cl in on_a for s in cl.seats.values())
+        await asyncio.sleep(2 * LEASE)  # they keep renewing on B, past A's etcd lease
+        assert {x: auditor.leases().get(x) for x in wanted} == dict.fromkeys(wanted, b.etcd_lease)
+        print(f"adopted {len(wanted)} seats {adopted_after * 1000:.0f} ms after kill -9")
+    finally:
+        stop_churn.set()
+        for cl in on_a:
+            await cl.close()
+        await auditor.close()
+    assert 0 < auditor.most <= SEATS
+
+
+async def test_member_cut_off_from_etcd_stops_before_its_seats_can_vanish(
+    site: Site, etcd_cluster: EtcdCluster, etcd: aetcd.Client
+) -> None:
+    target = etcd_cluster.members[0]
+    proxy = TcpProxy("127.0.0.1", target.client_port)
+    await proxy.start()
+    a = await start_member(site, site.data("a"), [proxy.endpoint])
+    auditor = Auditor(etcd, prefix_of(site))
+    reader, writer = await asyncio.open_connection(*a.address)
+    peer = RawPeer(reader, writer)
+    try:
+        assert (await peer.hello())["t"] == "welcome"
+        granted = await peer.request("checkout", product="cad", version="")
+        assert granted["t"] == "granted", granted
+        lease = granted["lease"]
+        await asyncio.sleep(0.5)
+        proxy.mode = "blackhole"
+        cut = time.monotonic()
+        last_ok = cut
+        refused = None
+        while time.monotonic() - cut < 3 * ETCD_TTL:
+            sent = time.monotonic()
+            reply = await peer.request("renew", leases=[lease])
+            if reply["t"] == "renewed" and reply["leases"] == [lease]:
+                last_ok = sent
+            else:
+                refused = reply
+                break
+            await asyncio.sleep(0.1)
+        assert refused is not None and refused.get("code") == "server_unavailable", refused
+        checkout = await peer.request("checkout", product="cad", version="")
+        assert checkout.get("code") == "server_unavailable", checkout
+        key = next(iter(auditor.last))
+        while key not in auditor.gone_at and time.monotonic() - cut < 3 * ETCD_TTL:
+            await asyncio.sleep(0.05)
+        assert key in auditor.gone_at, "the cut-off member's seat never expired in etcd"
+        # No client believed in the seat past the moment its key could vanish.
+        assert last_ok + LEASE <= auditor.gone_at[key], (last_ok - cut, auditor.gone_at[key] - cut)
+        print(f"refused {time.monotonic() - cut:.2f} s after the cut; key gone at "
+              f"{auditor.gone_at[key] - cut:.2f} s; last renewal believed until "
+              f"{last_ok + LEASE - cut:.2f} s")  # fmt: skip
+    finally:
+        peer.close()
+        await auditor.close()
+        a.proc.close()
+        await proxy.close()
+
+
+async def test_member_stopped_past_its_etcd_lease_drops_its_seats_and_says_so(
+    site: Site, etcd_cluster: EtcdCluster, etcd: aetcd.Client
+) -> None:
+    a = await start_member(site, site.data("a"), etcd_cluster.endpoints)
+    auditor = Auditor(etcd, prefix_of(site))
+    lost: list[tuple[Seat, Exception]] = []
+    client = Client(
+        a.address, regain=False, on_seat_lost=lambda s, e: lost.append((s, e)),
+        trust=TrustStore(site.root / "t"), request_timeout=2 * ETCD_TTL,
+    )  # fmt: skip
+    try:
+        await client.connect()
+        seat = await client.acquire("cad")
+        await asyncio.sleep(0.3)
+        assert auditor.leases().get(seat.lease_id.hex()) == a.etcd_lease
+        a.proc.popen.send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        while auditor.last and time.monotonic() - stopped < 3 * ETCD_TTL:
+            await asyncio.sleep(0.05)
+        assert not auditor.last, "the stopped member's seat outlived its etcd lease"
+        a.proc.popen.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 3 * ETCD_TTL
+        while not lost and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert [s for s, _ in lost] == [seat], lost
+        # It serves again, under a new etcd lease.
+        async with Client(a.address, regain=False, trust=TrustStore(site.root / "u")) as again:
+            got = None
+            while got is None and time.monotonic() < deadline:
+                try:
+                    got = await again.acquire("cad")
+                except ServerUnavailable:
+                    await asyncio.sleep(0.2)
+            assert got is not None
+            await asyncio.sleep(0.2)
+            under = auditor.leases()[got.lease_id.hex()]
+            assert under != a.etcd_lease
+        # The seat whose key went with the old etcd lease is not renewed for its client: no
+        # client believes in a seat that etcd no longer has.
+        reply = await client.call(lambda i: m.Renew(id=i, leases=[seat.lease_id]))
+        assert isinstance(reply, m.Renewed) and reply.leases == [], reply
+        assert [x.code for x in reply.lost] == ["lease_unknown"]
+        assert seat.lease_id.hex() not in auditor.leases()
+    finally:
+        await client.close()
+        await auditor.close()
+    a.proc.stop()
+    said = a.proc.stderr()
+    assert "etcd lease lost" in said and "1 seat(s) it held are gone" in said, said
+
+
+async def test_clients_of_a_cut_off_member_move_to_another_with_their_seats(
+    site: Site, etcd_cluster: EtcdCluster, etcd: aetcd.Client
+) -> None:
+    target = etcd_cluster.members[0]
+    proxy = TcpProxy("127.0.0.1", target.client_port)
+    await proxy.start()
+    a = await start_member(site, site.data("a"), [proxy.endpoint])
+    b = await start_member(site, site.data("b", identity_of="a"), etcd_cluster.endpoints[1:])
+    auditor = Auditor(etcd, prefix_of(site))
+    lost: list[Seat] = []
+    clients = [
+        Client([a.address, b.address], regain=False, on_seat_lost=lambda s, _e: lost.append(s),
+               trust=TrustStore(site.root / f"t{i}"))
+        for i in range(3)
+    ]  # fmt: skip
+    try:
+        seats = []
+        for cl in clients:
+            await cl.connect()
+            seats.append(await cl.acquire("cad"))
+        assert all(cl.address == a.address for cl in clients)
+        proxy.mode = "blackhole"
+        cut = time.monotonic()
+        wanted = {s.lease_id.hex() for s in seats}
+        while time.monotonic() - cut < 3 * ETCD_TTL:
+            if all(auditor.leases().get(x) == b.etcd_lease for x in wanted):
+                break
+            await asyncio.sleep(0.05)
+        moved = time.monotonic() - cut
+        assert all(auditor.leases().get(x) == b.etcd_lease for x in wanted), auditor.leases()
+        assert all(cl.address == b.address for cl in clients)
+        assert not lost and all(s.state == "held" for s in seats)
+        print(f"{len(seats)} seats moved from the cut-off member to another in {moved:.2f} s")
+    finally:
+        for cl in clients:
+            await cl.close()
+        await auditor.close()
+        a.proc.close()
+        await proxy.close()
+    assert 0 < auditor.most <= SEATS
