@@ -81,6 +81,10 @@ class SeatMirror:
         if old is not None and self.leases.get(old) == seat:
             del self.leases[old]
 
+    def mod_revision(self, product: str, index: int) -> int | None:
+        """The seat key's ``mod_revision`` as last seen, None if it is free as far as we know."""
+        return self.taken.get(product, {}).get(index)
+
     def seat_of(self, lease: str) -> tuple[str, int] | None:
         """The (product, index) whose key names this client lease, as last seen."""
         return self.leases.get(lease)

@@ -209,10 +209,14 @@ class ClusterService(LicenseService):
     def _renew(self, session: Session, msg: m.Renew, now: float) -> Reply:
         if not self._fence_open():
             return Reply(self._unavailable(msg.id))
-        renewed, gone = self.pool.renew_pair(_once(msg.leases), session.client_id, now)
-        if not gone:
+        leases = _once(msg.leases)
+        moved = self._moved_away(leases)
+        if moved:
+            leases = [x for x in leases if x not in moved]
+        renewed, gone = self.pool.renew_pair(leases, session.client_id, now)
+        if not gone and not moved:
             return Reply(m.Renewed(id=msg.id, leases=renewed, lost=[]))
-        items: list[tuple[bytes, str | None, str]] = []
+        items: list[tuple[bytes, str | None, str]] = [(x, None, "") for x in moved]
         lost = []
         for lease_id in gone:
             if lease_id in self.holds:  # ours, and it ran out here: not to be taken back
@@ -261,6 +265,7 @@ class ClusterService(LicenseService):
         it is ours now, else the refusal's code."""
         owner = session.client_id
         now, _wall = self.clock()
+        self._moved_away([lease_id])
         mine = self.pool.lease(lease_id)
         if mine is not None:
             if mine.owner == owner and (product is None or mine.product == product):
@@ -285,6 +290,23 @@ class ClusterService(LicenseService):
             return lease_id, got.code
         self._event("adopt", got.product, h.user, h.host, version)
         return lease_id, None
+
+    def _moved_away(self, lease_ids: list[bytes]) -> list[bytes]:
+        """Leases granted here whose seat key has changed since (another member adopted it: the
+        client moved there, and may now be back): dropped here without a word, so that they
+        are adopted back from etcd rather than renewed from a stale memory. Renewing them here
+        would let the other member's expiry delete the key under a seat still in use."""
+        moved = []
+        for lease_id in lease_ids:
+            hold = self.holds.get(lease_id)
+            if hold is None:
+                continue
+            if self.seats.mirror.mod_revision(hold.product, hold.index) != hold.mod_revision:
+                del self.holds[lease_id]
+                now, _wall = self.clock()
+                self.pool.release([lease_id], None, now)
+                moved.append(lease_id)
+        return moved
 
     def _release(self, session: Session, msg: m.Release, now: float) -> Reply:
         reply = super()._release(session, msg, now)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aetcd
+import aetcd.exceptions
 import pytest
 from cliproc import Proc, ProcGroup, issue_network_key, ok, run, serve_args
 from etcd_cluster import EtcdCluster
@@ -27,7 +28,7 @@ from helpers import RawPeer
 from tcp_proxy import TcpProxy
 
 from lanlic.cluster.etcd import read_holders
-from lanlic.errors import ServerKeyChanged, ServerUnavailable
+from lanlic.errors import NoSeat, ServerBusy, ServerKeyChanged, ServerUnavailable
 from lanlic.laptop.trust import TrustStore
 from lanlic.net.client import Client, Seat
 from lanlic.proto import messages as m
@@ -117,20 +118,36 @@ def prefix_of(site: Site) -> str:
 
 
 class Auditor:
-    """Polls etcd's seat keys (bounded by ``stop``): the most ever seen, and each key's history."""
+    """Polls etcd's seat keys (bounded by ``stop``): the most ever seen, and each key's history.
+    With ``endpoints``, an etcd member that stops answering is left for the next."""
 
-    def __init__(self, etcd: aetcd.Client, prefix: str) -> None:
+    def __init__(self, etcd: aetcd.Client, prefix: str, endpoints: list[str] | None = None) -> None:
         self.etcd, self.prefix = etcd, prefix
+        self.endpoints = endpoints or []
+        self._own: list[aetcd.Client] = []
         self.most = 0
+        self.reads = 0
         self.last: dict[bytes, tuple[Any, int]] = {}
         self.gone_at: dict[bytes, float] = {}
         self._stop = asyncio.Event()
         self.task = asyncio.create_task(self._run())
 
+    async def _read(self) -> dict[bytes, tuple[Any, int]]:
+        if not self.endpoints:
+            return await read_holders(self.etcd, self.prefix)
+        while True:
+            try:
+                return await asyncio.wait_for(read_holders(self.etcd, self.prefix), 1.0)
+            except (aetcd.exceptions.ClientError, TimeoutError):
+                host, _, port = self.endpoints[len(self._own) % len(self.endpoints)].rpartition(":")
+                self.etcd = aetcd.Client(host=host, port=int(port), timeout=1)
+                self._own.append(self.etcd)
+
     async def _run(self) -> None:
         deadline = time.monotonic() + 120
         while not self._stop.is_set() and time.monotonic() < deadline:
-            with_time = await read_holders(self.etcd, self.prefix)
+            with_time = await self._read()
+            self.reads += 1
             now = time.monotonic()
             self.most = max(self.most, len(with_time))
             for k in self.last:
@@ -144,6 +161,8 @@ class Auditor:
     async def close(self) -> None:
         self._stop.set()
         await self.task
+        for client in self._own:
+            await client.close()
 
     def leases(self) -> dict[str, int]:
         """Client lease id (hex) -> the etcd lease its seat key is under, as last seen."""
@@ -206,10 +225,17 @@ async def test_members_are_one_server_sharing_one_pool(
         with pytest.raises(ServerKeyChanged):
             await other.connect()
         await other.close()
-        # A seat released on one member is free for the other.
+        # A seat released on one member is free for the other, once its watch has shown the
+        # key deleted (the release answers first, and deletes the key right after).
         await clients[0].release(next(iter(clients[0].seats.values())))
         async with Client(a.address, trust=trust, regain=False) as again:
-            await asyncio.wait_for(again.acquire("cad"), 5)
+            for _ in range(50):
+                try:
+                    await again.acquire("cad")
+                    break
+                except NoSeat:
+                    await asyncio.sleep(0.1)
+            assert len(again.seats) == 1
     finally:
         for cl in clients:
             await cl.close()
@@ -420,3 +446,117 @@ async def test_clients_of_a_cut_off_member_move_to_another_with_their_seats(
         a.proc.close()
         await proxy.close()
     assert 0 < auditor.most <= SEATS
+
+
+async def test_killing_the_etcd_leader_then_a_follower_during_checkouts_loses_and_doubles_nothing(
+    site: Site, etcd_cluster: EtcdCluster, etcd: aetcd.Client
+) -> None:
+    endpoints = etcd_cluster.endpoints
+    a = await start_member(site, site.data("a"), endpoints)
+    b = await start_member(site, site.data("b", identity_of="a"), endpoints[1:] + endpoints[:1])
+    auditor = Auditor(etcd, prefix_of(site), endpoints)
+    clients = [
+        Client([a.address, b.address][:: 1 if i % 2 else -1], regain=False,
+               trust=TrustStore(site.root / f"t{i}"))
+        for i in range(SEATS)
+    ]  # fmt: skip
+    stop = asyncio.Event()
+    cycles = 0
+    refusals: dict[str, int] = {}
+
+    async def churn(cl: Client) -> None:
+        nonlocal cycles
+        deadline = time.monotonic() + 40
+        while not stop.is_set() and time.monotonic() < deadline and cycles < 5000:
+            try:
+                seat = await cl.acquire("cad")
+                await asyncio.sleep(0.01)
+                await cl.release(seat)
+                cycles += 1
+            except (NoSeat, ServerUnavailable, ServerBusy) as exc:
+                refusals[exc.code] = refusals.get(exc.code, 0) + 1
+                await asyncio.sleep(0.05)
+
+    try:
+        for cl in clients:
+            await cl.connect()
+        tasks = [asyncio.create_task(churn(cl)) for cl in clients]
+        await asyncio.sleep(1.0)
+        for role in ("leader", "follower"):
+            leader = await etcd_cluster.leader_async()
+            victim = leader if role == "leader" else next(
+                x for x in etcd_cluster.members if x is not leader
+            )  # fmt: skip
+            before = cycles
+            await asyncio.to_thread(etcd_cluster.kill, victim)
+            await asyncio.sleep(2.0)
+            await asyncio.to_thread(etcd_cluster.restart, victim)
+            await asyncio.sleep(1.0)
+            assert cycles > before, f"no checkout went through after the {role} was killed"
+        stop.set()
+        await asyncio.gather(*tasks)
+        # Nothing lost, nothing doubled: each client takes one seat; etcd holds exactly those.
+        held: dict[str, int] = {}
+        for cl in clients:
+            for _ in range(100):
+                try:
+                    seat = await cl.acquire("cad")
+                    held[seat.lease_id.hex()] = 1
+                    break
+                except (NoSeat, ServerUnavailable, ServerBusy):
+                    await asyncio.sleep(0.1)
+        assert len(held) == SEATS, (held, refusals)
+        await asyncio.sleep(0.5)
+        assert set(auditor.leases()) == set(held)
+        assert set(auditor.leases().values()) <= {a.etcd_lease, b.etcd_lease}
+        for cl in clients:
+            for seat in list(cl.seats.values()):
+                await cl.release(seat)
+        for _ in range(100):
+            if not auditor.last:
+                break
+            await asyncio.sleep(0.05)
+        assert not auditor.last, "released seats stayed in etcd"
+        print(f"{cycles} checkouts and releases through two etcd kills; refusals {refusals}")
+    finally:
+        stop.set()
+        for cl in clients:
+            await cl.close()
+        await auditor.close()
+    assert 0 < auditor.most <= SEATS and auditor.reads > 100
+
+
+async def test_a_seat_moved_to_another_member_and_back_is_adopted_back(
+    site: Site, etcd_cluster: EtcdCluster, etcd: aetcd.Client
+) -> None:
+    """A client's seat moves A -> B -> A (its member flapped). A must take it back from etcd,
+    not renew its own stale lease: else B's expiry of the lease B no longer hears about would
+    delete the key under a seat the client still holds through A."""
+    endpoints = etcd_cluster.endpoints
+    a = await start_member(site, site.data("a"), endpoints)
+    b = await start_member(site, site.data("b", identity_of="a"), endpoints[::-1])
+    auditor = Auditor(etcd, prefix_of(site))
+    on_a = RawPeer(*await asyncio.open_connection(*a.address))
+    on_b = RawPeer(*await asyncio.open_connection(*b.address))
+    on_b.client_id = on_a.client_id  # one client, two connections: as after a move
+    try:
+        assert (await on_a.hello())["t"] == "welcome"
+        assert (await on_b.hello())["t"] == "welcome"
+        granted = await on_a.request("checkout", product="cad", version="")
+        lease = granted["lease"]
+        seat = [{"lease": lease, "product": "cad", "version": ""}]
+        moved = await on_b.request("reclaim", seats=seat)
+        assert moved["t"] == "reclaimed" and moved["leases"] == [lease], moved
+        await asyncio.sleep(0.3)
+        assert auditor.leases()[lease.hex()] == b.etcd_lease
+        # Back on A, renewing for longer than B's lease: the seat's key must stay, under A.
+        deadline = time.monotonic() + LEASE + 2
+        while time.monotonic() < deadline:
+            renewed = await on_a.request("renew", leases=[lease])
+            assert renewed["t"] == "renewed" and renewed["leases"] == [lease], renewed
+            await asyncio.sleep(HEARTBEAT / 2)
+        assert auditor.leases().get(lease.hex()) == a.etcd_lease, auditor.leases()
+    finally:
+        on_a.close()
+        on_b.close()
+        await auditor.close()
