@@ -164,7 +164,12 @@ async def _failover(tgt: Target, n: int) -> dict[str, Any]:
         await asyncio.sleep(2 * heartbeat)  # steady renewals on every member
         victim = members[0]
         on_victim = [s for s in seats if s.member == victim]
-        os.kill(int(tgt.info["pids"][0]), signal.SIGKILL)
+        # kill -9 (on Windows os.kill always ends a process at once: TerminateProcess).
+        if sys.platform == "win32":
+            sig = signal.SIGTERM
+        else:
+            sig = signal.SIGKILL
+        os.kill(int(tgt.info["pids"][0]), sig)
         killed = loop.time()
         moved: dict[int, float] = {}
         while len(moved) < len(on_victim) and loop.time() - killed < FAILOVER_BOUND:
