@@ -136,6 +136,7 @@ class LicenseService:
         self.guard = RestartGuard(self.pool)
         self.gate = SeatGate(self.pool, self._borrowers)
         """The seat policy and the queue (lanlic.core.gate)."""
+        self.gate.sweep = self.expire  # leases the gate finds dead are recorded as expired
         self._waits: dict[bytes, tuple[int, int]] = {}
         """Per queue ticket: the ``wait`` request's id, and the position last told the client."""
         self.outbox: list[tuple[bytes, m.Message]] = []
@@ -251,10 +252,7 @@ class LicenseService:
             return None
 
         def check(product: str, user: str, host: str) -> Denied | None:
-            mine = sum(
-                1 for b in self.desk.active.values() if b.product == product and b.user == user
-            )
-            return self.gate.borrow_refused(product, Asker(user, host, session.addr), mine, now)
+            return self.gate.borrow_refused(product, Asker(user, host, session.addr), now)
 
         return check
 

@@ -243,6 +243,17 @@ class Seat:
         """True while the seat must not be used (any state but ``held`` and ``regained``)."""
         return self.state not in USABLE
 
+    @property
+    def member(self) -> tuple[str, int]:
+        """The address of the server (the member of a pool) its lease is held at."""
+        return self._held_at
+
+    @property
+    def renewed_at(self) -> float:
+        """When (the event loop's clock) the last request the server confirmed the seat by was
+        sent: its checkout, or its last renew or reclaim."""
+        return self._renew_sent
+
     def _set(self, state: SeatState, reason: LanlicError | None) -> None:
         self.state, self.reason = state, reason
         if state in USABLE:

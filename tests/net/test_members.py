@@ -155,14 +155,14 @@ async def test_a_lost_member_the_client_moves_on_and_keeps_its_seat(pool: Pool) 
         await a.stop()  # every connection to it closed
         await until(lambda: client.connected and client.address == b.address, 2.0)
         # The seat was presented to b and is held there under the same lease, never lost.
-        await until(lambda: seat._held_at == b.address, 2.0)
+        await until(lambda: seat.member == b.address, 2.0)
         await asyncio.sleep(2 * LEASE)  # renewed through b well past a lease
         assert seat.state is SeatState.HELD and told.events == []
         assert client.seats == {seat.lease_id: seat}
         assert service.pool.lease(seat.lease_id) is not None and service.pool.in_use("cad") == 1
         # New requests go to b as well.
         second = await client.acquire("cad")
-        assert second._held_at == b.address and service.pool.in_use("cad") == 2
+        assert second.member == b.address and service.pool.in_use("cad") == 2
     assert service.pool.in_use("cad") == 0  # released through b
 
 
@@ -231,10 +231,10 @@ async def test_a_member_that_cannot_serve_is_left_for_the_next(pool: Pool, mode:
     try:
         async with Client(members(a.address, b.address), **told.kwargs()) as client:
             seat = await client.acquire("cad")
-            assert client.address == a.address and seat._held_at == a.address
+            assert client.address == a.address and seat.member == a.address
             a.mode = mode  # the next renew is refused, or never answered
             await until(lambda: client.connected and client.address == b.address, 3 * HEARTBEAT + 1)
-            await until(lambda: seat._held_at == b.address, 2.0)
+            await until(lambda: seat.member == b.address, 2.0)
             if mode == "unavailable":
                 assert a.refused >= 1
             await asyncio.sleep(2 * LEASE)
@@ -252,7 +252,7 @@ async def test_a_checkout_answered_server_unavailable_is_asked_of_the_next(pool:
         async with Client(members(a.address, b.address)) as client:
             a.mode = "unavailable"
             seat = await client.acquire("cad")  # refused by a, granted by b: no error
-            assert seat._held_at == b.address and client.address == b.address
+            assert seat.member == b.address and client.address == b.address
             assert service.pool.in_use("cad") == 1 and a.refused == 1
     finally:
         await a.stop()
@@ -401,7 +401,7 @@ async def test_a_restart_of_the_member_in_use_moves_the_client_to_the_other(
         await asyncio.to_thread(a.start)  # back on its port while the client is at b
         # b holds no lease of a's pool: the seat is lost there and taken again at once.
         await asyncio.wait_for(seat.wait_regained(), 3 * LEASE)
-        assert c.address[1] == b.port and seat._held_at == c.address
+        assert c.address[1] == b.port and seat.member == c.address
         assert told.events == ["lost: lease_unknown", "regained"]
         assert in_use(await c.status()) == 1  # b's pool
         await asyncio.sleep(LEASE)
