@@ -202,7 +202,9 @@ class ClusterService(LicenseService):
             return self._unavailable(0)
         now, _wall = self.clock()
         got = self.pool.adopt(lease_id, hold.product, owner, holder, now)
-        if isinstance(got, Denied):  # pragma: no cover - local leases never outnumber etcd's
+        if isinstance(got, Denied):
+            # Rare: leases here whose seats another member adopted since (the client moved on)
+            # count in the local pool until they expire or are renewed here. Give the key back.
             self._end(lease_id, hold)
             return m.Error(0, got.code, got.message)
         self.holds[lease_id] = hold
