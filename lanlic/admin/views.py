@@ -16,25 +16,21 @@ at zero and at the key's seats, which shows such a stretch as quieter than it wa
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from lanlic.core.lending import BorrowDesk
 from lanlic.core.pool import Lease
-from lanlic.core.records import HistoryRow
 from lanlic.core.service import LicenseService
 
 __all__ = [
     "CHART_EVENTS",
+    "FORMULA_START",
     "RANGES",
     "borrow_rows",
     "csv_cell",
-    "csv_header",
-    "csv_rows",
     "enrollment_rows",
     "holder_page",
     "parse_time",
@@ -225,7 +221,8 @@ def usage_series(
 
 # ----------------------------------------------------------------------------------- CSV
 
-_FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
+#: What a spreadsheet may read as the start of a formula.
+FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
 
 
 def csv_cell(text: str) -> str:
@@ -233,21 +230,7 @@ def csv_cell(text: str) -> str:
     that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading
     ``'``. Product, user, host and detail all come from clients; every column goes through
     here, so no column is left out when one is added."""
-    return "'" + text if text.startswith(_FORMULA_START) else text
-
-
-def csv_header() -> str:
-    return "time_utc,unix_time,event,product,user,host,detail,count\r\n"
-
-
-def csv_rows(rows: Iterable[HistoryRow]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\r\n")
-    for r in rows:
-        when = dt.datetime.fromtimestamp(r.at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-        cells = (when, f"{r.at:.3f}", r.event, r.product, r.user, r.host, r.detail, str(r.count))
-        writer.writerow([csv_cell(c) for c in cells])
-    return buf.getvalue()
+    return "'" + text if text.startswith(FORMULA_START) else text
 
 
 def parse_time(text: str | None) -> float | None:

@@ -28,6 +28,7 @@ import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Protocol
 
 from lanlic.core.netkey import ProductEntitlement
 
@@ -39,6 +40,7 @@ __all__ = [
     "ReleaseResult",
     "RenewResult",
     "SeatPool",
+    "Watcher",
 ]
 
 
@@ -95,8 +97,14 @@ class ReleaseResult:
     lost: list[bytes]
 
 
+class Watcher(Protocol):
+    """Counts a product's holders as they change (the seat policy's ``Tally``)."""
+
+    def count(self, who: Holder, delta: int, borrowed: bool = False) -> None: ...
+
+
 class _Product:
-    __slots__ = ("borrowed", "entitlement", "held", "in_use", "over", "peak")
+    __slots__ = ("borrowed", "entitlement", "held", "in_use", "over", "peak", "watcher")
 
     def __init__(self, entitlement: ProductEntitlement) -> None:
         self.entitlement = entitlement
@@ -109,6 +117,8 @@ class _Product:
         self.over = 0
         """Borrows counted although no seat was free (``take_borrowed(force=True)``): a bound
         on how far the product may be over its seats until they end."""
+        self.watcher: Watcher | None = None
+        """Told of every seat taken and given back (``watch``); None costs a grant nothing."""
 
 
 class _LeaseIds:
@@ -283,6 +293,8 @@ class SeatPool:
         p.in_use += 1
         if p.in_use > p.peak:
             p.peak = p.in_use
+        if p.watcher is not None:
+            p.watcher.count(holder, 1)
         heapq.heappush(self._heap, (expires, lease_id))
         return lease
 
@@ -438,6 +450,19 @@ class SeatPool:
         if p.over:
             p.over -= 1
 
+    def watch(self, product: str, watcher: Watcher | None) -> None:
+        """Tell ``watcher`` of every lease of ``product`` from now on, taken or gone (a lease
+        expired but not yet swept counts until the sweep). None stops it."""
+        self._products[product].watcher = watcher
+
+    def borrower(self, product: str, who: Holder, delta: int) -> None:
+        """``who`` now holds one more (``delta`` 1) or one less (-1) borrowed seat of
+        ``product``: the lending desk says so as its borrows begin and end, for the watcher
+        (the pool itself counts borrowed seats without names)."""
+        p = self._products.get(product)
+        if p is not None and p.watcher is not None:
+            p.watcher.count(who, delta, borrowed=True)
+
     def postpone(self, seconds: float) -> None:
         """Move every lease's deadline ``seconds`` later: the server's loop stalled that long,
         and a client cannot be blamed for not renewing while nobody was listening."""
@@ -458,7 +483,10 @@ class SeatPool:
             if len(owned) == 1:
                 self._by_owner[lease.owner] = next(iter(owned))
         self.changes += 1
-        self._products[lease.product].in_use -= 1
+        p = self._products[lease.product]
+        p.in_use -= 1
+        if p.watcher is not None:
+            p.watcher.count(lease.holder, -1)
         # The heap entry stays behind as stale; rebuild once stale entries dominate.
         if from_heap and len(self._heap) > 64 and len(self._heap) > 2 * len(self._leases) + 64:
             self._heap = [(x.expires, x.id) for x in self._leases.values()]
