@@ -165,7 +165,7 @@ def enrollment_rows(desk: BorrowDesk) -> list[dict[str, Any]]:
 
 
 def usage_series(
-    events: Sequence[tuple[float, str, str]],
+    events: Sequence[tuple[float, str, str, int]],
     current: Mapping[str, tuple[int, int]],
     seats: Mapping[str, int],
     start: float,
@@ -175,8 +175,11 @@ def usage_series(
     """Per product, one ``[bucket start, in use, borrowed]`` per bucket from ``start`` to
     ``end``: the fullest moment of the bucket (see the module docstring).
 
-    ``events`` are ``(at, product, event)`` oldest first, none before ``start``; ``current`` is
-    (in use, borrowed) now, at ``end``."""
+    ``events`` are ``(at, product, event, count)`` oldest first, none before ``start``;
+    ``current`` is (in use, borrowed) now, at ``end``. A row that counts several events (the
+    lease events of one batch, a second, by one client: ``lanlic.store.history``) moves the
+    count by all of them at its time, so a client's checkouts and releases within that second
+    may show a fuller moment than there was, never more than the seats."""
     n = max(1, math.ceil((end - start) / step))
     best: dict[str, list[tuple[int, int]]] = {p: [(-1, 0)] * n for p in current}
     state = {p: (max(0, u), max(0, b)) for p, (u, b) in current.items()}
@@ -190,7 +193,7 @@ def usage_series(
     i = n - 1
     for p in state:
         keep(p, i)
-    for at, product, event in reversed(events):
+    for at, product, event, count in reversed(events):
         if product not in state:
             continue  # a product the current key does not serve
         b_i = min(n - 1, max(0, int((at - start) // step)))
@@ -199,6 +202,7 @@ def usage_series(
             for p in state:
                 keep(p, i)
         du, db = CHART_EVENTS.get(event, (0, 0))
+        du, db = du * count, db * count
         u, b = state[product]
         cap = seats.get(product, 0)
         u = min(cap, max(0, u - du))

@@ -218,15 +218,16 @@ def page(
 
 def events_since(
     db: sqlite3.Connection, since: float, events: Sequence[str]
-) -> list[tuple[float, str, str]]:
-    """``(at, product, event)`` of the given kinds from ``since`` on, oldest first."""
+) -> list[tuple[float, str, str, int]]:
+    """``(at, product, event, count)`` of the given kinds from ``since`` on, oldest first."""
     marks = ", ".join("?" * len(events))
+    count = "count" if "count" in _columns(db) else "1"
     rows = db.execute(
-        f"SELECT at, product, event FROM history WHERE at >= ? AND event IN ({marks})"  # noqa: S608
-        " ORDER BY at, seq",
+        f"SELECT at, product, event, {count} FROM history WHERE at >= ?"  # noqa: S608
+        f" AND event IN ({marks}) ORDER BY at, seq",
         [since, *events],
     )
-    return [(float(a), str(p), str(e)) for a, p, e in rows]
+    return [(float(a), str(p), str(e), int(n)) for a, p, e, n in rows]
 
 
 # ------------------------------------------------------------------------------- retention

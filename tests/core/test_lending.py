@@ -3,10 +3,12 @@ to the store by hand (as the server's store thread would) and then committed or 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,7 +20,8 @@ from helpers import make_key
 from lanlic.core import borrowing, signing
 from lanlic.core.lending import Durable
 from lanlic.core.netkey import ProductEntitlement
-from lanlic.core.pool import Granted, Holder
+from lanlic.core.policy import parse
+from lanlic.core.pool import Denied, Granted, Holder
 from lanlic.core.service import LicenseService, Session
 from lanlic.proto import messages as m
 from lanlic.store import Store
@@ -978,3 +981,112 @@ def test_a_return_of_a_borrow_the_store_already_ended_says_already(site: Site) -
     reply = site.request(laptop.return_msg(site.server_id, b.borrow_id))
     assert reply == m.Returned(3, b.borrow_id, already=True)
     assert site.service.pool.borrowed("cad") == 0
+
+
+def test_the_seat_policy_counts_borrowers_as_borrows_begin_fail_end_and_reload(
+    site: Site, tmp_path: Path, vendor_key: Ed25519PrivateKey, server_key: Ed25519PrivateKey
+) -> None:
+    """The policy's counts (``Tally``) follow the desk's borrows without a recount: begun,
+    failed to record, returned, expired, and loaded again after a restart."""
+    policy = parse(
+        '[products.cad]\nmax_borrowed_per_user = 1\nmax = [{ seats = 2, user = "ann" }]\n'
+    )
+    service = site.service
+    service.set_policy(policy, site.now)
+
+    def counted() -> tuple[int, tuple[int, ...], dict[int, int], dict[str, int]]:
+        kept, fresh = service.gate.tallies["cad"], service.gate.recount("cad", site.now)
+        assert fresh is not None and kept.counts() == fresh.counts()
+        return kept.counts()
+
+    laptop = enrolled(site)
+    reply = service.handle(site.session, laptop.borrow_msg(site.server_id), 0, T0)
+    assert reply.durable is not None
+    assert isinstance(reply.durable.abort(OSError("disk full")), m.Error)
+    assert counted() == (0, (0,), {}, {})
+    b = site.request(laptop.borrow_msg(site.server_id))
+    assert isinstance(b, m.Borrowed)
+    assert counted() == (1, (1,), {}, {"ann": 1})
+    second = site.request(laptop.borrow_msg(site.server_id))
+    assert isinstance(second, m.Error) and second.code == "limit_reached"
+    assert site.request(laptop.return_msg(site.server_id, b.borrow_id)).TYPE == "returned"
+    assert counted() == (0, (0,), {}, {})
+    b = site.request(laptop.borrow_msg(site.server_id, days=1))
+    assert isinstance(b, m.Borrowed) and counted() == (1, (1,), {}, {"ann": 1})
+    again = Site(tmp_path / "lanlic.db", vendor_key, server_key)  # the server restarted
+    again.service.set_policy(policy, 0.0)
+    assert again.service.gate.tallies["cad"].counts() == (1, (1,), {}, {"ann": 1})
+    site.expire(T0 + 2 * DAY)
+    assert counted() == (0, (0,), {}, {})
+
+
+# ------------------------------------------------------------- the seat policy's word on a borrow
+
+
+def test_the_seat_policys_refusal_of_a_borrow_takes_nothing_and_is_in_the_history(
+    site: Site,
+) -> None:
+    laptop = enrolled(site)
+    events = with_events(site)
+    asked: list[tuple[str, str, str]] = []
+
+    def check(product: str, user: str, host: str) -> Denied | None:
+        asked.append((product, user, host))
+        return Denied("policy_refused", "ann may borrow one cad at most") if asked[1:] else None
+
+    first = site.service.desk.borrow(laptop.borrow_msg(site.server_id), T0, 0.0, check)
+    assert isinstance(site.apply(first), m.Borrowed)  # None: the policy lets it through
+    reply = site.service.desk.borrow(laptop.borrow_msg(site.server_id), T0, 0.0, check)
+    assert reply == m.Error(2, "policy_refused", "ann may borrow one cad at most")
+    assert asked == [("cad", "ann", "lt-1")] * 2  # who asks is the enrolled user and host
+    assert events[-1] == ("refusal", "cad", "ann", "lt-1", "policy_refused")
+    assert site.service.pool.borrowed("cad") == 1 and len(site.service.desk.active) == 1
+
+
+def test_the_policy_files_borrow_terms_lower_the_keys_and_the_admins(site: Site) -> None:
+    desk = site.service.desk
+    desk.file_policy = {"cad": (1, 5)}
+    terms = desk.terms("cad")
+    assert (terms.borrowable, terms.max_days) == (1, 5)
+    desk.policy = {"cad": (2, 3)}  # the admin's, lower in days: the lower of each wins
+    terms = desk.terms("cad")
+    assert (terms.borrowable, terms.max_days) == (1, 3)
+    desk.file_policy = {"cad": (None, 9), "cam": (1, 1)}  # no lowering of the count; cad only
+    terms = desk.terms("cad")
+    assert (terms.borrowable, terms.max_days) == (2, 3)
+    laptop = enrolled(site)
+    desk.policy = {}
+    reply = site.request(laptop.borrow_msg(site.server_id, days=10))
+    assert isinstance(reply, m.Error) and reply.code == "borrow_too_long"
+    assert isinstance(site.request(laptop.borrow_msg(site.server_id, days=9)), m.Borrowed)
+
+
+def test_a_refused_borrow_from_an_unknown_machine_names_nobody(site: Site) -> None:
+    events = with_events(site)
+    stranger = Laptop()
+    reply = site.request(stranger.borrow_msg(site.server_id))
+    assert isinstance(reply, m.Error) and reply.code == "not_enrolled"
+    assert events == [("refusal", "cad", "", "", "not_enrolled")]
+    # A container key that is no key at all (the wire lets only 32 bytes through; the desk
+    # does not count on it), for a product the key lacks: refused and recorded, nothing raised.
+    msg = stranger.borrow_msg(site.server_id, product="nope")
+    reply = site.request(dataclasses.replace(msg, container_key=b"\x01" * 5))
+    assert isinstance(reply, m.Error) and reply.code == "not_borrowable"
+    assert events[-1] == ("refusal", "nope", "", "", "not_borrowable")
+
+
+def test_history_times_are_utc_whatever_the_servers_time_zone(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        laptop = enrolled(site)
+        events = with_events(site)
+        b = site.request(laptop.borrow_msg(site.server_id, days=2))
+        assert isinstance(b, m.Borrowed)
+        # T0 + 2 days is 2027-01-17 08:00 UTC (03:00 in New York).
+        assert events[-1][4] == f"{b.borrow_id} until 2027-01-17T08:00:00Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
