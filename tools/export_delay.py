@@ -54,6 +54,8 @@ MAX_CHECKOUTS = 200_000
 SLOW_MS = 3
 #: Pause between checkouts (s): the client does not keep a core busy by itself.
 GAP = 0.001
+#: ``--server-code``: where the server and CLI processes import lanlic from ("": as this one).
+SERVER_CODE = ""
 
 
 class Peer:
@@ -118,8 +120,16 @@ def fill_history(data: Path, rows: int) -> None:
     store.close()
 
 
-async def start_server(data: Path) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
+def lanlic_env() -> dict[str, str]:
+    """The environment of the ``lanlic`` processes: ``--server-code`` first on the path."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LANLIC_")}
+    if SERVER_CODE:
+        env["PYTHONPATH"] = SERVER_CODE
+    return env
+
+
+async def start_server(data: Path) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
+    env = lanlic_env()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "lanlic", "serve", "--demo", "--data", str(data), "--json",
         "--host", "127.0.0.1", "--port", "0", "--admin-port", "0", "--no-mdns",
@@ -155,7 +165,7 @@ def cli_export(data: Path) -> tuple[int, float]:
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "lanlic", "admin", "history", "--csv", "--data", str(data)],
-        capture_output=True, check=True, timeout=600,
+        capture_output=True, check=True, timeout=600, env=lanlic_env(),
     )  # fmt: skip
     return done.stdout.count(b"\n"), time.perf_counter() - start
 
@@ -290,7 +300,14 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=200_000, help="history rows (default 200000)")
     p.add_argument("--seconds", type=float, default=3.0, help="length of each idle phase")
     p.add_argument("--rounds", type=int, default=2, help="times the three phases run")
+    p.add_argument(
+        "--server-code", default="", metavar="DIR",
+        help="run the server and the CLI export from this checkout (e.g. one before a change);"
+        " the in-process part always runs this one",
+    )  # fmt: skip
     args = p.parse_args()
+    global SERVER_CODE
+    SERVER_CODE = args.server_code
     asyncio.run(run(args.rows, args.seconds, max(1, args.rounds)))
     return 0
 
