@@ -231,3 +231,36 @@ def test_a_waiter_never_allowed_is_refused_at_once(
     assert wait_in_force(data)["in_force"]
     mallory = Laptop(tmp_path, "mallory", "mallory")
     fails(mallory.run(port, "checkout", "viewer", "--wait"), "not_allowed")
+
+
+def test_waiters_rejoin_the_line_after_a_server_restart(
+    procs: Procs, vendor: Path, net_key: Path, tmp_path: Path
+) -> None:
+    """A restart empties the line (SPEC 16): each waiting ``checkout --wait`` reconnects, joins
+    the new line by itself, and gets its seat as seats free, within its one timeout."""
+    data = tmp_path / "data"
+    server, port, _ = procs.serve(net_key, vendor, data)
+    bob, carol, dave = (Laptop(tmp_path, n, n) for n in ("bob", "carol", "dave"))
+    holders = [procs.checkout(bob, port, "viewer", hold=60) for _ in range(2)]
+    first = waiter(procs, carol, port, "viewer", "--timeout", "60")
+    assert first.read_json()["position"] == 1
+    second = waiter(procs, dave, port, "viewer", "--timeout", "60")
+    assert second.read_json()["position"] == 2
+
+    assert server.stop() == 0
+    procs.serve(net_key, vendor, data, "--port", str(port))
+    # Both come back into the line, in the order they reconnect (the backoff decides).
+    places = {first.read_json()["position"], second.read_json()["position"]}
+    assert places <= {1, 2} and 1 in places
+    assert sorted(u for _, u in queue_of(bob, port, "viewer")) == ["carol", "dave"]
+    assert in_use(bob, port, "viewer") == 2  # bob's seats were taken back, not given away
+
+    # Seats given back go to the line, as before the restart.
+    assert holders[0].stop() == 0
+    assert holders[1].stop() == 0
+    events = [p.read_json() for p in (first, second)]
+    while any(e["event"] == "queued" for e in events):  # a move to number 1 may come first
+        events = [e if e["event"] == "checked_out" else p.read_json()
+                  for e, p in zip(events, (first, second), strict=True)]  # fmt: skip
+    assert [e["event"] for e in events] == ["checked_out", "checked_out"]
+    assert queue_of(bob, port, "viewer") == []
