@@ -171,7 +171,12 @@ class SeatPool:
             {name: p.entitlement for name, p in self._products.items()}
         )
         self._leases: dict[bytes, Lease] = {}
-        self._by_owner: dict[bytes, set[bytes]] = {}
+        self._by_owner: dict[bytes, bytes | set[bytes]] = {}
+        """Lease ids per owner: the id itself while an owner holds one (most do: a set of one
+        costs 216 bytes a seat), a set from the second on."""
+        self.changes = 0
+        """Counts leases added and removed: the restart guard's batch looks for changes only
+        when it moved."""
         self._heap: list[tuple[float, bytes]] = []
         self.mint: Callable[[bytes, str], bytes] | None = None
         """Makes lease ids from (owner, product) instead of ``new_lease_id`` when set: the
@@ -211,7 +216,10 @@ class SeatPool:
         return self._leases.keys()
 
     def leases_of(self, owner: bytes) -> list[bytes]:
-        return list(self._by_owner.get(owner, ()))
+        owned = self._by_owner.get(owner)
+        if owned is None:
+            return []
+        return [owned] if isinstance(owned, bytes) else list(owned)
 
     def __len__(self) -> int:
         return len(self._leases)
@@ -225,7 +233,7 @@ class SeatPool:
         counts: dict[str, int] = dict.fromkeys(self._products, 0)
         for lease in self._leases.values():
             counts[lease.product] += 1
-            assert lease.id in self._by_owner.get(lease.owner, ())
+            assert lease.id in self.leases_of(lease.owner)
         for name, p in self._products.items():
             assert p.in_use == counts[name], (name, p.in_use, counts[name])
             assert p.borrowed >= 0 and p.held >= 0
@@ -233,7 +241,8 @@ class SeatPool:
                 f"{name}: {p.in_use} in use + {p.borrowed} borrowed + {p.held} held"
                 f" > {p.entitlement.seats}"
             )
-        assert sum(len(s) for s in self._by_owner.values()) == len(self._leases)
+        assert sum(len(self.leases_of(o)) for o in self._by_owner) == len(self._leases)
+        assert all(isinstance(s, bytes) or len(s) > 1 for s in self._by_owner.values())
 
     # ---------------------------------------------------------------------------- changes
 
@@ -275,9 +284,12 @@ class SeatPool:
         self._leases[lease_id] = lease
         owned = self._by_owner.get(owner)
         if owned is None:
-            self._by_owner[owner] = {lease_id}
+            self._by_owner[owner] = lease_id
+        elif isinstance(owned, bytes):
+            self._by_owner[owner] = {owned, lease_id}
         else:
             owned.add(lease_id)
+        self.changes += 1
         p.in_use += 1
         if p.in_use > p.peak:
             p.peak = p.in_use
@@ -388,7 +400,7 @@ class SeatPool:
 
     def release_owner(self, owner: bytes, now: float) -> list[Lease]:
         """Release every seat of one client (its clean goodbye)."""
-        return self.release(list(self._by_owner.get(owner, ())), owner, now).released
+        return self.release(self.leases_of(owner), owner, now).released
 
     def expire(self, now: float) -> list[Lease]:
         """Free every lease whose deadline has passed; return them."""
@@ -464,9 +476,13 @@ class SeatPool:
     def _remove(self, lease: Lease, from_heap: bool = True) -> None:
         del self._leases[lease.id]
         owned = self._by_owner[lease.owner]
-        owned.discard(lease.id)
-        if not owned:
+        if isinstance(owned, bytes):
             del self._by_owner[lease.owner]
+        else:
+            owned.discard(lease.id)
+            if len(owned) == 1:
+                self._by_owner[lease.owner] = next(iter(owned))
+        self.changes += 1
         p = self._products[lease.product]
         p.in_use -= 1
         if p.watcher is not None:

@@ -428,7 +428,13 @@ class Store:
                 pass  # the error being raised is the one to report
 
     def raise_reservations(self, seats: dict[str, int]) -> None:
-        """Raise reservations, never lowering one (raises may finish in any order)."""
+        """Raise reservations, never lowering one (raises may finish in any order). One that
+        the database already holds (an earlier raise wrote it: committed, so fsynced) costs a
+        read, not a write: the grants that queued behind one raise share its fsync."""
+        have = self.reservations()
+        seats = {p: n for p, n in seats.items() if n > have.get(p, -1)}
+        if not seats:
+            return
         try:
             self._write("BEGIN")
             for product, n in seats.items():
@@ -570,8 +576,10 @@ class Store:
         filters = hist.Filters(since, until, product, event)
         return hist.page(self._db, filters, offset=offset, limit=limit, newest_first=newest_first)
 
-    def history_events(self, since: float, events: Sequence[str]) -> list[tuple[float, str, str]]:
-        """``(at, product, event)`` of the given kinds from ``since`` on, oldest first."""
+    def history_events(
+        self, since: float, events: Sequence[str]
+    ) -> list[tuple[float, str, str, int]]:
+        """``(at, product, event, count)`` of the given kinds from ``since`` on, oldest first."""
         return hist.events_since(self._db, since, events)
 
     def prune_history(self, now: float, batch: int = hist.PRUNE_BATCH) -> int:
