@@ -6,14 +6,17 @@ bounded; the ``procs`` fixture ends every process a test starts.
 
 from __future__ import annotations
 
+import http.cookiejar
+import json
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cliproc import Laptop, Procs, fails, issue_network_key, ok, run
+from cliproc import Laptop, Procs, fails, issue_network_key, ok, run, serve_args
 
 from lanlic.store import Store
 
@@ -264,3 +267,59 @@ def test_waiters_rejoin_the_line_after_a_server_restart(
                   for e, p in zip(events, (first, second), strict=True)]  # fmt: skip
     assert [e["event"] for e in events] == ["checked_out", "checked_out"]
     assert queue_of(bob, port, "viewer") == []
+
+
+class AdminPage:
+    """The admin page of a ``lanlic serve`` process, over HTTP on 127.0.0.1 (no password set:
+    loopback only, as a fresh install is)."""
+
+    def __init__(self, port: int, name: str) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        self.csrf = self.call("POST", "/api/login", {"name": name, "password": ""})["csrf"]
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if hasattr(self, "csrf"):  # every change after the login carries it
+            req.add_header("X-CSRF-Token", self.csrf)
+        with self.opener.open(req, timeout=10) as r:
+            return json.loads(r.read())
+
+
+def test_the_admin_removes_a_waiter_who_is_told_at_once(
+    procs: Procs, vendor: Path, net_key: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    server = procs.start(serve_args(net_key, vendor, data, "--admin-port", "0"))
+    listening = server.read_json()
+    port, admin_port = listening["port"], listening["admin_port"]
+    bob, carol, dave = (Laptop(tmp_path, n, n) for n in ("bob", "carol", "dave"))
+    holders = [procs.checkout(bob, port, "viewer", hold=60) for _ in range(2)]
+    first = waiter(procs, carol, port, "viewer")
+    assert first.read_json()["position"] == 1
+    second = waiter(procs, dave, port, "viewer")
+    assert second.read_json()["position"] == 2
+
+    page = AdminPage(admin_port, "Dana")
+    items = page.call("GET", "/api/queue")["items"]
+    assert [(w["position"], w["user"]) for w in items] == [(1, "carol"), (2, "dave")]
+    removed = page.call("DELETE", f"/api/queue/{items[0]['ticket']}")
+    assert removed["user"] == "carol"
+    # Carol is told at once and her checkout fails; dave moves up.
+    assert first.popen.wait(timeout=10) == 1
+    assert "removed from the queue by the administrator" in first.stderr()
+    assert second.read_json()["position"] == 1
+    assert queue_of(bob, port, "viewer") == [(1, "dave")]
+    assert holders[0].stop() == 0
+    assert second.read_json()["event"] == "checked_out"
+
+    store = Store(data / "lanlic.db")
+    try:
+        history = store.history()
+    finally:
+        store.close()
+    [row] = [h for h in history if h.event == "admin_unqueue"]
+    assert row.product == "viewer" and row.user == "Dana" and "carol" in row.detail
