@@ -47,6 +47,7 @@ TESTS: dict[str, list[str]] = {
     "lanlic/proto/framing.py": ["tests/proto/test_framing.py"],
     "lanlic/core/lending.py": ["tests/core/test_lending.py"],
     "lanlic/core/restart.py": [
+        "tests/core/test_restart_rules.py",  # each rule alone, sans-IO (milliseconds)
         "tests/core/test_restart_guard.py",
         "tests/core/test_restart_reservation.py",
         "tests/core/test_restart_reclaim.py",

@@ -12,23 +12,29 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["SCENARIOS", "TARGETS", "add_arguments", "main"]
+__all__ = ["CLUSTER_SCENARIOS", "CLUSTER_TARGETS", "SCENARIOS", "TARGETS", "add_arguments", "main"]
 
 SCENARIOS = ("burst", "steady", "saturate", "churn")
 TARGETS = ("lanlic", "ceiling", "redis")
+#: Asked for by name only (they need etcd-server): three members on etcd (``cluster``), and
+#: the time its clients take to move when a member is killed (``failover``): ``bench.cluster``.
+CLUSTER_TARGETS = ("cluster",)
+CLUSTER_SCENARIOS = ("failover",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--scenario",
         default=",".join(SCENARIOS),
-        help=f"comma-separated, from {','.join(SCENARIOS)} (default: all)",
+        help=f"comma-separated, from {','.join(SCENARIOS + CLUSTER_SCENARIOS)} (default: all "
+        "but failover, which the cluster target adds)",
     )
     p.add_argument(
         "--targets",
         default=",".join(TARGETS),
-        help="comma-separated, from lanlic,ceiling,redis (default: all; redis is skipped with "
-        "a message when redis-server is not installed)",
+        help="comma-separated, from lanlic,ceiling,redis,cluster (default: lanlic,ceiling,redis; "
+        "redis is skipped with a message when redis-server is not installed; cluster, three "
+        "members on a 3-member etcd, needs etcd-server and the cluster extra)",
     )
     p.add_argument(
         "--quick",
@@ -57,6 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clients", type=int, help="churn: clients at once")
     p.add_argument(
         "--borrowers", type=int, help="churn: laptops borrowing and returning, per generator"
+    )
+    p.add_argument(
+        "--failover-clients", type=int, help="failover: clients holding a seat (default 150)"
     )
     p.add_argument("--lease", type=float, help="lease period, s (default 5; quick 3)")
     p.add_argument("--heartbeat", type=float, help="steady: renew period, s (default 1)")

@@ -33,6 +33,7 @@ TARGET_LABELS = {
     "ceiling": "ceiling",
     "ceiling-streams": "ceiling (streams)",
     "redis": "Redis",
+    "cluster": "cluster (3 on etcd)",
 }
 
 
@@ -149,6 +150,8 @@ def one_line(scenario: str, name: str, d: dict[str, Any]) -> str:
         )
     if scenario.startswith("saturate"):
         return f"{head} {d['ops_per_s']:,.0f} ops/s, p50 {_ms(lat, 'p50')} ms; {cpu}"
+    if scenario == "failover":
+        return f"{head} {failover_text(d)}"
     return (
         f"{head} {d['sessions_per_s']:,.0f} sessions/s, refused {d['refused']}, "
         f"vanished {d['vanished']}, held after expiry {_f(d['leaked_after_expiry'])}; {cpu}"
@@ -165,6 +168,16 @@ THROUGHPUT = {
 }
 
 
+def failover_text(d: dict[str, Any]) -> str:
+    """The failover figure (lanlic.bench.cluster) in words."""
+    every = _f(d["all_moved_s"], 3)
+    return (
+        f"{d['on_killed_member']} of {d['clients']} clients on the killed member, all confirmed "
+        f"by another within {every} s (median {_f(d['moved_p50_s'], 3)} s); lost {d['lost']}, "
+        f"held after {d['held_after']}/{d['clients']}"
+    )
+
+
 def ratios(scenarios: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     out: dict[str, dict[str, float | None]] = {}
     for sc, by_target in scenarios.items():
@@ -178,6 +191,9 @@ def ratios(scenarios: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | 
         pol = by_target.get("lanlic-policy", {}).get(key) if key else None
         if pol is not None and lan:
             r["policy/no policy"] = round(pol / lan, 3)
+        clu = by_target.get("cluster", {}).get(key) if key else None
+        if clu is not None and lan:
+            r["cluster/lanlic"] = round(clu / lan, 3)
         if sc == "saturate-renew":
             a = by_target.get("ceiling-streams", {}).get("ops_per_s")
             b = by_target.get("ceiling", {}).get("ops_per_s")
@@ -279,6 +295,8 @@ def table(data: dict[str, Any]) -> str:
                 parts.append(f"{k.split('/')[1]} {r[k]:.0%}")
         if "policy/no policy" in r:
             parts.append(f"policy on/off {r['policy/no policy']:.0%}")
+        if "cluster/lanlic" in r:
+            parts.append(f"cluster/lanlic {r['cluster/lanlic']:.0%}")
         return ", ".join(parts)
 
     def lat3(d: dict[str, Any]) -> str:
@@ -329,6 +347,19 @@ def table(data: dict[str, Any]) -> str:
         row("churn", "borrow+return pairs/s", _borrows)
         row("churn", "borrow/return p50 ms", _borrow_lat)
         row("churn", "CPU % server/gen", cpu)
+
+    if "failover" in sc:
+        row(
+            "failover",
+            "clients on the killed one",
+            lambda d: f"{d['on_killed_member']}/{d['clients']}",
+        )
+        row(
+            "failover",
+            "all moved / median, s",
+            lambda d: f"{_f(d['all_moved_s'], 3)}/{_f(d['moved_p50_s'], 3)}",
+        )
+        row("failover", "seats lost", lambda d: d["lost"])
 
     w0 = max([len("scenario")] + [len(r[0]) for r in rows])
     w1 = max([len("figure")] + [len(r[1]) for r in rows])

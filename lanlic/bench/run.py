@@ -29,7 +29,14 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from lanlic.bench import SCENARIOS, TARGETS, add_arguments, report
+from lanlic.bench import (
+    CLUSTER_SCENARIOS,
+    CLUSTER_TARGETS,
+    SCENARIOS,
+    TARGETS,
+    add_arguments,
+    report,
+)
 from lanlic.errors import LanlicError
 
 __all__ = ["BenchError", "add_arguments", "main", "run_from_args"]
@@ -67,6 +74,8 @@ class Params:
     procs: int = 2
     rounds: int = 3
     """Saturate runs per target, alternating targets; the median is reported."""
+    failover_clients: int = 150
+    """Failover (cluster target): clients holding a seat when a member is killed."""
 
     @classmethod
     def quick(cls) -> Params:
@@ -82,6 +91,7 @@ class Params:
             churn_borrowers=2,
             lease=3.0,
             rounds=1,
+            failover_clients=30,
         )
 
 
@@ -253,6 +263,36 @@ max_borrowed_per_user = {max(seats, 1)}
 """
 
 
+def write_bench_key(root: Path, seats: int, borrowable: int = 0) -> tuple[Path, Path]:
+    """A vendor key pair and a network key for product ``bench`` signed on the spot, in
+    ``root``: (the network key, the vendor's public key)."""
+    from lanlic.core import netkey
+    from lanlic.vendorkeys import write_vendor_keypair
+
+    vendor = netkey.generate_vendor_key()
+    _, pub = write_vendor_keypair(root, vendor)
+    today = dt.datetime.now(dt.UTC).date()
+    lic = root / "bench.lic"
+    lic.write_bytes(
+        netkey.issue_network_key(
+            vendor,
+            customer="lanlic bench",
+            expires=today + dt.timedelta(days=30),
+            borrow_kind="act",
+            products=(
+                netkey.ProductEntitlement(
+                    "bench",
+                    seats=max(seats, 1),
+                    borrowable=min(borrowable, max(seats, 1)),
+                    max_borrow_days=30 if borrowable else 0,
+                ),
+            ),
+            issued=today,
+        )
+    )
+    return lic, pub
+
+
 @contextlib.contextmanager
 def start_lanlic(
     seats: int, lease: float, heartbeat: float, borrowable: int = 0, policy: str | None = None
@@ -261,32 +301,9 @@ def start_lanlic(
     over a network key signed on the spot; on 127.0.0.1, with no mDNS and no admin page.
     ``policy``: a seat policy file's text (``realistic`` for ``realistic_policy``), in force
     from the server's first request; the target is then ``lanlic-policy``."""
-    from lanlic.core import netkey
-    from lanlic.vendorkeys import write_vendor_keypair
-
     with tempfile.TemporaryDirectory(prefix="lanlic-bench-") as tmp:
         root = Path(tmp)
-        vendor = netkey.generate_vendor_key()
-        _, pub = write_vendor_keypair(root, vendor)
-        today = dt.datetime.now(dt.UTC).date()
-        lic = root / "bench.lic"
-        lic.write_bytes(
-            netkey.issue_network_key(
-                vendor,
-                customer="lanlic bench",
-                expires=today + dt.timedelta(days=30),
-                borrow_kind="act",
-                products=(
-                    netkey.ProductEntitlement(
-                        "bench",
-                        seats=max(seats, 1),
-                        borrowable=min(borrowable, max(seats, 1)),
-                        max_borrow_days=30 if borrowable else 0,
-                    ),
-                ),
-                issued=today,
-            )
-        )
+        lic, pub = write_bench_key(root, seats, borrowable)
         name = "lanlic"
         if policy is not None:
             from lanlic.server import policyfile
@@ -659,6 +676,8 @@ def _params(args: argparse.Namespace) -> Params:
         prm.lease = args.lease
     if args.heartbeat:
         prm.heartbeat = args.heartbeat
+    if getattr(args, "failover_clients", None):
+        prm.failover_clients = args.failover_clients
     return prm
 
 
@@ -690,8 +709,8 @@ class Bench:
         self.args = args
         self.prm = _params(args)
         self.loop = _loop_kind(args.loop)
-        self.scenarios = _parse_list(args.scenario, SCENARIOS, "scenario")
-        self.targets = _parse_list(args.targets, TARGETS, "target")
+        self.targets = _parse_list(args.targets, TARGETS + CLUSTER_TARGETS, "target")
+        self.scenarios = _parse_list(args.scenario, SCENARIOS + CLUSTER_SCENARIOS, "scenario")
         self.policy: str | None = None
         """With ``--policy``: the seat policy of the "policy on" variant (``lanlic-policy``)."""
         if getattr(args, "policy", None):
@@ -708,6 +727,7 @@ class Bench:
                     raise BenchError(f"--policy: cannot read {args.policy}: {exc}") from None
             at = self.targets.index("lanlic") + 1
             self.targets[at:at] = ["lanlic-policy"]
+        self._cluster_setup(args)
         self.quiet = args.no_progress
         self.external: tuple[str, int] | None = None
         self.ext_product = args.product or "bench"
@@ -733,6 +753,33 @@ class Bench:
     def say(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
+    # the cluster target (lanlic.bench.cluster)
+
+    def _cluster_setup(self, args: argparse.Namespace) -> None:
+        self.etcd: Any = None
+        cluster = "cluster" in self.targets
+        if cluster and args.scenario == ",".join(SCENARIOS):  # the default: failover as well
+            self.scenarios.append("failover")
+        if "failover" in self.scenarios and not cluster:
+            raise BenchError("the failover scenario runs on the cluster target: --targets cluster")
+        if cluster and args.server:
+            raise BenchError("--server and the cluster target do not go together")
+
+    @contextlib.contextmanager
+    def _cluster(self, seats: int, lease: float) -> Iterator[Target]:
+        from lanlic.bench import cluster
+
+        if self.etcd is None:
+            self.etcd = cluster.EtcdForBench()
+        with cluster.start_cluster(self.etcd, seats, lease, self.prm.heartbeat) as t:
+            yield t
+
+    def _sc_failover(self, gens: Generators) -> None:
+        from lanlic.bench import cluster
+
+        self.results.setdefault("failover", {})
+        self._record("failover", "cluster", cluster.failover(self))
+
     # servers
 
     @contextlib.contextmanager
@@ -749,6 +796,9 @@ class Bench:
                 yield t
         elif name == "lanlic-policy":
             with start_lanlic(seats, lease, prm.heartbeat, borrowable, self.policy) as t:
+                yield t
+        elif name == "cluster":
+            with self._cluster(seats, lease) as t:
                 yield t
         else:
             with start_ceiling(name, self.loop) as t:
@@ -793,6 +843,8 @@ class Bench:
                 getattr(self, f"_sc_{sc}")(gens)
         finally:
             gens.close()
+            if self.etcd is not None:
+                self.etcd.close()
         took = time.monotonic() - t_start
         stall1 = cpu_stall_us()
         return {
@@ -1055,7 +1107,7 @@ class Bench:
                 def leak_check(ph: Phase, tgt: Target = tgt) -> int | None:
                     # Every lease a vanished client left must run out by itself.
                     time.sleep(prm.churn_lease + 0.5)
-                    if tgt.name in ("lanlic", "lanlic-policy"):
+                    if tgt.name in ("lanlic", "lanlic-policy", "cluster"):
                         status = lanlic_status(tgt.host, tgt.port)
                         return sum(int(p["in_use"]) for p in status["products"])
                     if tgt.name == "redis":

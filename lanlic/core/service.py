@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +99,9 @@ class Reply:
     """A change to write to the store before answering (borrow, return, enrollment)."""
     close: bool = False
     """Close the connection once the reply is written."""
+    later: Callable[[], Awaitable[m.Message]] | None = None
+    """The answer, from work the adapter awaits on its loop first: a seat store that is not
+    this process's memory (``lanlic.cluster``). The core itself never makes one."""
 
 
 #: Holders listed in one status reply, in all products (about 150 bytes each on the wire).
@@ -110,6 +113,10 @@ def _no_clock() -> tuple[float, float]:
 
 
 class LicenseService:
+    wire_fast_path: bool = True
+    """Whether the adapter may answer renew, release and checkout from ``*_wire`` (the seats are
+    this process's pool). A service whose seats live elsewhere (``lanlic.cluster``) says no."""
+
     def __init__(
         self,
         key: NetworkKey,

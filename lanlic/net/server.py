@@ -29,7 +29,7 @@ import concurrent.futures
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -219,6 +219,7 @@ class _Protocol(asyncio.Protocol):
         spent = 0  # bytes of replies made off the fast path (whose replies are small)
         close = False
         service = srv.service
+        fast_path = srv.fast_path
         session = self._session
         conn = self._conn
         self.heard = now
@@ -235,7 +236,7 @@ class _Protocol(asyncio.Protocol):
             # allows here goes from wire map to wire map (see LicenseService.renew_wire).
             if type(item) is dict:
                 t = item.get("t")
-                fast = _FAST.get(t) if type(t) is str else None
+                fast = fast_path.get(t) if type(t) is str else None
                 if fast is not None and t in steady:
                     try:
                         wire = fast(service, session, item, now, wall)
@@ -259,6 +260,8 @@ class _Protocol(asyncio.Protocol):
                     out.append(answer)
                 elif reply.durable is not None:
                     srv.run_durable(reply.durable, self)
+                elif reply.later is not None:
+                    srv.run_later(reply.later, self)
                 if isinstance(event, m.Hello) and not reply.close:
                     srv.owner_connected(session.client_id, self)
                 if reply.close:
@@ -354,6 +357,8 @@ class LicenseServer:
         wall_tolerance: float = WALL_TOLERANCE,
     ) -> None:
         self.service = service
+        self.fast_path = _FAST if service.wire_fast_path else {}
+        """The requests answered from wire map to wire map (none when the seats are elsewhere)."""
         self.store = store
         self._wall_clock = wall
         self._uptime = uptime or _uptime
@@ -723,6 +728,23 @@ class LicenseServer:
         task = self.loop.create_task(self._durable(durable, conn))
         self._durables.add(task)
         task.add_done_callback(self._durables.discard)
+
+    def run_later(self, work: Callable[[], Awaitable[m.Message]], conn: _Protocol) -> None:
+        """Await ``work`` (a seat store's round trip, ``Reply.later``), then answer ``conn``."""
+        task = self.loop.create_task(self._later(work, conn))
+        self._durables.add(task)
+        task.add_done_callback(self._durables.discard)
+
+    async def _later(self, work: Callable[[], Awaitable[m.Message]], conn: _Protocol) -> None:
+        try:
+            reply = await work()
+        except Exception:
+            log.exception("internal error answering a request")
+            reply = m.Error(0, "internal_error", "")
+        conn.send(reply)
+        if self.service.waiting or self.service.outbox:
+            self.flush_queue()
+        self.arm_expiry_timer()
 
     async def _durable(self, durable: Durable, conn: _Protocol | None) -> None:
         if self.store is None:

@@ -195,9 +195,16 @@ async def test_open_mode_on_loopback_only_and_ends_when_a_password_is_set(
 
     stored = hash_password(PASSWORD)
     await site.server.store_call(lambda s: s.set_meta("admin_password", stored))
-    await asyncio.sleep(0.3)
-    async with http.get("/api/overview") as r:
-        assert r.status == 401
+    # The page reads the password again every 0.05 s here; a loaded machine may take longer
+    # to get round to it, so wait for the session's end (bounded) rather than a fixed time.
+    status = 200
+    for _ in range(200):
+        async with http.get("/api/overview") as r:
+            status = r.status
+        if status != 200:
+            break
+        await asyncio.sleep(0.05)
+    assert status == 401
     async with http.post("/api/login", json={"password": ""}) as r:
         assert r.status == 401
 
@@ -214,16 +221,16 @@ async def test_holders_are_paged_on_the_server_with_5000_of_them(make_site: Make
             pool.checkout("cad", "16", i.to_bytes(16, "big"), holder, loop.time()), Granted
         )
     http, _ = await site.login()
-    timings = []
     for offset in (0, 2500, 4950):
-        t0 = time.perf_counter()
         async with http.get(f"/api/holders?offset={offset}&limit=50") as r:
-            page = await r.json()
-        timings.append(time.perf_counter() - t0)
+            body = await r.read()
+        page = json.loads(body)
         assert page["total"] == 5000 and len(page["items"]) == 50
         assert page["items"][0]["user"] == f"user{offset:04d}"
         assert len(page["items"][0]["lease"]) == 32
-    assert max(timings) < 0.5, timings  # a few ms on a laptop; generous for CI
+        # Paged on the server: the reply carries one page (~15 KB), not all 5,000 holders
+        # (~1.3 MB) for the browser to page. (How fast a page comes is the benchmark's.)
+        assert len(body) < 32 * 1024, len(body)
     async with http.get("/api/holders?q=user4999") as r:
         page = await r.json()
     assert page["total"] == 1 and page["items"][0]["host"] == "ws-4999"

@@ -14,7 +14,6 @@ import base64
 import contextlib
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ from lanlic.discovery import build_txt, service_type
 from lanlic.errors import BorrowedFileError, ServerUnavailable
 from lanlic.net.announce import announcer_for
 from lanlic.net.client import Client
-from lanlic.net.server import LicenseServer
+from lanlic.net.server import LicenseServer, ServerLimits
 from lanlic.proto.framing import MAX_FRAME
 
 NAN = float("nan")
@@ -290,35 +289,41 @@ async def test_all_hostile_frames_in_one_stream_keep_it_in_step(
 
 
 async def test_over_the_limit_is_refused_at_the_header_before_any_body(
-    bystander: Any, raw_peer: PeerFactory
+    start_server: Any, raw_peer: PeerFactory
 ) -> None:
-    server, client, seat = bystander
-    # The header alone: the answer and the close come at once, without waiting for a body.
-    peer = await raw_peer(server.address)
-    sent = time.monotonic()
-    await peer.send_raw(header(2**32 - 1))
-    frame_timeout = server.limits.frame_timeout
-    reply = await peer.recv(timeout=frame_timeout / 2)
-    assert (reply["code"], reply["id"]) == ("bad_frame", 0) and "limit" in reply["message"]
-    assert await peer.closed_by_server(timeout=frame_timeout / 2)
-    # Well before the frame timeout could have closed it (a loaded machine cannot stretch a
-    # header's answer to 10 s): the header alone was refused.
-    assert time.monotonic() - sent < frame_timeout
-    # Nothing after a bad header is read as a frame, even when it came in the same read.
-    peer = await raw_peer(server.address)
-    await peer.send_raw(header(MAX_FRAME + 1) + frame(STATUS) + frame(STATUS))
-    assert await replies(peer, 1) == [("bad_frame", 0)]
-    assert await peer.closed_by_server(timeout=2)
-    assert peer.inbox == []  # no status_reply: the frames behind the header were never taken
-    # A body that keeps coming after the header meets a closed connection; no one buffers it.
-    peer = await raw_peer(server.address)
-    await peer.send_raw(header(MAX_FRAME + 1))
-    assert await replies(peer, 1) == [("bad_frame", 0)]
-    with contextlib.suppress(ConnectionError):
-        for _ in range(64):
-            await asyncio.wait_for(peer.send_raw(b"x" * 65536), 2)
-    assert all(not c._conn.has_partial_frame for c in server.connections)
-    await still_served(server, client, seat, in_use=1)
+    # The frame timeout is an hour: no answer or close this test waits for (30 s at most) can
+    # be the timeout's doing, whatever the machine's load. The header alone was refused.
+    server = await start_server(limits=ServerLimits(frame_timeout=3600.0))
+    client = Client(server.address)
+    await client.connect()
+    try:
+        seat = await client.acquire("cad", "16")
+        # The header alone: the answer and the close come without a body.
+        peer = await raw_peer(server.address)
+        await peer.send_raw(header(2**32 - 1))
+        reply = await peer.recv(timeout=30)
+        assert (reply["code"], reply["id"]) == ("bad_frame", 0) and "limit" in reply["message"]
+        assert await peer.closed_by_server(timeout=30)
+        # Nothing after a bad header is read as a frame, even when it came in the same read.
+        peer = await raw_peer(server.address)
+        await peer.send_raw(header(MAX_FRAME + 1) + frame(STATUS) + frame(STATUS))
+        reply = await peer.recv(timeout=30)
+        assert (reply["code"], reply["id"]) == ("bad_frame", 0)
+        assert await peer.closed_by_server(timeout=30)
+        assert peer.inbox == []  # no status_reply: the frames behind the header never taken
+        # A body that keeps coming after the header meets a closed connection; no one
+        # buffers it.
+        peer = await raw_peer(server.address)
+        await peer.send_raw(header(MAX_FRAME + 1))
+        reply = await peer.recv(timeout=30)
+        assert (reply["code"], reply["id"]) == ("bad_frame", 0)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(64):
+                await asyncio.wait_for(peer.send_raw(b"x" * 65536), 30)
+        assert all(not c._conn.has_partial_frame for c in server.connections)
+        await still_served(server, client, seat, in_use=1)
+    finally:
+        await client.close()
 
 
 async def test_requests_before_the_handshake_are_refused_and_the_state_is_unchanged(
