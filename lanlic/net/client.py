@@ -120,6 +120,10 @@ ServerSpec = str | Address | Sequence[str | Address]
 ``(host, port)``, or a sequence of these."""
 
 
+class _LineLost(m.Error):
+    """Told to a client waiting in line when its connection closes (never from a server)."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Discovery:
     """How a client made by ``discover`` finds its server again."""
@@ -731,9 +735,9 @@ class Client:
                         f"no seat of {product} within {timeout:g} s; left the queue"
                     ) from None
                 if isinstance(msg, m.Error):
-                    if msg.code == ServerUnavailable.code and ticket and not self._closing:
-                        # Never sent by a server (SPEC section 8): the connection closed under
-                        # a client in line. A restart empties the line; rejoin once back.
+                    if isinstance(msg, _LineLost) and ticket and not self._closing:
+                        # The connection closed under a client in line (the server restarted,
+                        # or this member was left): the line is gone; rejoin once back.
                         ticket = b""
                         return None
                     raise error_for_code(msg.code, msg.message)
@@ -918,7 +922,7 @@ class Client:
                 fut.set_exception(reason)
         self._pending.clear()
         for rid, news in self._waiting.items():  # the place in line is gone with the connection
-            news.put_nowait(m.Error(rid, reason.code, reason.message))
+            news.put_nowait(_LineLost(rid, reason.code, reason.message))
         if not self._closing and self._reconnect_task is None:
             self._reconnect_task = asyncio.create_task(self._reconnect(), name="lanlic-reconnect")
 
