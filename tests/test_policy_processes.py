@@ -11,7 +11,6 @@ import json
 import signal
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +20,6 @@ from cliproc import Laptop, Procs, fails, issue_network_key, ok, run, serve_args
 from lanlic.store import Store
 
 PRODUCTS = ("cad:3:borrowable=3:max-days=14", "viewer:2")
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    yield from Procs.running()
-
-
-@pytest.fixture(scope="module")
-def vendor(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("vendor")
-    ok(run(["vendor", "keygen", "--out", str(out), "--json"]))
-    return out
 
 
 @pytest.fixture(scope="module")
