@@ -581,7 +581,8 @@ def register(commands: Commands) -> None:
         "--data",
         metavar="DIR",
         help=f"data folder (default: $LANLIC_DATA, else {data}; --demo: {data / 'demo'}); "
-        "the admin commands use the same default",
+        "the admin commands use the same default. Its policy.toml, the seat policy (README: "
+        "Seat policy), is applied at start and again within a second of each change",
     )
     sp.add_argument(
         "--host",
