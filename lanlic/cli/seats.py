@@ -460,7 +460,7 @@ def register(commands: Commands) -> None:
     sp.add_argument(
         "--wait", action="store_true",
         help="with no seat free, wait in the server's queue (first come, first served), "
-        "printing the place in line as it changes",
+        "printing the place in line as it changes; after a server restart, join its new line",
     )  # fmt: skip
     sp.add_argument(
         "--timeout", type=seconds, metavar="S",
@@ -474,7 +474,7 @@ def register(commands: Commands) -> None:
     sp.add_argument("product", metavar="ADDON")
     holding(sp)
 
-    sp = commands.add("status", cmd_status, "show products, seats and holders")
+    sp = commands.add("status", cmd_status, "show products, seats, holders and who waits")
     add_find(sp)
 
     sp = commands.add("servers", cmd_servers, "list the licence servers announced on the LAN")

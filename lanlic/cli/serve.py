@@ -364,7 +364,9 @@ def _serve_cluster(
             await service.close()
             raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
         try:
-            announcer = None if args.no_mdns else _announcer(service, server, args.interface)
+            announcer = (
+                None if args.no_mdns else _announcer(service, server, args.interface, member=True)
+            )
         except CliError:
             await server.stop()
             await service.close()
@@ -416,11 +418,19 @@ def _serve_cluster(
     return 0
 
 
-def _announcer(service: Any, server: Any, interfaces: list[str] | None) -> Any:
+def _announcer(
+    service: Any, server: Any, interfaces: list[str] | None, member: bool = False
+) -> Any:
+    """``member``: a cluster member, announced under a host name of its own (host and port)."""
+    import socket
+
     from lanlic.net.announce import announcer_for
 
+    who = f"{socket.gethostname()}:{server.port}" if member else ""
     try:
-        return announcer_for(service, server.host, server.port, checked_interfaces(interfaces))
+        return announcer_for(
+            service, server.host, server.port, checked_interfaces(interfaces), member=who
+        )
     except ValueError as exc:
         raise CliError(f"--interface: {exc}") from None
 
@@ -581,7 +591,8 @@ def register(commands: Commands) -> None:
         "--data",
         metavar="DIR",
         help=f"data folder (default: $LANLIC_DATA, else {data}; --demo: {data / 'demo'}); "
-        "the admin commands use the same default",
+        "the admin commands use the same default. Its policy.toml, the seat policy (README: "
+        "Seat policy), is applied at start and again within a second of each change",
     )
     sp.add_argument(
         "--host",

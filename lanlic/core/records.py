@@ -17,6 +17,8 @@ HISTORY_EVENTS: Final[Mapping[str, str]] = {
     "release": "a seat given back (release, goodbye, or removed by the admin)",
     "expiry": "a seat not renewed in time went back to the pool",
     "reclaim": "a seat taken back by its client after a restart",
+    "adopt": "a cluster member took over a seat another member granted",
+    "seat_lost": "a cluster member's seat ended with its etcd lease",
     "refusal": "a request refused (counted per minute)",
     "borrow": "a seat borrowed",
     "return": "a borrowed seat returned",

@@ -120,6 +120,10 @@ ServerSpec = str | Address | Sequence[str | Address]
 ``(host, port)``, or a sequence of these."""
 
 
+class _LineLost(m.Error):
+    """Told to a client waiting in line when its connection closes (never from a server)."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Discovery:
     """How a client made by ``discover`` finds its server again."""
@@ -679,13 +683,42 @@ class Client:
         timeout: float | None,  # noqa: ASYNC109 - a bound on the wait in line, not on one call
         on_position: Callable[[int], None] | None,
     ) -> m.Granted:
+        """Wait in the server's line for a seat. The place in line lives as long as the
+        connection (SPEC section 16): when the connection drops (the server restarted), the
+        client reconnects as it does for its seats and joins the line again, within the same
+        ``timeout``."""
+        deadline = None if timeout is None else self._loop.time() + timeout
+        while True:
+            granted = await self._wait_once(product, version, timeout, deadline, on_position)
+            if granted is not None:
+                return granted
+            # The line was lost with the connection: wait for the reconnect, then rejoin.
+            left = None if deadline is None else max(0.0, deadline - self._loop.time())
+            try:
+                await asyncio.wait_for(self._connected.wait(), left)
+            except TimeoutError:
+                raise NoSeat(
+                    f"no seat of {product} within {timeout:g} s; the server could not be "
+                    "reached to wait in line"
+                ) from None
+            log.info("reconnected while waiting for %s: joining the line again", product)
+
+    async def _wait_once(
+        self,
+        product: str,
+        version: str,
+        timeout: float | None,  # noqa: ASYNC109 - a bound on the wait in line, not on one call
+        deadline: float | None,
+        on_position: Callable[[int], None] | None,
+    ) -> m.Granted | None:
+        """One place in line, on this connection: the seat, or None if the connection (and the
+        place with it) was lost while waiting."""
         writer = self._writer
         if writer is None or not self.connected:
             raise ServerUnavailable("not connected to the licence server")
         rid = self._take_id()
         news: asyncio.Queue[m.Message] = asyncio.Queue()
         self._waiting[rid] = news
-        deadline = None if timeout is None else self._loop.time() + timeout
         ticket = b""
         try:
             writer.write(encode_frame(m.to_wire(m.Wait(id=rid, product=product, version=version))))
@@ -702,6 +735,11 @@ class Client:
                         f"no seat of {product} within {timeout:g} s; left the queue"
                     ) from None
                 if isinstance(msg, m.Error):
+                    if isinstance(msg, _LineLost) and ticket and not self._closing:
+                        # The connection closed under a client in line (the server restarted,
+                        # or this member was left): the line is gone; rejoin once back.
+                        ticket = b""
+                        return None
                     raise error_for_code(msg.code, msg.message)
                 if isinstance(msg, m.Granted):
                     ticket = b""
@@ -884,7 +922,7 @@ class Client:
                 fut.set_exception(reason)
         self._pending.clear()
         for rid, news in self._waiting.items():  # the place in line is gone with the connection
-            news.put_nowait(m.Error(rid, reason.code, reason.message))
+            news.put_nowait(_LineLost(rid, reason.code, reason.message))
         if not self._closing and self._reconnect_task is None:
             self._reconnect_task = asyncio.create_task(self._reconnect(), name="lanlic-reconnect")
 

@@ -304,3 +304,35 @@ def test_many_reservations_are_decided_by_the_flow() -> None:
     refused = decide(p, "cad", cad, seats, Asker("y", "h"), [Asker("x", "h")])
     assert isinstance(refused, Refuse) and refused.code == "no_seat"
     assert decide(p, "cad", cad, seats, Asker("u0", "h"), [Asker("x", "h")]) == Allow(True)
+
+
+def test_only_products_with_counted_rules_are_counted_and_a_dead_lease_holds_no_seat() -> None:
+    """A product without seat rules keeps no counts (its checkout goes straight to the pool),
+    a policy dropped stops the counting, and a lease dead but not yet swept is swept before
+    the counts decide (as the recount, which skips it, would)."""
+    from lanlic.core.gate import SeatGate
+    from lanlic.core.netkey import ProductEntitlement
+    from lanlic.core.pool import Denied, Granted, Holder, SeatPool
+
+    pool = SeatPool([ProductEntitlement("cad", 3), ProductEntitlement("sim", 3)], 10.0)
+    gate = SeatGate(pool)
+    gate.set_policy(
+        parse(
+            '[products.cad]\nmax = [{ seats = 1, user = "ann" }]\n[products.sim]\nborrowable = 1\n'
+        )
+    )
+    assert set(gate.tallies) == {"cad"} and set(gate.rules) == {"cad"}
+    ann = Holder("ann", "pc")
+    first = gate.checkout("cad", "", b"a", ann, 0.0)
+    assert isinstance(first, Granted) and gate.tallies["cad"].counts()[:2] == (1, (1,))
+    again = gate.checkout("cad", "", b"a", ann, 5.0)
+    assert isinstance(again, Denied) and again.code == "limit_reached"
+    # At 10.0 the first lease is dead (not renewed): the gate sweeps it before counting.
+    later = gate.checkout("cad", "", b"a", ann, 10.0)
+    assert isinstance(later, Granted), later
+    assert gate.tallies["cad"].counts()[:2] == (1, (1,))
+    tally = gate.tallies["cad"]
+    gate.set_policy(parse(""))
+    assert gate.tallies == {} and gate.rules == {}
+    assert isinstance(gate.checkout("cad", "", b"b", Holder("bob", "pc"), 11.0), Granted)
+    assert tally.counts()[:2] == (1, (1,))  # no longer told

@@ -438,3 +438,27 @@ async def test_discovery_returns_every_member_and_the_client_moves_between_them(
     finally:
         await client.close()
     assert first.service.pool.in_use("cad") == 0
+
+
+def test_members_sharing_a_key_announce_host_names_of_their_own(
+    vendor_key: Ed25519PrivateKey,
+) -> None:
+    # Cluster members share one server key; with one host name between them a browser would mix
+    # their address records. A member's label (host and port) gives each its own name, stable
+    # across its restarts; a lone server keeps the name its key alone gives it.
+    def host(member: str = "", address: str = "127.0.0.1") -> str:
+        return Announcer(
+            site="ACME Engineering",
+            port=7001,
+            addresses=[address],
+            txt={},
+            server_fp=fp(vendor_key),
+            interfaces=LOOPBACK,
+            member=member,
+        ).host_name
+
+    label = fp(vendor_key).removeprefix("sha256:")[:12]
+    assert host() == f"lanlic-{label}.local."
+    a, b = host("ws-1:7001", "127.0.0.2"), host("ws-2:7001", "127.0.0.3")
+    assert a != b and a.startswith(f"lanlic-{label}-") and b.startswith(f"lanlic-{label}-")
+    assert host("ws-1:7001") == a  # the same member, restarted: the same name
