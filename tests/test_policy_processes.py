@@ -102,7 +102,8 @@ def test_policy_loaded_live_while_seats_are_held(
     fails(mallory.run(port, "checkout", "viewer"), "not_allowed")
     ok(carol.run(port, "checkout", "viewer", "--hold", "0.01"))
 
-    history = Store(data / "lanlic.db").history()
+    with Store(data / "lanlic.db") as store:  # closed: left open, it warns in a later test
+        history = list(store.history())
     [row] = [h for h in history if h.event == "policy"]
     assert row.user == __import__("getpass").getuser()
     assert "reserve 1 for group designers" in row.detail
