@@ -866,6 +866,14 @@ class Client:
                         self._forget(seat, why)
                     elif (seat := self._given_up.pop(lease_id, None)) is not None:
                         self._change(seat, SeatState.GONE, why)
+            elif msg.kind == "lease_lost":
+                for lease_id in msg.leases:
+                    # Lost through nobody's act (a member lost its etcd lease): regained.
+                    lost = SeatLost(msg.message or "the server lost this seat")
+                    if (seat := self.seats.get(lease_id)) is not None:
+                        self._ended(seat, lost)
+                    elif (seat := self._given_up.pop(lease_id, None)) is not None:
+                        self._not_held(seat, lost)
             return
         rid = getattr(msg, "id", 0)
         news = self._waiting.get(rid)
