@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +17,6 @@ from cliproc import Laptop, Procs, fails, issue_network_key, ok, run
 from lanlic.store import Store
 
 PRODUCTS = ("cad:3:borrowable=3:max-days=14", "viewer:2")
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    yield from Procs.running()
-
-
-@pytest.fixture(scope="module")
-def vendor(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("vendor")
-    ok(run(["vendor", "keygen", "--out", str(out), "--json"]))
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,12 @@ timing each checkout's round trip, in three phases (run ``--rounds`` times):
 * ``web export``: ``GET /api/history.csv`` streams the whole history meanwhile;
 * ``cli export``: ``lanlic admin history --csv`` reads the same folder meanwhile.
 
+Then, in this process, the cause alone: how late an event loop's 1 ms timer fires while
+another thread exports the same history, formatted per row in Python (the way before issue
+12.4's mend, rebuilt here for the comparison) or per page by SQLite (``lanlic.admin.export``),
+at the default switch interval and at 50 ms (which makes a GIL held at a stretch stand out from
+the machine's own scheduling noise).
+
 It prints each phase's checkouts, their p50, p99 and max round trip in ms, the share slower
 than 3 ms, and the export's rows and time. Compare phases of the same run: on a shared machine
 absolute figures drift between runs (and the checkouts themselves add rows to the history).
@@ -19,6 +25,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import csv
+import datetime as dt
+import io
 import json
 import os
 import secrets
@@ -27,13 +36,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from lanlic.admin import export
+from lanlic.admin.views import csv_cell
 from lanlic.proto.framing import FrameDecoder, encode_frame
 from lanlic.store import Store
+from lanlic.store import history as hist
 
 #: Each phase's checkouts are bounded by count and time.
 MAX_CHECKOUTS = 200_000
@@ -41,6 +54,8 @@ MAX_CHECKOUTS = 200_000
 SLOW_MS = 3
 #: Pause between checkouts (s): the client does not keep a core busy by itself.
 GAP = 0.001
+#: ``--server-code``: where the server and CLI processes import lanlic from ("": as this one).
+SERVER_CODE = ""
 
 
 class Peer:
@@ -105,8 +120,16 @@ def fill_history(data: Path, rows: int) -> None:
     store.close()
 
 
-async def start_server(data: Path) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
+def lanlic_env() -> dict[str, str]:
+    """The environment of the ``lanlic`` processes: ``--server-code`` first on the path."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LANLIC_")}
+    if SERVER_CODE:
+        env["PYTHONPATH"] = SERVER_CODE
+    return env
+
+
+async def start_server(data: Path) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
+    env = lanlic_env()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "lanlic", "serve", "--demo", "--data", str(data), "--json",
         "--host", "127.0.0.1", "--port", "0", "--admin-port", "0", "--no-mdns",
@@ -142,7 +165,7 @@ def cli_export(data: Path) -> tuple[int, float]:
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "lanlic", "admin", "history", "--csv", "--data", str(data)],
-        capture_output=True, check=True, timeout=600,
+        capture_output=True, check=True, timeout=600, env=lanlic_env(),
     )  # fmt: skip
     return done.stdout.count(b"\n"), time.perf_counter() - start
 
@@ -166,12 +189,12 @@ async def phase(peer: Peer, during: Any, seconds: float) -> tuple[list[float], s
     return samples, note
 
 
-def line(name: str, samples: list[float], note: str) -> str:
+def line(name: str, samples: list[float], note: str, what: str = "checkouts") -> str:
     ms = sorted(s * 1000 for s in samples)
     p99 = statistics.quantiles(ms, n=100, method="inclusive")[98]
     slow = sum(1 for x in ms if x > SLOW_MS) / len(ms)
     return (
-        f"{name:<11} {len(ms):>7} checkouts  p50 {statistics.median(ms):5.2f}"
+        f"{name:<11} {len(ms):>7} {what:<9}  p50 {statistics.median(ms):5.2f}"
         f"  p99 {p99:6.2f}  max {ms[-1]:6.2f} ms  >{SLOW_MS} ms {slow:6.2%}{note}"
     )
 
@@ -196,6 +219,9 @@ async def run(rows: int, seconds: float, rounds: int) -> None:
             print(line("web export", *await phase(peer, lambda: web_export(url), seconds)))
             print(line("cli export", *await phase(peer, lambda: cli_export(data), seconds)))
         peer.writer.close()
+        proc.terminate()
+        await proc.wait()
+        await gil_hold(data / "lanlic.db")
     finally:
         if proc is not None and proc.returncode is None:
             proc.terminate()
@@ -207,12 +233,81 @@ async def run(rows: int, seconds: float, rounds: int) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def python_rows(db_path: Path) -> int:
+    """The export as it was: rows read a page at a time, each formatted in Python."""
+    db = hist.open_reader(db_path)
+    size, after = 0, None
+    try:
+        while True:
+            rows, after = hist.page_after(db, hist.Filters(), after, 500)
+            buf = io.StringIO()
+            writer = csv.writer(buf, lineterminator="\r\n")
+            for r in rows:
+                when = dt.datetime.fromtimestamp(r.at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+                cells = (when, f"{r.at:.3f}", r.event, r.product, r.user, r.host, r.detail,
+                         str(r.count))  # fmt: skip
+                writer.writerow([csv_cell(c) for c in cells])
+            size += len(buf.getvalue().encode())
+            if after is None:
+                return size
+    finally:
+        db.close()
+
+
+def sqlite_lines(db_path: Path) -> int:
+    """The export as it is: ``lanlic.admin.export.csv_page``."""
+    db = hist.open_reader(db_path)
+    size, after = 0, None
+    try:
+        while True:
+            data, after = export.csv_page(db, hist.Filters(), after)
+            size += len(data)
+            if after is None:
+                return size
+    finally:
+        db.close()
+
+
+async def timer_lateness(work: Any) -> list[float]:
+    """How late (s) a 1 ms timer fires, again and again, while ``work`` runs on a thread."""
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (work(), done.set()), daemon=True)
+    thread.start()
+    late: list[float] = []
+    while not done.is_set() and len(late) < MAX_CHECKOUTS:
+        start = time.perf_counter()
+        await asyncio.sleep(0.001)
+        late.append(time.perf_counter() - start - 0.001)
+    thread.join()
+    return late
+
+
+async def gil_hold(db_path: Path) -> None:
+    default = sys.getswitchinterval()
+    try:
+        for interval in (default, 0.05):
+            sys.setswitchinterval(interval)
+            print(f"timer 1 ms, switch interval {interval * 1000:g} ms, export on a thread:")
+            print(line("  idle", await timer_lateness(lambda: time.sleep(2)), "", "timers"))
+            for name, work in (("  python", python_rows), ("  sqlite", sqlite_lines)):
+                print(line(name, await timer_lateness(lambda w=work: w(db_path)), "", "timers"))
+    finally:
+        sys.setswitchinterval(default)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rows", type=int, default=200_000, help="history rows (default 200000)")
     p.add_argument("--seconds", type=float, default=3.0, help="length of each idle phase")
     p.add_argument("--rounds", type=int, default=2, help="times the three phases run")
+    p.add_argument(
+        "--server-code", default="", metavar="DIR",
+        help="run the server and the CLI export from this checkout (e.g. one before a change);"
+        " the in-process part always runs this one",
+    )  # fmt: skip
     args = p.parse_args()
+    global SERVER_CODE
+    SERVER_CODE = args.server_code
     asyncio.run(run(args.rows, args.seconds, max(1, args.rounds)))
     return 0
 
