@@ -374,10 +374,13 @@ class EtcdSeats:
                 async for event in watch:
                     kv = event.kv
                     if event.kind == "DELETE":
-                        self.mirror.delete(bytes(kv.key), int(kv.mod_revision))
+                        self.mirror.delete(bytes(kv.key), int(kv.mod_revision), watched=True)
                     else:
                         self.mirror.put(
-                            bytes(kv.key), int(kv.mod_revision), _lease_in(bytes(kv.value))
+                            bytes(kv.key),
+                            int(kv.mod_revision),
+                            _lease_in(bytes(kv.value)),
+                            watched=True,
                         )
             except aetcd.exceptions.RevisionCompactedError:
                 await self._load_mirror_retrying()

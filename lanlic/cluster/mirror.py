@@ -35,7 +35,11 @@ class SeatMirror:
     """product -> {seat index: mod_revision of the key as last seen}."""
 
     revision: int = 0
-    """The etcd revision this mirror reflects; a watch resumes at revision + 1."""
+    """The etcd revision up to which the mirror has seen every change (a full read, then the
+    watch's events in order); a watch resumes at revision + 1. A transaction's reply does not
+    move it: it says nothing of the changes before it that the watch has not shown yet, and a
+    watch resumed past one of those would never show it (a seat deleted by another member would
+    look taken for good)."""
 
     leases: dict[str, tuple[str, int]] = field(default_factory=dict)
     """Client lease (as stored in the seat's key) -> (product, seat index): a member presented a
@@ -52,7 +56,9 @@ class SeatMirror:
             self.put(key, mod, lease)
         self.revision = revision
 
-    def put(self, key: bytes, mod_revision: int, lease: str = "") -> None:
+    def put(self, key: bytes, mod_revision: int, lease: str = "", *, watched: bool = False) -> None:
+        """The key is taken as of ``mod_revision`` (``watched``: an event of the watch, in order,
+        which also moves ``revision``; else a transaction's reply)."""
         seat = parse_seat_key(self.prefix, key)
         if seat is not None:
             product, index = seat
@@ -64,9 +70,11 @@ class SeatMirror:
                     self._forget(seat)
                     self.leases[lease] = seat
                     self._lease_at[seat] = lease
-        self.revision = max(self.revision, mod_revision)
+        if watched:
+            self.revision = max(self.revision, mod_revision)
 
-    def delete(self, key: bytes, revision: int) -> None:
+    def delete(self, key: bytes, revision: int, *, watched: bool = False) -> None:
+        """The key was deleted at ``revision`` (``watched``: as for ``put``)."""
         seat = parse_seat_key(self.prefix, key)
         if seat is not None:
             product, index = seat
@@ -74,7 +82,8 @@ class SeatMirror:
             if held.get(index, 0) <= revision:
                 held.pop(index, None)
                 self._forget(seat)
-        self.revision = max(self.revision, revision)
+        if watched:
+            self.revision = max(self.revision, revision)
 
     def _forget(self, seat: tuple[str, int]) -> None:
         old = self._lease_at.pop(seat, None)

@@ -203,7 +203,12 @@ class ClusterService(LicenseService):
             return self._unavailable(0)
         now, _wall = self.clock()
         got = self.pool.adopt(lease_id, hold.product, owner, holder, now)
-        if isinstance(got, Denied):  # pragma: no cover - local leases never outnumber etcd's
+        if isinstance(got, Denied):
+            # Leases here whose seats another member adopted since (their clients moved on)
+            # count in the local pool until they end: drop them, and try once more.
+            self._moved_away(list(self.holds))
+            got = self.pool.adopt(lease_id, hold.product, owner, holder, now)
+        if isinstance(got, Denied):  # pragma: no cover - the pool now counts live seats only
             self._end(lease_id, hold)
             return m.Error(0, got.code, got.message)
         self.holds[lease_id] = hold

@@ -507,6 +507,11 @@ async def test_killing_the_etcd_leader_then_a_follower_during_checkouts_loses_an
             assert cycles > before, f"no checkout went through after the {role} was killed"
         stop.set()
         await asyncio.gather(*tasks)
+        # A release that met a move between members (ServerUnavailable) left its seat with the
+        # client, which still holds it: give those back first.
+        for cl in clients:
+            for seat in list(cl.seats.values()):
+                await cl.release(seat)
         # Nothing lost, nothing doubled: each client takes one seat; etcd holds exactly those.
         held: dict[str, int] = {}
         for cl in clients:
@@ -646,3 +651,46 @@ async def test_clients_keep_their_seats_when_their_member_stops(
             await closed(cl)
         await auditor.close()
     assert auditor.most <= SEATS
+
+
+async def test_a_member_grants_the_last_seat_while_it_remembers_one_that_moved_away(
+    site: Site, etcd_cluster: EtcdCluster, etcd: aetcd.Client
+) -> None:
+    """A seat that moved from A to B still counts in A's memory until its lease runs out there.
+    With the pool otherwise full through A and that seat released on B, A must still grant the
+    seat now free (it drops what moved away, rather than refusing)."""
+    endpoints = etcd_cluster.endpoints
+    a = await start_member(site, site.data("a"), endpoints)
+    b = await start_member(site, site.data("b", identity_of="a"), endpoints[::-1])
+    peers: list[RawPeer] = []
+
+    async def peer(member: Member, client_id: bytes | None = None) -> RawPeer:
+        p = RawPeer(*await asyncio.open_connection(*member.address))
+        if client_id is not None:
+            p.client_id = client_id
+        peers.append(p)
+        assert (await p.hello())["t"] == "welcome"
+        return p
+
+    try:
+        x_on_a = await peer(a)
+        x_on_b = await peer(b, x_on_a.client_id)
+        lease = (await x_on_a.request("checkout", product="cad", version=""))["lease"]
+        seat = [{"lease": lease, "product": "cad", "version": ""}]
+        assert (await x_on_b.request("reclaim", seats=seat))["leases"] == [lease]
+        others = [await peer(a) for _ in range(SEATS - 1)]
+        for p in others:
+            assert (await p.request("checkout", product="cad", version=""))["t"] == "granted"
+        assert (await x_on_b.request("release", leases=[lease]))["leases"] == [lease]
+        last = await peer(a)
+        reply: dict[str, Any] = {}
+        for _ in range(20):  # A's watch shows the release within milliseconds
+            reply = await last.request("checkout", product="cad", version="")
+            if reply["t"] == "granted":
+                break
+            assert reply["code"] == "no_seat", reply
+            await asyncio.sleep(0.05)
+        assert reply["t"] == "granted", reply
+    finally:
+        for p in peers:
+            p.close()

@@ -65,3 +65,16 @@ def test_mirror_finds_the_seat_a_lease_names_and_forgets_it_when_the_seat_change
     assert m.seat_of("l1") is None and m.seat_of("l2") == ("cad", 1)
     m.delete(seat_key("/site", "cad", 0), 8)
     assert m.seat_of("l0") is None
+
+
+def test_a_transaction_reply_does_not_move_where_the_watch_resumes() -> None:
+    """Our own claim's reply (revision 10) arrives before the watch has shown another member's
+    delete (revision 9): a watch resumed after a break must still show that delete, or the seat
+    looks taken for good (found by the leader-kill process test: a seat no member would grant)."""
+    m = SeatMirror("/site")
+    m.load([(seat_key("/site", "cad", 0), 5, "l0")], revision=8)
+    m.put(seat_key("/site", "cad", 1), 10, "mine")  # a transaction's reply
+    assert m.revision == 8  # the watch resumes at 9
+    m.delete(seat_key("/site", "cad", 0), 9, watched=True)  # ... and shows the delete
+    m.put(seat_key("/site", "cad", 1), 10, "mine", watched=True)
+    assert m.free("cad", 2) == [0] and m.revision == 10
