@@ -51,7 +51,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "or with no FILE a realistic one (user and host groups, RESERVE, MAX, INCLUDE, "
         "EXCLUDE; the bench's clients are let in, so it costs, never refuses)",
     )
-    p.add_argument("--server", help="an already running lanlic server, HOST:PORT on loopback")
+    p.add_argument(
+        "--server",
+        help="an already running lanlic server, HOST:PORT on loopback (HOST:PORT,HOST:PORT...: "
+        "the members of a running cluster, connections spread over them)",
+    )
     p.add_argument("--product", help="with --server: the product to load (default: most seats)")
     p.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto")
     p.add_argument("--procs", type=int, help="load generator processes (default 2)")

@@ -730,17 +730,21 @@ class Bench:
         self._cluster_setup(args)
         self.quiet = args.no_progress
         self.external: tuple[str, int] | None = None
+        self.ext_members: list[tuple[str, int]] = []
+        """With ``--server A,B,...`` (the members of a running cluster): connections go to each."""
         self.ext_product = args.product or "bench"
         self.ext_seats = 0
         if args.server:
-            from lanlic.net.client import parse_address
+            from lanlic.net.client import parse_servers
 
             try:
-                host, port = parse_address(args.server)
+                members = parse_servers(args.server)
             except ValueError as exc:
                 raise BenchError(f"--server: {exc}") from None
-            _check_loopback(host)
-            self.external = (host, port)
+            for host, _ in members:
+                _check_loopback(host)
+            self.external = members[0]
+            self.ext_members = members if len(members) > 1 else []
         self.results: dict[str, dict[str, Any]] = {}
         self.redis_skip: str | None = None
         if "redis" in self.targets and redis_server_path() is None:
@@ -787,7 +791,8 @@ class Bench:
         prm = self.prm
         if name == "lanlic" and self.external is not None:
             host, port = self.external
-            yield Target("lanlic", host, port, pid_listening_on(port), {})
+            info = {"members": [[h, p] for h, p in self.ext_members]} if self.ext_members else {}
+            yield Target("lanlic", host, port, pid_listening_on(port), info)
         elif name == "redis":
             with start_redis(seats, lease) as t:
                 yield t

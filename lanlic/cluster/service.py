@@ -20,7 +20,8 @@ What differs from a single server (``LicenseService``), request by request:
   with it, could have expired.
 - the etcd lease lost (``EtcdSeats.lease_lost``: the member was stopped or cut off past it, etcd
   deleted every key under it): every local lease ends, its client is told (``notice``
-  ``lease_removed``), and the member takes a new etcd lease before answering again.
+  ``lease_lost``: not removed on purpose, so a client may check out again), and the member
+  takes a new etcd lease before answering again.
 - borrowing, enrollment and the queue are not built for a cluster yet: ``cluster_unsupported``.
 
 Not sans-IO: it starts tasks on the running loop (``start`` inside it).
@@ -403,7 +404,7 @@ class ClusterService(LicenseService):
                     (
                         owner,
                         m.Notice(
-                            kind="lease_removed",
+                            kind="lease_lost",
                             message="the server lost its etcd lease: the seat is gone",
                             leases=leases,
                         ),

@@ -598,8 +598,14 @@ class Client:
         self._connected.clear()
         if self._writer is not None:
             self._writer.close()
-            with contextlib.suppress(Exception):
-                await self._writer.wait_closed()
+            # Bounded: a member that stopped reading (hung) keeps unsent bytes, and so the
+            # close, pending for ever; after the bound the connection is dropped.
+            try:
+                await asyncio.wait_for(self._writer.wait_closed(), 2.0)
+            except TimeoutError:
+                self._writer.transport.abort()
+            except Exception:  # noqa: S110 - closing: the connection's own error is moot
+                pass
         if self._read_task is not None:
             self._read_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -898,6 +904,14 @@ class Client:
                         self._forget(seat, why)
                     elif (seat := self._given_up.pop(lease_id, None)) is not None:
                         self._change(seat, SeatState.GONE, why)
+            elif msg.kind == "lease_lost":
+                for lease_id in msg.leases:
+                    # Lost through nobody's act (a member lost its etcd lease): regained.
+                    lost = SeatLost(msg.message or "the server lost this seat")
+                    if (seat := self.seats.get(lease_id)) is not None:
+                        self._ended(seat, lost)
+                    elif (seat := self._given_up.pop(lease_id, None)) is not None:
+                        self._not_held(seat, lost)
             return
         rid = getattr(msg, "id", 0)
         news = self._waiting.get(rid)
@@ -971,7 +985,9 @@ class Client:
             await self._find_and_open(self._loop.time() + REDISCOVER_TIMEOUT, same_server=True)
 
     async def _heartbeat(self) -> None:
-        while True:
+        # Not ``while True``: on Python 3.11 a cancel that meets a finishing ``wait_for`` can be
+        # lost, and ``close`` (which cancels this task, then awaits it) would wait for ever.
+        while not self._closing:
             await asyncio.sleep(min(self.heartbeat_s, max(self.lease_s - 2 * self.margin, 0.05)))
             self._give_up_overdue()
             if self.connected and (self.seats or self._given_up):

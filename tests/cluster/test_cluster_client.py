@@ -64,3 +64,45 @@ async def test_an_application_keeps_its_seat_when_its_member_is_killed(
         app.close()
         await auditor.close()
     assert auditor.most == 1
+
+
+async def test_a_seat_its_member_lost_with_its_etcd_lease_is_regained(
+    site: cluster.Site, etcd_cluster: EtcdCluster, etcd: aetcd.Client
+) -> None:
+    # One member only: the client cannot move. The member is stopped past its etcd lease, so
+    # etcd deletes the seat; continued, the member says so (notice lease_lost) and the client,
+    # told "lost", checks out again and is told "regained": a seat lost through nobody's act,
+    # unlike one an administrator removed, which is gone for good.
+    from lanlic.net.client import SeatState
+
+    a = await cluster.start_member(site, site.data("a"), etcd_cluster.endpoints)
+    auditor = cluster.Auditor(etcd, cluster.prefix_of(site))
+    told: list[str] = []
+    client = Client(
+        ("127.0.0.1", a.port), trust=TrustStore(site.root / "t"),
+        on_seat_lost=lambda s, e: told.append(f"lost: {e.code}"),
+        on_seat_regained=lambda s: told.append("regained"),
+    )  # fmt: skip
+    try:
+        await client.connect()
+        seat = await client.acquire("cad")
+        first = seat.lease_id
+        while auditor.leases().get(first.hex()) != a.etcd_lease:  # the auditor has seen it
+            await asyncio.sleep(0.01)
+        a.proc.popen.send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        while auditor.last and time.monotonic() - stopped < 3 * cluster.ETCD_TTL:
+            await asyncio.sleep(0.05)
+        assert not auditor.last, "the stopped member's seat outlived its etcd lease"
+        a.proc.popen.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 3 * cluster.ETCD_TTL
+        while seat.state not in (SeatState.REGAINED, SeatState.GONE):
+            assert time.monotonic() < deadline, (seat, told)
+            await asyncio.sleep(0.05)
+        assert seat.state is SeatState.REGAINED, (seat, told)
+        assert told == ["lost: seat_lost", "regained"] and seat.lease_id != first
+        await asyncio.sleep(0.3)
+        assert auditor.leases().get(seat.lease_id.hex()) not in (None, a.etcd_lease)
+    finally:
+        await client.close()
+        await auditor.close()
