@@ -518,3 +518,13 @@ def test_no_window_no_closing() -> None:
     guard.pool.hold("cad", 2)  # not the guard's: no window to end
     assert guard.close_window(T + 10 * LEASE) == {}
     assert guard.pool.held("cad") == 2
+
+
+def test_a_small_products_reservation_keeps_one_seat_of_slack() -> None:
+    """2 seats: a chunk is one seat. 2 reserved and none in use since the last batch is more
+    than one chunk idle: down to 0. 1 reserved is one chunk: it stays."""
+    guard, _ = start()
+    guard.raised("cam", 2)
+    assert guard.to_lower() == {"cam": 0}
+    guard.raised("cam", 1)
+    assert guard.to_lower() == {}
