@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import logging
 import os
@@ -313,10 +314,16 @@ class Announcer:
         txt: dict[str, str],
         server_fp: str,
         interfaces: Interfaces = None,
+        member: str = "",
     ) -> None:
         self.interfaces = interfaces
         self.service = service_type()
         host_label = server_fp.removeprefix("sha256:")[:12]
+        if member:
+            # Cluster members share one server key, and so would share one host name with
+            # different addresses: a browser would mix their address records (or see a
+            # conflict). A member's own label keeps each member's host name its own.
+            host_label += "-" + hashlib.sha256(member.encode("utf-8")).hexdigest()[:8]
         self._info = AsyncServiceInfo(
             self.service,
             f"{instance_name(site)}.{self.service}",
@@ -329,6 +336,11 @@ class Announcer:
         )
         self._aiozc: AsyncZeroconf | None = None
         self._broadcast: asyncio.Future[object] | None = None
+
+    @property
+    def host_name(self) -> str:
+        """The mDNS host name whose address records this announcement carries."""
+        return str(self._info.server)
 
     @property
     def name(self) -> str:

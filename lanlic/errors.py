@@ -53,6 +53,7 @@ __all__ = [
     "BadMessage",
     "BorrowRefused",
     "BorrowedFileError",
+    "ClusterUnsupported",
     "InternalError",
     "KeyBadSignature",
     "KeyExpired",
@@ -297,6 +298,13 @@ class MachineUnidentified(LanlicError):
 
 class InternalError(LanlicError):
     code = "internal_error"
+
+
+class ClusterUnsupported(LanlicError):
+    """A request for something a cluster of servers on etcd does not do yet (borrowing,
+    enrollment, the queue: docs/cluster.md). A single server does it."""
+
+    code = "cluster_unsupported"
 
 
 def _all_subclasses(cls: type[LanlicError]) -> list[type[LanlicError]]:

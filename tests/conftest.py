@@ -7,10 +7,12 @@ import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from ci_skips import skip_fails_in_ci
+from cliproc import Procs, ok, run
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from helpers import DEFAULT_PRODUCTS, make_key
 from hypothesis import Phase, settings
@@ -71,6 +73,21 @@ def no_thread_outlives_a_test() -> Iterator[None]:
         t.join(5)
     left = [t for t in left if t.is_alive()]
     assert not left, f"threads outlived the test: {left}"
+
+
+@pytest.fixture
+def procs() -> Iterator[Procs]:
+    """The ``lanlic`` processes a test starts, every one ended at its end (SIGTERM, then
+    SIGKILL after 5 s)."""
+    yield from Procs.running()
+
+
+@pytest.fixture(scope="module")
+def vendor(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A vendor key pair made by ``lanlic vendor keygen``, once per test module: its folder."""
+    out = tmp_path_factory.mktemp("vendor")
+    ok(run(["vendor", "keygen", "--out", str(out), "--json"]))
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import in_ci
@@ -128,3 +129,55 @@ def test_only_loopback_is_loaded() -> None:
     )
     assert proc.returncode == 1
     assert "loopback" in proc.stderr
+
+
+def _bench(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Any]:
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "LANLIC_CONFIG": str(tmp_path / "config")}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "bench.py"), *TINY, "--json", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        cwd=tmp_path,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_the_policy_on_variant_reports_beside_the_figures_without_one(tmp_path: Path) -> None:
+    """``--policy``: the realistic policy (groups, RESERVE, MAX, INCLUDE, EXCLUDE on the loaded
+    product) lets the bench's clients in, so both columns grant the same seats."""
+    proc, data = _bench(
+        tmp_path, "--targets", "lanlic", "--scenario", "burst,saturate,churn", "--policy"
+    )
+    sc = data["scenarios"]
+    for on in ("lanlic", "lanlic-policy"):
+        burst = sc["burst"][on]
+        assert (burst["seated"], burst["refused"], burst["errors"]) == (40, 0, 0), (on, burst)
+        d = sc["saturate-checkout"][on]
+        assert d["ops_per_s"] > 0 and d["errors"] == 0 and d["no_seat"] == 0, (on, d)
+        assert sc["churn"][on]["granted"] > 0 and sc["churn"][on]["leaked_after_expiry"] == 0
+    assert data["ratios"]["saturate-checkout"]["policy/no policy"] > 0
+    assert "lanlic (policy on)" in proc.stdout and "policy on/off" in proc.stdout
+
+
+@pytest.mark.slow
+def test_the_policy_variant_runs_with_the_policy_in_force(tmp_path: Path) -> None:
+    """Not a column that merely says so: a policy that shuts the bench's user out is refused
+    every seat, while the server without it seats all."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[products.bench]\nexclude = [{ user = "bench" }]\n')
+    _, data = _bench(
+        tmp_path, "--targets", "lanlic", "--scenario", "burst", "--policy", str(policy)
+    )
+    without, with_policy = (
+        data["scenarios"]["burst"]["lanlic"],
+        data["scenarios"]["burst"]["lanlic-policy"],
+    )
+    assert (without["seated"], without["errors"]) == (40, 0)
+    assert with_policy["seated"] == 0
+    assert with_policy["counts"].get("checkout_not_allowed") == 40, with_policy["counts"]

@@ -53,15 +53,8 @@ class Procs(ProcGroup):
 
 @pytest.fixture
 def procs() -> Iterator[Procs]:
+    """This module's ``Procs`` (its servers take their arguments whole)."""
     yield from Procs.running()
-
-
-@pytest.fixture(scope="module")
-def vendor(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("vendor")
-    result = run(["vendor", "keygen", "--out", str(out)])
-    assert result.returncode == 0, result.stderr
-    return out
 
 
 def issue(vendor_dir: Path, out: Path, *products: str, expires: str | None = None) -> Path:

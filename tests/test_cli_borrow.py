@@ -15,7 +15,6 @@ import getpass
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +30,6 @@ ACT_PRODUCTS = (
 )
 ACT_BORROWED = "Borrowed (license file)"
 KEY_BORROWED = "Borrowed (portable key)"
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    yield from Procs.running()
-
-
-@pytest.fixture(scope="module")
-def vendor(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("vendor")
-    ok(run(["vendor", "keygen", "--out", str(out), "--json"]))
-    return out
 
 
 @pytest.fixture(scope="module")

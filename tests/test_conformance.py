@@ -15,7 +15,6 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,11 +29,6 @@ from lanlic.core.netkey import ProductEntitlement
 VECTORS = Path(__file__).resolve().parents[1] / "protocol" / "vectors"
 #: What the sessions need of a server (protocol/README.md): cadpro, 2024.1 licensed, seats free.
 CADPRO = "cadpro:4:borrowable=1:max-days=14:versions=2024-2025.2"
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    yield from Procs.running()
 
 
 @pytest.fixture(scope="module")

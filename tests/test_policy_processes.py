@@ -6,30 +6,20 @@ bounded; the ``procs`` fixture ends every process a test starts.
 
 from __future__ import annotations
 
+import http.cookiejar
+import json
 import signal
 import time
-from collections.abc import Iterator
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cliproc import Laptop, Procs, fails, issue_network_key, ok, run
+from cliproc import Laptop, Procs, fails, issue_network_key, ok, run, serve_args
 
 from lanlic.store import Store
 
 PRODUCTS = ("cad:3:borrowable=3:max-days=14", "viewer:2")
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    yield from Procs.running()
-
-
-@pytest.fixture(scope="module")
-def vendor(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("vendor")
-    ok(run(["vendor", "keygen", "--out", str(out), "--json"]))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +221,92 @@ def test_a_waiter_never_allowed_is_refused_at_once(
     assert wait_in_force(data)["in_force"]
     mallory = Laptop(tmp_path, "mallory", "mallory")
     fails(mallory.run(port, "checkout", "viewer", "--wait"), "not_allowed")
+
+
+def test_waiters_rejoin_the_line_after_a_server_restart(
+    procs: Procs, vendor: Path, net_key: Path, tmp_path: Path
+) -> None:
+    """A restart empties the line (SPEC 16): each waiting ``checkout --wait`` reconnects, joins
+    the new line by itself, and gets its seat as seats free, within its one timeout."""
+    data = tmp_path / "data"
+    server, port, _ = procs.serve(net_key, vendor, data)
+    bob, carol, dave = (Laptop(tmp_path, n, n) for n in ("bob", "carol", "dave"))
+    holders = [procs.checkout(bob, port, "viewer", hold=60) for _ in range(2)]
+    first = waiter(procs, carol, port, "viewer", "--timeout", "60")
+    assert first.read_json()["position"] == 1
+    second = waiter(procs, dave, port, "viewer", "--timeout", "60")
+    assert second.read_json()["position"] == 2
+
+    assert server.stop() == 0
+    procs.serve(net_key, vendor, data, "--port", str(port))
+    # Both come back into the line, in the order they reconnect (the backoff decides).
+    places = {first.read_json()["position"], second.read_json()["position"]}
+    assert places <= {1, 2} and 1 in places
+    assert sorted(u for _, u in queue_of(bob, port, "viewer")) == ["carol", "dave"]
+    assert in_use(bob, port, "viewer") == 2  # bob's seats were taken back, not given away
+
+    # Seats given back go to the line, as before the restart.
+    assert holders[0].stop() == 0
+    assert holders[1].stop() == 0
+    events = [p.read_json() for p in (first, second)]
+    while any(e["event"] == "queued" for e in events):  # a move to number 1 may come first
+        events = [e if e["event"] == "checked_out" else p.read_json()
+                  for e, p in zip(events, (first, second), strict=True)]  # fmt: skip
+    assert [e["event"] for e in events] == ["checked_out", "checked_out"]
+    assert queue_of(bob, port, "viewer") == []
+
+
+class AdminPage:
+    """The admin page of a ``lanlic serve`` process, over HTTP on 127.0.0.1 (no password set:
+    loopback only, as a fresh install is)."""
+
+    def __init__(self, port: int, name: str) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        self.csrf = self.call("POST", "/api/login", {"name": name, "password": ""})["csrf"]
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if hasattr(self, "csrf"):  # every change after the login carries it
+            req.add_header("X-CSRF-Token", self.csrf)
+        with self.opener.open(req, timeout=10) as r:
+            return json.loads(r.read())
+
+
+def test_the_admin_removes_a_waiter_who_is_told_at_once(
+    procs: Procs, vendor: Path, net_key: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    server = procs.start(serve_args(net_key, vendor, data, "--admin-port", "0"))
+    listening = server.read_json()
+    port, admin_port = listening["port"], listening["admin_port"]
+    bob, carol, dave = (Laptop(tmp_path, n, n) for n in ("bob", "carol", "dave"))
+    holders = [procs.checkout(bob, port, "viewer", hold=60) for _ in range(2)]
+    first = waiter(procs, carol, port, "viewer")
+    assert first.read_json()["position"] == 1
+    second = waiter(procs, dave, port, "viewer")
+    assert second.read_json()["position"] == 2
+
+    page = AdminPage(admin_port, "Dana")
+    items = page.call("GET", "/api/queue")["items"]
+    assert [(w["position"], w["user"]) for w in items] == [(1, "carol"), (2, "dave")]
+    removed = page.call("DELETE", f"/api/queue/{items[0]['ticket']}")
+    assert removed["user"] == "carol"
+    # Carol is told at once and her checkout fails; dave moves up.
+    assert first.popen.wait(timeout=10) == 1
+    assert "removed from the queue by the administrator" in first.stderr()
+    assert second.read_json()["position"] == 1
+    assert queue_of(bob, port, "viewer") == [(1, "dave")]
+    assert holders[0].stop() == 0
+    assert second.read_json()["event"] == "checked_out"
+
+    store = Store(data / "lanlic.db")
+    try:
+        history = store.history()
+    finally:
+        store.close()
+    [row] = [h for h in history if h.event == "admin_unqueue"]
+    assert row.product == "viewer" and row.user == "Dana" and "carol" in row.detail

@@ -11,6 +11,7 @@ The modules, from the pure to the adapter:
 * ``security``: sessions, CSRF tokens and the login throttle; time passed in.
 * ``keys``: installing a network key into the data folder, and choosing the key at start.
 * ``views``: the JSON the API returns, built from the running server's pool and desk.
+* ``export``: the history as CSV, each line formatted by SQLite (the GIL released).
 * ``app``: the aiohttp application, run in the licence server's own event loop.
 * ``command``: ``lanlic admin password``.
 

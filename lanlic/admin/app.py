@@ -42,7 +42,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from lanlic import __version__
-from lanlic.admin import DEFAULT_ADMIN_PORT, AdminError, keys, views
+from lanlic.admin import DEFAULT_ADMIN_PORT, AdminError, export, keys, views
 from lanlic.admin.connections import AdminLimits, ConnectionGuard
 from lanlic.admin.passwords import META_KEY, verify_password
 from lanlic.admin.security import AdminSession, LoginThrottle, Sessions, same_token
@@ -69,7 +69,6 @@ SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 #: How often the password hash is read again (a change logs every session out).
 PASSWORD_REFRESH = 2.0
 MAX_PAGE: Final = 1000
-CSV_PAGE: Final = 500
 MAX_UPLOAD: Final = 2 << 20
 STATIC: Final = {
     "index.html": "text/html",
@@ -569,15 +568,16 @@ class AdminServer:
             }
         )
         await response.prepare(request)
-        await response.write(views.csv_header().encode())
+        await response.write(export.CSV_HEADER.encode())
         # A page at a time, each its own short read on the history's connection, written out
         # before the next is read: memory is one page, however long the history.
         after: tuple[float, int] | None = None
         while True:
-            # Read and format on the history's thread: the event loop only sends the bytes, so
-            # the seats' requests do not wait behind the export's CSV.
+            # Read and format on the history's thread, and there in SQLite with the GIL
+            # released (lanlic.admin.export): the event loop only sends the bytes, so the
+            # seats' requests do not wait behind the export's CSV.
             data, after = await self._read_history(
-                functools.partial(_csv_page, filters=filters, after=after)
+                functools.partial(export.csv_page, filters=filters, after=after)
             )
             if data:
                 await response.write(data)
@@ -856,13 +856,6 @@ def _set_policy(
 ) -> dict[str, tuple[int | None, int | None]]:
     store.set_policy(product, *values)
     return store.policy()
-
-
-def _csv_page(
-    db: sqlite3.Connection, filters: hist.Filters, after: tuple[float, int] | None
-) -> tuple[bytes, tuple[float, int] | None]:
-    rows, after = hist.page_after(db, filters, after, CSV_PAGE)
-    return views.csv_rows(rows).encode(), after
 
 
 async def _json_body(request: web.Request) -> Any:

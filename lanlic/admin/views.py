@@ -16,25 +16,21 @@ at zero and at the key's seats, which shows such a stretch as quieter than it wa
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from lanlic.core.lending import BorrowDesk
 from lanlic.core.pool import Lease
-from lanlic.core.records import HistoryRow
 from lanlic.core.service import LicenseService
 
 __all__ = [
     "CHART_EVENTS",
+    "FORMULA_START",
     "RANGES",
     "borrow_rows",
     "csv_cell",
-    "csv_header",
-    "csv_rows",
     "enrollment_rows",
     "holder_page",
     "parse_time",
@@ -169,7 +165,7 @@ def enrollment_rows(desk: BorrowDesk) -> list[dict[str, Any]]:
 
 
 def usage_series(
-    events: Sequence[tuple[float, str, str]],
+    events: Sequence[tuple[float, str, str, int]],
     current: Mapping[str, tuple[int, int]],
     seats: Mapping[str, int],
     start: float,
@@ -179,8 +175,11 @@ def usage_series(
     """Per product, one ``[bucket start, in use, borrowed]`` per bucket from ``start`` to
     ``end``: the fullest moment of the bucket (see the module docstring).
 
-    ``events`` are ``(at, product, event)`` oldest first, none before ``start``; ``current`` is
-    (in use, borrowed) now, at ``end``."""
+    ``events`` are ``(at, product, event, count)`` oldest first, none before ``start``;
+    ``current`` is (in use, borrowed) now, at ``end``. A row that counts several events (the
+    lease events of one batch, a second, by one client: ``lanlic.store.history``) moves the
+    count by all of them at its time, so a client's checkouts and releases within that second
+    may show a fuller moment than there was, never more than the seats."""
     n = max(1, math.ceil((end - start) / step))
     best: dict[str, list[tuple[int, int]]] = {p: [(-1, 0)] * n for p in current}
     state = {p: (max(0, u), max(0, b)) for p, (u, b) in current.items()}
@@ -194,7 +193,7 @@ def usage_series(
     i = n - 1
     for p in state:
         keep(p, i)
-    for at, product, event in reversed(events):
+    for at, product, event, count in reversed(events):
         if product not in state:
             continue  # a product the current key does not serve
         b_i = min(n - 1, max(0, int((at - start) // step)))
@@ -203,6 +202,7 @@ def usage_series(
             for p in state:
                 keep(p, i)
         du, db = CHART_EVENTS.get(event, (0, 0))
+        du, db = du * count, db * count
         u, b = state[product]
         cap = seats.get(product, 0)
         u = min(cap, max(0, u - du))
@@ -221,7 +221,8 @@ def usage_series(
 
 # ----------------------------------------------------------------------------------- CSV
 
-_FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
+#: What a spreadsheet may read as the start of a formula.
+FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
 
 
 def csv_cell(text: str) -> str:
@@ -229,21 +230,7 @@ def csv_cell(text: str) -> str:
     that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading
     ``'``. Product, user, host and detail all come from clients; every column goes through
     here, so no column is left out when one is added."""
-    return "'" + text if text.startswith(_FORMULA_START) else text
-
-
-def csv_header() -> str:
-    return "time_utc,unix_time,event,product,user,host,detail,count\r\n"
-
-
-def csv_rows(rows: Iterable[HistoryRow]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\r\n")
-    for r in rows:
-        when = dt.datetime.fromtimestamp(r.at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-        cells = (when, f"{r.at:.3f}", r.event, r.product, r.user, r.host, r.detail, str(r.count))
-        writer.writerow([csv_cell(c) for c in cells])
-    return buf.getvalue()
+    return "'" + text if text.startswith(FORMULA_START) else text
 
 
 def parse_time(text: str | None) -> float | None:

@@ -235,6 +235,10 @@ class Run:
         self.ctl = ctl
         self.host: str = spec["host"]
         self.port: int = spec["port"]
+        self.members: list[tuple[str, int]] = [(h, p) for h, p in spec.get("members", ())]
+        """The members of a cluster target (lanlic.bench.cluster): connections go to each in
+        turn, starting from this generator's own offset; else only ``host:port``."""
+        self._next_member = int(spec.get("worker", 0))
         self.target: str = spec["target"]
         self.product: str = spec["product"]
         self.stats = Stats()
@@ -252,8 +256,12 @@ class Run:
     async def _open(self, handler: Handler | None) -> GenConn | None:
         loop = asyncio.get_running_loop()
         conn = GenConn(self.new_wire(), handler)
+        host, port = self.host, self.port
+        if self.members:
+            host, port = self.members[self._next_member % len(self.members)]
+            self._next_member += 1
         try:
-            await asyncio.wait_for(loop.create_connection(lambda: conn, self.host, self.port), 10.0)
+            await asyncio.wait_for(loop.create_connection(lambda: conn, host, port), 10.0)
         except (OSError, TimeoutError):
             self.stats.inc("connect_failed")
             return None

@@ -29,9 +29,11 @@ PERCENTILES = (0, 1, 5, 10, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99, 10
 #: Order and labels of the targets in tables and plots.
 TARGET_LABELS = {
     "lanlic": "lanlic",
+    "lanlic-policy": "lanlic (policy on)",
     "ceiling": "ceiling",
     "ceiling-streams": "ceiling (streams)",
     "redis": "Redis",
+    "cluster": "cluster (3 on etcd)",
 }
 
 
@@ -148,6 +150,8 @@ def one_line(scenario: str, name: str, d: dict[str, Any]) -> str:
         )
     if scenario.startswith("saturate"):
         return f"{head} {d['ops_per_s']:,.0f} ops/s, p50 {_ms(lat, 'p50')} ms; {cpu}"
+    if scenario == "failover":
+        return f"{head} {failover_text(d)}"
     return (
         f"{head} {d['sessions_per_s']:,.0f} sessions/s, refused {d['refused']}, "
         f"vanished {d['vanished']}, held after expiry {_f(d['leaked_after_expiry'])}; {cpu}"
@@ -164,6 +168,16 @@ THROUGHPUT = {
 }
 
 
+def failover_text(d: dict[str, Any]) -> str:
+    """The failover figure (lanlic.bench.cluster) in words."""
+    every = _f(d["all_moved_s"], 3)
+    return (
+        f"{d['on_killed_member']} of {d['clients']} clients on the killed member, all confirmed "
+        f"by another within {every} s (median {_f(d['moved_p50_s'], 3)} s); lost {d['lost']}, "
+        f"held after {d['held_after']}/{d['clients']}"
+    )
+
+
 def ratios(scenarios: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     out: dict[str, dict[str, float | None]] = {}
     for sc, by_target in scenarios.items():
@@ -174,6 +188,12 @@ def ratios(scenarios: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | 
             v = by_target.get(other, {}).get(key) if key else None
             if v is not None and lan is not None and v > 0:
                 r[f"lanlic/{other}"] = round(lan / v, 3)
+        pol = by_target.get("lanlic-policy", {}).get(key) if key else None
+        if pol is not None and lan:
+            r["policy/no policy"] = round(pol / lan, 3)
+        clu = by_target.get("cluster", {}).get(key) if key else None
+        if clu is not None and lan:
+            r["cluster/lanlic"] = round(clu / lan, 3)
         if sc == "saturate-renew":
             a = by_target.get("ceiling-streams", {}).get("ops_per_s")
             b = by_target.get("ceiling", {}).get("ops_per_s")
@@ -273,6 +293,10 @@ def table(data: dict[str, Any]) -> str:
         for k in ("lanlic/ceiling", "lanlic/redis"):
             if k in r:
                 parts.append(f"{k.split('/')[1]} {r[k]:.0%}")
+        if "policy/no policy" in r:
+            parts.append(f"policy on/off {r['policy/no policy']:.0%}")
+        if "cluster/lanlic" in r:
+            parts.append(f"cluster/lanlic {r['cluster/lanlic']:.0%}")
         return ", ".join(parts)
 
     def lat3(d: dict[str, Any]) -> str:
@@ -323,6 +347,19 @@ def table(data: dict[str, Any]) -> str:
         row("churn", "borrow+return pairs/s", _borrows)
         row("churn", "borrow/return p50 ms", _borrow_lat)
         row("churn", "CPU % server/gen", cpu)
+
+    if "failover" in sc:
+        row(
+            "failover",
+            "clients on the killed one",
+            lambda d: f"{d['on_killed_member']}/{d['clients']}",
+        )
+        row(
+            "failover",
+            "all moved / median, s",
+            lambda d: f"{_f(d['all_moved_s'], 3)}/{_f(d['moved_p50_s'], 3)}",
+        )
+        row("failover", "seats lost", lambda d: d["lost"])
 
     w0 = max([len("scenario")] + [len(r[0]) for r in rows])
     w1 = max([len("figure")] + [len(r[1]) for r in rows])
@@ -379,7 +416,11 @@ def markdown(data: dict[str, Any]) -> str:
     """The headline figures as a Markdown table (for a README)."""
     sc = data["scenarios"]
     p = data["params"]
-    names = [t for t in ("lanlic", "ceiling", "redis") if any(t in by for by in sc.values())]
+    names = [
+        t
+        for t in ("lanlic", "lanlic-policy", "ceiling", "redis")
+        if any(t in by for by in sc.values())
+    ]
     out = [
         "| scenario | figure | " + " | ".join(TARGET_LABELS[t] for t in names) + " |",
         "|---|---|" + "---:|" * len(names),
@@ -448,6 +489,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
         return
     colours = {
         "lanlic": "#1f77b4",
+        "lanlic-policy": "#17becf",
         "ceiling": "#7f7f7f",
         "ceiling-streams": "#bcbd22",
         "redis": "#d62728",

@@ -29,7 +29,14 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from lanlic.bench import SCENARIOS, TARGETS, add_arguments, report
+from lanlic.bench import (
+    CLUSTER_SCENARIOS,
+    CLUSTER_TARGETS,
+    SCENARIOS,
+    TARGETS,
+    add_arguments,
+    report,
+)
 from lanlic.errors import LanlicError
 
 __all__ = ["BenchError", "add_arguments", "main", "run_from_args"]
@@ -67,6 +74,8 @@ class Params:
     procs: int = 2
     rounds: int = 3
     """Saturate runs per target, alternating targets; the median is reported."""
+    failover_clients: int = 150
+    """Failover (cluster target): clients holding a seat when a member is killed."""
 
     @classmethod
     def quick(cls) -> Params:
@@ -82,6 +91,7 @@ class Params:
             churn_borrowers=2,
             lease=3.0,
             rounds=1,
+            failover_clients=30,
         )
 
 
@@ -219,38 +229,89 @@ def start_ceiling(kind: str, loop: str) -> Iterator[Target]:
         yield target
 
 
-@contextlib.contextmanager
-def start_lanlic(
-    seats: int, lease: float, heartbeat: float, borrowable: int = 0
-) -> Iterator[Target]:
-    """``lanlic serve`` as a user runs it, with its own data folder (and so its database),
-    over a network key signed on the spot; on 127.0.0.1, with no mDNS and no admin page."""
+def realistic_policy(seats: int) -> str:
+    """A seat policy shaped like a CAD office's options file for the product ``bench``: user and
+    host groups, reservations, limits, an allow list and a deny list. The bench's clients (user
+    ``bench`` on ``bench-host``, from 127.0.0.1) belong to everything that lets them in, so
+    every rule is evaluated on every checkout and none refuses them: the run shows what the
+    policy costs, with the same seats granted as without it."""
+    reserve = [
+        f"{{ seats = {n}, {who} }}"
+        for n, who in (
+            (seats // 10, 'group = "engineers"'),
+            (seats // 20, 'subnet = "127.0.0.0/8"'),
+        )
+        if n > 0
+    ]
+    return f"""\
+[groups.users]
+engineers = ["bench", "alice", "bob", "carol"]
+designers = ["dave", "erin"]
+contractors = ["mallory", "trent"]
+
+[groups.hosts]
+lab = ["bench-host", "ws-01", "ws-02"]
+kiosks = ["kiosk-1"]
+
+[products.bench]
+reserve = [{", ".join(reserve)}]
+max = [{{ seats = 1, user = "carol" }}, {{ seats = 2, group = "contractors" }}, \
+{{ seats = {max(seats, 1)}, group = "engineers" }}]
+include = [{{ group = "engineers" }}, {{ group = "designers" }}, {{ host_group = "lab" }}]
+exclude = [{{ group = "contractors" }}, {{ host_group = "kiosks" }}]
+max_borrowed_per_user = {max(seats, 1)}
+"""
+
+
+def write_bench_key(root: Path, seats: int, borrowable: int = 0) -> tuple[Path, Path]:
+    """A vendor key pair and a network key for product ``bench`` signed on the spot, in
+    ``root``: (the network key, the vendor's public key)."""
     from lanlic.core import netkey
     from lanlic.vendorkeys import write_vendor_keypair
 
+    vendor = netkey.generate_vendor_key()
+    _, pub = write_vendor_keypair(root, vendor)
+    today = dt.datetime.now(dt.UTC).date()
+    lic = root / "bench.lic"
+    lic.write_bytes(
+        netkey.issue_network_key(
+            vendor,
+            customer="lanlic bench",
+            expires=today + dt.timedelta(days=30),
+            borrow_kind="act",
+            products=(
+                netkey.ProductEntitlement(
+                    "bench",
+                    seats=max(seats, 1),
+                    borrowable=min(borrowable, max(seats, 1)),
+                    max_borrow_days=30 if borrowable else 0,
+                ),
+            ),
+            issued=today,
+        )
+    )
+    return lic, pub
+
+
+@contextlib.contextmanager
+def start_lanlic(
+    seats: int, lease: float, heartbeat: float, borrowable: int = 0, policy: str | None = None
+) -> Iterator[Target]:
+    """``lanlic serve`` as a user runs it, with its own data folder (and so its database),
+    over a network key signed on the spot; on 127.0.0.1, with no mDNS and no admin page.
+    ``policy``: a seat policy file's text (``realistic`` for ``realistic_policy``), in force
+    from the server's first request; the target is then ``lanlic-policy``."""
     with tempfile.TemporaryDirectory(prefix="lanlic-bench-") as tmp:
         root = Path(tmp)
-        vendor = netkey.generate_vendor_key()
-        _, pub = write_vendor_keypair(root, vendor)
-        today = dt.datetime.now(dt.UTC).date()
-        lic = root / "bench.lic"
-        lic.write_bytes(
-            netkey.issue_network_key(
-                vendor,
-                customer="lanlic bench",
-                expires=today + dt.timedelta(days=30),
-                borrow_kind="act",
-                products=(
-                    netkey.ProductEntitlement(
-                        "bench",
-                        seats=max(seats, 1),
-                        borrowable=min(borrowable, max(seats, 1)),
-                        max_borrow_days=30 if borrowable else 0,
-                    ),
-                ),
-                issued=today,
-            )
-        )
+        lic, pub = write_bench_key(root, seats, borrowable)
+        name = "lanlic"
+        if policy is not None:
+            from lanlic.server import policyfile
+
+            text = realistic_policy(max(seats, 1)) if policy == "realistic" else policy
+            (root / "data").mkdir(mode=0o700)
+            policyfile.install(root / "data", text)
+            name = "lanlic-policy"
         cmd = [
             sys.executable,
             "-m",
@@ -277,8 +338,20 @@ def start_lanlic(
             "--no-admin",
             "--json",
         ]
-        with _server_process("lanlic", cmd) as target:
+        with _server_process(name, cmd) as target:
+            if policy is not None:
+                _check_policy_in_force(root / "data")
             yield target
+
+
+def _check_policy_in_force(folder: Path) -> None:
+    """The "policy on" figures are only honest with the policy in force: the server applies
+    ``policy.toml`` before it listens, and says in its state file whether it refused it."""
+    from lanlic.server import policyfile
+
+    shown = policyfile.show_command(folder)
+    if not shown.get("in_force"):
+        raise BenchError(f"the lanlic server did not apply the bench's seat policy: {shown}")
 
 
 def redis_server_path() -> str | None:
@@ -603,6 +676,8 @@ def _params(args: argparse.Namespace) -> Params:
         prm.lease = args.lease
     if args.heartbeat:
         prm.heartbeat = args.heartbeat
+    if getattr(args, "failover_clients", None):
+        prm.failover_clients = args.failover_clients
     return prm
 
 
@@ -634,21 +709,42 @@ class Bench:
         self.args = args
         self.prm = _params(args)
         self.loop = _loop_kind(args.loop)
-        self.scenarios = _parse_list(args.scenario, SCENARIOS, "scenario")
-        self.targets = _parse_list(args.targets, TARGETS, "target")
+        self.targets = _parse_list(args.targets, TARGETS + CLUSTER_TARGETS, "target")
+        self.scenarios = _parse_list(args.scenario, SCENARIOS + CLUSTER_SCENARIOS, "scenario")
+        self.policy: str | None = None
+        """With ``--policy``: the seat policy of the "policy on" variant (``lanlic-policy``)."""
+        if getattr(args, "policy", None):
+            if args.server:
+                raise BenchError("--policy starts servers of its own: not with --server")
+            if "lanlic" not in self.targets:
+                raise BenchError("--policy is a variant of the lanlic target: add lanlic")
+            if args.policy == "realistic":
+                self.policy = "realistic"
+            else:
+                try:
+                    self.policy = Path(args.policy).read_text(encoding="utf-8")
+                except OSError as exc:
+                    raise BenchError(f"--policy: cannot read {args.policy}: {exc}") from None
+            at = self.targets.index("lanlic") + 1
+            self.targets[at:at] = ["lanlic-policy"]
+        self._cluster_setup(args)
         self.quiet = args.no_progress
         self.external: tuple[str, int] | None = None
+        self.ext_members: list[tuple[str, int]] = []
+        """With ``--server A,B,...`` (the members of a running cluster): connections go to each."""
         self.ext_product = args.product or "bench"
         self.ext_seats = 0
         if args.server:
-            from lanlic.net.client import parse_address
+            from lanlic.net.client import parse_servers
 
             try:
-                host, port = parse_address(args.server)
+                members = parse_servers(args.server)
             except ValueError as exc:
                 raise BenchError(f"--server: {exc}") from None
-            _check_loopback(host)
-            self.external = (host, port)
+            for host, _ in members:
+                _check_loopback(host)
+            self.external = members[0]
+            self.ext_members = members if len(members) > 1 else []
         self.results: dict[str, dict[str, Any]] = {}
         self.redis_skip: str | None = None
         if "redis" in self.targets and redis_server_path() is None:
@@ -661,6 +757,33 @@ class Bench:
     def say(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
+    # the cluster target (lanlic.bench.cluster)
+
+    def _cluster_setup(self, args: argparse.Namespace) -> None:
+        self.etcd: Any = None
+        cluster = "cluster" in self.targets
+        if cluster and args.scenario == ",".join(SCENARIOS):  # the default: failover as well
+            self.scenarios.append("failover")
+        if "failover" in self.scenarios and not cluster:
+            raise BenchError("the failover scenario runs on the cluster target: --targets cluster")
+        if cluster and args.server:
+            raise BenchError("--server and the cluster target do not go together")
+
+    @contextlib.contextmanager
+    def _cluster(self, seats: int, lease: float) -> Iterator[Target]:
+        from lanlic.bench import cluster
+
+        if self.etcd is None:
+            self.etcd = cluster.EtcdForBench()
+        with cluster.start_cluster(self.etcd, seats, lease, self.prm.heartbeat) as t:
+            yield t
+
+    def _sc_failover(self, gens: Generators) -> None:
+        from lanlic.bench import cluster
+
+        self.results.setdefault("failover", {})
+        self._record("failover", "cluster", cluster.failover(self))
+
     # servers
 
     @contextlib.contextmanager
@@ -668,12 +791,19 @@ class Bench:
         prm = self.prm
         if name == "lanlic" and self.external is not None:
             host, port = self.external
-            yield Target("lanlic", host, port, pid_listening_on(port), {})
+            info = {"members": [[h, p] for h, p in self.ext_members]} if self.ext_members else {}
+            yield Target("lanlic", host, port, pid_listening_on(port), info)
         elif name == "redis":
             with start_redis(seats, lease) as t:
                 yield t
         elif name == "lanlic":
             with start_lanlic(seats, lease, prm.heartbeat, borrowable) as t:
+                yield t
+        elif name == "lanlic-policy":
+            with start_lanlic(seats, lease, prm.heartbeat, borrowable, self.policy) as t:
+                yield t
+        elif name == "cluster":
+            with self._cluster(seats, lease) as t:
                 yield t
         else:
             with start_ceiling(name, self.loop) as t:
@@ -718,6 +848,8 @@ class Bench:
                 getattr(self, f"_sc_{sc}")(gens)
         finally:
             gens.close()
+            if self.etcd is not None:
+                self.etcd.close()
         took = time.monotonic() - t_start
         stall1 = cpu_stall_us()
         return {
@@ -958,7 +1090,7 @@ class Bench:
                 continue
             seats = prm.churn_clients
             # Borrowers (laptops taking seats off the network and back) only exist in lanlic.
-            borrowers = prm.churn_borrowers if name == "lanlic" else 0
+            borrowers = prm.churn_borrowers if name in ("lanlic", "lanlic-policy") else 0
             with (
                 tempfile.TemporaryDirectory(prefix="lanlic-bench-laptops-") as laptops,
                 self.server(name, seats, prm.churn_lease, borrowers * prm.procs) as tgt,
@@ -980,7 +1112,7 @@ class Bench:
                 def leak_check(ph: Phase, tgt: Target = tgt) -> int | None:
                     # Every lease a vanished client left must run out by itself.
                     time.sleep(prm.churn_lease + 0.5)
-                    if tgt.name == "lanlic":
+                    if tgt.name in ("lanlic", "lanlic-policy", "cluster"):
                         status = lanlic_status(tgt.host, tgt.port)
                         return sum(int(p["in_use"]) for p in status["products"])
                     if tgt.name == "redis":
@@ -1007,7 +1139,9 @@ class Bench:
                     f"({pairs / prm.churn_s:.1f}/s)"
                 )
             else:
-                borrows = "n/a: no borrowing here" if name != "lanlic" else "none run"
+                borrows = (
+                    "none run" if name in ("lanlic", "lanlic-policy") else "n/a: no borrowing here"
+                )
             out.update(
                 {
                     "borrowers": borrowers * prm.procs,

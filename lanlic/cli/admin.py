@@ -165,6 +165,12 @@ def _detail_for_people(detail: str) -> str:
     return _DETAIL_TIME.sub(local, detail)
 
 
+def _history_events() -> list[str]:
+    from lanlic.core.records import HISTORY_EVENTS
+
+    return list(HISTORY_EVENTS)
+
+
 def cmd_admin_history(args: argparse.Namespace) -> int:
     """Stream the history: a page of rows at a time from its own read-only connection, written
     out before the next is read, so memory stays flat however long the history is, and a
@@ -181,7 +187,7 @@ def cmd_admin_history(args: argparse.Namespace) -> int:
     # A corrupt or newer database is refused before the first row is written: once streaming
     # has begun, a refusal could no longer be the command's only output.
     Store.open_readonly(db_path).close()
-    filters = history.Filters(since=since, product=args.product)
+    filters = history.Filters(since=since, product=args.product, event=args.event)
     out = sys.stdout
     try:
         db = history.open_reader(db_path)
@@ -497,6 +503,12 @@ def register(commands: Commands) -> None:
     sp = admin.add("history", cmd_admin_history, "usage history: checkouts, borrows...")
     sp.add_argument("--since", metavar="DATE", help="from this date or time on (UTC)")
     sp.add_argument("--product", metavar="P", help="this product only")
+    sp.add_argument(
+        "--event",
+        metavar="E",
+        choices=list(_history_events()),
+        help="this event only: " + ", ".join(_history_events()),
+    )
     sp.add_argument("--csv", action="store_true", help="CSV with a header row")
     add_data(sp)
 

@@ -150,11 +150,12 @@ hold_seconds = number(0, unit=" s")
 
 
 def address(text: str) -> str:
-    """``HOST:PORT`` (``[v6]:PORT``), checked now so a bad one is a usage error."""
-    from lanlic.net.client import parse_address
+    """``HOST:PORT`` (``[v6]:PORT``), or the members of one pool ``HOST:PORT,HOST:PORT``,
+    checked now so a bad one is a usage error."""
+    from lanlic.net.client import parse_servers
 
     try:
-        parse_address(text)
+        parse_servers(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
@@ -183,8 +184,9 @@ def add_find(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--server",
         type=address,
-        metavar="HOST:PORT",
-        help="the server (default: $LANLIC_SERVER, else client.toml, else find it over mDNS)",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="the server, or the members of a redundant one (default: $LANLIC_SERVER, else "
+        "client.toml, else find it over mDNS)",
     )
     sp.add_argument(
         "--interface", action="append", metavar="IP", help="browse on this interface only"
@@ -265,15 +267,16 @@ def checked_interfaces(interfaces: list[str] | None) -> list[str] | None:
 
 
 def explicit_server() -> str | None:
-    """An address given outside the command line: ``$LANLIC_SERVER``, else ``client.toml``."""
+    """An address (or a list of members) given outside the command line: ``$LANLIC_SERVER``,
+    else ``client.toml``."""
     from lanlic.laptop.trust import configured_server
 
     server = os.environ.get("LANLIC_SERVER") or configured_server()
     if server:
-        from lanlic.net.client import parse_address
+        from lanlic.net.client import parse_servers
 
         try:
-            parse_address(server)
+            parse_servers(server)
         except ValueError as exc:
             raise CliError(f"$LANLIC_SERVER or client.toml: {exc}") from None
     return server

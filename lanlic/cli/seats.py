@@ -295,20 +295,41 @@ def _fp(vendor: Any) -> str:
 
 
 def _trust_server(args: argparse.Namespace, trust: Any) -> int:
-    from lanlic.net.client import format_address, parse_address
+    from lanlic.net.client import format_address, parse_servers
     from lanlic.net.finder import PROBE_TIMEOUT, probe
 
     try:
-        address = parse_address(args.server)
+        members = parse_servers(args.server)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    where = format_address(address)
 
-    async def run() -> Any:
+    async def run() -> list[Any]:
+        # Every member of a redundant server must prove the same key; one that is down is
+        # passed over, as long as one answers.
         loop = asyncio.get_running_loop()
-        return await probe(address, deadline=loop.time() + PROBE_TIMEOUT)
+        found, error = [], None
+        for member in members:
+            try:
+                found.append(await probe(member, deadline=loop.time() + PROBE_TIMEOUT))
+            except LanlicError as exc:
+                if len(members) == 1:
+                    raise
+                error = exc
+        if not found:
+            assert error is not None
+            raise error
+        return found
 
-    ident = run_async(run()).identity
+    probed = run_async(run())
+    where = ",".join(format_address(p.address) for p in probed)
+    ident = probed[0].identity
+    for other in probed[1:]:
+        if other.identity.server_key != ident.server_key:
+            raise CliError(
+                f"{format_address(other.address)} presents {other.identity.server_fp}, but "
+                f"{format_address(probed[0].address)} presents {ident.server_fp}: the members of "
+                "one server share one key; nothing pinned"
+            )
     old = trust.lookup(ident.vendor_fp, ident.site)
     facts = {
         "address": where,
@@ -439,7 +460,7 @@ def register(commands: Commands) -> None:
     sp.add_argument(
         "--wait", action="store_true",
         help="with no seat free, wait in the server's queue (first come, first served), "
-        "printing the place in line as it changes",
+        "printing the place in line as it changes; after a server restart, join its new line",
     )  # fmt: skip
     sp.add_argument(
         "--timeout", type=seconds, metavar="S",
@@ -453,7 +474,7 @@ def register(commands: Commands) -> None:
     sp.add_argument("product", metavar="ADDON")
     holding(sp)
 
-    sp = commands.add("status", cmd_status, "show products, seats and holders")
+    sp = commands.add("status", cmd_status, "show products, seats, holders and who waits")
     add_find(sp)
 
     sp = commands.add("servers", cmd_servers, "list the licence servers announced on the LAN")
@@ -468,7 +489,10 @@ def register(commands: Commands) -> None:
     sp = commands.add("trust", cmd_trust, "pin, list or forget trusted server keys")
     what = sp.add_mutually_exclusive_group(required=True)
     what.add_argument(
-        "--server", type=address, metavar="HOST:PORT", help="pin the key this server presents"
+        "--server",
+        type=address,
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="pin the key this server (every member of it) presents",
     )
     what.add_argument("--list", action="store_true", help="list the pinned servers")
     what.add_argument("--forget", metavar="SITE", help="drop the pin of a site (customer name)")

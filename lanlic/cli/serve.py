@@ -120,11 +120,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except NetworkKeyError as exc:
         exc.message = f"{license_path}: {exc.message}"
         raise
+    cluster = cluster_store(args, data)  # refused before the data folder is touched
     datadir = DataDir(data)
     datadir.lock()
     exposure = datadir.exposure()
     if exposure is not None:
         print(f"lanlic: warning: {exposure}", file=sys.stderr, flush=True)
+    if cluster is not None:
+        try:
+            return _serve_cluster(args, cluster, key, datadir, host, port)
+        finally:
+            datadir.clear_address()
+            datadir.unlock()
     try:
         if getattr(args, "restore", None):
             restore_for_serve(args, data)
@@ -224,11 +231,206 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _announcer(service: Any, server: Any, interfaces: list[str] | None) -> Any:
+# ---------------------------------------------------------------------------------- cluster
+
+
+class ClusterPlan:
+    """``--store etcd://...``: where etcd is and how to reach it."""
+
+    def __init__(self, endpoints: list[str], tls: Any) -> None:
+        self.endpoints = endpoints
+        self.tls = tls
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def etcd_endpoints(text: str) -> list[str]:
+    """``etcd://HOST:PORT[,HOST:PORT...]`` to its endpoints (CliError when malformed)."""
+    rest = text[len("etcd://") :]
+    out = []
+    for item in rest.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not host or not port.isdecimal() or not 0 < int(port) < 65536:
+            raise CliError(
+                f"--store {text}: {item.strip()!r} is not HOST:PORT "
+                "(etcd://HOST:PORT[,HOST:PORT...], the etcd members' client URLs)"
+            )
+        out.append(f"{host}:{int(port)}")
+    return out
+
+
+def cluster_store(args: argparse.Namespace, data: Path) -> ClusterPlan | None:
+    """``--store``: None for the data folder's SQLite (the default), else the etcd plan, after
+    refusing what a cluster cannot do yet (docs/cluster.md), each with why."""
+    store = args.store
+    etcd_files = (args.etcd_cacert, args.etcd_cert, args.etcd_key)
+    if store == "sqlite":
+        if any(etcd_files):
+            raise CliError("--etcd-cacert, --etcd-cert and --etcd-key go with --store etcd://...")
+        return None
+    if not store.startswith("etcd://"):
+        raise CliError(f"--store {store}: give sqlite (the default) or etcd://HOST:PORT[,...]")
+    endpoints = etcd_endpoints(store)
+    tls = None
+    if any(etcd_files):
+        if not all(etcd_files):
+            raise CliError("etcd over TLS needs all three: --etcd-cacert, --etcd-cert, --etcd-key")
+        from lanlic.cluster.etcd import EtcdTls
+
+        try:
+            ca, cert, key = (Path(f).read_bytes() for f in etcd_files)
+        except OSError as exc:
+            raise FileProblem.of(exc, str(exc.filename)) from None
+        tls = EtcdTls(ca=ca, cert=cert, key=key)
+    elif not all(_is_loopback(e.rpartition(":")[0]) for e in endpoints):
+        raise CliError(
+            f"--store {store}: etcd beyond this machine needs TLS with a client certificate "
+            "(--etcd-cacert, --etcd-cert, --etcd-key): whoever can write to etcd can mint seats, "
+            "so a plaintext etcd is allowed on loopback only"
+        )
+    refused = [
+        (args.restore, "--restore", "a cluster keeps no SQLite database to restore"),
+        (args.accept_lost_borrows, "--accept-lost-borrows", "a cluster keeps no borrows yet"),
+        (args.admin_port is not None, "--admin-port",
+         "the admin page is not built for a cluster yet (status works: lanlic status)"),
+    ]  # fmt: skip
+    from lanlic.server.policyfile import POLICY_FILE
+
+    if (data / POLICY_FILE).exists():
+        refused.append(
+            (True, f"{data / POLICY_FILE}",
+             "a seat policy (and its queue) needs shared state in etcd, not built yet")
+        )  # fmt: skip
+    for used, what, why in refused:
+        if used:
+            raise CliError(f"--store etcd:// cannot serve with {what}: {why} (docs/cluster.md)")
+    return ClusterPlan(endpoints, tls)
+
+
+def cluster_prefix(key: Any) -> str:
+    """The etcd prefix of a network key's pool: members serving the same key share it, and
+    another key's members (another site, or a test) never see its seats."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{key.vendor_fp}\0{key.serial}".encode()).hexdigest()[:16]
+    return f"/lanlic/{digest}"
+
+
+def _serve_cluster(
+    args: argparse.Namespace, plan: ClusterPlan, key: Any, datadir: Any, host: str, port: int
+) -> int:
+    """Serve as one member of a cluster on etcd (docs/cluster.md)."""
+    import socket
+
+    from lanlic.cluster.etcd import EtcdSeats, Unreachable
+    from lanlic.cluster.service import ClusterService, etcd_ttl_for
+    from lanlic.core.service import ServiceConfig
+    from lanlic.net.server import LicenseServer
+
+    config = ServiceConfig(lease_seconds=args.lease, heartbeat_seconds=args.heartbeat)
+    server_key = datadir.server_key()
+
+    async def run() -> None:
+        seats = EtcdSeats(
+            plan.endpoints,
+            prefix=cluster_prefix(key),
+            products={p.name: p.seats for p in key.products},
+            member=f"{socket.gethostname()}:{os.getpid()}",
+            etcd_ttl=etcd_ttl_for(args.lease),
+            client_lease=args.lease,
+            tls=plan.tls,
+        )
+        service = ClusterService(key, server_key, seats, config)
+        try:
+            await service.start()
+        except Unreachable as exc:
+            await seats.close()
+            raise CliError(
+                f"--store: etcd at {', '.join(plan.endpoints)} did not answer: {exc}"
+            ) from None
+        server = LicenseServer(service, host, port)
+        try:
+            await server.start()
+        except OSError as exc:
+            await service.close()
+            raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        try:
+            announcer = (
+                None if args.no_mdns else _announcer(service, server, args.interface, member=True)
+            )
+        except CliError:
+            await server.stop()
+            await service.close()
+            raise
+        stop = asyncio.Event()
+        osdeps.on_stop(asyncio.get_running_loop(), stop.set)
+        h, p = server.address
+        datadir.write_address(h, p)
+        if args.json:
+            print_json(
+                {
+                    "event": "listening",
+                    "host": h,
+                    "port": p,
+                    "server_id": service.server_id,
+                    "customer": key.customer,
+                    "data": str(datadir.path),
+                    "store": "etcd",
+                    "etcd": plan.endpoints,
+                    "etcd_lease": seats.lease_id,
+                    "admin_host": None,
+                    "admin_port": None,
+                }
+            )
+        else:
+            print(
+                f"lanlic {__version__}: serving {key.customer!r} on {h}:{p}, a member of a "
+                f"cluster on etcd {', '.join(plan.endpoints)}\n"
+                f"  server id {service.server_id} (server.key in {datadir.path}: the same on "
+                "every member)\n  not in a cluster yet: borrowing, enrollment, the queue, seat "
+                "policy, history, the admin page (docs/cluster.md)\n  stop with Ctrl-C",
+                flush=True,
+            )
+        announcing = None
+        if announcer is not None:
+            announcing = asyncio.ensure_future(_announce(announcer, args.json))
+        await stop.wait()
+        if announcing is not None and announcer is not None:
+            announcing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await announcing
+            await announcer.close()
+        await server.stop()
+        await service.close()
+        if not args.json:
+            print("lanlic: stopped", flush=True)
+
+    run_async(run())
+    return 0
+
+
+def _announcer(
+    service: Any, server: Any, interfaces: list[str] | None, member: bool = False
+) -> Any:
+    """``member``: a cluster member, announced under a host name of its own (host and port)."""
+    import socket
+
     from lanlic.net.announce import announcer_for
 
+    who = f"{socket.gethostname()}:{server.port}" if member else ""
     try:
-        return announcer_for(service, server.host, server.port, checked_interfaces(interfaces))
+        return announcer_for(
+            service, server.host, server.port, checked_interfaces(interfaces), member=who
+        )
     except ValueError as exc:
         raise CliError(f"--interface: {exc}") from None
 
@@ -389,7 +591,8 @@ def register(commands: Commands) -> None:
         "--data",
         metavar="DIR",
         help=f"data folder (default: $LANLIC_DATA, else {data}; --demo: {data / 'demo'}); "
-        "the admin commands use the same default",
+        "the admin commands use the same default. Its policy.toml, the seat policy (README: "
+        "Seat policy), is applied at start and again within a second of each change",
     )
     sp.add_argument(
         "--host",
@@ -448,6 +651,19 @@ def register(commands: Commands) -> None:
         action="store_true",
         help="with --restore: set an existing database aside (renamed, never deleted)",
     )
+    sp.add_argument(
+        "--store",
+        default="sqlite",
+        metavar="STORE",
+        help="where the seats are kept: sqlite (default: the data folder's database, one "
+        "server) or etcd://HOST:PORT[,HOST:PORT...] (several servers share one pool: "
+        "docs/cluster.md)",
+    )
+    sp.add_argument("--etcd-cacert", metavar="FILE", help="CA certificate of etcd's TLS (PEM)")
+    sp.add_argument(
+        "--etcd-cert", metavar="FILE", help="this member's client certificate for etcd (PEM)"
+    )
+    sp.add_argument("--etcd-key", metavar="FILE", help="the client certificate's key (PEM)")
     sp.add_argument(
         "--accept-lost-borrows",
         action="store_true",

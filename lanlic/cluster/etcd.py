@@ -42,7 +42,7 @@ import aetcd.watcher
 import grpc
 
 from lanlic.cluster.fence import Fence
-from lanlic.cluster.mirror import SeatMirror, seat_key, seats_prefix
+from lanlic.cluster.mirror import SeatMirror, parse_seat_key, seat_key, seats_prefix
 from lanlic.errors import LeaseUnknown, NoSeat, ServerBusy, ServerUnavailable, UnknownProduct
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,12 @@ class KeyState:
     mod_revision: int
     create_revision: int
     lease: int
+
+
+def _lease_in(value: bytes) -> str:
+    """The client lease a seat key's value names ("" if it names none)."""
+    got = Holder.decode(value)
+    return "" if got is None else got.lease
 
 
 def _key_state(kv: Any) -> KeyState:
@@ -354,7 +360,7 @@ class EtcdSeats:
     async def _load_mirror(self) -> None:
         head = seats_prefix(self.prefix)
         got = await self._call(lambda c: c.get_prefix(head))
-        keys = [(bytes(kv.key), int(kv.mod_revision)) for kv in got]
+        keys = [(bytes(kv.key), int(kv.mod_revision), _lease_in(bytes(kv.value))) for kv in got]
         self.mirror.load(keys, int(got.header.revision))
 
     async def _watch_loop(self) -> None:
@@ -368,9 +374,14 @@ class EtcdSeats:
                 async for event in watch:
                     kv = event.kv
                     if event.kind == "DELETE":
-                        self.mirror.delete(bytes(kv.key), int(kv.mod_revision))
+                        self.mirror.delete(bytes(kv.key), int(kv.mod_revision), watched=True)
                     else:
-                        self.mirror.put(bytes(kv.key), int(kv.mod_revision))
+                        self.mirror.put(
+                            bytes(kv.key),
+                            int(kv.mod_revision),
+                            _lease_in(bytes(kv.value)),
+                            watched=True,
+                        )
             except aetcd.exceptions.RevisionCompactedError:
                 await self._load_mirror_retrying()
             except (aetcd.exceptions.ClientError, OSError, asyncio.CancelledError) as e:
@@ -444,7 +455,7 @@ class EtcdSeats:
                 self._doubtful[key] = holder.token
                 raise ServerUnavailable("etcd did not answer; the claim is settled later") from e
             if state is not None:
-                self.mirror.put(key, state.mod_revision)
+                self.mirror.put(key, state.mod_revision, _lease_in(state.value))
                 got = Holder.decode(state.value)
                 if got is not None and got.token == holder.token:
                     return state
@@ -452,7 +463,7 @@ class EtcdSeats:
         kvs = responses[-1]
         state = _key_state(kvs[0][1]) if kvs else None
         if state is not None:
-            self.mirror.put(key, state.mod_revision)
+            self.mirror.put(key, state.mod_revision, _lease_in(state.value))
         return state if won else None
 
     async def release(self, hold: SeatHold) -> None:
@@ -476,6 +487,23 @@ class EtcdSeats:
                 await self.release(hold)
             return
         self.mirror.delete(hold.key, hold.mod_revision)
+
+    async def locate(self, client_lease: str, product: str | None = None) -> tuple[str, int] | None:
+        """The seat (product, index) whose key names ``client_lease``: from the mirror, else (a
+        key too new for our watch to have shown, ``product`` known) by reading that product's
+        seats. None: no seat names it."""
+        seat = self.mirror.seat_of(client_lease)
+        if seat is not None or product is None or product not in self.products:
+            return seat
+        head = seats_prefix(self.prefix) + f"{product}/".encode()
+        try:
+            got = await self._call(lambda c: c.get_prefix(head))
+        except Unreachable as e:
+            raise ServerUnavailable("etcd did not answer; try again") from e
+        for kv in got:
+            if _lease_in(bytes(kv.value)) == client_lease:
+                return parse_seat_key(self.prefix, bytes(kv.key))
+        return None
 
     async def adopt(self, product: str, index: int, client: str, client_lease: str) -> SeatHold:
         """Take over a seat whose member died, for the client that holds it: the key must name
@@ -524,7 +552,7 @@ class EtcdSeats:
         if not won:
             return None
         state = _key_state(responses[-1][0][1])
-        self.mirror.put(key, state.mod_revision)
+        self.mirror.put(key, state.mod_revision, holder.lease)
         return state
 
 

@@ -35,16 +35,30 @@ class SeatMirror:
     """product -> {seat index: mod_revision of the key as last seen}."""
 
     revision: int = 0
-    """The etcd revision this mirror reflects; a watch resumes at revision + 1."""
+    """The etcd revision up to which the mirror has seen every change (a full read, then the
+    watch's events in order); a watch resumes at revision + 1. A transaction's reply does not
+    move it: it says nothing of the changes before it that the watch has not shown yet, and a
+    watch resumed past one of those would never show it (a seat deleted by another member would
+    look taken for good)."""
 
-    def load(self, keys: list[tuple[bytes, int]], revision: int) -> None:
-        """Replace the mirror with a full read (key, mod_revision) at ``revision``."""
+    leases: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """Client lease (as stored in the seat's key) -> (product, seat index): a member presented a
+    lease it did not grant finds the seat to adopt without reading etcd."""
+
+    _lease_at: dict[tuple[str, int], str] = field(default_factory=dict)
+
+    def load(self, keys: list[tuple[bytes, int, str]], revision: int) -> None:
+        """Replace the mirror with a full read (key, mod_revision, client lease) at ``revision``."""
         self.taken = {}
-        for key, mod in keys:
-            self.put(key, mod)
+        self.leases = {}
+        self._lease_at = {}
+        for key, mod, lease in keys:
+            self.put(key, mod, lease)
         self.revision = revision
 
-    def put(self, key: bytes, mod_revision: int) -> None:
+    def put(self, key: bytes, mod_revision: int, lease: str = "", *, watched: bool = False) -> None:
+        """The key is taken as of ``mod_revision`` (``watched``: an event of the watch, in order,
+        which also moves ``revision``; else a transaction's reply)."""
         seat = parse_seat_key(self.prefix, key)
         if seat is not None:
             product, index = seat
@@ -52,16 +66,37 @@ class SeatMirror:
             # An older event never overwrites a newer state learnt from a transaction's reply.
             if held.get(index, 0) <= mod_revision:
                 held[index] = mod_revision
-        self.revision = max(self.revision, mod_revision)
+                if lease:
+                    self._forget(seat)
+                    self.leases[lease] = seat
+                    self._lease_at[seat] = lease
+        if watched:
+            self.revision = max(self.revision, mod_revision)
 
-    def delete(self, key: bytes, revision: int) -> None:
+    def delete(self, key: bytes, revision: int, *, watched: bool = False) -> None:
+        """The key was deleted at ``revision`` (``watched``: as for ``put``)."""
         seat = parse_seat_key(self.prefix, key)
         if seat is not None:
             product, index = seat
             held = self.taken.get(product, {})
             if held.get(index, 0) <= revision:
                 held.pop(index, None)
-        self.revision = max(self.revision, revision)
+                self._forget(seat)
+        if watched:
+            self.revision = max(self.revision, revision)
+
+    def _forget(self, seat: tuple[str, int]) -> None:
+        old = self._lease_at.pop(seat, None)
+        if old is not None and self.leases.get(old) == seat:
+            del self.leases[old]
+
+    def mod_revision(self, product: str, index: int) -> int | None:
+        """The seat key's ``mod_revision`` as last seen, None if it is free as far as we know."""
+        return self.taken.get(product, {}).get(index)
+
+    def seat_of(self, lease: str) -> tuple[str, int] | None:
+        """The (product, index) whose key names this client lease, as last seen."""
+        return self.leases.get(lease)
 
     def free(self, product: str, seats: int) -> list[int]:
         held = self.taken.get(product, {})

@@ -10,7 +10,6 @@ waiter may take, so a checkout without waiting may have it without jumping the l
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ from lanlic.core.policy import (
     Policy,
     ProductRules,
     Refuse,
+    Tally,
     decide,
     decide_borrow,
     diff,
@@ -57,36 +57,68 @@ class SeatGate:
     ) -> None:
         self.pool = pool
         self.borrowers = borrowers
-        """Who holds the product's borrowed seats (they count for MAX and reservations)."""
+        """Who holds the product's borrowed seats (they count for MAX and reservations); read
+        only when a policy is applied: from then on the lending desk tells the pool of each
+        borrow begun and ended (``SeatPool.borrower``)."""
+        self.sweep: Callable[[float], object] = pool.expire
+        """Frees the leases dead by ``now`` (the service's ``expire``, which records them)."""
         self.policy = NO_POLICY
         self.rules: dict[str, ProductRules] = {}
         """Products whose checkouts consult the policy; absent means "no rule: go ahead"."""
+        self.tallies: dict[str, Tally] = {}
+        """Per product whose rules need them: its holders, counted as they change."""
         self.queue = SeatQueue()
 
     # ------------------------------------------------------------------------------ policy
 
     def set_policy(self, policy: Policy) -> list[str]:
         """Apply ``policy`` to new checkouts at once; held seats are never taken away. Returns
-        the diff. The caller drains every product afterwards (rules may have opened seats)."""
+        the diff. The caller drains every product afterwards (rules may have opened seats).
+        The holders are counted afresh here, once (O(seats held)); every change after is
+        counted as it happens."""
         changes = diff(self.policy, policy)
         self.policy = policy
         self.rules = policy.seat_rules()
+        tallies: dict[str, Tally] = {}
+        for product in self.pool.products:
+            rules = policy.products.get(product)
+            if rules is None or not rules.counts_holders:
+                self.pool.watch(product, None)
+                continue
+            tally = Tally.of(
+                policy,
+                rules,
+                (x.holder for x in self.pool.leases(product)),
+                self.borrowers(product),
+            )
+            self.pool.watch(product, tally)
+            tallies[product] = tally
+        self.tallies = tallies
         return changes
 
-    def holders(self, product: str, now: float) -> Counter[Asker]:
-        """Everyone holding a seat of ``product`` at ``now`` (live leases and borrowers), with
-        how many seats each holds. O(seats held): see the README's note on the policy's cost."""
-        who = Counter(
-            (x.holder.user, x.holder.host, x.holder.addr)
-            for x in self.pool.leases(product)
-            if x.expires > now
+    def recount(self, product: str, now: float) -> Tally | None:
+        """The product's holders counted afresh at ``now`` (live leases and borrowers), as the
+        kept tally must count them: for tests and checks, O(seats held)."""
+        rules = self.policy.products.get(product)
+        if rules is None or not rules.counts_holders:
+            return None
+        return Tally.of(
+            self.policy,
+            rules,
+            (x.holder for x in self.pool.leases(product) if x.expires > now),
+            self.borrowers(product),
         )
-        out: Counter[Asker] = Counter({Asker(*k): n for k, n in who.items()})
-        out.update(self.borrowers(product))
-        return out
 
     def capacity(self, product: str) -> int:
         return self.pool.seats(product) - self.pool.held(product)
+
+    def _counted(self, product: str, now: float) -> Tally:
+        """The product's tally with the leases dead by ``now`` swept out first (a dead lease
+        holds no seat, swept or not)."""
+        deadline = self.pool.next_deadline()
+        if deadline is not None and deadline <= now:
+            self.sweep(now)
+        return self.tallies[product]
 
     # ----------------------------------------------------------------------------- seats
 
@@ -103,32 +135,38 @@ class SeatGate:
     def _refused(
         self, product: str, rules: ProductRules, holder: Holder, now: float
     ) -> Denied | None:
-        if product not in self.pool.products:
-            return None  # the pool says unknown_product
-        holders = self.holders(product, now)
+        if product not in self.tallies:
+            if product not in self.pool.products:
+                return None  # the pool says unknown_product
+            tally: Tally | list[Asker] = []  # INCLUDE/EXCLUDE only: nothing to count
+        else:
+            tally = self._counted(product, now)
         verdict = decide(
-            self.policy, product, rules, self.capacity(product), asker_of(holder), holders
+            self.policy, product, rules, self.capacity(product), asker_of(holder), tally
         )
         if isinstance(verdict, Refuse):
             return Denied(verdict.code, verdict.message)
         return None
 
-    def borrow_refused(
-        self, product: str, who: Asker, borrowed_by_user: int, now: float
-    ) -> Denied | None:
+    def borrow_refused(self, product: str, who: Asker, now: float) -> Denied | None:
         """The policy's word on a borrow (the desk checks the key's terms and the free seat)."""
         rules = self.policy.products.get(product)
         if rules is None or product not in self.pool.products:
             return None
+        tally: Tally | list[Asker] = []
+        mine = 0
+        if product in self.tallies:
+            tally = self._counted(product, now)
+            mine = tally.borrowed_by_user[who.user]
         verdict = decide_borrow(
             self.policy,
             product,
             rules,
             self.capacity(product),
             who,
-            self.holders(product, now),
+            tally,
             self.pool.borrowed(product),
-            borrowed_by_user,
+            mine,
         )
         if isinstance(verdict, Refuse):
             return Denied(verdict.code, verdict.message)

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lanlic.core import borrowing, signing
 from lanlic.core.netkey import NetworkKey
-from lanlic.core.pool import Denied, SeatPool
+from lanlic.core.pool import Denied, Holder, SeatPool
 from lanlic.core.records import BorrowRecord, EnrollmentRecord
 from lanlic.errors import BorrowedFileError, BorrowRefused, LanlicError
 from lanlic.proto import messages as m
@@ -133,12 +133,18 @@ class BorrowDesk:
         return warnings
 
     def _remember(self, b: ActiveBorrow) -> None:
+        old = self.active.get(b.borrow_id)
+        if old is not None:  # counted once: the seat policy counts who is in ``active``
+            self.pool.borrower(old.product, Holder(old.user, old.host), -1)
         self.active[b.borrow_id] = b
         self._by_request[b.request_id] = b.borrow_id
+        self.pool.borrower(b.product, Holder(b.user, b.host), 1)
 
     def _forget(self, b: ActiveBorrow) -> None:
-        self.active.pop(b.borrow_id, None)
+        gone = self.active.pop(b.borrow_id, None)
         self._by_request.pop(b.request_id, None)
+        if gone is not None:
+            self.pool.borrower(gone.product, Holder(gone.user, gone.host), -1)
 
     # ------------------------------------------------------------------------------ queries
 

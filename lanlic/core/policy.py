@@ -39,10 +39,10 @@ import ipaddress
 import re
 import tomllib
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
     "NO_POLICY",
@@ -53,6 +53,8 @@ __all__ = [
     "ProductRules",
     "Refuse",
     "Rule",
+    "Tally",
+    "Who",
     "decide",
     "decide_borrow",
     "diff",
@@ -84,6 +86,17 @@ class PolicyError(ValueError):
         super().__init__(f"line {line}: {reason}" if line else reason)
         self.line = line
         self.reason = reason
+
+
+class Who(Protocol):
+    """Anything that says who someone is: an ``Asker``, or a lease's ``Holder``."""
+
+    @property
+    def user(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def addr(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +146,11 @@ class ProductRules:
         """Whether a checkout must consult these rules (borrow-only rules do not)."""
         return bool(self.reserve or self.max or self.include or self.exclude)
 
+    @property
+    def counts_holders(self) -> bool:
+        """Whether deciding needs this product's holders counted (``Tally``)."""
+        return bool(self.reserve or self.max or self.max_borrowed_per_user is not None)
+
 
 @dataclass(frozen=True, slots=True)
 class Policy:
@@ -147,7 +165,7 @@ class Policy:
         a product without seat rules costs one failed lookup."""
         return {name: r for name, r in self.products.items() if r.gates_seats}
 
-    def matches(self, rule: Rule, who: Asker) -> bool:
+    def matches(self, rule: Rule, who: Who) -> bool:
         kind = rule.kind
         if kind == "user":
             return who.user == rule.name
@@ -449,38 +467,137 @@ def admitted(policy: Policy, rules: ProductRules, who: Asker) -> bool:
     return not rules.include or any(policy.matches(r, who) for r in rules.include)
 
 
+class Tally:
+    """One product's holders, counted as its rules need them: how many there are, how many
+    each MAX rule names, how many fall in each set of reservations (the flow's classes), and
+    each user's borrowed seats.
+
+    The pool keeps it up to date on every grant, release, expiry, borrow and return
+    (``SeatPool.watch``): each change costs O(rules), and a decision reads the counts instead of
+    walking the holders, so a checkout is O(rules) whatever the seats held. A new policy makes
+    new tallies, counted once from the holders of the moment (``of``)."""
+
+    __slots__ = ("_memo", "borrowed_by_user", "classes", "limits", "policy", "rules", "total")
+
+    def __init__(self, policy: Policy, rules: ProductRules) -> None:
+        self.policy = policy
+        self.rules = rules
+        self.total = 0
+        """Seats held: leased and borrowed."""
+        self.limits = [0] * len(rules.max)
+        """Per ``rules.max`` entry: the seats held by those it names."""
+        self.classes: Counter[int] = Counter()
+        """Seats held per set of reservations the holder belongs to: bit i for
+        ``rules.reserve[i]`` (``member_of``)."""
+        self.borrowed_by_user: Counter[str] = Counter()
+        self._memo: dict[tuple[str, str, str], tuple[tuple[int, ...], int]] = {}
+        """Per (user, host, address): the MAX rules naming them and their reservations (the
+        policy is fixed for a tally's life; cleared when it grows past ``MEMO_MAX``)."""
+
+    @classmethod
+    def of(
+        cls,
+        policy: Policy,
+        rules: ProductRules,
+        holders: Iterable[Who],
+        borrowers: Iterable[Who] = (),
+    ) -> Tally:
+        """Count afresh: ``holders`` hold leases, ``borrowers`` borrowed seats."""
+        tally = cls(policy, rules)
+        for who in holders:
+            tally.count(who, 1)
+        for who in borrowers:
+            tally.count(who, 1, borrowed=True)
+        return tally
+
+    def _profile(self, who: Who) -> tuple[tuple[int, ...], int]:
+        key = (who.user, who.host, who.addr)
+        found = self._memo.get(key)
+        if found is None:
+            policy = self.policy
+            limits = tuple(i for i, r in enumerate(self.rules.max) if policy.matches(r, who))
+            cls = 0
+            for i, r in enumerate(self.rules.reserve):
+                if policy.matches(r, who):
+                    cls |= 1 << i
+            if len(self._memo) >= MEMO_MAX:
+                self._memo.clear()
+            found = self._memo[key] = (limits, cls)
+        return found
+
+    def member_of(self, who: Who) -> int:
+        """The reservations ``who`` belongs to, bit i for ``rules.reserve[i]``."""
+        return self._profile(who)[1]
+
+    def limits_of(self, who: Who) -> tuple[int, ...]:
+        """The indexes of the ``rules.max`` entries that name ``who``."""
+        return self._profile(who)[0]
+
+    def count(self, who: Who, delta: int, borrowed: bool = False) -> None:
+        """``who`` took (``delta`` 1) or gave back (-1) a seat, leased or ``borrowed``."""
+        self.total += delta
+        limits, cls = self._profile(who)
+        for i in limits:
+            self.limits[i] += delta
+        if self.rules.reserve:
+            n = self.classes[cls] + delta
+            if n:
+                self.classes[cls] = n
+            else:
+                del self.classes[cls]
+        if borrowed:
+            n = self.borrowed_by_user[who.user] + delta
+            if n:
+                self.borrowed_by_user[who.user] = n
+            else:
+                del self.borrowed_by_user[who.user]
+
+    def counts(self) -> tuple[int, tuple[int, ...], dict[int, int], dict[str, int]]:
+        """Everything counted, to compare with a recount."""
+        return (
+            self.total,
+            tuple(self.limits),
+            {k: v for k, v in self.classes.items() if v},
+            {k: v for k, v in self.borrowed_by_user.items() if v},
+        )
+
+
+#: Identities a tally remembers the rules of (a few hundred bytes each).
+MEMO_MAX = 4096
+
+
 def decide(
     policy: Policy,
     product: str,
     rules: ProductRules,
     capacity: int,
     who: Asker,
-    holders: Sequence[Asker] | Counter[Asker],
+    holders: Tally | Sequence[Who] | Counter[Asker],
 ) -> Allow | Refuse:
     """Whether ``who`` may take one more seat of ``product`` now. ``capacity`` is the seats
-    that may be held (the key's, less any held out for a restart); ``holders`` are everyone who
-    holds a seat of it now, leased or borrowed. Checked in the order: EXCLUDE/INCLUDE, MAX,
-    free seats with the reservations."""
+    that may be held (the key's, less any held out for a restart); ``holders`` is everyone who
+    holds a seat of it now, leased or borrowed: counted (the server's way, O(rules)) or listed
+    (counted here). Checked in the order: EXCLUDE/INCLUDE, MAX, free seats with the
+    reservations."""
     if not admitted(policy, rules, who):
         return Refuse("not_allowed", f"{who.user}@{who.host} may not use {product} (policy)")
-    # Rules are matched once per distinct holder, not once per seat.
-    counts = holders if isinstance(holders, Counter) else Counter(holders)
-    total = sum(counts.values())
-    for limit in rules.max:
-        if policy.matches(limit, who):
-            count = sum(n for h, n in counts.items() if policy.matches(limit, h))
-            if count >= limit.seats:
-                return Refuse(
-                    "limit_reached",
-                    f"{product}: {limit.text()} reached ({count} in use)",
-                )
-    if total >= capacity:
+    tally = holders if isinstance(holders, Tally) else Tally.of(policy, rules, _each(holders))
+    for i in tally.limits_of(who):
+        count, limit = tally.limits[i], rules.max[i]
+        if count >= limit.seats:
+            return Refuse("limit_reached", f"{product}: {limit.text()} reached ({count} in use)")
+    if tally.total >= capacity:
         return Refuse("no_seat", f"all {capacity} seats of {product} are in use")
     if not rules.reserve:
         return Allow(False)
-    fits = _Fit(policy, rules, capacity, counts)
-    if fits.adds(who):
-        return Allow(reserved=not fits.adds(Asker("", "")))
+    fits: _Hall | _Fit = (
+        _Hall(rules, capacity, tally.classes)
+        if len(rules.reserve) <= HALL_MAX_RESERVATIONS
+        else _Fit(rules, capacity, tally.classes)
+    )
+    mine = tally.member_of(who)
+    if fits.adds(mine):
+        return Allow(reserved=not fits.adds(0))
     return Refuse(
         "no_seat",
         f"the free seats of {product} are reserved ("
@@ -489,13 +606,22 @@ def decide(
     )
 
 
+def _each(holders: Sequence[Who] | Counter[Asker]) -> Iterable[Who]:
+    if isinstance(holders, Counter):
+        for who, n in holders.items():
+            for _ in range(n):
+                yield who
+    else:
+        yield from holders
+
+
 def decide_borrow(
     policy: Policy,
     product: str,
     rules: ProductRules,
     capacity: int,
     who: Asker,
-    holders: Sequence[Asker] | Counter[Asker],
+    holders: Tally | Sequence[Who] | Counter[Asker],
     borrowed: int,
     borrowed_by_user: int,
 ) -> Allow | Refuse:
@@ -518,41 +644,68 @@ def decide_borrow(
     return Allow(False)
 
 
+#: Up to this many reservations on a product, whether the holders fit is found by Hall's
+#: condition over every set of reservations (2**n cuts, each a pass over the classes: a few
+#: microseconds); beyond, by a max flow (``_Fit``), whose cost does not double per reservation.
+HALL_MAX_RESERVATIONS = 5
+
+
+class _Hall:
+    """``_Fit``'s answers from the cuts of the same graph, without running a flow.
+
+    Every class of holders may sit in the general pool or in any reservation it belongs to. The
+    most that fit is the smallest cut (max-flow min-cut): for a set R of reservations, the
+    general pool's seats plus R's seats plus the holders whose classes are not within R (they
+    need a pool outside it); and the cut that takes none of the pools, all the holders. One more
+    holder of class C fits iff every cut whose R covers C was bigger than the smallest: the
+    others all grow by one with it, and those that cover C do not."""
+
+    def __init__(self, rules: ProductRules, capacity: int, classes: Counter[int]) -> None:
+        caps = [r.seats for r in rules.reserve]
+        general = max(0, capacity - sum(caps))
+        held = [(cls, n) for cls, n in classes.items() if n]
+        total = sum(n for _, n in held)
+        seats = [general] * (1 << len(caps))
+        for q in range(1, len(seats)):
+            low = q & -q
+            seats[q] = seats[q ^ low] + caps[low.bit_length() - 1]
+        self.cuts = [seats[q] + sum(n for cls, n in held if cls & ~q) for q in range(len(seats))]
+        self.base = min(total, *self.cuts)
+
+    def adds(self, cls: int) -> bool:
+        """Whether one more holder of membership ``cls`` lets one more holder fit."""
+        base = self.base
+        return all(cut > base for q, cut in enumerate(self.cuts) if not cls & ~q)
+
+
 class _Fit:
     """The most holders that fit in the pools: max flow from membership classes to pools.
 
     Pools: 0 is the general pool (capacity minus everything reserved), i+1 is reservation i.
     Holders are grouped by the set of reservations they belong to, so the graph is small
-    whatever the number of seats."""
+    whatever the number of seats (the classes come counted: ``Tally.classes``, bit i for
+    reservation i+1)."""
 
-    def __init__(
-        self, policy: Policy, rules: ProductRules, capacity: int, holders: Counter[Asker]
-    ) -> None:
-        self.policy = policy
-        self.reserve = rules.reserve
-        reserved = sum(r.seats for r in self.reserve)
-        self.pools = [max(0, capacity - reserved)] + [r.seats for r in self.reserve]
-        self.classes: Counter[frozenset[int]] = Counter()
-        for h, n in holders.items():
-            self.classes[self.member_of(h)] += n
-        self.base = self._flow(self.classes)
+    def __init__(self, rules: ProductRules, capacity: int, classes: Counter[int]) -> None:
+        reserved = sum(r.seats for r in rules.reserve)
+        self.pools = [max(0, capacity - reserved)] + [r.seats for r in rules.reserve]
+        self.classes = classes
+        self.base = self._flow(classes)
 
-    def member_of(self, who: Asker) -> frozenset[int]:
-        return frozenset(i + 1 for i, r in enumerate(self.reserve) if self.policy.matches(r, who))
-
-    def adds(self, who: Asker) -> bool:
+    def adds(self, cls: int) -> bool:
+        """Whether one more holder of membership ``cls`` lets one more holder fit."""
         classes = Counter(self.classes)
-        classes[self.member_of(who)] += 1
+        classes[cls] += 1
         return self._flow(classes) > self.base
 
-    def _flow(self, classes: Counter[frozenset[int]]) -> int:
+    def _flow(self, classes: Counter[int]) -> int:
         # Nodes: "s", ("c", cls), ("p", pool), "t". Capacities in a dict of dicts.
         cap: dict[Any, dict[Any, int]] = {"s": {}, "t": {}}
         for cls, n in classes.items():
             c = ("c", cls)
             cap["s"][c] = n
             cap.setdefault(c, {})["s"] = 0
-            for pool in (0, *cls):
+            for pool in (0, *(i + 1 for i in range(cls.bit_length()) if cls >> i & 1)):
                 p = ("p", pool)
                 cap[c][p] = n
                 cap.setdefault(p, {}).setdefault(c, 0)

@@ -28,6 +28,7 @@ import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Protocol
 
 from lanlic.core.netkey import ProductEntitlement
 
@@ -39,6 +40,7 @@ __all__ = [
     "ReleaseResult",
     "RenewResult",
     "SeatPool",
+    "Watcher",
 ]
 
 
@@ -95,8 +97,14 @@ class ReleaseResult:
     lost: list[bytes]
 
 
+class Watcher(Protocol):
+    """Counts a product's holders as they change (the seat policy's ``Tally``)."""
+
+    def count(self, who: Holder, delta: int, borrowed: bool = False) -> None: ...
+
+
 class _Product:
-    __slots__ = ("borrowed", "entitlement", "held", "in_use", "over", "peak")
+    __slots__ = ("borrowed", "entitlement", "held", "in_use", "over", "peak", "watcher")
 
     def __init__(self, entitlement: ProductEntitlement) -> None:
         self.entitlement = entitlement
@@ -109,6 +117,8 @@ class _Product:
         self.over = 0
         """Borrows counted although no seat was free (``take_borrowed(force=True)``): a bound
         on how far the product may be over its seats until they end."""
+        self.watcher: Watcher | None = None
+        """Told of every seat taken and given back (``watch``); None costs a grant nothing."""
 
 
 class _LeaseIds:
@@ -161,7 +171,12 @@ class SeatPool:
             {name: p.entitlement for name, p in self._products.items()}
         )
         self._leases: dict[bytes, Lease] = {}
-        self._by_owner: dict[bytes, set[bytes]] = {}
+        self._by_owner: dict[bytes, bytes | set[bytes]] = {}
+        """Lease ids per owner: the id itself while an owner holds one (most do: a set of one
+        costs 216 bytes a seat), a set from the second on."""
+        self.changes = 0
+        """Counts leases added and removed: the restart guard's batch looks for changes only
+        when it moved."""
         self._heap: list[tuple[float, bytes]] = []
         self.mint: Callable[[bytes, str], bytes] | None = None
         """Makes lease ids from (owner, product) instead of ``new_lease_id`` when set: the
@@ -201,7 +216,10 @@ class SeatPool:
         return self._leases.keys()
 
     def leases_of(self, owner: bytes) -> list[bytes]:
-        return list(self._by_owner.get(owner, ()))
+        owned = self._by_owner.get(owner)
+        if owned is None:
+            return []
+        return [owned] if isinstance(owned, bytes) else list(owned)
 
     def __len__(self) -> int:
         return len(self._leases)
@@ -215,7 +233,7 @@ class SeatPool:
         counts: dict[str, int] = dict.fromkeys(self._products, 0)
         for lease in self._leases.values():
             counts[lease.product] += 1
-            assert lease.id in self._by_owner.get(lease.owner, ())
+            assert lease.id in self.leases_of(lease.owner)
         for name, p in self._products.items():
             assert p.in_use == counts[name], (name, p.in_use, counts[name])
             assert p.borrowed >= 0 and p.held >= 0
@@ -223,7 +241,8 @@ class SeatPool:
                 f"{name}: {p.in_use} in use + {p.borrowed} borrowed + {p.held} held"
                 f" > {p.entitlement.seats}"
             )
-        assert sum(len(s) for s in self._by_owner.values()) == len(self._leases)
+        assert sum(len(self.leases_of(o)) for o in self._by_owner) == len(self._leases)
+        assert all(isinstance(s, bytes) or len(s) > 1 for s in self._by_owner.values())
 
     # ---------------------------------------------------------------------------- changes
 
@@ -265,12 +284,17 @@ class SeatPool:
         self._leases[lease_id] = lease
         owned = self._by_owner.get(owner)
         if owned is None:
-            self._by_owner[owner] = {lease_id}
+            self._by_owner[owner] = lease_id
+        elif isinstance(owned, bytes):
+            self._by_owner[owner] = {owned, lease_id}
         else:
             owned.add(lease_id)
+        self.changes += 1
         p.in_use += 1
         if p.in_use > p.peak:
             p.peak = p.in_use
+        if p.watcher is not None:
+            p.watcher.count(holder, 1)
         heapq.heappush(self._heap, (expires, lease_id))
         return lease
 
@@ -376,7 +400,7 @@ class SeatPool:
 
     def release_owner(self, owner: bytes, now: float) -> list[Lease]:
         """Release every seat of one client (its clean goodbye)."""
-        return self.release(list(self._by_owner.get(owner, ())), owner, now).released
+        return self.release(self.leases_of(owner), owner, now).released
 
     def expire(self, now: float) -> list[Lease]:
         """Free every lease whose deadline has passed; return them."""
@@ -426,6 +450,19 @@ class SeatPool:
         if p.over:
             p.over -= 1
 
+    def watch(self, product: str, watcher: Watcher | None) -> None:
+        """Tell ``watcher`` of every lease of ``product`` from now on, taken or gone (a lease
+        expired but not yet swept counts until the sweep). None stops it."""
+        self._products[product].watcher = watcher
+
+    def borrower(self, product: str, who: Holder, delta: int) -> None:
+        """``who`` now holds one more (``delta`` 1) or one less (-1) borrowed seat of
+        ``product``: the lending desk says so as its borrows begin and end, for the watcher
+        (the pool itself counts borrowed seats without names)."""
+        p = self._products.get(product)
+        if p is not None and p.watcher is not None:
+            p.watcher.count(who, delta, borrowed=True)
+
     def postpone(self, seconds: float) -> None:
         """Move every lease's deadline ``seconds`` later: the server's loop stalled that long,
         and a client cannot be blamed for not renewing while nobody was listening."""
@@ -439,10 +476,17 @@ class SeatPool:
     def _remove(self, lease: Lease, from_heap: bool = True) -> None:
         del self._leases[lease.id]
         owned = self._by_owner[lease.owner]
-        owned.discard(lease.id)
-        if not owned:
+        if isinstance(owned, bytes):
             del self._by_owner[lease.owner]
-        self._products[lease.product].in_use -= 1
+        else:
+            owned.discard(lease.id)
+            if len(owned) == 1:
+                self._by_owner[lease.owner] = next(iter(owned))
+        self.changes += 1
+        p = self._products[lease.product]
+        p.in_use -= 1
+        if p.watcher is not None:
+            p.watcher.count(lease.holder, -1)
         # The heap entry stays behind as stale; rebuild once stale entries dominate.
         if from_heap and len(self._heap) > 64 and len(self._heap) > 2 * len(self._leases) + 64:
             self._heap = [(x.expires, x.id) for x in self._leases.values()]

@@ -82,6 +82,8 @@ class LeaseBatch:
     """Epochs below this can no longer be reclaimed from (their window is over)."""
     clean: bool = False
     """The last batch of a clean stop: the leases and reservations are exact."""
+    seen: tuple[int, int] = (-1, 0)
+    """The guard's view of the pool when it made the batch (``RestartGuard.batch_written``)."""
 
 
 def _tagger(key: bytes, epoch: int) -> hashlib.blake2s:
@@ -117,6 +119,13 @@ class RestartGuard:
         """The leases the store holds as live, with their records' epochs."""
         self._close = False
         """The window closed: the next batch closes the older epochs."""
+        self._asked: tuple[int, int] = (-1, 0)
+        """(pool changes, reclaim records' version) at the last snapshot (``LeaseBatch.seen``)."""
+        self._written: tuple[int, int] = (-2, 0)
+        """The same, for the last snapshot the store took: when it equals the pool's now,
+        the leases on disk are the live ones and the batch need not look at them."""
+        self._records = 0
+        """Bumped when the reclaim records change other than by a pool change."""
 
     def start(self, state: RestartState, now: float) -> dict[str, int]:
         """Begin an epoch after reading the store; returns the seats held per product."""
@@ -136,6 +145,7 @@ class RestartGuard:
         self._open = {e: b for e, b in state.open_epochs.items() if e < self.epoch}
         self._taggers = {e: _tagger(self._key, e) for e in self._open}
         self._origin = {}
+        self._records += 1
         if held or self._recorded:
             self.reclaim_until = now + self.pool.lease_seconds
         else:
@@ -189,7 +199,10 @@ class RestartGuard:
             return None
         seats = self.pool.seats(product)
         chunk = max(1, -(-seats // 8))
-        return min(seats, max(claimed + more, reserved + chunk))
+        # Whole chunks above the reservation: the grants that queue up behind one raise (a
+        # burst, a pipelined connection) ask for the same value, not one more seat each, so the
+        # store writes (and fsyncs) it once (``Store.raise_reservations`` skips a value reached).
+        return min(seats, reserved + chunk * -(-(claimed + more - reserved) // chunk))
 
     def covers_one_more(self, product: str) -> bool:
         """Whether the durable reservation allows one more grant now (for a grant whose own
@@ -213,9 +226,13 @@ class RestartGuard:
             # stays reserved: after a crash, that is how many seats beyond those in use are held
             # for a lease period. Following the peak, not the moment, keeps a busy product from
             # lowering and raising (an fsync) every second.
+            # Lowered to one chunk above the peak, not to the peak itself: a load that wavers
+            # by a few seats from one second to the next would otherwise lower the bound every
+            # batch and raise it again (an fsync, with every checkout behind it waiting) the
+            # next moment.
             peak = self.pool.take_peak(product)
-            target = min(seats, peak + self.pool.held(product))
-            if reserved > target + chunk and not self.pending[product]:
+            target = min(seats, peak + self.pool.held(product) + chunk)
+            if reserved > target and not self.pending[product]:
                 self.reserved[product] = target
                 out[product] = target
         return out
@@ -225,11 +242,19 @@ class RestartGuard:
         lowered reservations (exact ones for a clean stop, when nothing is granted any more),
         and older epochs to close. Hand it to the store's writer in the same turn."""
         pool = self.pool
-        live = {x: self._origin.get(x, self.epoch) for x in pool.lease_ids()}
-        for lease_id, rec in self._recorded.items():  # still reclaimable: keep their records
-            live[lease_id] = rec.epoch
+        self._asked = (pool.changes, self._records)
+        if self._asked == self._written:
+            # No lease came or went since the store took the last batch: nothing to look for
+            # (a scan of every lease, 10k of them in a few ms on the loop, every second).
+            live: dict[bytes, int] = {}
+            fresh: Iterable[bytes] = ()
+        else:
+            live = {x: self._origin.get(x, self.epoch) for x in pool.lease_ids()}
+            for lease_id, rec in self._recorded.items():  # still reclaimable: keep them
+                live[lease_id] = rec.epoch
+            fresh = live.keys() - self._synced.keys()
         added = []
-        for lease_id in live.keys() - self._synced.keys():
+        for lease_id in fresh:
             lease = pool.lease(lease_id)
             if lease is not None:
                 h = lease.holder
@@ -238,7 +263,11 @@ class RestartGuard:
                         lease_id, lease.product, lease.owner, h.user, h.host, live[lease_id]
                     )
                 )
-        removed = [(x, e in self._open) for x, e in self._synced.items() if x not in live]
+        removed = (
+            [(x, e in self._open) for x, e in self._synced.items() if x not in live]
+            if self._asked != self._written
+            else []
+        )
         if clean:
             reservations = {
                 p: pool.in_use(p) + pool.held(p) + self.pending[p] for p in pool.products
@@ -248,13 +277,14 @@ class RestartGuard:
             reservations = self.to_lower()
         batch = LeaseBatch(
             self.epoch, self.batch_no, added, removed, reservations,
-            close_below=self.epoch if self._close else 0, clean=clean,
+            close_below=self.epoch if self._close else 0, clean=clean, seen=self._asked,
         )  # fmt: skip
         self.batch_no += 1
         return batch
 
     def batch_written(self, batch: LeaseBatch) -> None:
         """The store took ``batch``: the next one starts from it."""
+        self._written = batch.seen
         for lease_id, _ in batch.removed:
             self._synced.pop(lease_id, None)
         for rec in batch.added:
@@ -272,6 +302,7 @@ class RestartGuard:
         if not self.reclaim_until or now < self.reclaim_until:
             return {}
         self.reclaim_until = 0.0
+        self._records += 1
         self._recorded.clear()
         self._open.clear()
         self._taggers.clear()

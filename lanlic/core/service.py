@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +99,9 @@ class Reply:
     """A change to write to the store before answering (borrow, return, enrollment)."""
     close: bool = False
     """Close the connection once the reply is written."""
+    later: Callable[[], Awaitable[m.Message]] | None = None
+    """The answer, from work the adapter awaits on its loop first: a seat store that is not
+    this process's memory (``lanlic.cluster``). The core itself never makes one."""
 
 
 #: Holders listed in one status reply, in all products (about 150 bytes each on the wire).
@@ -110,6 +113,10 @@ def _no_clock() -> tuple[float, float]:
 
 
 class LicenseService:
+    wire_fast_path: bool = True
+    """Whether the adapter may answer renew, release and checkout from ``*_wire`` (the seats are
+    this process's pool). A service whose seats live elsewhere (``lanlic.cluster``) says no."""
+
     def __init__(
         self,
         key: NetworkKey,
@@ -129,6 +136,7 @@ class LicenseService:
         self.guard = RestartGuard(self.pool)
         self.gate = SeatGate(self.pool, self._borrowers)
         """The seat policy and the queue (lanlic.core.gate)."""
+        self.gate.sweep = self.expire  # leases the gate finds dead are recorded as expired
         self._waits: dict[bytes, tuple[int, int]] = {}
         """Per queue ticket: the ``wait`` request's id, and the position last told the client."""
         self.outbox: list[tuple[bytes, m.Message]] = []
@@ -244,10 +252,7 @@ class LicenseService:
             return None
 
         def check(product: str, user: str, host: str) -> Denied | None:
-            mine = sum(
-                1 for b in self.desk.active.values() if b.product == product and b.user == user
-            )
-            return self.gate.borrow_refused(product, Asker(user, host, session.addr), mine, now)
+            return self.gate.borrow_refused(product, Asker(user, host, session.addr), now)
 
         return check
 

@@ -22,6 +22,7 @@ def announcer_for(
     listen_host: str,
     port: int,
     interfaces: Sequence[str] | None = None,
+    member: str = "",
 ) -> Announcer:
     """An ``Announcer`` for ``service`` listening on ``listen_host``:``port``.
 
@@ -48,4 +49,5 @@ def announcer_for(
         txt=txt,
         server_fp=service.server_id,
         interfaces=announce_interfaces(listen_host, interfaces),
+        member=member,
     )

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
-from lanlic.net.client import DISCOVER_TIMEOUT, Client, Seat, SeatState, VendorKey
+from lanlic.net.client import DISCOVER_TIMEOUT, Client, Seat, SeatState, ServerSpec, VendorKey
 
 __all__ = ["BlockingClient"]
 
@@ -43,9 +43,9 @@ _THREAD_WAIT = 5.0
 
 
 class BlockingClient:
-    """Same arguments as ``Client``; methods block until done."""
+    """Same arguments as ``Client`` (a list of members too); methods block until done."""
 
-    def __init__(self, server: str | tuple[str, int] | None = None, **kwargs: Any) -> None:
+    def __init__(self, server: ServerSpec | None = None, **kwargs: Any) -> None:
         self._start(functools.partial(self._make, server, kwargs))
 
     @classmethod
@@ -88,7 +88,7 @@ class BlockingClient:
             raise
 
     @staticmethod
-    async def _make(server: str | tuple[str, int] | None, kwargs: dict[str, Any]) -> Client:
+    async def _make(server: ServerSpec | None, kwargs: dict[str, Any]) -> Client:
         return Client(server, **kwargs)
 
     def _run(self) -> None:
@@ -188,19 +188,24 @@ class BlockingClient:
     def status(self) -> dict[str, Any]:
         return self._call(self._client.status)
 
+    # What a seat's state means and how it changes is the asyncio client's alone (``Seat``'s
+    # ``wait_lost`` and ``wait_regained``, on the client's loop); the facade only waits for it.
+
     def seat_lost(self, seat: Seat, timeout: float | None = None) -> bool:
-        """Block until the seat is lost (True) or the timeout passes (False)."""
-        try:
-            self._call(seat.wait_lost, timeout)
-        except TimeoutError:
-            return False
-        return True
+        """Block until the seat is lost (True) or the timeout passes (False): ``Seat.wait_lost``."""
+        return self._waited(seat.wait_lost, timeout)
 
     def seat_regained(self, seat: Seat, timeout: float | None = None) -> bool:
         """Block until the seat may be used again (True; at once if it may) or the timeout
-        passes (False). Raises why it was lost (``SeatLost``, a refusal) if it is gone for good."""
+        passes (False): ``Seat.wait_regained``, which raises why it was lost (``SeatLost``, a
+        refusal) if it is gone for good."""
+        return self._waited(seat.wait_regained, timeout)
+
+    def _waited(self, wait: Callable[[], Awaitable[object]], timeout: float | None) -> bool:
+        """Run a seat's ``wait_*`` on the client's loop: True once it returns, False at the
+        timeout (the wait is then cancelled there)."""
         try:
-            self._call(seat.wait_regained, timeout)
+            self._call(wait, timeout)
         except TimeoutError:
             return False
         return True

@@ -32,6 +32,14 @@ How it keeps seats through trouble:
   is then gone for good (``seat.state == "gone"``) once the server confirms it no longer holds
   it.
 
+Several members (redundant servers sharing one pool, ``Client("a:7766,b:7766")``): the client
+connects to the first that answers and proves itself. When the connection to the member in use
+is lost, or that member answers ``server_unavailable`` (it cannot vouch for its seats), or its
+renewals go unanswered for a heartbeat, the client moves to the next member, wrapping around, and
+presents its seats there in a ``reclaim`` (SPEC section 13): a member of the same pool takes them
+over under the same lease ids, so the application notices nothing. A seat the new member cannot
+take over is lost and regained as above. Every member must prove the same server key.
+
 Who the server is: every handshake sends a fresh nonce and checks the welcome's signature, then
 the server key against the key pinned for its site (``lanlic.laptop.trust``; the first connection to
 a site pins it). A client made by ``Client.discover`` finds its server over mDNS, and when the old
@@ -88,6 +96,7 @@ __all__ = [
     "SeatState",
     "format_address",
     "parse_address",
+    "parse_servers",
 ]
 
 log = logging.getLogger("lanlic.client")
@@ -104,6 +113,15 @@ RETRY_MAX: Final = 1.0
 
 VendorKey = Ed25519PublicKey | bytes | str
 """A vendor's public key, its raw 32 bytes, or its fingerprint (``sha256:...``)."""
+
+Address = tuple[str, int]
+ServerSpec = str | Address | Sequence[str | Address]
+"""Where the server is: ``HOST:PORT``, a list ``HOST:PORT,HOST:PORT`` of the members of one pool,
+``(host, port)``, or a sequence of these."""
+
+
+class _LineLost(m.Error):
+    """Told to a client waiting in line when its connection closes (never from a server)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +161,34 @@ def parse_address(text: str) -> tuple[str, int]:
     if not 0 < port_no < 65536:
         raise ValueError(f"port out of range in server address {text!r}")
     return host, port_no
+
+
+def parse_servers(text: str) -> list[Address]:
+    """``HOST:PORT[,HOST:PORT...]`` -> the members' addresses in order, each once."""
+    members: list[Address] = []
+    for part in text.split(","):
+        if not part.strip():
+            raise ValueError(f"empty address in server list {text!r}")
+        address = parse_address(part)
+        if address not in members:
+            members.append(address)
+    return members
+
+
+def server_list(server: ServerSpec) -> list[Address]:
+    """Every member named by ``server`` (see ``ServerSpec``), in order, each once."""
+    if isinstance(server, str):
+        return parse_servers(server)
+    if isinstance(server, tuple) and len(server) == 2 and isinstance(server[1], int):
+        return [(str(server[0]), server[1])]
+    members: list[Address] = []
+    for item in server:
+        for address in server_list(item):
+            if address not in members:
+                members.append(address)
+    if not members:
+        raise ValueError("empty server list")
+    return members
 
 
 class SeatState(enum.StrEnum):
@@ -186,6 +232,8 @@ class Seat:
         """The ``BorrowedLicense`` behind a borrowed seat."""
         self._client = client
         self._renew_sent = sent
+        self._held_at: Address = client.address
+        """The member whose lease this is: presented to another one, it is reclaimed."""
         self.epoch = 0
         """The server epoch the seat was granted (or reclaimed) in."""
         self.state = SeatState.HELD
@@ -198,6 +246,17 @@ class Seat:
     def lost(self) -> bool:
         """True while the seat must not be used (any state but ``held`` and ``regained``)."""
         return self.state not in USABLE
+
+    @property
+    def member(self) -> tuple[str, int]:
+        """The address of the server (the member of a pool) its lease is held at."""
+        return self._held_at
+
+    @property
+    def renewed_at(self) -> float:
+        """When (the event loop's clock) the last request the server confirmed the seat by was
+        sent: its checkout, or its last renew or reclaim."""
+        return self._renew_sent
 
     def _set(self, state: SeatState, reason: LanlicError | None) -> None:
         self.state, self.reason = state, reason
@@ -239,7 +298,7 @@ class Client:
 
     def __init__(
         self,
-        server: str | tuple[str, int] | None = None,
+        server: ServerSpec | None = None,
         *,
         user: str | None = None,
         host: str | None = None,
@@ -254,10 +313,12 @@ class Client:
         trust: TrustStore | None = None,
         borrowed: BorrowedSource | None = None,
     ) -> None:
-        """``server`` is ``HOST:PORT`` or ``(host, port)``; None takes ``$LANLIC_SERVER``, then
-        ``server`` in the config folder's ``client.toml`` (to find a server with no address, use
-        ``Client.discover``). ``vendor_key`` refuses a server of another vendor. ``trust`` holds
-        the pinned server keys (default: the config folder's, see ``lanlic.laptop.trust``).
+        """``server`` is ``HOST:PORT`` or ``(host, port)``, or the members of one pool as a list
+        (``"a:7766,b:7766"`` or a sequence: see the module doc); None takes ``$LANLIC_SERVER``,
+        then ``server`` in the config folder's ``client.toml`` (to find a server with no
+        address, use ``Client.discover``). ``vendor_key`` refuses a server of another vendor.
+        ``trust`` holds the pinned server keys (default: the config folder's, see
+        ``lanlic.laptop.trust``).
 
         ``regain`` (default True): check a lost seat out again when the server answers (see the
         module doc). ``on_seat_lost(seat, reason)`` runs when a seat may no longer be used,
@@ -282,7 +343,12 @@ class Client:
                 "no server address: pass one, set LANLIC_SERVER=HOST:PORT, or find the server "
                 "on the LAN with Client.discover"
             )
-        self.address = parse_address(server) if isinstance(server, str) else server
+        self.servers: list[Address] = server_list(server)
+        """The members of the pool, in the order they are tried."""
+        self.address: Address = self.servers[0]
+        """The member in use (or tried last)."""
+        self._move_on = False
+        """The member at ``address`` was left: connect to the next one first."""
         self.borrowed = borrowed
         """Where borrowed licences are looked up first (``laptop.borrower.Borrower``), or None."""
         self.vendor_fp = fingerprint_of(vendor_key) if vendor_key is not None else None
@@ -391,9 +457,47 @@ class Client:
         async with self._connect_lock:
             if self.connected:
                 return
-            await self._open()
+            await self._open_members()
         if self._heartbeat_task is None:
             self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="lanlic-heartbeat")
+
+    async def _open_members(self) -> None:
+        """Connect to the first member that answers and proves itself: from the one in use, or
+        from the next one if it was left, wrapping around. Raises the most telling reason if
+        none does (a member with another key over one that is down)."""
+        n = len(self.servers)
+        at = self.servers.index(self.address) if self.address in self.servers else 0
+        start = at + 1 if self._move_on else at
+        error: LanlicError | None = None
+        for i in range(n):
+            self.address = self.servers[(start + i) % n]
+            try:
+                await self._open()
+            except LanlicError as exc:
+                if not isinstance(error, ServerUntrusted):
+                    error = exc
+                if n > 1:
+                    log.info("member %s: %s", format_address(self.address), exc)
+                if self._closing:
+                    break
+                continue
+            if self.address != self.servers[at] or self._move_on:
+                log.info("connected to member %s", format_address(self.address))
+            self._move_on = False
+            return
+        assert error is not None
+        raise error
+
+    def _elsewhere(self) -> bool:
+        """Whether there is another member to move to (or a server to find again)."""
+        return len(self.servers) > 1 or self._discovery is not None
+
+    def _leave(self, reason: LanlicError) -> None:
+        """Drop the connection to a member that cannot serve (answered ``server_unavailable``,
+        or left a renew unanswered); the reconnect moves to the next member."""
+        if self._writer is not None and not self._closing:
+            log.warning("leaving member %s: %s", format_address(self.address), reason)
+            self._disconnected(reason)
 
     async def _open(self) -> None:
         host, port = self.address
@@ -468,7 +572,8 @@ class Client:
                 site=self.customer if same_server else None,
                 server_key=self.server_key if same_server else None,
             )
-            self.address = found.address
+            self.servers, self.address = list(found.members), found.address
+            self._move_on = False
             try:
                 await self._open()
                 return
@@ -493,8 +598,14 @@ class Client:
         self._connected.clear()
         if self._writer is not None:
             self._writer.close()
-            with contextlib.suppress(Exception):
-                await self._writer.wait_closed()
+            # Bounded: a member that stopped reading (hung) keeps unsent bytes, and so the
+            # close, pending for ever; after the bound the connection is dropped.
+            try:
+                await asyncio.wait_for(self._writer.wait_closed(), 2.0)
+            except TimeoutError:
+                self._writer.transport.abort()
+            except Exception:  # noqa: S110 - closing: the connection's own error is moot
+                pass
         if self._read_task is not None:
             self._read_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -553,17 +664,19 @@ class Client:
                     seat = None
             if seat is not None:
                 return seat
-        await self._ensure_connected()
         sent = self._loop.time()
         reply: m.Message
         if wait:
+            await self._ensure_connected()
+            where = self.address
             reply = await self._wait_in_line(product, version, timeout, on_position)
         else:
-            reply = await self._send_request(
-                m.Checkout(id=self._take_id(), product=product, version=version)
+            reply, where = await self._anywhere(
+                lambda rid: m.Checkout(id=rid, product=product, version=version)
             )
         assert isinstance(reply, m.Granted)
         seat = Seat(self, product, version, reply.lease, sent)
+        seat._held_at = where
         seat.epoch = reply.epoch
         self.seats[seat.lease_id] = seat
         self._arm_give_up()
@@ -576,13 +689,42 @@ class Client:
         timeout: float | None,  # noqa: ASYNC109 - a bound on the wait in line, not on one call
         on_position: Callable[[int], None] | None,
     ) -> m.Granted:
+        """Wait in the server's line for a seat. The place in line lives as long as the
+        connection (SPEC section 16): when the connection drops (the server restarted), the
+        client reconnects as it does for its seats and joins the line again, within the same
+        ``timeout``."""
+        deadline = None if timeout is None else self._loop.time() + timeout
+        while True:
+            granted = await self._wait_once(product, version, timeout, deadline, on_position)
+            if granted is not None:
+                return granted
+            # The line was lost with the connection: wait for the reconnect, then rejoin.
+            left = None if deadline is None else max(0.0, deadline - self._loop.time())
+            try:
+                await asyncio.wait_for(self._connected.wait(), left)
+            except TimeoutError:
+                raise NoSeat(
+                    f"no seat of {product} within {timeout:g} s; the server could not be "
+                    "reached to wait in line"
+                ) from None
+            log.info("reconnected while waiting for %s: joining the line again", product)
+
+    async def _wait_once(
+        self,
+        product: str,
+        version: str,
+        timeout: float | None,  # noqa: ASYNC109 - a bound on the wait in line, not on one call
+        deadline: float | None,
+        on_position: Callable[[int], None] | None,
+    ) -> m.Granted | None:
+        """One place in line, on this connection: the seat, or None if the connection (and the
+        place with it) was lost while waiting."""
         writer = self._writer
         if writer is None or not self.connected:
             raise ServerUnavailable("not connected to the licence server")
         rid = self._take_id()
         news: asyncio.Queue[m.Message] = asyncio.Queue()
         self._waiting[rid] = news
-        deadline = None if timeout is None else self._loop.time() + timeout
         ticket = b""
         try:
             writer.write(encode_frame(m.to_wire(m.Wait(id=rid, product=product, version=version))))
@@ -599,6 +741,11 @@ class Client:
                         f"no seat of {product} within {timeout:g} s; left the queue"
                     ) from None
                 if isinstance(msg, m.Error):
+                    if isinstance(msg, _LineLost) and ticket and not self._closing:
+                        # The connection closed under a client in line (the server restarted,
+                        # or this member was left): the line is gone; rejoin once back.
+                        ticket = b""
+                        return None
                     raise error_for_code(msg.code, msg.message)
                 if isinstance(msg, m.Granted):
                     ticket = b""
@@ -655,8 +802,7 @@ class Client:
 
     async def status(self) -> dict[str, Any]:
         """The server's status: products, counts and holders (see protocol/SPEC.md)."""
-        await self._ensure_connected()
-        reply = await self._send_request(m.Status(id=self._take_id()))
+        reply, _ = await self._anywhere(lambda rid: m.Status(id=rid))
         assert isinstance(reply, m.StatusReply)
         return m.to_wire(reply)
 
@@ -676,6 +822,23 @@ class Client:
         rid = self._next_id
         self._next_id += 1
         return rid
+
+    async def _anywhere(self, make: Callable[[int], m.Message]) -> tuple[m.Message, Address]:
+        """Send ``make(request_id)``; the reply, and the member that gave it. If the member is
+        lost meanwhile (or answers ``server_unavailable``), send it again to the next one, each
+        member at most once.
+        Only for requests that are safe to repeat elsewhere (a checkout whose grant was lost
+        with its member ends with that member's lease)."""
+        tries = len(self.servers)
+        while True:
+            await self._ensure_connected()
+            where = self.address
+            try:
+                return await self._send_request(make(self._take_id())), where
+            except ServerUnavailable:
+                tries -= 1
+                if tries <= 0 or self.connected or self._closing or not self._elsewhere():
+                    raise
 
     async def _ensure_connected(self) -> None:
         if self._closing:
@@ -700,7 +863,10 @@ class Client:
         finally:
             self._pending.pop(rid, None)
         if isinstance(reply, m.Error):
-            raise error_for_code(reply.code, reply.message)
+            error = error_for_code(reply.code, reply.message)
+            if isinstance(error, ServerUnavailable) and self._elsewhere():
+                self._leave(error)  # a member that cannot vouch for its seats: move on
+            raise error
         return reply
 
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
@@ -738,6 +904,14 @@ class Client:
                         self._forget(seat, why)
                     elif (seat := self._given_up.pop(lease_id, None)) is not None:
                         self._change(seat, SeatState.GONE, why)
+            elif msg.kind == "lease_lost":
+                for lease_id in msg.leases:
+                    # Lost through nobody's act (a member lost its etcd lease): regained.
+                    lost = SeatLost(msg.message or "the server lost this seat")
+                    if (seat := self.seats.get(lease_id)) is not None:
+                        self._ended(seat, lost)
+                    elif (seat := self._given_up.pop(lease_id, None)) is not None:
+                        self._not_held(seat, lost)
             return
         rid = getattr(msg, "id", 0)
         news = self._waiting.get(rid)
@@ -752,6 +926,7 @@ class Client:
 
     def _disconnected(self, reason: LanlicError) -> None:
         self._connected.clear()
+        self._move_on = True
         self._reader = None
         if self._writer is not None:
             self._writer.close()
@@ -761,7 +936,7 @@ class Client:
                 fut.set_exception(reason)
         self._pending.clear()
         for rid, news in self._waiting.items():  # the place in line is gone with the connection
-            news.put_nowait(m.Error(rid, reason.code, reason.message))
+            news.put_nowait(_LineLost(rid, reason.code, reason.message))
         if not self._closing and self._reconnect_task is None:
             self._reconnect_task = asyncio.create_task(self._reconnect(), name="lanlic-reconnect")
 
@@ -779,8 +954,17 @@ class Client:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RETRY_MAX)
                     continue
-                log.info("reconnected to %s:%d", *self.address)
-                await self._renew_all()
+                log.info("reconnected to %s", format_address(self.address))
+                try:
+                    await self._renew_all()
+                except (LanlicError, TimeoutError) as exc:
+                    if self.connected or self._closing:
+                        raise
+                    # Lost again, or the member could not serve: on to the next one.
+                    log.info("reconnect failed: %s", exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX)
+                    continue
                 return
         finally:
             self._reconnect_task = None
@@ -788,9 +972,10 @@ class Client:
                 self._start_regain()
 
     async def _reopen(self) -> None:
-        """Reconnect at the old address; a discovered client looks for its server elsewhere."""
+        """Reconnect to a member (the next one first); a discovered client looks for its server
+        elsewhere when none answers."""
         try:
-            await self._open()
+            await self._open_members()
         except LanlicError:
             if self._discovery is None or self._closing:
                 raise
@@ -800,13 +985,19 @@ class Client:
             await self._find_and_open(self._loop.time() + REDISCOVER_TIMEOUT, same_server=True)
 
     async def _heartbeat(self) -> None:
-        while True:
+        # Not ``while True``: on Python 3.11 a cancel that meets a finishing ``wait_for`` can be
+        # lost, and ``close`` (which cancels this task, then awaits it) would wait for ever.
+        while not self._closing:
             await asyncio.sleep(min(self.heartbeat_s, max(self.lease_s - 2 * self.margin, 0.05)))
             self._give_up_overdue()
             if self.connected and (self.seats or self._given_up):
                 # A stalled server must not stall the give-up check: wait at most a heartbeat.
-                with contextlib.suppress(ServerUnavailable, TimeoutError):
+                try:
                     await asyncio.wait_for(self._renew_all(), max(self.heartbeat_s, 0.05))
+                except (ServerUnavailable, TimeoutError) as exc:
+                    if self.connected and self._elsewhere():
+                        # Silent for a heartbeat: another member may answer.
+                        self._leave(ServerUnavailable(f"no answer to renew: {exc}"))
             elif self.connected and self._waiting:
                 # Waiting in line with no seat: an empty renew says this client is alive, or
                 # the server drops it from the line (SPEC section 16).
@@ -818,11 +1009,12 @@ class Client:
         given_up = self._given_up
         if not self.seats and not given_up:
             return
-        # Seats granted before the server restarted are reclaimed, not renewed; so are seats
-        # given up meanwhile, when they are to be regained (the restarted server holds a seat
-        # for each of them for a while, which nobody else may take).
-        old = [s for s in self.seats.values() if s.epoch != self.epoch]
-        old_given_up = [s for s in given_up.values() if s.epoch != self.epoch]
+        # Seats granted before the server restarted, or by another member (we moved), are
+        # reclaimed, not renewed; so are seats given up meanwhile, when they are to be regained
+        # (the restarted server holds a seat for each of them for a while, which nobody else
+        # may take; a member of the same pool takes over a live one).
+        old = [s for s in self.seats.values() if not self._here(s)]
+        old_given_up = [s for s in given_up.values() if not self._here(s)]
         if old_given_up and not self.regain:
             for dropped in old_given_up:
                 del given_up[dropped.lease_id]
@@ -830,8 +1022,8 @@ class Client:
             old_given_up = []
         if old or old_given_up:
             await self._reclaim(old, old_given_up)
-        ids = [lease_id for lease_id, s in self.seats.items() if s.epoch == self.epoch]
-        ids.extend(lease_id for lease_id, s in given_up.items() if s.epoch == self.epoch)
+        ids = [lease_id for lease_id, s in self.seats.items() if self._here(s)]
+        ids.extend(lease_id for lease_id, s in given_up.items() if self._here(s))
         if not ids:
             return
         sent = self._loop.time()
@@ -858,10 +1050,14 @@ class Client:
             await self._reclaim(again, [])
         self._arm_give_up()
 
+    def _here(self, seat: Seat) -> bool:
+        """The seat's lease is this member's, of its current epoch: renewed, not reclaimed."""
+        return seat.epoch == self.epoch and seat._held_at == self.address
+
     async def _reclaim(self, seats: list[Seat], given_up: list[Seat]) -> None:
-        """Ask the restarted server for seats of an older epoch, under their lease ids: held
-        ones, and given-up ones to be regained."""
-        sent = self._loop.time()
+        """Ask the server for seats of an older epoch (it restarted) or of another member (we
+        moved), under their lease ids: held ones, and given-up ones to be regained."""
+        sent, where = self._loop.time(), self.address
         items = [
             {"lease": s.lease_id, "product": s.product, "version": s.version}
             for s in (*seats, *given_up)
@@ -871,10 +1067,10 @@ class Client:
         for lease_id in reply.leases:
             seat = self.seats.get(lease_id)
             if seat is not None:
-                seat.epoch = reply.epoch
+                seat.epoch, seat._held_at = reply.epoch, where
                 seat._renew_sent = sent
             elif (seat := self._given_up.pop(lease_id, None)) is not None:
-                seat.epoch = reply.epoch
+                seat.epoch, seat._held_at = reply.epoch, where
                 self._hand_back(seat, sent)
         for lost in reply.lost:
             why = error_for_code(
@@ -954,7 +1150,7 @@ class Client:
 
     async def _regain_one(self, seat: Seat) -> bool:
         """One checkout for a lost seat; False if the connection is gone."""
-        sent = self._loop.time()
+        sent, where = self._loop.time(), self.address
         try:
             reply = await self._send_request(
                 m.Checkout(id=self._take_id(), product=seat.product, version=seat.version)
@@ -981,6 +1177,7 @@ class Client:
             return True
         self._to_regain.remove(seat)
         seat.lease_id, seat.epoch, seat._renew_sent = reply.lease, reply.epoch, sent
+        seat._held_at = where
         self.seats[seat.lease_id] = seat
         self._change(seat, SeatState.REGAINED, None)
         self._arm_give_up()

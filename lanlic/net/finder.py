@@ -10,6 +10,12 @@ choice then follows the pins (``lanlic.laptop.trust.TrustStore``):
 3. a server of a new site is taken at once when no site of this vendor is pinned yet; when one
    is, the pinned server gets ``PINNED_GRACE`` seconds more to answer before the new one is taken.
 
+Redundant servers (members of one pool) share one server key and each announces itself: the
+``Found`` server comes with every address announced under its key (``Found.members``, the chosen
+one first), gathered for ``MEMBERS_GRACE`` more seconds; the client tries them in turn when it
+must move on, and its handshake with each proves the key as for the first (an announcement alone
+is never trusted).
+
 Nothing here pins: the client pins when it connects for real. If nothing fits by the deadline, the
 most telling reason is raised: a changed key, then an untrusted server, else ``ServerUnavailable``
 naming what was heard and how to give an address instead.
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,12 +46,23 @@ from lanlic.net.client import format_address
 from lanlic.proto import messages as m
 from lanlic.proto.framing import FrameDecoder, encode_frame
 
-__all__ = ["PINNED_GRACE", "PROBE_TIMEOUT", "Found", "Probed", "find_server", "probe"]
+__all__ = [
+    "MEMBERS_GRACE",
+    "PINNED_GRACE",
+    "PROBE_TIMEOUT",
+    "Found",
+    "Probed",
+    "find_server",
+    "probe",
+]
 
 #: Seconds one probe (connect, hello, welcome, bye) may take.
 PROBE_TIMEOUT: Final = 3.0
 #: Seconds a pinned server is waited for once an unpinned one has proved itself.
 PINNED_GRACE: Final = 1.0
+#: Seconds the search goes on listening, once a server is chosen, for other members announcing
+#: its key (they answer the same question, within milliseconds of each other on a LAN).
+MEMBERS_GRACE: Final = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +84,9 @@ class Found:
     pinned: bool
     """Its key was already pinned for its site."""
     announcement: Announcement
+    members: tuple[tuple[str, int], ...] = ()
+    """Every address announced under its key: ``address`` first, then the other members (not
+    yet proved: the client's handshake proves each)."""
 
 
 async def probe(address: tuple[str, int], *, deadline: float, products: bool = False) -> Probed:
@@ -183,6 +204,8 @@ async def find_server(
     probes: dict[asyncio.Future[Any], Announcement] = {}
     fallback: Found | None = None
     fallback_until = float("inf")
+    announced: dict[str, list[tuple[str, int]]] = {}
+    """Per announced server key: the addresses announced under it, in the order heard."""
     wait_for_pins = server_key is None and trust.has_pins_for(vendor_fp)
     want_fp = signing.fingerprint(server_key) if server_key is not None else None
 
@@ -199,6 +222,8 @@ async def find_server(
         if want_fp is not None and ann.server_fp != want_fp:
             heard.append(f"{ann.name!r} (another server, {ann.server_fp})")
             return
+        members = announced.setdefault(ann.server_fp, [])
+        members.extend((a, ann.port) for a in ann.addresses if (a, ann.port) not in members)
         addresses = [(a, ann.port) for a in ann.addresses if (a, ann.port) not in tried]
         if not addresses:
             return
@@ -249,8 +274,27 @@ async def find_server(
             fallback, fallback_until = found, loop.time() + PINNED_GRACE
         return None
 
+    getter: asyncio.Future[Any] = loop.create_future()  # the browser's next announcement
+
+    async def with_members(found: Found, browser: Browser) -> Found:
+        """``found`` with every address announced under its key (listening a little longer)."""
+        nonlocal getter
+        fp = found.identity.server_fp
+        members = [found.address]
+        members.extend(a for a in announced.get(fp, ()) if a not in members)
+        until = min(deadline, loop.time() + MEMBERS_GRACE)
+        while (left := until - loop.time()) > 0:
+            done, _ = await asyncio.wait({getter}, timeout=left)
+            if not done:
+                break
+            ann: Announcement = getter.result()
+            getter = asyncio.ensure_future(browser.next())
+            if ann.server_fp == fp and ann.vendor_fp == found.identity.vendor_fp:
+                members.extend((a, ann.port) for a in ann.addresses if (a, ann.port) not in members)
+        return dataclasses.replace(found, members=tuple(members))
+
     async with Browser(interfaces) as browser:
-        getter: asyncio.Future[Any] = asyncio.ensure_future(browser.next())
+        getter = asyncio.ensure_future(browser.next())
         try:
             while True:
                 until = min(deadline, fallback_until)
@@ -268,9 +312,9 @@ async def find_server(
                     if ann is not None:
                         chosen = decide(ann, task.result())
                         if chosen is not None:
-                            return chosen
+                            return await with_members(chosen, browser)
             if fallback is not None:
-                return fallback
+                return await with_members(fallback, browser)
         finally:
             for task in (getter, *probes):
                 task.cancel()

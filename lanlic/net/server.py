@@ -29,7 +29,7 @@ import concurrent.futures
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -123,6 +123,10 @@ class ServerLimits:
 #: History events that are also logged as warnings for the admin.
 _WARN_ADMIN = frozenset({"stall", "borrow_adopted"})
 
+#: Lease events, counted rather than written one by one: a batch writes one row per (event,
+#: product, user, host, detail) with its count, stamped with the first (``_history_event``).
+_COUNTED = frozenset({"checkout", "release", "expiry", "reclaim"})
+
 
 #: A clock that never jumps and, unlike the monotonic one, counts a suspended host's sleep
 #: (Linux's CLOCK_BOOTTIME; see osdeps.uptime): the anchor the wall clock is checked against.
@@ -173,6 +177,7 @@ class _Protocol(asyncio.Protocol):
             srv.note_busy()
             return
         srv.connections.add(self)
+        srv.watched.add(self)  # until its hello
         peer = t.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self._session.addr = str(peer[0])  # subnet rules trust this, never the hello
@@ -183,6 +188,7 @@ class _Protocol(asyncio.Protocol):
         # The peer is not reading its replies: read no more of its requests (which would only
         # make more replies) and start the write timeout.
         self.write_paused = self._server.loop.time()
+        self._server.watched.add(self)
         if self._transport is not None and not self._closing:
             self._transport.pause_reading()
 
@@ -198,6 +204,7 @@ class _Protocol(asyncio.Protocol):
         # Leases stay: a client that vanished keeps its seats until they expire, so one that
         # reconnects in time keeps them. A clean goodbye (``bye``) already released them.
         self._server.connections.discard(self)
+        self._server.watched.discard(self)
         self._server.queued_bytes -= self.queued
         self.queued = 0
         self._server.forget_owner(self._session.client_id, self)
@@ -212,6 +219,7 @@ class _Protocol(asyncio.Protocol):
         spent = 0  # bytes of replies made off the fast path (whose replies are small)
         close = False
         service = srv.service
+        fast_path = srv.fast_path
         session = self._session
         conn = self._conn
         self.heard = now
@@ -221,13 +229,14 @@ class _Protocol(asyncio.Protocol):
             self.frame_started = None
         elif frames or self.frame_started is None:
             self.frame_started = now
+            srv.watched.add(self)
         steady = conn.steady_types
         for item in frames:
             # The fast path: a well-formed renew, release or checkout that the state table
             # allows here goes from wire map to wire map (see LicenseService.renew_wire).
             if type(item) is dict:
                 t = item.get("t")
-                fast = _FAST.get(t) if type(t) is str else None
+                fast = fast_path.get(t) if type(t) is str else None
                 if fast is not None and t in steady:
                     try:
                         wire = fast(service, session, item, now, wall)
@@ -251,6 +260,8 @@ class _Protocol(asyncio.Protocol):
                     out.append(answer)
                 elif reply.durable is not None:
                     srv.run_durable(reply.durable, self)
+                elif reply.later is not None:
+                    srv.run_later(reply.later, self)
                 if isinstance(event, m.Hello) and not reply.close:
                     srv.owner_connected(session.client_id, self)
                 if reply.close:
@@ -299,6 +310,14 @@ class _Protocol(asyncio.Protocol):
         t = self._transport
         return 0 if t is None else t.get_write_buffer_size()
 
+    def watched(self) -> bool:
+        """Whether a timeout runs on this connection (``LicenseServer.watched``)."""
+        return (
+            self._conn.state is ConnState.AWAIT_HELLO
+            or self.write_paused is not None
+            or self.frame_started is not None
+        )
+
     def stalled(self, now: float, limits: ServerLimits) -> str | None:
         if (
             self._conn.state is ConnState.AWAIT_HELLO
@@ -338,6 +357,8 @@ class LicenseServer:
         wall_tolerance: float = WALL_TOLERANCE,
     ) -> None:
         self.service = service
+        self.fast_path = _FAST if service.wire_fast_path else {}
+        """The requests answered from wire map to wire map (none when the seats are elsewhere)."""
         self.store = store
         self._wall_clock = wall
         self._uptime = uptime or _uptime
@@ -361,6 +382,8 @@ class LicenseServer:
         self._policy_task: asyncio.Task[None] | None = None
         self._history: list[Sequence[object]] = []
         """(at, event, product, user, host, detail[, count]): the store's row, built once."""
+        self._counted: dict[EventFields, list[Any]] = {}
+        """Lease events of the batch under way: [time of the first, count] per event fields."""
         self.refusals = RefusalTally()
         """Refusals counted per client, product and code per interval (``core.refusals``)."""
         # Reads of the history (admin page, exports) have a connection and a thread of their
@@ -381,6 +404,9 @@ class LicenseServer:
         self.max_connections = limits.connection_cap()
         """Connections served at once; the next is told ``server_busy``."""
         self.connections: set[_Protocol] = set()
+        self.watched: set[_Protocol] = set()
+        """Connections a timeout may run on (no hello yet, half a frame, replies unread): the
+        sweep looks at these, not at every connection (10k of them cost the loop ms a second)."""
         self.queued_bytes = 0
         """Unsent reply bytes of all connections, as last looked at (``reply_budget``)."""
         self._busy = (0, -BUSY_LOG_EVERY)
@@ -703,6 +729,23 @@ class LicenseServer:
         self._durables.add(task)
         task.add_done_callback(self._durables.discard)
 
+    def run_later(self, work: Callable[[], Awaitable[m.Message]], conn: _Protocol) -> None:
+        """Await ``work`` (a seat store's round trip, ``Reply.later``), then answer ``conn``."""
+        task = self.loop.create_task(self._later(work, conn))
+        self._durables.add(task)
+        task.add_done_callback(self._durables.discard)
+
+    async def _later(self, work: Callable[[], Awaitable[m.Message]], conn: _Protocol) -> None:
+        try:
+            reply = await work()
+        except Exception:
+            log.exception("internal error answering a request")
+            reply = m.Error(0, "internal_error", "")
+        conn.send(reply)
+        if self.service.waiting or self.service.outbox:
+            self.flush_queue()
+        self.arm_expiry_timer()
+
     async def _durable(self, durable: Durable, conn: _Protocol | None) -> None:
         if self.store is None:
             reply = durable.abort(RuntimeError("this server runs without a data folder"))
@@ -765,7 +808,18 @@ class LicenseServer:
             self._policy_task = None
 
     def _history_event(self, fields: EventFields) -> None:
-        if fields[0] == "refusal":
+        kind = fields[0]
+        if kind in _COUNTED:
+            # A checkout and a release are two rows each, at 100k a second; as one row per
+            # client, product and detail per batch with its count, the rows a second follow
+            # the clients, not their requests, and SQLite stays off the loop's GIL.
+            seen = self._counted.get(fields)
+            if seen is None:
+                self._counted[fields] = [self.wall(), 1]
+            else:
+                seen[1] += 1
+            return
+        if kind == "refusal":
             # Counted, not written one by one: a client can send refusals without end.
             _, product, user, host, code = fields
             known = product in self.service.pool.products
@@ -785,11 +839,18 @@ class LicenseServer:
         for it otherwise."""
         if refusals:
             self._history.extend(self.refusals.drain())
+        self._batch_counted()
         if self.store is None or self._store_thread is None:
             self._history.clear()  # no data folder: nothing to keep them in
             return
         async with self._flushing:
             await self._flush_history()
+
+    def _batch_counted(self) -> None:
+        """The lease events counted so far join the batch as rows with their counts."""
+        if self._counted:
+            counted, self._counted = self._counted, {}
+            self._history.extend([(at, *f, n) for f, (at, n) in counted.items()])
 
     async def _flush_history(self) -> None:
         if not self._history:
@@ -850,6 +911,7 @@ class LicenseServer:
             # The admin lowers borrowing terms in the database (lanlic admin policy).
             self._policy_task = self.loop.create_task(self._reload_policy())
         self._history.extend(self.refusals.due(self.wall()))
+        self._batch_counted()
         if self.store is not None and self._prune_task is None:
             if self.loop.time() - self._pruned_at >= PRUNE_INTERVAL:
                 self._pruned_at = self.loop.time()
@@ -861,9 +923,11 @@ class LicenseServer:
         if self.queued_bytes:
             self._shed_replies()  # a recount: buffers that drained did not say so
         now = self.loop.time()
-        for conn in list(self.connections):
+        for conn in list(self.watched):
             reason = conn.stalled(now, self.limits)
             if reason is not None:
                 log.info("closing a stalled connection: %s", reason)
                 conn.abort()
+            elif not conn.watched():
+                self.watched.discard(conn)
         self._housekeeping = self.loop.call_later(self.limits.housekeeping_interval, self._sweep)

@@ -17,39 +17,15 @@ from typing import Final
 
 import platformdirs
 
-from lanlic.osdeps._posix import (
-    fd_limit,
-    fsync_dir,
-    lock_fd,
-    on_stop,
-    replace,
-    set_file_mode,
-    set_mode,
-    unlock_fd,
-    write_locked,
-)
+from lanlic.osdeps._posix import *  # noqa: F403 - what every POSIX system shares
 from lanlic.osdeps.machineid import (
     MachineSources,
     parse_ioreg_platform_uuid,
     parse_networksetup_ports,
 )
 
-__all__ = [
-    "FULL_FSYNC",
-    "fd_limit",
-    "fsync_dir",
-    "fsync_file",
-    "lock_fd",
-    "machine_sources",
-    "on_stop",
-    "replace",
-    "set_file_mode",
-    "set_mode",
-    "site_data_dir",
-    "unlock_fd",
-    "uptime",
-    "write_locked",
-]
+#: macOS's own; the rest is ``_posix.__all__``.
+__all__ = ["FULL_FSYNC", "fsync_file", "machine_sources", "site_data_dir", "uptime"]
 
 FULL_FSYNC: Final = True
 IOREG: Final = ("/usr/sbin/ioreg", "-rd1", "-c", "IOPlatformExpertDevice")

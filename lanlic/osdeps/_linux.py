@@ -12,38 +12,12 @@ import time
 from pathlib import Path
 from typing import Final
 
-from lanlic.osdeps._posix import (
-    FULL_FSYNC,
-    fd_limit,
-    fsync_dir,
-    fsync_file,
-    lock_fd,
-    on_stop,
-    replace,
-    set_file_mode,
-    set_mode,
-    site_data_dir,
-    unlock_fd,
-    write_locked,
-)
+from lanlic.osdeps._posix import *  # noqa: F403 - what every POSIX system shares
+from lanlic.osdeps._posix import FULL_FSYNC, fsync_file, site_data_dir
 from lanlic.osdeps.machineid import LinuxInterface, MachineSources, linux_primary_mac
 
-__all__ = [
-    "FULL_FSYNC",
-    "fd_limit",
-    "fsync_dir",
-    "fsync_file",
-    "lock_fd",
-    "machine_sources",
-    "on_stop",
-    "replace",
-    "set_file_mode",
-    "set_mode",
-    "site_data_dir",
-    "unlock_fd",
-    "uptime",
-    "write_locked",
-]
+#: Linux's own, and the POSIX parts other systems replace; the rest is ``_posix.__all__``.
+__all__ = ["FULL_FSYNC", "fsync_file", "machine_sources", "site_data_dir", "uptime"]
 
 MACHINE_ID: Final = Path("/etc/machine-id")
 DBUS_MACHINE_ID: Final = Path("/var/lib/dbus/machine-id")

@@ -25,6 +25,20 @@ import platformdirs
 
 from lanlic.osdeps.machineid import MachineSources
 
+#: What every POSIX system takes from here as it is: ``_linux`` and ``_darwin`` import these
+#: with ``*`` and name only what they do their own way (the BSDs take this whole module).
+__all__ = [
+    "fd_limit",
+    "fsync_dir",
+    "lock_fd",
+    "on_stop",
+    "replace",
+    "set_file_mode",
+    "set_mode",
+    "unlock_fd",
+    "write_locked",
+]
+
 FULL_FSYNC: Final = False
 STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 

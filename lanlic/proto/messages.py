@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, ClassVar, Final
@@ -483,29 +484,51 @@ def _fail(t: str, name: str, want: str) -> BadMessage:
     return BadMessage(f"{t}: field {name!r} must be {want}")
 
 
-def _check_int(t: str, name: str, v: Any) -> int:
-    if type(v) is not int or not 0 <= v <= MAX_REQUEST_ID:
-        raise _fail(t, name, f"an integer in 0..{MAX_REQUEST_ID}")
-    return v
+#: A field's check: ``check(t, name, value)`` is the value to keep, or raises ``BadMessage``
+#: naming the message type, the field and what it must be.
+Checker = Callable[[str, str, Any], Any]
 
 
-def _check_request_id(t: str, name: str, v: Any) -> int:
-    if type(v) is not int or not MIN_REQUEST_ID <= v <= MAX_REQUEST_ID:
-        raise _fail(t, name, f"an integer in {MIN_REQUEST_ID}..{MAX_REQUEST_ID}")
-    return v
+def _rule(
+    ok: Callable[[Any], bool], want: str, convert: Callable[[Any], Any] | None = None
+) -> Checker:
+    """A field that is valid when ``ok(value)``, kept as ``convert(value)`` (or as it came)."""
+
+    def check(t: str, name: str, v: Any) -> Any:
+        if not ok(v):
+            raise _fail(t, name, want)
+        return v if convert is None else convert(v)
+
+    return check
 
 
-def _check_float(t: str, name: str, v: Any) -> float:
-    if type(v) not in (int, float) or not 0 <= v < 1e12:  # rejects NaN and infinities too
-        raise _fail(t, name, "a non-negative number")
-    return float(v)
+def _list(
+    ok: Callable[[Any], bool], want: str, ok_item: Callable[[Any], bool], want_item: str
+) -> Checker:
+    """A list that is valid when ``ok(list)``, then each item when ``ok_item(item)``."""
+
+    def check(t: str, name: str, v: Any) -> Any:
+        if type(v) is not list or not ok(v):
+            raise _fail(t, name, want)
+        if not all(ok_item(item) for item in v):
+            raise _fail(t, name, want_item)
+        return v
+
+    return check
 
 
-def _check_days(t: str, name: str, v: Any) -> float:
-    days = _check_float(t, name, v)
-    if days <= 0:
-        raise _fail(t, name, "a number of days above 0")
-    return days
+def _bytes(size: int) -> Checker:
+    return _rule(lambda v: type(v) is bytes and len(v) == size, f"{size} bytes")
+
+
+def _text(limit: int = MAX_NAME) -> Checker:
+    return _rule(
+        lambda v: type(v) is str and len(v) <= limit, f"a string of at most {limit} characters"
+    )
+
+
+def _number(v: Any) -> bool:
+    return type(v) in (int, float) and 0 <= v < 1e12  # rejects NaN and infinities too
 
 
 #: An application version: 1 to 8 parts of 1 to 9 ASCII digits, joined by dots (SPEC 7).
@@ -517,60 +540,16 @@ def is_version(v: str) -> bool:
     return v == "" or _VERSION_RE.fullmatch(v) is not None
 
 
-def _check_version(t: str, name: str, v: Any) -> str:
-    if type(v) is not str or not is_version(v):
-        raise _fail(t, name, '"" or a dotted number such as 16 or 2024.1')
-    return v
-
-
-def _check_str(t: str, name: str, v: Any, limit: int = MAX_NAME) -> str:
-    if type(v) is not str or len(v) > limit:
-        raise _fail(t, name, f"a string of at most {limit} characters")
-    return v
-
-
-def _check_bytes(t: str, name: str, v: Any, size: int | None) -> bytes:
-    if type(v) is not bytes or (size is not None and len(v) != size):
-        raise _fail(t, name, f"{size} bytes" if size is not None else "bytes")
-    return v
-
-
-def _check_bytes_upto(t: str, name: str, v: Any, limit: int) -> bytes:
-    if type(v) is not bytes or len(v) > limit:
-        raise _fail(t, name, f"at most {limit} bytes")
-    return v
-
-
-def _check_bool(t: str, name: str, v: Any) -> bool:
-    if type(v) is not bool:
-        raise _fail(t, name, "true or false")
-    return v
-
-
-def _check_reclaim_seats(t: str, name: str, v: Any) -> list[dict[str, Any]]:
-    if type(v) is not list or len(v) > MAX_LEASES_PER_REQUEST:
-        raise _fail(t, name, f"a list of at most {MAX_LEASES_PER_REQUEST} maps")
-    for item in v:
-        if (
-            type(item) is not dict
-            or type(item.get("lease")) is not bytes
-            or len(item["lease"]) != LEASE_ID_SIZE
-            or type(item.get("product")) is not str
-            or len(item["product"]) > MAX_NAME
-            or type(item.get("version", "")) is not str
-            or not is_version(item.get("version", ""))
-        ):
-            raise _fail(t, name, "a list of {lease: 16 bytes, product: str, version: str} maps")
-    return v
-
-
-def _check_lease_list(t: str, name: str, v: Any) -> list[bytes]:
-    if type(v) is not list or len(v) > MAX_LEASES_PER_REQUEST:
-        raise _fail(t, name, f"a list of at most {MAX_LEASES_PER_REQUEST} lease ids")
-    for item in v:
-        if type(item) is not bytes or len(item) != LEASE_ID_SIZE:
-            raise _fail(t, name, f"a list of {LEASE_ID_SIZE}-byte lease ids")
-    return v
+def _reclaim_seat(item: Any) -> bool:
+    return (
+        type(item) is dict
+        and type(item.get("lease")) is bytes
+        and len(item["lease"]) == LEASE_ID_SIZE
+        and type(item.get("product")) is str
+        and len(item["product"]) <= MAX_NAME
+        and type(item.get("version", "")) is str
+        and is_version(item.get("version", ""))
+    )
 
 
 def _check_lost(t: str, name: str, v: Any) -> list[Lost]:
@@ -580,83 +559,93 @@ def _check_lost(t: str, name: str, v: Any) -> list[Lost]:
     for item in v:
         if type(item) is not dict:
             raise _fail(t, name, "a list of maps")
-        out.append(
-            Lost(
-                lease=_check_bytes(t, "lease", item.get("lease"), LEASE_ID_SIZE),
-                code=_check_str(t, "code", item.get("code")),
-            )
-        )
+        lease = _BY_NAME["lease"](t, "lease", item.get("lease"))
+        out.append(Lost(lease=lease, code=_BY_TYPE["str"](t, "code", item.get("code"))))
     return out
 
 
-def _check_versions(t: str, name: str, v: Any) -> list[int]:
-    if type(v) is not list or not v or len(v) > 64:
-        raise _fail(t, name, "a non-empty list of protocol versions")
-    for item in v:
-        if type(item) is not int or not 0 < item < 2**31:
-            raise _fail(t, name, "a list of positive integers")
-    return v
+def _check_days(t: str, name: str, v: Any) -> float:
+    days: float = _NUMBER(t, name, v)
+    if days <= 0:
+        raise _fail(t, name, "a number of days above 0")
+    return days
 
 
-def _check_maps(t: str, name: str, v: Any) -> list[dict[str, Any]]:
-    if type(v) is not list or any(type(i) is not dict for i in v):
-        raise _fail(t, name, "a list of maps")
-    return v
+_ANY_BYTES: Final = _rule(lambda v: type(v) is bytes, "bytes")
+_DOCUMENT: Final = _rule(
+    lambda v: type(v) is bytes and len(v) <= MAX_DOCUMENT, f"at most {MAX_DOCUMENT} bytes"
+)
+_NUMBER: Final = _rule(_number, "a non-negative number", float)
+
+#: The checks of fields known by their name, whatever the message.
+_BY_NAME: Final[dict[str, Checker]] = {
+    "client_id": _bytes(16),
+    # Empty (no signed time wanted) or a fresh 32 bytes.
+    "nonce": _rule(lambda v: type(v) is bytes and len(v) in (0, NONCE_SIZE), f"{NONCE_SIZE} bytes"),
+    "lease": _bytes(LEASE_ID_SIZE),
+    "server_key": _ANY_BYTES,
+    "signature": _ANY_BYTES,
+    "time_signature": _ANY_BYTES,
+    "versions": _list(
+        lambda v: 0 < len(v) <= 64, "a non-empty list of protocol versions",
+        lambda i: type(i) is int and 0 < i < 2**31, "a list of positive integers",
+    ),
+    "leases": _list(
+        lambda v: len(v) <= MAX_LEASES_PER_REQUEST,
+        f"a list of at most {MAX_LEASES_PER_REQUEST} lease ids",
+        lambda i: type(i) is bytes and len(i) == LEASE_ID_SIZE,
+        f"a list of {LEASE_ID_SIZE}-byte lease ids",
+    ),
+    "lost": _check_lost,
+    "message": _text(4096),
+    "request": _DOCUMENT,
+    "response": _DOCUMENT,
+    "file": _DOCUMENT,
+    "ticket": _bytes(16),
+    "request_id": _bytes(16),
+    "container_key": _bytes(32),
+    "proof": _bytes(64),
+    "seats": _list(
+        lambda v: len(v) <= MAX_LEASES_PER_REQUEST,
+        f"a list of at most {MAX_LEASES_PER_REQUEST} maps",
+        _reclaim_seat,
+        "a list of {lease: 16 bytes, product: str, version: str} maps",
+    ),
+    "days": _check_days,
+}  # fmt: skip
+
+#: The checks of fields known by their name in requests (a client's message) only.
+_IN_REQUESTS: Final[dict[str, Checker]] = {
+    "id": _rule(
+        lambda v: type(v) is int and MIN_REQUEST_ID <= v <= MAX_REQUEST_ID,
+        f"an integer in {MIN_REQUEST_ID}..{MAX_REQUEST_ID}",
+    ),
+    "version": _rule(
+        lambda v: type(v) is str and is_version(v), '"" or a dotted number such as 16 or 2024.1'
+    ),
+}
+
+#: The checks of the other fields, by their type.
+_BY_TYPE: Final[dict[str, Checker]] = {
+    "bool": _rule(lambda v: type(v) is bool, "true or false"),
+    "int": _rule(
+        lambda v: type(v) is int and 0 <= v <= MAX_REQUEST_ID, f"an integer in 0..{MAX_REQUEST_ID}"
+    ),
+    "float": _NUMBER,
+    "str": _text(),
+    "list[dict[str, Any]]": _list(
+        lambda v: True, "a list of maps", lambda i: type(i) is dict, "a list of maps"
+    ),
+}
 
 
-_CHECKERS: dict[tuple[str, str], Any] = {}
-
-
-def _checker_for(cls: type[Message], f: dataclasses.Field[Any]) -> Any:
-    name, t = f.name, cls.TYPE
-    ann = str(f.type)
-    if name == "client_id":
-        return partial(_check_bytes, t, name, size=16)
-    if name in ("nonce",):
-        return lambda v: _check_bytes(t, name, v, None if v == b"" else 32)
-    if name == "lease":
-        return partial(_check_bytes, t, name, size=LEASE_ID_SIZE)
-    if name == "server_key":
-        return partial(_check_bytes, t, name, size=None)
-    if name in ("signature", "time_signature"):
-        return partial(_check_bytes, t, name, size=None)
-    if name == "versions":
-        return partial(_check_versions, t, name)
-    if name == "leases":
-        return partial(_check_lease_list, t, name)
-    if name == "lost":
-        return partial(_check_lost, t, name)
-    if name == "message":
-        return partial(_check_str, t, name, limit=4096)
-    if name in ("request", "response", "file"):
-        return partial(_check_bytes_upto, t, name, limit=MAX_DOCUMENT)
-    if name == "ticket":
-        return partial(_check_bytes, t, name, size=16)
-    if name == "request_id":
-        return partial(_check_bytes, t, name, size=16)
-    if name == "container_key":
-        return partial(_check_bytes, t, name, size=32)
-    if name == "proof":
-        return partial(_check_bytes, t, name, size=64)
-    if name == "seats":
-        return lambda v: _check_reclaim_seats(t, name, v)
-    if name == "id" and cls.REQUEST:
-        return partial(_check_request_id, t, name)
-    if name == "days":
-        return partial(_check_days, t, name)
-    if name == "version" and cls.REQUEST:
-        return partial(_check_version, t, name)
-    if ann == "bool":
-        return partial(_check_bool, t, name)
-    if ann == "int":
-        return partial(_check_int, t, name)
-    if ann == "float":
-        return partial(_check_float, t, name)
-    if ann == "str":
-        return partial(_check_str, t, name)
-    if ann.startswith("list[dict"):
-        return partial(_check_maps, t, name)
-    raise AssertionError(f"no checker for {cls.__name__}.{name}: {ann}")  # pragma: no cover
+def _checker_for(cls: type[Message], f: dataclasses.Field[Any]) -> Callable[[Any], Any]:
+    """The field's check: by its name in requests, else by its name, else by its type."""
+    check = _IN_REQUESTS.get(f.name) if cls.REQUEST else None
+    check = check or _BY_NAME.get(f.name) or _BY_TYPE.get(str(f.type))
+    if check is None:  # pragma: no cover
+        raise AssertionError(f"no checker for {cls.__name__}.{f.name}: {f.type}")
+    return partial(check, cls.TYPE, f.name)
 
 
 # Precomputed per type: (name, checker, required). Built once at import.

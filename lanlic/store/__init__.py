@@ -10,10 +10,11 @@ event loop), which also serialises writers.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -318,20 +319,12 @@ class Store:
         return Path(f"{self.path}{LEDGER_SUFFIX}")
 
     def _acknowledged(self, kind: str, ident: str, product: str, write: Callable[[], bool]) -> bool:
-        try:
-            self._write("BEGIN IMMEDIATE")
+        with self._transaction("BEGIN IMMEDIATE"):
             changed = write()
             seq = 0
             if changed:
                 seq = int(self.meta("ledger_seq") or 0) + 1
                 self.set_meta("ledger_seq", str(seq))
-            self._write("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise StoreError(f"could not write to {self.path}: {exc}") from exc
-        except BaseException:
-            self._rollback()
-            raise
         if changed:
             self._append_ledger(f"{seq}\t{kind}\t{ident}\t{product}\n")
         return changed
@@ -427,20 +420,36 @@ class Store:
             except sqlite3.Error:
                 pass  # the error being raised is the one to report
 
-    def raise_reservations(self, seats: dict[str, int]) -> None:
-        """Raise reservations, never lowering one (raises may finish in any order)."""
+    @contextlib.contextmanager
+    def _transaction(self, begin: str = "BEGIN") -> Iterator[None]:
+        """The block as one transaction: committed at its end, rolled back if anything in it
+        raises; an SQLite error (a full disk, an I/O error) raises as ``StoreError``."""
         try:
-            self._write("BEGIN")
+            self._write(begin)
+            yield
+            self._write("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreError(f"could not write to {self.path}: {exc}") from exc
+        except BaseException:
+            self._rollback()
+            raise
+
+    def raise_reservations(self, seats: dict[str, int]) -> None:
+        """Raise reservations, never lowering one (raises may finish in any order). One that
+        the database already holds (an earlier raise wrote it: committed, so fsynced) costs a
+        read, not a write: the grants that queued behind one raise share its fsync."""
+        have = self.reservations()
+        seats = {p: n for p, n in seats.items() if n > have.get(p, -1)}
+        if not seats:
+            return
+        with self._transaction():
             for product, n in seats.items():
                 self._write(
                     "INSERT INTO reservations VALUES (?, ?) ON CONFLICT(product) DO UPDATE"
                     " SET seats = max(seats, excluded.seats)",
                     (product, n),
                 )
-            self._write("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
 
     def lease_key(self) -> bytes:
         """The secret that lease ids are tagged with (made on first use, kept here)."""
@@ -460,15 +469,10 @@ class Store:
     def restart_state(self) -> RestartState:
         """Count one more start and read what a restart needs (SPEC section 13): one
         transaction, one fsync (a restart is waited for by every client)."""
-        try:
-            self._write("BEGIN IMMEDIATE")
+        with self._transaction("BEGIN IMMEDIATE"):
             key = self.lease_key()
             epoch = self.begin_epoch()
             self._write("INSERT OR IGNORE INTO epochs(epoch) VALUES (?)", (epoch,))
-            self._write("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
         dead = frozenset(
             bytes(r[0]) for r in self._db.execute("SELECT lease_id FROM leases WHERE live = 0")
         )
@@ -485,8 +489,7 @@ class Store:
     def write_batch(self, batch: LeaseBatch) -> None:
         """One lease batch, in one transaction: leases granted and ended, reservations written
         as given (the server orders this before any later raise), older epochs closed."""
-        try:
-            self._write("BEGIN")
+        with self._transaction():
             self._db.executemany(
                 "DELETE FROM leases WHERE lease_id = ?",
                 [(x,) for x, keep in batch.removed if not keep],
@@ -511,13 +514,6 @@ class Store:
                 " DO UPDATE SET batch = excluded.batch, clean = excluded.clean",
                 (batch.epoch, batch.number, int(batch.clean)),
             )
-            self._write("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise StoreError(f"could not write to {self.path}: {exc}") from exc
-        except BaseException:
-            self._rollback()
-            raise
 
     # ----------------------------------------------------------------------------- policy
 
@@ -570,8 +566,10 @@ class Store:
         filters = hist.Filters(since, until, product, event)
         return hist.page(self._db, filters, offset=offset, limit=limit, newest_first=newest_first)
 
-    def history_events(self, since: float, events: Sequence[str]) -> list[tuple[float, str, str]]:
-        """``(at, product, event)`` of the given kinds from ``since`` on, oldest first."""
+    def history_events(
+        self, since: float, events: Sequence[str]
+    ) -> list[tuple[float, str, str, int]]:
+        """``(at, product, event, count)`` of the given kinds from ``since`` on, oldest first."""
         return hist.events_since(self._db, since, events)
 
     def prune_history(self, now: float, batch: int = hist.PRUNE_BATCH) -> int:

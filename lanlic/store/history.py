@@ -36,6 +36,7 @@ __all__ = [
     "Retention",
     "append",
     "count",
+    "counted",
     "events_since",
     "iter_rows",
     "open_reader",
@@ -43,6 +44,7 @@ __all__ = [
     "page_after",
     "prune",
     "retention",
+    "seek",
     "set_retention",
 ]
 
@@ -107,11 +109,15 @@ def open_reader(path: Path) -> sqlite3.Connection:
     return db
 
 
+def counted(db: sqlite3.Connection) -> bool:
+    """Whether the table has its ``count`` column: a database not yet migrated to counted rows
+    (an older server still running beside an admin command) reads each row as one."""
+    return "count" in {str(r[1]) for r in db.execute("PRAGMA table_info(history)")}
+
+
 def _columns(db: sqlite3.Connection) -> str:
-    """The select list: a database not yet migrated to counted rows (an older server still
-    running beside an admin command) reads each row as one."""
-    names = {str(r[1]) for r in db.execute("PRAGMA table_info(history)")}
-    return _COLUMNS if "count" in names else _COLUMNS.replace("count", "1")
+    """The select list (see ``counted``)."""
+    return _COLUMNS if counted(db) else _COLUMNS.replace("count", "1")
 
 
 def _row(r: Sequence[Any]) -> HistoryRow:
@@ -143,14 +149,9 @@ def append(db: sqlite3.Connection, rows: Sequence[Sequence[object]]) -> None:
         raise
 
 
-def page_after(
-    db: sqlite3.Connection,
-    filters: Filters,
-    after: tuple[float, int] | None,
-    limit: int = PAGE_ROWS,
-) -> tuple[list[HistoryRow], tuple[float, int] | None]:
-    """The next ``limit`` rows oldest first after ``after`` (an ``(at, seq)`` from the previous
-    call, None to start), and the key to pass next (None: no more rows)."""
+def seek(filters: Filters, after: tuple[float, int] | None) -> tuple[str, list[object]]:
+    """The WHERE clause (and its parameters) of the rows that match ``filters`` and come after
+    ``after`` in ``(at, seq)`` order: what a page read by key selects."""
     if after is not None:
         # A seek on the time index to the last row's time (one lower bound, so SQLite starts
         # the range there rather than at ``since``), then past the rows of that same time.
@@ -160,6 +161,18 @@ def page_after(
     if after is not None:
         where += " AND (at > ? OR seq > ?)"
         params += [after[0], after[1]]
+    return where, params
+
+
+def page_after(
+    db: sqlite3.Connection,
+    filters: Filters,
+    after: tuple[float, int] | None,
+    limit: int = PAGE_ROWS,
+) -> tuple[list[HistoryRow], tuple[float, int] | None]:
+    """The next ``limit`` rows oldest first after ``after`` (an ``(at, seq)`` from the previous
+    call, None to start), and the key to pass next (None: no more rows)."""
+    where, params = seek(filters, after)
     sql = f"SELECT {_columns(db)}, seq FROM history{where} ORDER BY at, seq LIMIT ?"  # noqa: S608
     raw = db.execute(sql, [*params, limit]).fetchall()
     rows = [_row(r[:7]) for r in raw]
@@ -205,15 +218,16 @@ def page(
 
 def events_since(
     db: sqlite3.Connection, since: float, events: Sequence[str]
-) -> list[tuple[float, str, str]]:
-    """``(at, product, event)`` of the given kinds from ``since`` on, oldest first."""
+) -> list[tuple[float, str, str, int]]:
+    """``(at, product, event, count)`` of the given kinds from ``since`` on, oldest first."""
     marks = ", ".join("?" * len(events))
+    count = "count" if "count" in _columns(db) else "1"
     rows = db.execute(
-        f"SELECT at, product, event FROM history WHERE at >= ? AND event IN ({marks})"  # noqa: S608
-        " ORDER BY at, seq",
+        f"SELECT at, product, event, {count} FROM history WHERE at >= ?"  # noqa: S608
+        f" AND event IN ({marks}) ORDER BY at, seq",
         [since, *events],
     )
-    return [(float(a), str(p), str(e)) for a, p, e in rows]
+    return [(float(a), str(p), str(e), int(n)) for a, p, e, n in rows]
 
 
 # ------------------------------------------------------------------------------- retention

@@ -313,15 +313,17 @@ def test_usage_series_walks_back_from_now() -> None:
     from lanlic.admin.views import usage_series
 
     events = [
-        (10.0, "cad", "checkout"), (12.0, "cad", "checkout"), (15.0, "cad", "borrow"),
-        (25.0, "cad", "release"), (31.0, "cad", "release"), (32.0, "other", "checkout"),
+        (10.0, "cad", "checkout", 1), (12.0, "cad", "checkout", 1), (15.0, "cad", "borrow", 1),
+        (25.0, "cad", "release", 1), (31.0, "cad", "release", 1), (32.0, "other", "checkout", 1),
     ]  # fmt: skip
     series = usage_series(events, {"cad": (0, 1)}, {"cad": 3}, 0.0, 40.0, 10.0)
     assert series == {
         "cad": [[0.0, 0.0, 0.0], [10.0, 2.0, 1.0], [20.0, 2.0, 1.0], [30.0, 1.0, 1.0]]
     }
     # Before a restart the walk would run below zero: it is held at zero.
-    series = usage_series([(5.0, "cad", "checkout")], {"cad": (0, 0)}, {"cad": 3}, 0.0, 10.0, 10.0)
+    series = usage_series(
+        [(5.0, "cad", "checkout", 1)], {"cad": (0, 0)}, {"cad": 3}, 0.0, 10.0, 10.0
+    )
     assert series == {"cad": [[0.0, 0.0, 0.0]]}
 
 

@@ -327,3 +327,13 @@ async def test_settings_edit_the_seat_policy_and_remove_a_waiter(
         await page.click("#seat-policy-save")
         await expect(page.locator("#seat-policy-result")).to_contain_text("+ cad: exclude user ben")
         assert "cad" in site.server.service.gate.rules
+
+        # Both are in the history, each found with the event filter.
+        await site.server.flush_history()
+        await page.click("#tabs a[data-tab=history]")
+        for event, text in (("admin_unqueue", "ws-ben"), ("policy", "exclude user ben"),
+                            ("queue_join", "position 1")):  # fmt: skip
+            await page.select_option("#history-event", event)
+            await page.click("#history-form button[type=submit]")
+            await expect(page.locator("#history-table tbody tr")).to_have_count(1)
+            await expect(page.locator("#history-table tbody")).to_contain_text(text)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from etcd_cluster import ETCD, EtcdCluster
+from etcd_tls import tls_etcd  # noqa: F401 - a fixture for every module here
 
 if shutil.which("etcd") is None and not Path(ETCD).exists():
     # Not a skip: CI installs etcd-server, and a missing binary must fail loudly there.

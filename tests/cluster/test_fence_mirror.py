@@ -37,7 +37,7 @@ def test_fence_stays_shut_once_etcd_says_the_lease_is_gone() -> None:
 
 def test_mirror_tracks_taken_seats_and_ignores_stale_events() -> None:
     m = SeatMirror("/site")
-    m.load([(seat_key("/site", "cad", 0), 5), (b"/site/other", 6)], revision=7)
+    m.load([(seat_key("/site", "cad", 0), 5, "l0"), (b"/site/other", 6, "")], revision=7)
     assert m.free("cad", 3) == [1, 2] and m.revision == 7
     m.put(seat_key("/site", "cad", 2), 9)
     assert m.free("cad", 3) == [1]
@@ -51,3 +51,30 @@ def test_seat_keys_round_trip_and_reject_strangers() -> None:
     assert parse_seat_key("/s", seat_key("/s", "a/b", 12)) == ("a/b", 12)
     assert parse_seat_key("/s", b"/s/seats/cad/x") is None
     assert parse_seat_key("/s", b"/t/seats/cad/1") is None
+
+
+def test_mirror_finds_the_seat_a_lease_names_and_forgets_it_when_the_seat_changes() -> None:
+    m = SeatMirror("/site")
+    m.load([(seat_key("/site", "cad", 0), 5, "l0")], revision=5)
+    assert m.seat_of("l0") == ("cad", 0)
+    m.put(seat_key("/site", "cad", 1), 6, "l1")
+    assert m.seat_of("l1") == ("cad", 1)
+    m.put(seat_key("/site", "cad", 1), 4, "stale")  # older than what we know: ignored
+    assert m.seat_of("stale") is None and m.seat_of("l1") == ("cad", 1)
+    m.put(seat_key("/site", "cad", 1), 7, "l2")  # the seat changed hands: l1 no longer names it
+    assert m.seat_of("l1") is None and m.seat_of("l2") == ("cad", 1)
+    m.delete(seat_key("/site", "cad", 0), 8)
+    assert m.seat_of("l0") is None
+
+
+def test_a_transaction_reply_does_not_move_where_the_watch_resumes() -> None:
+    """Our own claim's reply (revision 10) arrives before the watch has shown another member's
+    delete (revision 9): a watch resumed after a break must still show that delete, or the seat
+    looks taken for good (found by the leader-kill process test: a seat no member would grant)."""
+    m = SeatMirror("/site")
+    m.load([(seat_key("/site", "cad", 0), 5, "l0")], revision=8)
+    m.put(seat_key("/site", "cad", 1), 10, "mine")  # a transaction's reply
+    assert m.revision == 8  # the watch resumes at 9
+    m.delete(seat_key("/site", "cad", 0), 9, watched=True)  # ... and shows the delete
+    m.put(seat_key("/site", "cad", 1), 10, "mine", watched=True)
+    assert m.free("cad", 2) == [0] and m.revision == 10

@@ -20,6 +20,7 @@ from helpers import make_key
 from lanlic.core import borrowing, signing
 from lanlic.core.lending import Durable
 from lanlic.core.netkey import ProductEntitlement
+from lanlic.core.policy import parse
 from lanlic.core.pool import Denied, Granted, Holder
 from lanlic.core.service import LicenseService, Session
 from lanlic.proto import messages as m
@@ -980,6 +981,43 @@ def test_a_return_of_a_borrow_the_store_already_ended_says_already(site: Site) -
     reply = site.request(laptop.return_msg(site.server_id, b.borrow_id))
     assert reply == m.Returned(3, b.borrow_id, already=True)
     assert site.service.pool.borrowed("cad") == 0
+
+
+def test_the_seat_policy_counts_borrowers_as_borrows_begin_fail_end_and_reload(
+    site: Site, tmp_path: Path, vendor_key: Ed25519PrivateKey, server_key: Ed25519PrivateKey
+) -> None:
+    """The policy's counts (``Tally``) follow the desk's borrows without a recount: begun,
+    failed to record, returned, expired, and loaded again after a restart."""
+    policy = parse(
+        '[products.cad]\nmax_borrowed_per_user = 1\nmax = [{ seats = 2, user = "ann" }]\n'
+    )
+    service = site.service
+    service.set_policy(policy, site.now)
+
+    def counted() -> tuple[int, tuple[int, ...], dict[int, int], dict[str, int]]:
+        kept, fresh = service.gate.tallies["cad"], service.gate.recount("cad", site.now)
+        assert fresh is not None and kept.counts() == fresh.counts()
+        return kept.counts()
+
+    laptop = enrolled(site)
+    reply = service.handle(site.session, laptop.borrow_msg(site.server_id), 0, T0)
+    assert reply.durable is not None
+    assert isinstance(reply.durable.abort(OSError("disk full")), m.Error)
+    assert counted() == (0, (0,), {}, {})
+    b = site.request(laptop.borrow_msg(site.server_id))
+    assert isinstance(b, m.Borrowed)
+    assert counted() == (1, (1,), {}, {"ann": 1})
+    second = site.request(laptop.borrow_msg(site.server_id))
+    assert isinstance(second, m.Error) and second.code == "limit_reached"
+    assert site.request(laptop.return_msg(site.server_id, b.borrow_id)).TYPE == "returned"
+    assert counted() == (0, (0,), {}, {})
+    b = site.request(laptop.borrow_msg(site.server_id, days=1))
+    assert isinstance(b, m.Borrowed) and counted() == (1, (1,), {}, {"ann": 1})
+    again = Site(tmp_path / "lanlic.db", vendor_key, server_key)  # the server restarted
+    again.service.set_policy(policy, 0.0)
+    assert again.service.gate.tallies["cad"].counts() == (1, (1,), {}, {"ann": 1})
+    site.expire(T0 + 2 * DAY)
+    assert counted() == (0, (0,), {}, {})
 
 
 # ------------------------------------------------------------- the seat policy's word on a borrow

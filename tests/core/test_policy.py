@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
+from collections import Counter
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lanlic.core.policy import (
+    HALL_MAX_RESERVATIONS,
     NO_POLICY,
     Allow,
     Asker,
     PolicyError,
+    ProductRules,
     Refuse,
+    Rule,
+    _Fit,
+    _Hall,
     decide,
     decide_borrow,
     diff,
@@ -228,3 +238,101 @@ def test_gate_waiter_who_may_not_take_the_seat_does_not_block_the_line() -> None
     out = gate.drain("cad", 3.0)
     assert [(o.waiter.ticket, type(o.result).__name__) for o in out] == [(b"t2", "Granted")]
     assert gate.queue.position(b"t1") == 1
+
+
+def _brute_fit(pools: list[int], classes: dict[int, int]) -> int:
+    """The most holders that fit, by trying how many of each class sit in each pool."""
+
+    def options(cls: int, n: int) -> list[tuple[int, ...]]:
+        allowed = [0] + [i + 1 for i in range(len(pools) - 1) if cls >> i & 1]
+        out = []
+        for split in itertools.product(range(n + 1), repeat=len(allowed)):
+            if sum(split) <= n:
+                row = [0] * len(pools)
+                for pool, k in zip(allowed, split, strict=True):
+                    row[pool] = k
+                out.append(tuple(row))
+        return out
+
+    best = 0
+    for pick in itertools.product(*(options(c, n) for c, n in classes.items())):
+        used = [sum(col) for col in zip(*pick, strict=True)] if pick else [0] * len(pools)
+        if all(u <= c for u, c in zip(used, pools, strict=True)):
+            best = max(best, sum(used))
+    return best
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    reserve=st.lists(st.integers(1, 3), min_size=1, max_size=3),
+    extra=st.integers(0, 3),
+    classes=st.dictionaries(st.integers(0, 7), st.integers(1, 3), max_size=3),
+    probe=st.integers(0, 7),
+)
+def test_hall_cuts_agree_with_the_flow_and_with_brute_force(
+    reserve: list[int], extra: int, classes: dict[int, int], probe: int
+) -> None:
+    """The cuts (few reservations) and the flow (many) answer alike, and both as an
+    exhaustive search does."""
+    k = len(reserve)
+    rules = ProductRules(reserve=tuple(Rule("user", f"u{i}", n) for i, n in enumerate(reserve)))
+    capacity = sum(reserve) + extra
+    held = Counter({c & ((1 << k) - 1): 0 for c in classes})
+    for c, n in classes.items():
+        held[c & ((1 << k) - 1)] += n
+    probe &= (1 << k) - 1
+    hall, flow = _Hall(rules, capacity, held), _Fit(rules, capacity, held)
+    pools = [extra, *reserve]
+    assert hall.base == flow.base == _brute_fit(pools, dict(held))
+    more = Counter(held)
+    more[probe] += 1
+    assert hall.adds(probe) == flow.adds(probe) == (_brute_fit(pools, dict(more)) > hall.base)
+
+
+def test_many_reservations_are_decided_by_the_flow() -> None:
+    """Past ``HALL_MAX_RESERVATIONS`` the flow decides: same answers, reserved seats kept."""
+    users = [f"u{i}" for i in range(HALL_MAX_RESERVATIONS + 2)]
+    text = (
+        "[products.cad]\nreserve = ["
+        + ", ".join(f'{{ seats = 1, user = "{u}" }}' for u in users)
+        + "]\n"
+    )
+    p = parse(text)
+    cad = p.products["cad"]
+    seats = len(users) + 1
+    assert isinstance(decide(p, "cad", cad, seats, Asker("x", "h"), []), Allow)
+    refused = decide(p, "cad", cad, seats, Asker("y", "h"), [Asker("x", "h")])
+    assert isinstance(refused, Refuse) and refused.code == "no_seat"
+    assert decide(p, "cad", cad, seats, Asker("u0", "h"), [Asker("x", "h")]) == Allow(True)
+
+
+def test_only_products_with_counted_rules_are_counted_and_a_dead_lease_holds_no_seat() -> None:
+    """A product without seat rules keeps no counts (its checkout goes straight to the pool),
+    a policy dropped stops the counting, and a lease dead but not yet swept is swept before
+    the counts decide (as the recount, which skips it, would)."""
+    from lanlic.core.gate import SeatGate
+    from lanlic.core.netkey import ProductEntitlement
+    from lanlic.core.pool import Denied, Granted, Holder, SeatPool
+
+    pool = SeatPool([ProductEntitlement("cad", 3), ProductEntitlement("sim", 3)], 10.0)
+    gate = SeatGate(pool)
+    gate.set_policy(
+        parse(
+            '[products.cad]\nmax = [{ seats = 1, user = "ann" }]\n[products.sim]\nborrowable = 1\n'
+        )
+    )
+    assert set(gate.tallies) == {"cad"} and set(gate.rules) == {"cad"}
+    ann = Holder("ann", "pc")
+    first = gate.checkout("cad", "", b"a", ann, 0.0)
+    assert isinstance(first, Granted) and gate.tallies["cad"].counts()[:2] == (1, (1,))
+    again = gate.checkout("cad", "", b"a", ann, 5.0)
+    assert isinstance(again, Denied) and again.code == "limit_reached"
+    # At 10.0 the first lease is dead (not renewed): the gate sweeps it before counting.
+    later = gate.checkout("cad", "", b"a", ann, 10.0)
+    assert isinstance(later, Granted), later
+    assert gate.tallies["cad"].counts()[:2] == (1, (1,))
+    tally = gate.tallies["cad"]
+    gate.set_policy(parse(""))
+    assert gate.tallies == {} and gate.rules == {}
+    assert isinstance(gate.checkout("cad", "", b"b", Holder("bob", "pc"), 11.0), Granted)
+    assert tally.counts()[:2] == (1, (1,))  # no longer told

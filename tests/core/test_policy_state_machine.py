@@ -12,12 +12,16 @@ the model, calls the gate, compares, and the invariants hold after each step:
 * the queue is FIFO among those who may take the freed seat: the model drains its own line in
   order, skipping who may not take the seat, and must grant exactly whom the gate granted; and
   after every step no waiter is left in line who could take a free seat;
-* a policy change never takes a held seat away.
+* a policy change never takes a held seat away;
+* the counts the gate keeps per product (``Tally``: holders, per MAX rule, per set of
+  reservations, borrowed per user), updated on every grant, release, expiry, borrow and return,
+  equal a recount from the model's holders after every step.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from dataclasses import dataclass, field
 
 import pytest
@@ -27,7 +31,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from lanlic.core.gate import Joined, QueueOutcome, SeatGate
 from lanlic.core.netkey import ProductEntitlement
-from lanlic.core.policy import Asker, Policy, ProductRules, Rule
+from lanlic.core.policy import Asker, Policy, ProductRules, Rule, Tally
 from lanlic.core.pool import Denied, Granted, Holder, SeatPool
 
 LEASE = 20.0
@@ -136,6 +140,10 @@ class Model:
     leases: dict[bytes, ModelLease] = field(default_factory=dict)
     borrows: list[tuple[str, Asker]] = field(default_factory=list)
     queue: list[ModelWaiter] = field(default_factory=list)
+
+
+def as_holder(who: Asker) -> Holder:
+    return Holder(who.user, who.host, "app", "", who.addr)
 
 
 def owner_of(who: Asker) -> bytes:
@@ -262,7 +270,7 @@ class PolicyMachine(RuleBasedStateMachine):
 
     def checkout(self, product: str, who: Asker, wait: bool) -> None:
         expected = self.verdict(product, who)
-        holder = Holder(who.user, who.host, "app", "", who.addr)
+        holder = as_holder(who)
         if wait:
             ticket = next(self.tickets).to_bytes(4, "big")
             result = self.gate.join(ticket, product, "", owner_of(who), holder, self.now)
@@ -327,10 +335,12 @@ class PolicyMachine(RuleBasedStateMachine):
             expected = "no_borrowable_seat"
         else:
             expected = self.verdict(product, who)
-        refused = self.gate.borrow_refused(product, who, mine, self.now)
+        refused = self.gate.borrow_refused(product, who, self.now)
         if expected == "granted":
             assert refused is None
             assert self.gate.pool.take_borrowed(product, self.now)
+            # What the lending desk does as a borrow begins (lanlic.core.lending).
+            self.gate.pool.borrower(product, as_holder(who), 1)
             self.model.borrows.append((product, who))
         elif expected == "no_seat" and refused is None:
             # No rule on the product refuses it: the pool has no free seat.
@@ -342,7 +352,8 @@ class PolicyMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def give_back(self, data: st.DataObject) -> None:
         i = data.draw(st.integers(0, len(self.model.borrows) - 1))
-        product, _ = self.model.borrows.pop(i)
+        product, who = self.model.borrows.pop(i)
+        self.gate.pool.borrower(product, as_holder(who), -1)
         self.gate.pool.return_borrowed(product)
         self.freed({product})
 
@@ -392,6 +403,31 @@ class PolicyMachine(RuleBasedStateMachine):
             over = over_max(self.rules[n], holders)
             assert over <= self.max_slack[n], f"{n}: a MAX was exceeded"
             self.max_slack[n] = over
+
+    @invariant()
+    def counts_kept_equal_a_recount(self) -> None:
+        for n in self.seats:
+            rules = self.rules[n]
+            kept = self.gate.tallies.get(n)
+            if rules is None or not rules.counts_holders:
+                assert kept is None, n
+                continue
+            assert kept is not None, n
+            leased = [x.who for x in self.model.leases.values() if x.product == n]
+            borrowers = [who for p, who in self.model.borrows if p == n]
+            fresh = Tally.of(self.gate.policy, rules, leased, borrowers)
+            assert kept.counts() == fresh.counts(), (n, kept.counts(), fresh.counts())
+            # And against the oracle's own matching, not the policy's:
+            holders = leased + borrowers
+            assert kept.total == len(holders)
+            assert kept.limits == [sum(member(r, h) for h in holders) for r in rules.max]
+            classes = Counter(
+                sum(1 << i for i, r in enumerate(rules.reserve) if member(r, h)) for h in holders
+            )
+            assert dict(kept.classes) == (dict(classes) if rules.reserve else {})
+            assert dict(kept.borrowed_by_user) == dict(Counter(w.user for w in borrowers))
+            again = self.gate.recount(n, self.now)
+            assert again is not None and again.counts() == kept.counts()
 
     @invariant()
     def nobody_waits_for_a_seat_they_may_take(self) -> None:

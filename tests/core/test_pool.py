@@ -525,10 +525,13 @@ def test_check_invariant_catches_counts_out_of_step() -> None:
     with pytest.raises(AssertionError):
         pool.check_invariant()
     p.held = 0
-    pool._by_owner[A].discard(lease.id)
+    pool._by_owner[A] = b"another lease"  # an owner of one lease holds its id, no set
     with pytest.raises(AssertionError):
         pool.check_invariant()
-    pool._by_owner[A].add(lease.id)
+    pool._by_owner[A] = lease.id
+    pool._by_owner[B] = b"ghost"
+    with pytest.raises(AssertionError):
+        pool.check_invariant()
     pool._by_owner[B] = {b"ghost"}
     with pytest.raises(AssertionError):
         pool.check_invariant()

@@ -9,7 +9,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from helpers import make_key
 
 from lanlic.core.netkey import ProductEntitlement
-from lanlic.core.restart import RestartState
+from lanlic.core.pool import Granted
+from lanlic.core.restart import RestartGuard, RestartState
 from lanlic.core.service import LicenseService, Session
 from lanlic.proto import messages as m
 from lanlic.store import Store
@@ -47,3 +48,62 @@ def test_grants_waiting_for_a_reservation_keep_their_room(
     assert service.pool.in_use("cad") == 3
     assert store.reservations()["cad"] >= 3
     store.close()
+
+
+def test_a_wavering_load_is_not_lowered_and_raised_every_batch() -> None:
+    """SPEC 13 rule 1: the batch lowers the bound to one chunk above the peak, so a load that
+    goes back up by less than a chunk needs no raise (an fsync with every checkout waiting)."""
+    from lanlic.core.pool import Holder, SeatPool
+
+    pool = SeatPool([ProductEntitlement("cad", seats=16)])  # chunks of 2
+    guard = RestartGuard(pool)
+    guard.start(RestartState(1, bytes(32), {"cad": 16}, []), 0.0)
+    guard.close_window(100.0)  # the 16 seats held after the "crash" go back to the pool
+    leases = []
+    for i in range(4):
+        granted = pool.checkout("cad", "", bytes([i]) * 16, Holder("u", "h"), 100.0)
+        assert isinstance(granted, Granted)
+        leases.append(granted.lease.id)
+    assert guard.snapshot().reservations == {"cad": 6}  # peak 4, and a chunk of room
+    assert guard.reserved == {"cad": 6}
+    pool.release([leases[0]], None, 100.0)
+    for i in (8, 9, 10):
+        assert guard.needed("cad") is None  # 3, 4, 5 in use: within the bound
+        assert isinstance(pool.checkout("cad", "", bytes([i]) * 16, Holder("u", "h"), 100.0),
+                          Granted)  # fmt: skip
+    assert guard.needed("cad") == 8  # the seventh would pass it: a whole chunk more
+    assert guard.snapshot().reservations == {}  # peak 6: not lowered, not wavering
+
+
+def test_the_batch_looks_at_the_leases_only_when_they_changed_since_the_last_written() -> None:
+    """A batch a second used to walk every lease (4 ms for 10,000, on the loop) even when only
+    renews had come. It still must send again what a failed write did not take."""
+    from lanlic.core.pool import Holder, SeatPool
+
+    pool = SeatPool([ProductEntitlement("cad", seats=16)])
+    guard = RestartGuard(pool)
+    guard.start(RestartState(1, bytes(32), {}, []), 0.0)
+    ids = []
+    for i in range(3):
+        granted = pool.checkout("cad", "", bytes([i]) * 16, Holder("u", "h"), 1.0)
+        assert isinstance(granted, Granted)
+        ids.append(granted.lease.id)
+    failed = guard.snapshot()  # the store refused it: batch_written is not called
+    assert sorted(r.lease_id for r in failed.added) == sorted(ids)
+    again = guard.snapshot()
+    assert sorted(r.lease_id for r in again.added) == sorted(ids)
+    guard.batch_written(again)
+    pool.renew(ids, bytes([0]) * 16, 2.0)  # renews change nothing the batch records
+
+    def scan() -> list[bytes]:
+        raise AssertionError("the batch looked at every lease with nothing to find")
+
+    real = pool.lease_ids
+    pool.lease_ids = scan  # type: ignore[method-assign]
+    quiet = guard.snapshot()
+    assert (quiet.added, quiet.removed) == ([], [])
+    guard.batch_written(quiet)
+    pool.lease_ids = real  # type: ignore[method-assign]
+    pool.release([ids[1]], None, 2.0)
+    changed = guard.snapshot()
+    assert (changed.added, changed.removed) == ([], [(ids[1], False)])

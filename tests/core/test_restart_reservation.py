@@ -66,20 +66,20 @@ def test_a_lowering_batch_cannot_overwrite_a_raise_made_while_it_waited_for_the_
     rig.drain()
     checkout(CLIENTS[0])
     assert isinstance(rig.ask(CLIENTS[5], m.Release(3, [leases[5]])), m.Released)
-    # This batch lowers the reservation (peak 2) and waits for the disk ...
+    # This batch lowers the reservation (peak 2, to a chunk above: 3) and waits for the disk ...
     rig.start_batch()
-    # ... while two checkouts come in: the second must raise the reservation again.
+    # ... while three checkouts come in: the third must raise the reservation again.
     granted = []
-    for c in CLIENTS[1:3]:
+    for c in CLIENTS[1:4]:
         reply = rig.ask(c, m.Checkout(2, "cad"))
         if reply is not None:
             granted.append(reply)
     rig.drain()
-    for c in CLIENTS[1:3]:
+    for c in CLIENTS[1:4]:
         granted.extend(rig.conns[c].inbox)
-    assert all(isinstance(g, m.Granted) for g in granted) and len(granted) == 2, granted
+    assert all(isinstance(g, m.Granted) for g in granted) and len(granted) == 3, granted
     check()
-    assert rig.service.pool.in_use("cad") == 3
-    assert disk_reservations(rig.db_path)["cad"] >= 3
+    assert rig.service.pool.in_use("cad") == 4
+    assert disk_reservations(rig.db_path)["cad"] >= 4
     assert not violations, violations
     rig.stop()

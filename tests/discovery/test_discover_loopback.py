@@ -403,3 +403,62 @@ def test_txt_of_a_real_server_names_its_identity(vendor_key: Ed25519PrivateKey) 
     assert props[b"vfp"] == fp(vendor_key).encode()
     assert props[b"products"] == b"cad,render" and b"pmore" not in props
     assert SERVICE_TYPE == "_lanlic._tcp.local."
+
+
+async def test_discovery_returns_every_member_and_the_client_moves_between_them(
+    serve: Serve, vendor_key: Ed25519PrivateKey
+) -> None:
+    # Two members of one server (one key, one pool) announce themselves; a third server of the
+    # same site with another key announces too, and is no member.
+    first = await serve(lease=4.0, heartbeat=0.3)
+    second = await serve(service=first.service)
+    other = await serve()
+    assert first.announcer.name != second.announcer.name  # "ACME Engineering-2"
+    async with Client(first.address):
+        pass  # pins the members' key for the site: "other" is refused, whenever it answers
+    lost: list[LanlicError] = []
+    client = await Client.discover(
+        fp(vendor_key),
+        "cad",
+        interfaces=LOOPBACK,
+        timeout=FIND,
+        on_seat_lost=lambda seat, reason: lost.append(reason),
+    )
+    try:
+        assert sorted(client.servers) == sorted([first.address, second.address])
+        assert other.address not in client.servers
+        seat = await client.acquire("cad", "16")
+        in_use = first if client.address == first.address else second
+        await in_use.stop()
+        await wait_for(lambda: client.connected and client.address != in_use.address, 5)
+        await client.renew_now()
+        assert not seat.lost and not lost
+        assert first.service.pool.lease(seat.lease_id) is not None
+        assert other.service.pool.in_use("cad") == 0
+    finally:
+        await client.close()
+    assert first.service.pool.in_use("cad") == 0
+
+
+def test_members_sharing_a_key_announce_host_names_of_their_own(
+    vendor_key: Ed25519PrivateKey,
+) -> None:
+    # Cluster members share one server key; with one host name between them a browser would mix
+    # their address records. A member's label (host and port) gives each its own name, stable
+    # across its restarts; a lone server keeps the name its key alone gives it.
+    def host(member: str = "", address: str = "127.0.0.1") -> str:
+        return Announcer(
+            site="ACME Engineering",
+            port=7001,
+            addresses=[address],
+            txt={},
+            server_fp=fp(vendor_key),
+            interfaces=LOOPBACK,
+            member=member,
+        ).host_name
+
+    label = fp(vendor_key).removeprefix("sha256:")[:12]
+    assert host() == f"lanlic-{label}.local."
+    a, b = host("ws-1:7001", "127.0.0.2"), host("ws-2:7001", "127.0.0.3")
+    assert a != b and a.startswith(f"lanlic-{label}-") and b.startswith(f"lanlic-{label}-")
+    assert host("ws-1:7001") == a  # the same member, restarted: the same name

@@ -1,23 +1,12 @@
-"""Fixtures of the durability tests: a vendor key pair and a network key made once per module,
-and the background ``lanlic`` processes a test starts (all stopped at its end)."""
+"""Fixtures of the durability tests: a network key made once per module (the vendor key pair
+and the ``procs`` fixture are tests/conftest.py's)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from durable_cli import Procs, issue, make_vendor, procs_fixture
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    yield from procs_fixture()
-
-
-@pytest.fixture(scope="module")
-def vendor(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_vendor(tmp_path_factory.mktemp("vendor"))
+from durable_cli import issue
 
 
 @pytest.fixture(scope="module")

@@ -20,21 +20,13 @@ import pytest
 
 # The processes, laptops and checks are tests/cliproc.py's; the durability tests import them here.
 from cliproc import Laptop as Laptop
-from cliproc import Procs, ok, run
+from cliproc import Procs as Procs
 from cliproc import fails as fails
+from cliproc import ok, run
 from cliproc import serve_args as serve_args
 
 DAY = 86400.0
 PRODUCTS = ("cad:3:borrowable=2:max-days=14", "viewer:2:borrowable=1:max-days=7")
-
-
-def procs_fixture() -> Iterator[Procs]:
-    return Procs.running()
-
-
-def make_vendor(out: Path) -> Path:
-    ok(run(["vendor", "keygen", "--out", str(out), "--json"]))
-    return out
 
 
 def issue(vendor: Path, out: Path, products: tuple[str, ...] = PRODUCTS) -> Path:

@@ -7,40 +7,11 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from helpers import make_key
 
-from lanlic.core.service import LicenseService
 from lanlic.errors import ServerUnavailable
 from lanlic.net.blocking import BlockingClient
-from lanlic.net.server import LicenseServer
-
-
-@pytest.fixture
-def server_address(vendor_key: Ed25519PrivateKey) -> Iterator[tuple[str, int]]:
-    """A server on a loop in a helper thread, as a non-asyncio application would meet it."""
-    service = LicenseService(make_key(vendor_key), Ed25519PrivateKey.generate())
-    loop = asyncio.new_event_loop()
-    t = threading.Thread(target=loop.run_forever, daemon=True)
-    t.start()
-
-    async def serve() -> LicenseServer:
-        server = LicenseServer(service)
-        await server.start()
-        return server
-
-    server = asyncio.run_coroutine_threadsafe(serve(), loop).result(5)
-    try:
-        yield server.address
-    finally:
-        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(5)
-        loop.call_soon_threadsafe(loop.stop)
-        t.join(5)
-        loop.close()
 
 
 def test_seat_lost_times_out_and_the_wait_is_cancelled(server_address: tuple[str, int]) -> None:

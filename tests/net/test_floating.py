@@ -8,16 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import msgpack
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from helpers import make_key
 
 from lanlic.core import signing
-from lanlic.core.service import LicenseService, handshake_payload
+from lanlic.core.service import handshake_payload
 from lanlic.errors import (
     LanlicError,
     NoSeat,
@@ -333,34 +330,17 @@ async def test_server_busy_beyond_connection_cap(start_server, raw_peer) -> None
     assert await third.closed_by_server()
 
 
-def test_blocking_client(vendor_key) -> None:  # type: ignore[no-untyped-def]
+def test_blocking_client(server_address: tuple[str, int]) -> None:
     # A non-asyncio application: the server runs on a loop in a helper thread, and the blocking
     # client runs its own loop in its own thread.
-    service = LicenseService(make_key(vendor_key), Ed25519PrivateKey.generate())
-    loop = asyncio.new_event_loop()
-    t = threading.Thread(target=loop.run_forever, daemon=True)
-    t.start()
-
-    async def serve() -> LicenseServer:
-        server = LicenseServer(service)
-        await server.start()
-        return server
-
-    server = asyncio.run_coroutine_threadsafe(serve(), loop).result(5)
-    try:
-        with BlockingClient(server.address, user="bob") as client:
-            with client.checkout("cad", version="16") as seat:
-                assert not seat.lost
-                assert client.status()["products"][0]["in_use"] == 1
-            assert client.status()["products"][0]["in_use"] == 0
+    with BlockingClient(server_address, user="bob") as client:
+        with client.checkout("cad", version="16") as seat:
+            assert not seat.lost
+            assert client.status()["products"][0]["in_use"] == 1
+        assert client.status()["products"][0]["in_use"] == 0
+        client.acquire("render")
+        with pytest.raises(NoSeat):
             client.acquire("render")
-            with pytest.raises(NoSeat):
-                client.acquire("render")
-    finally:
-        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(5)
-        loop.call_soon_threadsafe(loop.stop)
-        t.join(5)
-        loop.close()
 
 
 async def test_no_server_address_is_a_clear_error(monkeypatch) -> None:  # type: ignore[no-untyped-def]

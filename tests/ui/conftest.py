@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cliproc import Laptop, Procs, issue_network_key, ok, run
+from cliproc import Laptop, issue_network_key
 
 from lanlic.laptop.borrower import Borrower
 from lanlic.ui.session import Session
@@ -77,18 +77,6 @@ def display() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-
-
-@pytest.fixture
-def procs() -> Iterator[Procs]:
-    yield from Procs.running()
-
-
-@pytest.fixture(scope="module")
-def vendor(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("vendor")
-    ok(run(["vendor", "keygen", "--out", str(out), "--json"]))
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,420 @@
+"""The licence service of one cluster member: the seats are keys in etcd (``EtcdSeats``), the
+leases this member granted stay in its memory (``SeatPool``) for renewals.
+
+What differs from a single server (``LicenseService``), request by request:
+
+- checkout: the key's and the request's checks as ever; then the fence, and a full pool in the
+  watch-fed mirror, answer at once; otherwise the seat's key is claimed in etcd (naming the client
+  id and the new lease id) and only then is the lease added to the local pool and granted.
+- renew: refused with ``server_unavailable`` while the fence is shut (this member cannot prove its
+  etcd lease outlives the client's), so the client moves to another member. Renewals otherwise
+  never touch etcd.
+- a lease this member did not grant, presented by ``reclaim`` or ``renew`` (the client's member
+  died or was cut off): *adopted*. The seat is found by the lease id its key names, the key must
+  name this client id and this lease id, and it is re-put under this member's etcd lease with a
+  ``mod_revision`` compare (``EtcdSeats.adopt``). The key in etcd is the record of who may take
+  the seat back: it holds the exact 128-bit lease id and client id, so no keyed tag (the single
+  server's restart rule, SPEC 13) is needed and no secret is shared between members for it.
+- release, expiry, goodbye: the local lease ends at once and the key is deleted in the background
+  (compare on ``mod_revision``), retried until it is gone or this member's etcd lease, and the key
+  with it, could have expired.
+- the etcd lease lost (``EtcdSeats.lease_lost``: the member was stopped or cut off past it, etcd
+  deleted every key under it): every local lease ends, its client is told (``notice``
+  ``lease_lost``: not removed on purpose, so a client may check out again), and the member
+  takes a new etcd lease before answering again.
+- borrowing, enrollment and the queue are not built for a cluster yet: ``cluster_unsupported``.
+
+Not sans-IO: it starts tasks on the running loop (``start`` inside it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Awaitable
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from lanlic.cluster.etcd import EtcdSeats, SeatHold, Unreachable
+from lanlic.core.netkey import NetworkKey
+from lanlic.core.pool import Denied, Holder, Lease
+from lanlic.core.service import LicenseService, Reply, ServiceConfig, Session, _once
+from lanlic.errors import LanlicError
+from lanlic.proto import messages as m
+
+__all__ = ["ClusterService", "etcd_ttl_for"]
+
+log = logging.getLogger("lanlic.cluster")
+
+#: Seconds between two tries to delete a seat's key that etcd did not take.
+RELEASE_RETRY = 0.5
+
+#: Seconds between two tries to take a new etcd lease after the old one was lost.
+RECOVER_RETRY = 0.5
+
+
+def etcd_ttl_for(lease_seconds: float) -> int:
+    """The member's etcd lease TTL for a client lease of ``lease_seconds``.
+
+    The fence lets the member answer only while ``sent + ttl > now + lease + margin`` for the
+    last answered keepalive, sent every ``ttl / 10``: so ``0.9 * ttl`` must exceed the lease with
+    room to spare, or one late keepalive would shut it. A third more than the lease, plus one."""
+    return max(3, math.ceil(lease_seconds * 4 / 3) + 1)
+
+
+class ClusterService(LicenseService):
+    wire_fast_path = False
+
+    def __init__(
+        self,
+        key: NetworkKey,
+        server_key: Ed25519PrivateKey,
+        seats: EtcdSeats,
+        config: ServiceConfig | None = None,
+    ) -> None:
+        super().__init__(key, server_key, config or ServiceConfig())
+        self.seats = seats
+        self.holds: dict[bytes, SeatHold] = {}
+        """Lease id -> the seat's key this member holds for it in etcd."""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ending: set[bytes] = set()
+        """Leases ended here whose seat key is being deleted (never adopted back meanwhile)."""
+        self._guard_task: asyncio.Task[None] | None = None
+        self.lost_total = 0
+        """Leases ended because this member's etcd lease was lost (for tests and logs)."""
+
+    # ---------------------------------------------------------------------------- life
+
+    async def start(self) -> None:
+        """Take the etcd lease and load the mirror; watch for the lease's loss."""
+        await self.seats.start()
+        self._guard_task = asyncio.get_running_loop().create_task(self._guard_lease())
+
+    async def close(self) -> None:
+        """Stop. The seats stay in etcd under this member's lease until it expires, so their
+        clients, told ``shutdown``, take them to another member (adopt)."""
+        if self._guard_task is not None:
+            self._guard_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._guard_task
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self.seats.call_timeout * 2)
+        for t in list(self._tasks):
+            t.cancel()
+        await self.seats.close()
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------------ requests
+
+    def handle(self, session: Session, msg: m.Message, now: float, wall: float) -> Reply:
+        if isinstance(msg, (m.Borrow, m.Return, m.Present, m.Enroll)):
+            return Reply(
+                m.Error(
+                    msg.id,
+                    "cluster_unsupported",
+                    "borrowing and enrollment are not built for a cluster of servers yet "
+                    "(docs/cluster.md): borrow from a single server",
+                )
+            )
+        if isinstance(msg, m.Wait):
+            return Reply(
+                m.Error(
+                    msg.id,
+                    "cluster_unsupported",
+                    "the queue is not built for a cluster of servers yet (docs/cluster.md): "
+                    "check out again later",
+                )
+            )
+        if isinstance(msg, m.Bye):
+            released = self.pool.release_owner(session.client_id, now)
+            for lease in released:
+                self._lease_event("release", lease, "bye")
+                self._settle(lease.id)
+            return Reply(m.Goodbye(id=msg.id, released=len(released)), close=True)
+        return super().handle(session, msg, now, wall)
+
+    def _fence_open(self) -> bool:
+        return self.seats.fence.may_answer(self.seats.clock(), self.pool.lease_seconds)
+
+    @staticmethod
+    def _unavailable(rid: int) -> m.Error:
+        return m.Error(
+            rid,
+            "server_unavailable",
+            "this member cannot prove its etcd lease outlives a client lease: try another",
+        )
+
+    def _checkout(self, session: Session, msg: m.Checkout, now: float, wall: float) -> Reply:
+        rid, product, version = msg.id, msg.product, msg.version
+        h = session.holder
+        if self._key_expired(wall):
+            return Reply(
+                m.Error(rid, "license_expired", f"the network key expired on {self.key.expires}")
+            )
+        ent = self.pool.products.get(product)
+        if ent is None:
+            denied = Denied("unknown_product", f"no product {product!r} in the network key")
+        elif not ent.allows_version(version):
+            lo, hi = ent.versions or ("", "")
+            denied = Denied(
+                "version_not_licensed",
+                f"{product} version {version!r} is not licensed (licensed: {lo} to {hi})",
+            )
+        elif not self._fence_open():
+            return Reply(self._unavailable(rid))
+        elif self.seats.mirror.in_use(product) >= ent.seats:
+            denied = Denied("no_seat", f"all {ent.seats} seats of {product} are in use")
+        else:
+            denied = None
+        if denied is not None:
+            self._event("refusal", product, h.user, h.host, denied.code)
+            return Reply(m.Error(rid, denied.code, denied.message))
+        holder = Holder(h.user, h.host, h.app, version, h.addr)
+        owner = session.client_id
+        lease_id = self.pool.random_bytes(16)
+
+        async def claim() -> m.Message:
+            try:
+                hold = await self.seats.checkout(product, owner.hex(), lease_id.hex())
+            except LanlicError as exc:
+                self._event("refusal", product, h.user, h.host, exc.code)
+                return m.Error(rid, exc.code, exc.message)
+            granted = self._hold(hold, lease_id, owner, holder)
+            if isinstance(granted, m.Error):
+                return m.Error(rid, granted.code, granted.message)
+            self._lease_event("checkout", granted, version)
+            return self._granted_msg(rid, granted)
+
+        return Reply(None, later=claim)
+
+    def _hold(
+        self, hold: SeatHold, lease_id: bytes, owner: bytes, holder: Holder
+    ) -> Lease | m.Error:
+        """A seat's key is ours in etcd: make the local lease (or give the key back if the
+        fence shut while etcd answered: the client must not count on it)."""
+        if not self._fence_open():
+            self._end(lease_id, hold)
+            return self._unavailable(0)
+        now, _wall = self.clock()
+        got = self.pool.adopt(lease_id, hold.product, owner, holder, now)
+        if isinstance(got, Denied):
+            # Leases here whose seats another member adopted since (their clients moved on)
+            # count in the local pool until they end: drop them, and try once more.
+            self._moved_away(list(self.holds))
+            got = self.pool.adopt(lease_id, hold.product, owner, holder, now)
+        if isinstance(got, Denied):  # pragma: no cover - the pool now counts live seats only
+            self._end(lease_id, hold)
+            return m.Error(0, got.code, got.message)
+        self.holds[lease_id] = hold
+        return got.lease
+
+    def _renew(self, session: Session, msg: m.Renew, now: float) -> Reply:
+        if not self._fence_open():
+            return Reply(self._unavailable(msg.id))
+        leases = _once(msg.leases)
+        moved = self._moved_away(leases)
+        if moved:
+            leases = [x for x in leases if x not in moved]
+        renewed, gone = self.pool.renew_pair(leases, session.client_id, now)
+        if not gone and not moved:
+            return Reply(m.Renewed(id=msg.id, leases=renewed, lost=[]))
+        items: list[tuple[bytes, str | None, str]] = [(x, None, "") for x in moved]
+        lost = []
+        for lease_id in gone:
+            if lease_id in self.holds:  # ours, and it ran out here: not to be taken back
+                self._settle(lease_id)
+                lost.append(m.Lost(lease_id, "lease_unknown"))
+            else:
+                items.append((lease_id, None, ""))
+
+        async def adopt_then_answer() -> m.Message:
+            results = await self._adopt_all(session, items)
+            back = [x for x, code in results if code is None]
+            more = [m.Lost(x, code) for x, code in results if code is not None]
+            return m.Renewed(id=msg.id, leases=renewed + back, lost=lost + more)
+
+        if not items:
+            return Reply(m.Renewed(id=msg.id, leases=renewed, lost=lost))
+        return Reply(None, later=adopt_then_answer)
+
+    def _reclaim(self, session: Session, msg: m.Reclaim, now: float) -> Reply:
+        if not self._fence_open():
+            return Reply(self._unavailable(msg.id))
+        items: list[tuple[bytes, str | None, str]] = [
+            (x["lease"], x["product"], x.get("version", "")) for x in msg.seats
+        ]
+
+        async def adopt_then_answer() -> m.Message:
+            results = await self._adopt_all(session, items)
+            return m.Reclaimed(
+                id=msg.id,
+                leases=[x for x, code in results if code is None],
+                epoch=self.guard.epoch,
+                lost=[m.Lost(x, code) for x, code in results if code is not None],
+            )
+
+        return Reply(None, later=adopt_then_answer)
+
+    async def _adopt_all(
+        self, session: Session, items: list[tuple[bytes, str | None, str]]
+    ) -> list[tuple[bytes, str | None]]:
+        return list(await asyncio.gather(*(self._adopt(session, x, p, v) for x, p, v in items)))
+
+    async def _adopt(
+        self, session: Session, lease_id: bytes, product: str | None, version: str
+    ) -> tuple[bytes, str | None]:
+        """Take over the seat whose key names this lease for this client: (lease id, None) if
+        it is ours now, else the refusal's code."""
+        owner = session.client_id
+        now, _wall = self.clock()
+        self._moved_away([lease_id])
+        mine = self.pool.lease(lease_id)
+        if mine is not None:
+            if mine.owner == owner and (product is None or mine.product == product):
+                self.pool.renew_pair([lease_id], owner, now)
+                return lease_id, None
+            return lease_id, "lease_unknown"
+        if lease_id in self.holds or lease_id in self._ending:
+            return lease_id, "lease_unknown"  # ours once, ended here
+        try:
+            seat = await self.seats.locate(lease_id.hex(), product)
+            if seat is None or (product is not None and seat[0] != product):
+                return lease_id, "lease_unknown"
+            ent = self.pool.products[seat[0]]
+            if version and not ent.allows_version(version):
+                return lease_id, "version_not_licensed"
+            hold = await self.seats.adopt(seat[0], seat[1], owner.hex(), lease_id.hex())
+        except LanlicError as exc:
+            return lease_id, exc.code
+        h = session.holder
+        got = self._hold(hold, lease_id, owner, Holder(h.user, h.host, h.app, version, h.addr))
+        if isinstance(got, m.Error):
+            return lease_id, got.code
+        self._event("adopt", got.product, h.user, h.host, version)
+        return lease_id, None
+
+    def _moved_away(self, lease_ids: list[bytes]) -> list[bytes]:
+        """Leases granted here whose seat key has changed since (another member adopted it: the
+        client moved there, and may now be back): dropped here without a word, so that they
+        are adopted back from etcd rather than renewed from a stale memory. Renewing them here
+        would let the other member's expiry delete the key under a seat still in use."""
+        moved = []
+        for lease_id in lease_ids:
+            hold = self.holds.get(lease_id)
+            if hold is None:
+                continue
+            if self.seats.mirror.mod_revision(hold.product, hold.index) != hold.mod_revision:
+                del self.holds[lease_id]
+                now, _wall = self.clock()
+                self.pool.release([lease_id], None, now)
+                moved.append(lease_id)
+        return moved
+
+    def _release(self, session: Session, msg: m.Release, now: float) -> Reply:
+        reply = super()._release(session, msg, now)
+        for lease_id in msg.leases:
+            self._settle(lease_id)
+        return reply
+
+    def expire(self, now: float) -> list[Lease]:
+        expired = super().expire(now)
+        for lease in expired:
+            self._settle(lease.id)
+        return expired
+
+    def remove(self, lease_id: bytes, now: float) -> Lease | None:
+        lease = super().remove(lease_id, now)
+        self._settle(lease_id)
+        return lease
+
+    def status(self, request_id: int, now: float, wall: float) -> m.StatusReply:
+        """As a single server's, but the counts are the cluster's (the mirror: every member
+        sees every seat); the holders listed are this member's."""
+        reply = super().status(request_id, now, wall)
+        for p in reply.products:
+            used = self.seats.mirror.in_use(p["name"])
+            p["in_use"] = used
+            p["free"] = max(0, p["seats"] - used)
+        return reply
+
+    # ---------------------------------------------------------------- keys in etcd
+
+    def _settle(self, lease_id: bytes) -> None:
+        """The local lease ``lease_id`` may have ended: if so, delete its seat's key."""
+        if self.pool.lease(lease_id) is not None:
+            return
+        hold = self.holds.pop(lease_id, None)
+        if hold is not None:
+            self._end(lease_id, hold)
+
+    def _end(self, lease_id: bytes, hold: SeatHold) -> None:
+        """Delete the seat's key in the background. Until that is done the key still names the
+        client and its lease under our etcd lease: ``_ending`` keeps an adopt from granting it
+        again (the delete would then take the key from under a granted seat)."""
+        self._ending.add(lease_id)
+        self._spawn(self._free(lease_id, hold))
+
+    async def _free(self, lease_id: bytes, hold: SeatHold) -> None:
+        """Delete a seat's key, retrying while etcd does not answer, until it is gone or the etcd
+        lease it is under is (etcd said so, or the member took a new one). Not by a deadline:
+        while the lease lives, a key left behind would hold its seat for good."""
+        under = self.seats.lease_id
+        try:
+            while True:
+                try:
+                    await self.seats.release(hold)
+                    return
+                except (LanlicError, Unreachable) as exc:
+                    if self.seats.fence.lost or self.seats.lease_id != under:
+                        return
+                    log.info("etcd: releasing %s failed (%s); retrying", hold.key.decode(), exc)
+                    await asyncio.sleep(RELEASE_RETRY)
+        finally:
+            self._ending.discard(lease_id)
+
+    async def _guard_lease(self) -> None:
+        """When etcd says this member's lease is gone, end every local lease (their keys were
+        deleted with it), tell their clients, and take a new lease before answering again."""
+        while True:
+            await self.seats.lease_lost.wait()
+            ended: dict[bytes, list[bytes]] = {}
+            now, _wall = self.clock()
+            for lease_id in list(self.holds):
+                lease = self.pool.lease(lease_id)
+                if lease is not None:
+                    self.pool.release([lease_id], None, now)
+                    self._lease_event("seat_lost", lease, "this member's etcd lease expired")
+                    ended.setdefault(lease.owner, []).append(lease_id)
+            self.holds.clear()
+            count = sum(len(x) for x in ended.values())
+            self.lost_total += count
+            log.warning(
+                "etcd lease lost (this member was stopped or cut off from etcd past it): "
+                "%d seat(s) it held are gone; their clients are told",
+                count,
+            )
+            for owner, leases in ended.items():
+                self.outbox.append(
+                    (
+                        owner,
+                        m.Notice(
+                            kind="lease_lost",
+                            message="the server lost its etcd lease: the seat is gone",
+                            leases=leases,
+                        ),
+                    )
+                )
+            while True:
+                try:
+                    await self.seats.recover()
+                    break
+                except (LanlicError, Unreachable) as exc:
+                    log.info("etcd: no new lease yet (%s); retrying", exc)
+                    await asyncio.sleep(RECOVER_RETRY)
+            log.warning("etcd: serving again under a new lease %x", self.seats.lease_id)
