@@ -365,7 +365,7 @@ async def test_well_behaved_latency_stays_bounded_with_1000_hostile_connections(
 # ------------------------------------------------------------------- out of descriptors
 
 
-REFUSALS = 300
+REFUSALS = 200
 """Connections the capped server refuses in the CPU check."""
 
 
@@ -403,7 +403,7 @@ async def test_the_connection_cap_refuses_before_the_descriptors_run_out(
         refused = 0
         most_fds = 0
         cpu0, wall0 = cpu_seconds(server.pid), time.monotonic()
-        while refused < REFUSALS and time.monotonic() - wall0 < 60.0:
+        while refused < REFUSALS and time.monotonic() - wall0 < 120.0:
             batch = [await connect(server.address, hello=False) for _ in range(10)]
             for peer in batch:
                 assert (await peer.recv(timeout=5))["code"] == "server_busy"
@@ -423,9 +423,12 @@ async def test_the_connection_cap_refuses_before_the_descriptors_run_out(
         await asyncio.sleep(3.0)
         idle_cpu = cpu_seconds(server.pid) - cpu1
         idle_wall = time.monotonic() - wall1
+        # What the refusals cost beyond the server's own housekeeping over the same time.
+        refusal_cpu = busy_cpu - idle_cpu / idle_wall * busy_wall
         print(
             f"\nfd cap {cap} of RLIMIT_NOFILE {nofile}: {refused} refused in {busy_wall:.1f} s "
-            f"using {busy_cpu:.2f} s CPU ({busy_cpu / refused * 1000:.2f} ms each); "
+            f"using {busy_cpu:.2f} s CPU ({refusal_cpu / refused * 1000:.2f} ms each, idling "
+            "aside); "
             f"{most_fds} fds open at most; {idle_cpu:.3f} s CPU over {idle_wall:.1f} s idle "
             "at the cap"
         )
@@ -433,7 +436,7 @@ async def test_the_connection_cap_refuses_before_the_descriptors_run_out(
         assert idle_cpu < 0.1 * idle_wall, (idle_cpu, idle_wall)
         # Well above what a refusal costs (a fraction of a millisecond: accept, one small
         # write, close), far below a handshake or a stall per refusal.
-        assert busy_cpu < 0.005 * refused, (busy_cpu, refused)
+        assert refusal_cpu < 0.005 * refused, (busy_cpu, refusal_cpu, refused)
         # Those already in keep being served.
         assert (await held[0].request("status"))["t"] == "status_reply"
         bystander.close()
