@@ -181,18 +181,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         h, p = server.address
         datadir.write_address(h, p)
         if args.json:
-            print_json(
-                {
-                    "event": "listening",
-                    "host": h,
-                    "port": p,
-                    "server_id": service.server_id,
-                    "customer": key.customer,
-                    "data": str(data),
-                    "admin_host": admin.host if admin else None,
-                    "admin_port": admin.port if admin else None,
-                }
-            )
+            _print_listening(
+                service, key, h, p, data,
+                admin_host=admin.host if admin else None,
+                admin_port=admin.port if admin else None,
+            )  # fmt: skip
         else:
             print(
                 f"lanlic {__version__}: serving {key.customer!r} on {h}:{p}\n"
@@ -240,6 +233,23 @@ class ClusterPlan:
     def __init__(self, endpoints: list[str], tls: Any) -> None:
         self.endpoints = endpoints
         self.tls = tls
+
+
+def _print_listening(
+    service: Any, key: Any, host: str, port: int, data: Path, **extra: Any
+) -> None:
+    """The one "listening" event of `serve --json`; a cluster member adds its store's fields."""
+    print_json(
+        {
+            "event": "listening",
+            "host": host,
+            "port": port,
+            "server_id": service.server_id,
+            "customer": key.customer,
+            "data": str(data),
+            **extra,
+        }
+    )
 
 
 def _is_loopback(host: str) -> bool:
@@ -376,21 +386,11 @@ def _serve_cluster(
         h, p = server.address
         datadir.write_address(h, p)
         if args.json:
-            print_json(
-                {
-                    "event": "listening",
-                    "host": h,
-                    "port": p,
-                    "server_id": service.server_id,
-                    "customer": key.customer,
-                    "data": str(datadir.path),
-                    "store": "etcd",
-                    "etcd": plan.endpoints,
-                    "etcd_lease": seats.lease_id,
-                    "admin_host": None,
-                    "admin_port": None,
-                }
-            )
+            _print_listening(
+                service, key, h, p, datadir.path,
+                store="etcd", etcd=plan.endpoints, etcd_lease=seats.lease_id,
+                admin_host=None, admin_port=None,
+            )  # fmt: skip
         else:
             print(
                 f"lanlic {__version__}: serving {key.customer!r} on {h}:{p}, a member of a "
