@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import os
 import select
@@ -34,31 +33,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from lanlic.core import netkey, signing
-from lanlic.core.netkey import ProductEntitlement
+from lanlic.bench.run import write_bench_key
+from lanlic.core import signing
 from lanlic.laptop.trust import TrustStore
 from lanlic.net.client import Client
-from lanlic.vendorkeys import load_vendor_public, write_vendor_keypair
+from lanlic.vendorkeys import load_vendor_public
 
 CLI = [sys.executable, "-m", "lanlic.cli"]
 
 
 def make_site(folder: Path) -> tuple[Path, Path]:
-    vendor = netkey.generate_vendor_key()
-    _, pub = write_vendor_keypair(folder, vendor)
-    today = dt.datetime.now(dt.UTC).date()
-    lic = folder / "bench.lic"
-    lic.write_bytes(
-        netkey.issue_network_key(
-            vendor,
-            customer="Bench Office",
-            expires=today + dt.timedelta(days=30),
-            borrow_kind="act",
-            products=(ProductEntitlement("cad", seats=100),),
-            issued=today,
-        )
-    )
-    return lic, pub
+    return write_bench_key(folder, 100, product="cad", customer="Bench Office")
 
 
 def read_event(proc: subprocess.Popen[bytes], kind: str, timeout: float = 30.0) -> dict[str, Any]:

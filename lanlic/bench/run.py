@@ -263,9 +263,16 @@ max_borrowed_per_user = {max(seats, 1)}
 """
 
 
-def write_bench_key(root: Path, seats: int, borrowable: int = 0) -> tuple[Path, Path]:
-    """A vendor key pair and a network key for product ``bench`` signed on the spot, in
-    ``root``: (the network key, the vendor's public key)."""
+def write_bench_key(
+    root: Path,
+    seats: int,
+    borrowable: int = 0,
+    *,
+    product: str = "bench",
+    customer: str = "lanlic bench",
+) -> tuple[Path, Path]:
+    """A vendor key pair and a network key for ``product`` signed on the spot, in ``root``:
+    (the network key, the vendor's public key)."""
     from lanlic.core import netkey
     from lanlic.vendorkeys import write_vendor_keypair
 
@@ -276,12 +283,12 @@ def write_bench_key(root: Path, seats: int, borrowable: int = 0) -> tuple[Path, 
     lic.write_bytes(
         netkey.issue_network_key(
             vendor,
-            customer="lanlic bench",
+            customer=customer,
             expires=today + dt.timedelta(days=30),
             borrow_kind="act",
             products=(
                 netkey.ProductEntitlement(
-                    "bench",
+                    product,
                     seats=max(seats, 1),
                     borrowable=min(borrowable, max(seats, 1)),
                     max_borrow_days=30 if borrowable else 0,
