@@ -139,7 +139,7 @@ def _lease_in(value: bytes) -> str:
     return "" if got is None else got.lease
 
 
-def _retrieved(done: asyncio.Future[SeatHold]) -> None:
+def _retrieved(done: asyncio.Future[Any]) -> None:
     if not done.cancelled():
         done.exception()
 
@@ -245,6 +245,12 @@ class EtcdSeats:
         self._reserved: dict[str, set[int]] = {}
         """Per product: seats named in a claim transaction in flight (not picked meanwhile)."""
         self._batches: set[asyncio.Task[None]] = set()
+        self._releases: collections.deque[tuple[SeatHold, asyncio.Future[None]]] = (
+            collections.deque()
+        )
+        """Releases waiting for the next release transaction."""
+        self._releases_in_flight = 0
+        self._settling: asyncio.Task[None] | None = None
         self._keepalive_client: Any = None
         """The keepalive's own client (own channel and connection): a keepalive never waits
         behind a member's queue of transactions, so the fence reflects etcd, not our load."""
@@ -417,8 +423,12 @@ class EtcdSeats:
                 await asyncio.sleep(min(interval, 0.1))
                 continue
             self.fence.keepalive_answered(sent, int(reply.TTL))
-            if self._doubtful and not self.fence.lost:
-                await self._settle_doubtful()
+            settling = self._settling
+            if self._doubtful and not self.fence.lost and (settling is None or settling.done()):
+                # In a task of its own: its reads and releases never delay the next keepalive.
+                self._settling = asyncio.create_task(self._settle_doubtful(), name="etcd-doubt")
+                self._batches.add(self._settling)
+                self._settling.add_done_callback(self._batches.discard)
             if self.fence.lost:
                 log.warning(
                     "etcd lease %x expired: every seat this member held is gone", self.lease_id
@@ -657,26 +667,81 @@ class EtcdSeats:
         return None
 
     async def release(self, hold: SeatHold) -> None:
-        """Give a seat back: delete its key unless it changed hands since ``hold``."""
+        """Give a seat back: delete its key unless it changed hands since ``hold``. Batched like
+        claims: releases arriving while ``BATCHES_IN_FLIGHT`` release transactions are in
+        flight go together in the next, each delete with its own ``mod_revision`` compare."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.add_done_callback(_retrieved)
+        self._releases.append((hold, done))
+        self._pump_releases()
+        await asyncio.shield(done)
+
+    def _pump_releases(self) -> None:
+        queue = self._releases
+        while queue and self._releases_in_flight < BATCHES_IN_FLIGHT and not self._closed:
+            batch: list[tuple[SeatHold, asyncio.Future[None]]] = []
+            later: list[tuple[SeatHold, asyncio.Future[None]]] = []
+            keys: set[bytes] = set()
+            while queue and len(batch) < BATCH_SIZE:
+                item = queue.popleft()
+                # etcd refuses a transaction naming one key twice: the same seat released twice
+                # at once waits for the next one.
+                (later if item[0].key in keys else batch).append(item)
+                keys.add(item[0].key)
+            queue.extendleft(reversed(later))
+            self._releases_in_flight += 1
+            task = asyncio.create_task(self._send_releases(batch), name="etcd-releases")
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _send_releases(self, batch: list[tuple[SeatHold, asyncio.Future[None]]]) -> None:
         tx = self._client.transactions
+        nested = [
+            tx.txn(
+                compare=[tx.mod(h.key) == h.mod_revision], success=[tx.delete(h.key)], failure=[]
+            )
+            for h, _ in batch
+        ]
+        outcomes: list[BaseException | bool]
         try:
-            await self._call(
-                lambda c: c.transaction(
-                    compare=[tx.mod(hold.key) == hold.mod_revision],
-                    success=[tx.delete(hold.key)],
-                    failure=[],
+            await self._call(lambda c: c.transaction(compare=[], success=nested, failure=[]))
+            for h, _ in batch:
+                self.mirror.delete(h.key, h.mod_revision)
+            outcomes = [False] * len(batch)
+        except Unreachable:
+            outcomes = list(
+                await asyncio.gather(
+                    *(self._release_lost(h) for h, _ in batch), return_exceptions=True
                 )
             )
-        except Unreachable:
-            # Either it committed, or the key is still ours: read back and try once more if so.
-            try:
-                state = await self._read(hold.key)
-            except Unreachable as e:
-                raise ServerUnavailable("etcd did not answer the release; try again") from e
-            if state is not None and state.mod_revision == hold.mod_revision:
-                await self.release(hold)
-            return
-        self.mirror.delete(hold.key, hold.mod_revision)
+        finally:
+            self._releases_in_flight -= 1
+        again = []
+        for item, outcome in zip(batch, outcomes, strict=True):
+            done = item[1]
+            if outcome is True:
+                again.append(item)  # in a later batch: never waiting here, holding a slot
+            elif done.done():
+                continue
+            elif isinstance(outcome, BaseException):
+                done.set_exception(outcome)
+            else:
+                done.set_result(None)
+        self._releases.extendleft(reversed(again))
+        self._pump_releases()
+
+    async def _release_lost(self, hold: SeatHold) -> bool:
+        """A release whose reply was lost: either it committed, or the key is still ours: read
+        back; True if it must be sent again."""
+        try:
+            state = await self._read(hold.key)
+        except Unreachable as e:
+            raise ServerUnavailable("etcd did not answer the release; try again") from e
+        if state is not None and state.mod_revision == hold.mod_revision:
+            return True
+        if state is None:
+            self.mirror.delete(hold.key, hold.mod_revision)
+        return False
 
     async def locate(self, client_lease: str, product: str | None = None) -> tuple[str, int] | None:
         """The seat (product, index) whose key names ``client_lease``: from the mirror, else (a
