@@ -14,6 +14,7 @@ Every method returns the answer (an error too) for ``Reply.later``.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from lanlic.store import Store
 
 __all__ = ["ClusterDesk"]
+
+log = logging.getLogger("lanlic.cluster")
 
 #: Seats tried per borrow before answering ``server_busy`` (each loss is another member's win).
 BORROW_ATTEMPTS = 8
@@ -77,6 +80,8 @@ class ClusterDesk:
         self._event = event
         self.view: list[BorrowEntry] = []
         """The active borrows as the reaper last read them (for status)."""
+        self.raced = 0
+        """Expiries this member's reaper found ended by another member first."""
 
     @property
     def server_id(self) -> str:
@@ -288,6 +293,9 @@ class ClusterDesk:
             elif await self.records.end(entry, mod, "expired", wall):
                 ended.append(entry)
                 self._event("expiry_borrow", entry.product, entry.user, entry.host, entry.borrow_id)
+            else:
+                self.raced += 1
+                log.info("borrow %s: another member ended it first", entry.borrow_id)
         return ended, min(upcoming) if upcoming else None
 
     def listing(self) -> list[dict[str, Any]]:
