@@ -168,10 +168,11 @@ class Auditor:
 
 
 class SlowProxy(TcpProxy):
-    """Forwards etcd's replies ``delay`` seconds late, in order: a member's transaction commits
-    in etcd while the member still waits for the answer, long enough to kill it then."""
+    """Mode ``slow``: forwards etcd's replies ``delay`` seconds late, in order, so a member's
+    transaction commits in etcd while the member still waits for the answer; mode ``drop``
+    then drops every reply not yet forwarded (the answer never comes, however slow the test)."""
 
-    delay = 0.4
+    delay = 0.6
 
     async def _pump(
         self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, direction: str
@@ -187,6 +188,8 @@ class SlowProxy(TcpProxy):
                 await asyncio.sleep(max(0.0, due - loop.time()))
                 if not data:
                     break
+                if self.mode == "drop":
+                    continue
                 dst.write(data)
                 await dst.drain()
 
@@ -366,6 +369,7 @@ async def test_a_borrow_retried_after_its_member_was_killed_mid_request_is_not_d
             if keys.get("requests"):
                 break
             await asyncio.sleep(0.02)
+        proxy.mode = "drop"
         assert keys.get("requests"), "A's borrow did not reach etcd"
         a.proc.popen.send_signal(signal.SIGKILL)
         with pytest.raises(ServerUnavailable):
