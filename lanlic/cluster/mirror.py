@@ -124,3 +124,8 @@ class SeatMirror:
 
     def in_use(self, product: str) -> int:
         return len(self.taken.get(product, {}))
+
+    def borrowed(self, product: str) -> int:
+        """Seats taken by keys that name no client lease: borrows (``lanlic.cluster.borrows``),
+        which take a seat's key as a checkout does, valued with the borrow instead."""
+        return sum(1 for i in self.taken.get(product, {}) if (product, i) not in self._lease_at)
