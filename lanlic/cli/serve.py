@@ -128,7 +128,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"lanlic: warning: {exposure}", file=sys.stderr, flush=True)
     if cluster is not None:
         try:
-            return _serve_cluster(args, cluster, key, datadir, host, port)
+            return _serve_cluster(args, cluster, key, datadir, host, port, vendor_pub, key_file)
         finally:
             datadir.clear_address()
             datadir.unlock()
@@ -310,8 +310,9 @@ def cluster_store(args: argparse.Namespace, data: Path) -> ClusterPlan | None:
     refused = [
         (args.restore, "--restore", "a cluster keeps no SQLite database to restore"),
         (args.accept_lost_borrows, "--accept-lost-borrows", "a cluster keeps no borrows yet"),
-        (args.admin_port is not None, "--admin-port",
-         "the admin page is not built for a cluster yet (status works: lanlic status)"),
+        (not args.no_admin and not _is_loopback(args.admin_host), f"--admin-host {args.admin_host}",
+         "a member keeps no admin password (no SQLite database), so its admin page is served "
+         "on loopback only (reach it with ssh -L)"),
     ]  # fmt: skip
     from lanlic.server.policyfile import POLICY_FILE
 
@@ -336,7 +337,14 @@ def cluster_prefix(key: Any) -> str:
 
 
 def _serve_cluster(
-    args: argparse.Namespace, plan: ClusterPlan, key: Any, datadir: Any, host: str, port: int
+    args: argparse.Namespace,
+    plan: ClusterPlan,
+    key: Any,
+    datadir: Any,
+    host: str,
+    port: int,
+    vendor_pub: Any,
+    key_file: Path,
 ) -> int:
     """Serve as one member of a cluster on etcd (docs/cluster.md)."""
     import socket
@@ -383,32 +391,54 @@ def _serve_cluster(
             raise
         stop = asyncio.Event()
         osdeps.on_stop(asyncio.get_running_loop(), stop.set)
+        announced: list[asyncio.Future[bool]] = []
+        admin = None
+        if not args.no_admin:
+            from lanlic.admin.app import serve_admin
+
+            try:
+                admin = await serve_admin(
+                    server, args.admin_host, args.admin_port, port, vendor_pub, datadir.path,
+                    key_file,
+                    lambda: _discovery_state(announcer, announced[0] if announced else None),
+                    cluster=tuple(plan.endpoints),
+                )  # fmt: skip
+            except BaseException:
+                await server.stop()
+                await service.close()
+                raise
         h, p = server.address
         datadir.write_address(h, p)
         if args.json:
             _print_listening(
                 service, key, h, p, datadir.path,
                 store="etcd", etcd=plan.endpoints, etcd_lease=seats.lease_id,
-                admin_host=None, admin_port=None,
+                admin_host=admin.host if admin else None,
+                admin_port=admin.port if admin else None,
             )  # fmt: skip
         else:
             print(
                 f"lanlic {__version__}: serving {key.customer!r} on {h}:{p}, a member of a "
                 f"cluster on etcd {', '.join(plan.endpoints)}\n"
                 f"  server id {service.server_id} (server.key in {datadir.path}: the same on "
-                "every member)\n  not in a cluster yet: the queue, seat policy, history, the admin "
-                "page (docs/cluster.md)\n  stop with Ctrl-C",
+                "every member)\n"
+                + (f"  admin page: {admin.url} (the whole cluster's seats)\n" if admin else "")
+                + "  not in a cluster yet: the queue, seat policy, history (docs/cluster.md)\n"
+                "  stop with Ctrl-C",
                 flush=True,
             )
         announcing = None
         if announcer is not None:
             announcing = asyncio.ensure_future(_announce(announcer, args.json))
+            announced.append(announcing)
         await stop.wait()
         if announcing is not None and announcer is not None:
             announcing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await announcing
             await announcer.close()
+        if admin is not None:
+            await admin.stop()
         await server.stop()
         await service.close()
         if not args.json:

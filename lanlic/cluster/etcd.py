@@ -89,18 +89,30 @@ class Holder:
     client: str
     lease: str
     token: str
+    user: str = ""
+    """Who and where (the client's hello), so that any member's admin page and status can show
+    every holder; absent in keys written before they were added (read as "")."""
+    host: str = ""
+    since: int = 0
+    """When the seat was checked out (UTC seconds; kept when another member adopts it)."""
 
     def encode(self) -> bytes:
-        return json.dumps(
-            {"member": self.member, "client": self.client, "lease": self.lease, "token": self.token}
-        ).encode()
+        d: dict[str, Any] = {
+            "member": self.member, "client": self.client, "lease": self.lease, "token": self.token
+        }  # fmt: skip
+        if self.user or self.host or self.since:
+            d.update(user=self.user, host=self.host, since=self.since)
+        return json.dumps(d).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> Holder | None:
         try:
             d = json.loads(raw)
-            return cls(str(d["member"]), str(d["client"]), str(d["lease"]), str(d["token"]))
-        except (ValueError, KeyError, TypeError):
+            return cls(
+                str(d["member"]), str(d["client"]), str(d["lease"]), str(d["token"]),
+                str(d.get("user", "")), str(d.get("host", "")), int(d.get("since", 0)),
+            )  # fmt: skip
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None
 
 
@@ -115,6 +127,16 @@ class SeatHold:
     holder: Holder
 
 
+@dataclass(frozen=True)
+class SeatRecord:
+    """A seat key as read from etcd (``EtcdSeats.read_seats``): holder None for a borrow."""
+
+    product: str
+    index: int
+    mod_revision: int
+    holder: Holder | None
+
+
 @dataclass
 class _Claim:
     """One checkout waiting for, or riding in, a batched claim transaction."""
@@ -123,6 +145,8 @@ class _Claim:
     client_lease: str
     done: asyncio.Future[SeatHold]
     attempts: int = 0
+    who: tuple[str, str, int] = ("", "", 0)
+    """(user, host, since) for the seat's key (``Holder``)."""
 
 
 @dataclass(frozen=True)
@@ -511,7 +535,9 @@ class EtcdSeats:
 
     # -- seats -----------------------------------------------------------------------------------
 
-    async def checkout(self, product: str, client: str, client_lease: str) -> SeatHold:
+    async def checkout(
+        self, product: str, client: str, client_lease: str, who: tuple[str, str, int] = ("", "", 0)
+    ) -> SeatHold:
         """Claim a free seat of ``product`` for a client, or raise NoSeat, ServerBusy,
         ServerUnavailable.
 
@@ -525,7 +551,7 @@ class EtcdSeats:
             raise UnknownProduct(product)
         if not self._in_flight.get(product) and not self._free(product):
             raise NoSeat(f"all {seats} seats of {product} are in use")
-        claim = _Claim(client, client_lease, asyncio.get_running_loop().create_future())
+        claim = _Claim(client, client_lease, asyncio.get_running_loop().create_future(), who=who)
         claim.done.add_done_callback(_retrieved)  # a cancelled caller's refusal is not an error
         self._queued.setdefault(product, collections.deque()).append(claim)
         self._pump(product)
@@ -567,7 +593,8 @@ class EtcdSeats:
         turn (it lost its seat's race: the mirror now knows the winner)."""
         outcomes: list[KeyState | LanlicError | None]
         holders = [
-            Holder(self.member, c.client, c.client_lease, secrets.token_hex(8)) for c, _ in batch
+            Holder(self.member, c.client, c.client_lease, secrets.token_hex(8), *c.who)
+            for c, _ in batch
         ]
         keys = [seat_key(self.prefix, product, i) for _, i in batch]
         try:
@@ -760,7 +787,31 @@ class EtcdSeats:
                 return parse_seat_key(self.prefix, bytes(kv.key))
         return None
 
-    async def adopt(self, product: str, index: int, client: str, client_lease: str) -> SeatHold:
+    async def read_seats(self) -> tuple[list[SeatRecord], int]:
+        """Every seat key of the pool with what its value says, read now (linearizable), and the
+        revision read at: the admin page's and status's cluster-wide list of holders. A borrow's
+        key names no client (``holder`` None). ServerUnavailable when etcd does not answer."""
+        head = seats_prefix(self.prefix)
+        try:
+            got = await self._call(lambda c: c.get_prefix(head))
+        except Unreachable as e:
+            raise ServerUnavailable("etcd did not answer; try again") from e
+        out = []
+        for kv in got:
+            seat = parse_seat_key(self.prefix, bytes(kv.key))
+            if seat is not None:
+                holder = Holder.decode(bytes(kv.value))
+                out.append(SeatRecord(seat[0], seat[1], int(kv.mod_revision), holder))
+        return out, int(got.header.revision)
+
+    async def adopt(
+        self,
+        product: str,
+        index: int,
+        client: str,
+        client_lease: str,
+        who: tuple[str, str, int] = ("", "", 0),
+    ) -> SeatHold:
         """Take over a seat whose member died, for the client that holds it: the key must name
         this client and its lease; it is re-put under our lease unless it changed meanwhile."""
         self.check_fence()
@@ -777,7 +828,11 @@ class EtcdSeats:
                 raise LeaseUnknown("the seat's key is gone or names another client")
             if state.lease == self.lease_id:
                 return SeatHold(product, index, key, state.mod_revision, old)
-            holder = Holder(self.member, client, client_lease, secrets.token_hex(8))
+            user, host = (old.user, old.host) if old.user or old.host else who[:2]
+            since = old.since or who[2]
+            holder = Holder(
+                self.member, client, client_lease, secrets.token_hex(8), user, host, since
+            )
             self.check_fence()
             won = await self._replace(key, state.mod_revision, holder)
             if won is not None:

@@ -319,6 +319,9 @@ function renderServer(ov) {
     ["Client connections", String(ov.server.connections)],
     ["Data folder", ov.server.data || "(none: nothing is kept)"],
   ];
+  if (ov.cluster) {
+    facts.push(["Cluster member", ov.cluster.member], ["Seats kept in", `etcd ${ov.cluster.etcd.join(", ")}`]);
+  }
   $("server-facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { class: "mono", text: v })]));
 }
 
@@ -326,6 +329,12 @@ function renderServer(ov) {
 
 async function loadChart() {
   state.chartAt = Date.now();
+  if (noHistory()) {  // a cluster member keeps no history: no chart of the past to draw
+    state.chartData = null;
+    drawChart();
+    $("chart").setAttribute("aria-label", noHistory());
+    return;
+  }
   const data = await api("GET", `/api/usage?range=${state.chartRange}`);
   state.chartData = data;
   drawChart();
@@ -401,7 +410,9 @@ async function loadHolders() {
   const rows = page.items.map((h) => el("tr", { "data-lease": h.lease },
     el("td", { text: h.user }), el("td", { text: h.host }), el("td", { text: h.app }),
     el("td", { text: h.version }), el("td", { text: h.product }),
-    el("td", { text: fmtTime(h.since) }), el("td", { text: fmtAgo(h.last_heartbeat) }),
+    el("td", { text: fmtTime(h.since) }),
+    // A seat held through another cluster member: that member keeps its heartbeats.
+    el("td", { text: h.last_heartbeat === null ? `via ${h.member}` : fmtAgo(h.last_heartbeat) }),
     el("td", {}, el("button", { class: "small remove", type: "button", onclick: () => removeHolder(h) }, "Remove")),
   ));
   fillTable($("holders-table"), rows, "No seat is in use.");
@@ -470,7 +481,18 @@ function historyQuery() {
   return q;
 }
 
+// A cluster member keeps no history yet (docs/cluster.md): the reason, else "".
+function noHistory() {
+  const c = state.overview && state.overview.cluster;
+  return c && !c.history ? c.history_note : "";
+}
+
 async function loadHistory() {
+  if (noHistory()) {
+    fillTable($("history-table"), [], noHistory());
+    $("history-range").textContent = "";
+    return;
+  }
   const q = historyQuery();
   $("history-csv").href = `/api/history.csv?${q}`;
   q.set("offset", state.historyOffset);
