@@ -213,3 +213,68 @@ async def test_one_members_admin_page_shows_the_whole_cluster(
             await s.close()
         for cl in clients:
             await closed(cl)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update"]  # fmt: skip
+ANSWERED = "Failed to load resource: the server responded with a status of 4"
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="apt-get install chromium (.ci/run does)")
+async def test_a_members_page_in_chromium_shows_the_other_members_holders(
+    site: Site,  # noqa: F811 - the fixture imported above
+    etcd_cluster: EtcdCluster,
+) -> None:
+    """As tests/admin/test_browser.py does: Debian's Chromium through Playwright, any script or
+    console error (a CSP violation shows as one) fails the test; refusals the test provokes are
+    answers, not errors."""
+    from playwright.async_api import async_playwright, expect
+
+    endpoints = etcd_cluster.endpoints
+    a = await start(site, site.data("a"), endpoints)
+    b = await start(site, site.data("b", identity_of="a"), endpoints[1:] + endpoints[:1])
+    ann, bob = user_client(site, "ann", a), user_client(site, "bob", b)
+    problems: list[str] = []
+    try:
+        for cl in (ann, bob):
+            await cl.connect()
+            await cl.acquire("cad")
+        bob_lease = next(iter(bob.seats)).hex()
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page()
+                page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+                page.on(
+                    "console",
+                    lambda msg: (
+                        problems.append(f"console: {msg.text}")
+                        if msg.type == "error" and not msg.text.startswith(ANSWERED)
+                        else None
+                    ),
+                )
+                await page.goto(a.url + "/")
+                await expect(page.locator("#app")).to_be_visible()
+                await page.click("#tabs a[data-tab=holders]")
+                row = page.locator(f"#holders-table tr[data-lease='{bob_lease}']")
+                await expect(row).to_contain_text("bob-pc")
+                await expect(row).to_contain_text("via ")  # B keeps bob's heartbeats
+                await expect(page.locator("#holders-table tbody")).to_contain_text("ann-pc")
+                await row.locator("button.remove").click()
+                await page.click("#confirm-ok")
+                await expect(page.locator("#flash")).to_contain_text("Not removed")
+                await expect(page.locator("#flash")).to_contain_text("held through member")
+                await page.click("#tabs a[data-tab=history]")
+                await expect(page.locator("#history-table tbody")).to_contain_text(
+                    "keeps no history"
+                )
+                await page.click("#tabs a[data-tab=server]")
+                await expect(page.locator("#server-facts")).to_contain_text("Cluster member")
+            finally:
+                await browser.close()
+        assert bob.seats  # refused: bob still holds his seat
+    finally:
+        for cl in (ann, bob):
+            await closed(cl)
+    assert not problems, problems
