@@ -479,11 +479,16 @@ class AdminServer:
         discovery = self.options.discovery() if self.options.discovery else {"enabled": False}
         host, port = srv.address
         cluster, borrows = None, len(service.desk.listing())
+        enrollments: int | None = len(service.desk.enrollments)
         if self.cluster is not None:
             from lanlic.cluster import view
 
             products = view.product_rows(self.cluster, now, wall)
-            borrows = len(self.cluster.lending.listing())
+            borrows = sum(p["borrowed"] for p in products)  # borrowed seats, from the mirror
+            try:
+                enrollments = len(await view.enrollment_rows(self.cluster))
+            except LanlicError:
+                enrollments = None  # etcd did not answer: the page shows no count
             cluster = {
                 "member": self.cluster.seats.member,
                 "etcd": list(self.options.cluster or ()),
@@ -520,7 +525,7 @@ class AdminServer:
                 "counts": {
                     "holders": sum(p["in_use"] for p in products),
                     "borrows": borrows,
-                    "enrollments": len(service.desk.enrollments),
+                    "enrollments": enrollments,
                 },
                 "session": self._session_json(self._session(request)),
             }
@@ -568,6 +573,14 @@ class AdminServer:
         )
 
     async def _enrollments(self, request: web.Request) -> web.StreamResponse:
+        if self.cluster is not None:
+            from lanlic.cluster import view
+
+            try:
+                items = await view.enrollment_rows(self.cluster)
+            except LanlicError as exc:
+                return _error(503, exc.code, exc.message)
+            return web.json_response({"items": items})
         return web.json_response({"items": views.enrollment_rows(self.server.service.desk)})
 
     def _history_filters(self, request: web.Request) -> hist.Filters:
@@ -884,17 +897,25 @@ class AdminServer:
         except BorrowedFileError as exc:
             return _error(400, exc.code, exc.message)
         desk = self.server.service.desk
-        result = desk.enroll(m.Enroll(0, data, via="offline"), self.server.wall())
-        if isinstance(result, m.Error):
-            return _error(400, result.code, result.message)
-        try:
-            written = await self._store(result.write)
-        except web.HTTPException:
-            raise
-        except Exception as exc:
-            reply = result.abort(exc)
+        enroll = m.Enroll(0, data, via="offline")
+        reply: m.Message
+        if self.cluster is not None:  # the record goes to etcd, as through any member
+            reply = await self.cluster.lending.enroll(enroll, self.server.wall())
+            if isinstance(reply, m.Error):
+                status = 503 if reply.code == "server_unavailable" else 400
+                return _error(status, reply.code, reply.message)
         else:
-            reply = result.commit(written)
+            result = desk.enroll(enroll, self.server.wall())
+            if isinstance(result, m.Error):
+                return _error(400, result.code, result.message)
+            try:
+                written = await self._store(result.write)
+            except web.HTTPException:
+                raise
+            except Exception as exc:
+                reply = result.abort(exc)
+            else:
+                reply = result.commit(written)
         if not isinstance(reply, m.Enrolled):
             assert isinstance(reply, m.Error)
             return _error(500, reply.code, reply.message)

@@ -16,6 +16,8 @@ borrows, and ``lanlic status``, the same from any member.
   here would free the seat at once while its application, told nothing until its next renewal
   (up to a heartbeat later), goes on using it, so another client could be granted the same seat
   meanwhile. Remove it on that member's page.
+- **Enrollments** are read from etcd when asked; one accepted on the page is written there, as
+  ``lanlic admin enroll --accept`` through any member does.
 - **History** is not kept by a cluster member yet (docs/cluster.md): the page says so.
 """
 
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from lanlic.admin import views
 from lanlic.cluster.etcd import Unreachable
 from lanlic.core.service import MAX_STATUS_HOLDERS
-from lanlic.errors import LanlicError
+from lanlic.errors import LanlicError, ServerUnavailable
 from lanlic.proto import messages as m
 
 if TYPE_CHECKING:
@@ -39,6 +41,7 @@ __all__ = [
     "active_borrows",
     "cluster_holders",
     "cluster_status",
+    "enrollment_rows",
     "product_rows",
     "remove_refusal",
 ]
@@ -68,6 +71,20 @@ async def active_borrows(service: ClusterService, wall: float) -> list[dict[str,
         {"borrow_id": e.borrow_id, "product": e.product, "user": e.user, "host": e.host,
          "start": e.start, "end": e.end}
         for e in entries
+    ]  # fmt: skip
+
+
+async def enrollment_rows(service: ClusterService) -> list[dict[str, Any]]:
+    """The machines and portable keys enrolled in the cluster (etcd), newest first."""
+    try:
+        records = await service.lending.records.enrollments()
+    except Unreachable as e:
+        raise ServerUnavailable("etcd did not answer; try again") from e
+    rows = sorted(records, key=lambda e: e.enrolled_at, reverse=True)
+    return [
+        {"container_fp": e.container_fp, "kind": e.kind, "machine_fp": e.machine_fp,
+         "user": e.user, "host": e.host, "enrolled_at": e.enrolled_at, "via": e.via}
+        for e in rows
     ]  # fmt: skip
 
 

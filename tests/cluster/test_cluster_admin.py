@@ -25,6 +25,7 @@ from test_cluster_borrows import counts, enrolled, read_site, site  # noqa: F401
 from test_cluster_members import HEARTBEAT, LEASE, Member, Site, closed, prefix_of
 
 from lanlic.errors import NoSeat
+from lanlic.laptop.borrower import Borrower
 from lanlic.laptop.trust import TrustStore
 from lanlic.net.client import Client
 
@@ -145,6 +146,24 @@ async def test_one_members_admin_page_shows_the_whole_cluster(
             await asyncio.sleep(0.1)
         assert [x["borrow_id"] for x in borrows["items"]] == [lic.borrow_id]
 
+        # Enrollments are the cluster's: one made through A over the wire, one uploaded to A's
+        # page (offline), which B lists and the laptop completes.
+        eve = Borrower(site.root / "laptop-eve", machine_fp="mfp:eve")
+        req = eve.enrollment_request("eve", "lt-eve")
+        async with http.post("/api/enrollments", data=req, headers={"X-CSRF-Token": csrf}) as r:
+            body = await r.json()
+            assert r.status == 200, body
+        assert eve.complete_enrollment(body["response"].encode()).server_id == a.member.server_id
+        http_b, csrf_b = await admin_session(b.url)
+        sessions.append(http_b)
+        status, machines = await get(http_b, "/api/enrollments")
+        assert status == 200, machines
+        assert sorted((x["user"], x["via"]) for x in machines["items"]) == [
+            ("eve", "offline"),
+            ("user-l1", "online"),
+        ]
+        assert (await get(http_b, "/api/overview"))[1]["counts"]["enrollments"] == 2
+
         # History is not kept by a member: said plainly, not an empty list.
         status, hist = await get(http, "/api/history")
         assert (status, hist["error"]) == (409, "history_not_kept"), hist
@@ -163,8 +182,6 @@ async def test_one_members_admin_page_shows_the_whole_cluster(
         # and its seat's key is deleted; nothing else moves.
         async with http.delete(f"/api/holders/{by_user['ann']['lease']}", headers=headers) as r:
             assert r.status == 200, await r.text()
-        http_b, csrf_b = await admin_session(b.url)
-        sessions.append(http_b)
         async with http_b.delete(
             f"/api/holders/{by_user['bob']['lease']}", headers={"X-CSRF-Token": csrf_b}
         ) as r:
