@@ -308,7 +308,7 @@ def cluster_store(args: argparse.Namespace, data: Path) -> ClusterPlan | None:
             "so a plaintext etcd is allowed on loopback only"
         )
     refused = [
-        (args.restore, "--restore", "a cluster keeps no SQLite database to restore"),
+        (args.restore, "--restore", "a member's database holds its history only"),
         (args.accept_lost_borrows, "--accept-lost-borrows", "a cluster keeps no borrows yet"),
         (args.admin_port is not None, "--admin-port",
          "the admin page is not built for a cluster yet (status works: lanlic status)"),
@@ -345,6 +345,7 @@ def _serve_cluster(
     from lanlic.cluster.service import ClusterService, etcd_ttl_for
     from lanlic.core.service import ServiceConfig
     from lanlic.net.server import LicenseServer
+    from lanlic.store import Store
 
     config = ServiceConfig(lease_seconds=args.lease, heartbeat_seconds=args.heartbeat)
     server_key = datadir.server_key()
@@ -367,11 +368,20 @@ def _serve_cluster(
             raise CliError(
                 f"--store: etcd at {', '.join(plan.endpoints)} did not answer: {exc}"
             ) from None
-        server = LicenseServer(service, host, port)
+        # The member's own history (what it served), in its data folder as a single server's:
+        # `lanlic admin history --data` reads it; a cluster's whole history is the members'
+        # merged by time (docs/cluster.md).
+        try:
+            history = Store(datadir.path / DB_NAME)
+        except BaseException:
+            await service.close()
+            raise
+        server = LicenseServer(service, host, port, history_store=history)
         try:
             await server.start()
         except OSError as exc:
             await service.close()
+            history.close()
             raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
         try:
             announcer = (
@@ -380,6 +390,7 @@ def _serve_cluster(
         except CliError:
             await server.stop()
             await service.close()
+            history.close()
             raise
         stop = asyncio.Event()
         osdeps.on_stop(asyncio.get_running_loop(), stop.set)
@@ -396,8 +407,8 @@ def _serve_cluster(
                 f"lanlic {__version__}: serving {key.customer!r} on {h}:{p}, a member of a "
                 f"cluster on etcd {', '.join(plan.endpoints)}\n"
                 f"  server id {service.server_id} (server.key in {datadir.path}: the same on "
-                "every member)\n  not in a cluster yet: the queue, seat policy, history, the admin "
-                "page (docs/cluster.md)\n  stop with Ctrl-C",
+                "every member)\n  not in a cluster yet: the queue, seat policy, the admin page "
+                "(docs/cluster.md)\n  stop with Ctrl-C",
                 flush=True,
             )
         announcing = None
@@ -411,6 +422,7 @@ def _serve_cluster(
             await announcer.close()
         await server.stop()
         await service.close()
+        history.close()
         if not args.json:
             print("lanlic: stopped", flush=True)
 

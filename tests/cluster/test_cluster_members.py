@@ -760,3 +760,42 @@ async def test_a_member_grants_the_last_seat_while_it_remembers_one_that_moved_a
     finally:
         for p in peers:
             p.close()
+
+
+async def test_each_member_keeps_the_history_of_what_it_served(
+    site: Site, etcd_cluster: EtcdCluster
+) -> None:
+    """A member writes its history (checkouts, releases, adoptions: who and when) to the
+    database in its own data folder, as a single server does, and ``lanlic admin history``
+    reads it there: A's shows the checkout it granted and the release, B's the seat it adopted
+    (a cluster-wide view is the members' histories merged by time)."""
+    a, b = await two_members(site, etcd_cluster.endpoints)
+    on_a = RawPeer(*await asyncio.open_connection(*a.address))
+    on_b = RawPeer(*await asyncio.open_connection(*b.address))
+    on_b.client_id = on_a.client_id  # one client, two connections: as after a move
+    try:
+        assert (await on_a.hello(user="ada"))["t"] == "welcome"
+        assert (await on_b.hello(user="ada"))["t"] == "welcome"
+        kept = (await on_a.request("checkout", product="cad", version=""))["lease"]
+        freed = (await on_a.request("checkout", product="cad", version=""))["lease"]
+        assert (await on_a.request("release", leases=[freed]))["leases"] == [freed]
+        seat = [{"lease": kept, "product": "cad", "version": ""}]
+        assert (await on_b.request("reclaim", seats=seat))["leases"] == [kept]
+    finally:
+        on_a.close()
+        on_b.close()
+    a.proc.stop()
+    b.proc.stop()
+
+    def events(member: str) -> list[tuple[str, str, str, str, int]]:
+        out = ok(run(["admin", "history", "--data", str(site.root / member), "--json"]))
+        return sorted(
+            (e["event"], e["product"], e["user"], e["host"], int(e.get("count") or 1))
+            for e in out["events"]
+        )
+
+    assert events("a") == [
+        ("checkout", "cad", "ada", "testhost", 2),
+        ("release", "cad", "ada", "testhost", 1),
+    ]
+    assert events("b") == [("adopt", "cad", "ada", "testhost", 1)]
