@@ -92,6 +92,13 @@ SECURITY_HEADERS: Final = {
     "Cross-Origin-Resource-Policy": "same-origin",
 }
 LOOPBACK_NAMES: Final = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+MEMBER_HISTORY: Final = (
+    "the history of what this member served (each member keeps its own; docs/cluster.md)"
+)
+NO_CLUSTER_CHART: Final = (
+    "no usage chart in a cluster: it needs the cluster's history, and each member keeps only "
+    "its own (docs/cluster.md)"
+)
 HISTORY_NOT_KEPT: Final = (
     "a cluster member keeps no history yet (docs/cluster.md): the seats and borrows shown "
     "are the whole cluster's, as of now"
@@ -260,7 +267,7 @@ class AdminServer:
         self.guard.start()
         addr = self._listener.sockets[0].getsockname()
         self.host, self.port = str(addr[0]), int(addr[1])
-        if self.server.store is not None:
+        if self.server.store is not None or self._member_db:
             self._refresher = loop.create_task(self._refresh_password())
         log.info("admin page on %s", self.url)
 
@@ -279,7 +286,21 @@ class AdminServer:
             self._runner = None
         self._kdf.shutdown(wait=True)
 
+    @property
+    def _member_db(self) -> bool:
+        """A cluster member with its own database (its history and admin password only)."""
+        return self.cluster is not None and self.server.history_store is not None
+
     async def _read_password(self) -> str | None:
+        if self.server.store is None and self._member_db:
+            # Read on the history's reader connection: the member's database is written by
+            # its history thread only, and ``lanlic admin password --data`` sets this row.
+            row = await self.server.history_call(
+                lambda db: db.execute(
+                    "SELECT value FROM meta WHERE key = ?", (META_KEY,)
+                ).fetchone()
+            )
+            return str(row[0]) if row is not None and row[0] else None
         if self.server.store is None:
             return None
         value = await self.server.store_call(lambda s: s.meta(META_KEY))
@@ -311,6 +332,12 @@ class AdminServer:
     async def _record(self, session: AdminSession, event: str, product: str, detail: str) -> None:
         """Write an admin action to the history at once (not in the server's next batch)."""
         row = HistoryRow(self.server.wall(), event, product, session.user, session.address, detail)
+        if self.server.store is None and self._member_db:
+            # A member's database is written by its history thread only: the row joins the
+            # server's batch, flushed now.
+            self.server._history_event((event, product, session.user, session.address, detail))
+            await self.server.flush_history()
+            return
         if self.server.store is None:
             log.info("%s by %s: %s", event, session.user, detail)
             return
@@ -492,8 +519,9 @@ class AdminServer:
             cluster = {
                 "member": self.cluster.seats.member,
                 "etcd": list(self.options.cluster or ()),
-                "history": False,
-                "history_note": HISTORY_NOT_KEPT,
+                "history": self._member_db,
+                "history_note": HISTORY_NOT_KEPT if not self._member_db else MEMBER_HISTORY,
+                "chart_note": NO_CLUSTER_CHART,
             }
         else:
             products = views.product_rows(service, now, wall)
@@ -606,14 +634,14 @@ class AdminServer:
 
     async def _read_history(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """``fn(db)`` on the history's own read connection: never on the store's writer."""
-        if self.cluster is not None:
+        if self.cluster is not None and not self._member_db:
             from lanlic.cluster.view import HistoryNotKept
 
             raise web.HTTPConflict(
                 text=json.dumps({"error": HistoryNotKept.code, "message": HISTORY_NOT_KEPT}),
                 content_type="application/json",
             )
-        if self.server.store is None:
+        if self.server.store is None and not self._member_db:
             await self._store(lambda s: None)  # the no_store answer
         return cast(T, await self.server.history_call(fn))
 
@@ -673,6 +701,10 @@ class AdminServer:
         if name not in views.RANGES:
             raise _bad_request(f"range must be one of {', '.join(views.RANGES)}")
         span, step = views.RANGES[name]
+        if self.cluster is not None:
+            from lanlic.cluster.view import HistoryNotKept
+
+            return _error(409, HistoryNotKept.code, NO_CLUSTER_CHART)
         srv = self.server
         pool = srv.service.pool
         # Counts and the history must agree: take the counts, then flush what led to them.

@@ -308,11 +308,8 @@ def cluster_store(args: argparse.Namespace, data: Path) -> ClusterPlan | None:
             "so a plaintext etcd is allowed on loopback only"
         )
     refused = [
-        (args.restore, "--restore", "a cluster keeps no SQLite database to restore"),
+        (args.restore, "--restore", "a member's database holds its history only"),
         (args.accept_lost_borrows, "--accept-lost-borrows", "a cluster keeps no borrows yet"),
-        (not args.no_admin and not _is_loopback(args.admin_host), f"--admin-host {args.admin_host}",
-         "a member keeps no admin password (no SQLite database), so its admin page is served "
-         "on loopback only (reach it with ssh -L)"),
     ]  # fmt: skip
     from lanlic.server.policyfile import POLICY_FILE
 
@@ -353,6 +350,7 @@ def _serve_cluster(
     from lanlic.cluster.service import ClusterService, etcd_ttl_for
     from lanlic.core.service import ServiceConfig
     from lanlic.net.server import LicenseServer
+    from lanlic.store import Store
 
     config = ServiceConfig(lease_seconds=args.lease, heartbeat_seconds=args.heartbeat)
     server_key = datadir.server_key()
@@ -375,11 +373,20 @@ def _serve_cluster(
             raise CliError(
                 f"--store: etcd at {', '.join(plan.endpoints)} did not answer: {exc}"
             ) from None
-        server = LicenseServer(service, host, port)
+        # The member's own history (what it served), in its data folder as a single server's:
+        # `lanlic admin history --data` reads it; a cluster's whole history is the members'
+        # merged by time (docs/cluster.md).
+        try:
+            history = Store(datadir.path / DB_NAME)
+        except BaseException:
+            await service.close()
+            raise
+        server = LicenseServer(service, host, port, history_store=history)
         try:
             await server.start()
         except OSError as exc:
             await service.close()
+            history.close()
             raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
         try:
             announcer = (
@@ -388,6 +395,7 @@ def _serve_cluster(
         except CliError:
             await server.stop()
             await service.close()
+            history.close()
             raise
         stop = asyncio.Event()
         osdeps.on_stop(asyncio.get_running_loop(), stop.set)
@@ -406,6 +414,7 @@ def _serve_cluster(
             except BaseException:
                 await server.stop()
                 await service.close()
+                history.close()
                 raise
         h, p = server.address
         datadir.write_address(h, p)
@@ -423,7 +432,7 @@ def _serve_cluster(
                 f"  server id {service.server_id} (server.key in {datadir.path}: the same on "
                 "every member)\n"
                 + (f"  admin page: {admin.url} (the whole cluster's seats)\n" if admin else "")
-                + "  not in a cluster yet: the queue, seat policy, history (docs/cluster.md)\n"
+                + "  not in a cluster yet: the queue, seat policy (docs/cluster.md)\n"
                 "  stop with Ctrl-C",
                 flush=True,
             )
@@ -441,6 +450,7 @@ def _serve_cluster(
             await admin.stop()
         await server.stop()
         await service.close()
+        history.close()
         if not args.json:
             print("lanlic: stopped", flush=True)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import aetcd
 import aiohttp
 import pytest
-from cliproc import ok, run, serve_args
+from cliproc import CLI, base_env, ok, run, serve_args
 from etcd_cluster import EtcdCluster
 from test_cluster_borrows import counts, enrolled, read_site, site  # noqa: F401 - fixture
 from test_cluster_members import HEARTBEAT, LEASE, Member, Site, closed, prefix_of
@@ -124,7 +125,7 @@ async def test_one_members_admin_page_shows_the_whole_cluster(
             await asyncio.sleep(0.1)
             cad = next(p for p in (await get(http, "/api/overview"))[1]["products"])
         assert (cad["seats"], cad["in_use"], cad["borrowed"], cad["free"]) == (SEATS, 3, 1, 2)
-        assert ov["cluster"]["history"] is False and ov["cluster"]["member"]
+        assert ov["cluster"]["member"]
 
         # Who holds the seats, whichever member granted them (the seat keys' values).
         status, page = await get(http, "/api/holders")
@@ -164,9 +165,14 @@ async def test_one_members_admin_page_shows_the_whole_cluster(
         ]
         assert (await get(http_b, "/api/overview"))[1]["counts"]["enrollments"] == 2
 
-        # History is not kept by a member: said plainly, not an empty list.
-        status, hist = await get(http, "/api/history")
-        assert (status, hist["error"]) == (409, "history_not_kept"), hist
+        # Each member's page shows the history of what it served (its own database): ann's
+        # checkout on A, not bob's (B's). No usage chart: it would need the cluster's history.
+        status, hist = await get(http, "/api/history?event=checkout")
+        assert status == 200, hist
+        assert [(x["user"], x["host"]) for x in hist["items"]] == [("ann", "ann-pc")]
+        assert ov["cluster"]["history"] is True
+        status, chart = await get(http, "/api/usage")
+        assert (status, chart["error"]) == (409, "history_not_kept"), chart
 
         # Removing bob's seat (granted by B) from A's page is refused, naming B.
         headers = {"X-CSRF-Token": csrf}
@@ -225,6 +231,32 @@ async def test_one_members_admin_page_shows_the_whole_cluster(
         assert cad["holders_total"] == SEATS - 1
         assert len({h["member"] for h in cad["holders"]}) == 2
         assert [x["borrow_id"] for x in st["borrows"]] == [lic.borrow_id]
+
+        # The admin action is in A's history; an admin password set in A's data folder (as on a
+        # single server) closes A's page to anyone without it, within the page's re-read.
+        status, hist = await get(http, "/api/history?event=admin_remove")
+        assert [x["user"] for x in hist["items"]] == ["ann"], hist
+        assert "ann@ann-pc" in hist["items"][0]["detail"]
+        folder = str(site.root / "a")
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [*CLI, "admin", "password", "--data", folder, "--password-stdin", "--json"],
+            input="correct horse battery\n", capture_output=True, text=True, env=base_env(),
+            timeout=60, check=False,
+        )  # fmt: skip
+        ok(done)
+        for _ in range(60):
+            async with http.get("/api/overview") as r:
+                if r.status == 401:
+                    break
+            await asyncio.sleep(0.1)
+        assert r.status == 401  # the password logged every open session out
+        async with http.post("/api/login", json={"name": "ann", "password": "wrong one"}) as r:
+            assert r.status == 401
+        async with http.post(
+            "/api/login", json={"name": "ann", "password": "correct horse battery"}
+        ) as r:
+            assert r.status == 200, await r.text()
     finally:
         for s in sessions:
             await s.close()
@@ -243,7 +275,9 @@ async def test_a_members_page_in_chromium_shows_the_other_members_holders(
     site: Site,  # noqa: F811 - the fixture imported above
     etcd_cluster: EtcdCluster,
 ) -> None:
-    """As tests/admin/test_browser.py does: Debian's Chromium through Playwright, any script or
+    """A's page: bob's seat via B, its removal refused; A's own history; no usage chart.
+
+    As tests/admin/test_browser.py does: Debian's Chromium through Playwright, any script or
     console error (a CSP violation shows as one) fails the test; refusals the test provokes are
     answers, not errors."""
     from playwright.async_api import async_playwright, expect
@@ -282,10 +316,11 @@ async def test_a_members_page_in_chromium_shows_the_other_members_holders(
                 await page.click("#confirm-ok")
                 await expect(page.locator("#flash")).to_contain_text("Not removed")
                 await expect(page.locator("#flash")).to_contain_text("held through member")
-                await page.click("#tabs a[data-tab=history]")
-                await expect(page.locator("#history-table tbody")).to_contain_text(
-                    "keeps no history"
-                )
+                await page.click("#tabs a[data-tab=history]")  # A's own: ann's, not bob's
+                await expect(page.locator("#history-table tbody")).to_contain_text("ann-pc")
+                await expect(page.locator("#history-table tbody")).not_to_contain_text("bob-pc")
+                await page.click("#tabs a[data-tab=dashboard]")
+                await expect(page.locator("#chart")).to_contain_text("no usage chart")
                 await page.click("#tabs a[data-tab=server]")
                 await expect(page.locator("#server-facts")).to_contain_text("Cluster member")
             finally:

@@ -320,7 +320,8 @@ function renderServer(ov) {
     ["Data folder", ov.server.data || "(none: nothing is kept)"],
   ];
   if (ov.cluster) {
-    facts.push(["Cluster member", ov.cluster.member], ["Seats kept in", `etcd ${ov.cluster.etcd.join(", ")}`]);
+    facts.push(["Cluster member", ov.cluster.member], ["Seats kept in", `etcd ${ov.cluster.etcd.join(", ")}`],
+      ["History", ov.cluster.history_note]);
   }
   $("server-facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { class: "mono", text: v })]));
 }
@@ -329,10 +330,15 @@ function renderServer(ov) {
 
 async function loadChart() {
   state.chartAt = Date.now();
-  if (noHistory()) {  // a cluster member keeps no history: no chart of the past to draw
+  if (noChart()) {
     state.chartData = null;
     drawChart();
-    $("chart").setAttribute("aria-label", noHistory());
+    const note = document.createElementNS("http://www.w3.org/2000/svg", "text");
+    note.setAttribute("x", "20");
+    note.setAttribute("y", "130");
+    note.textContent = noChart();
+    $("chart").append(note);
+    $("chart").setAttribute("aria-label", noChart());
     return;
   }
   const data = await api("GET", `/api/usage?range=${state.chartRange}`);
@@ -481,10 +487,16 @@ function historyQuery() {
   return q;
 }
 
-// A cluster member keeps no history yet (docs/cluster.md): the reason, else "".
+// A cluster member without a history of its own (docs/cluster.md): the reason, else "".
 function noHistory() {
   const c = state.overview && state.overview.cluster;
   return c && !c.history ? c.history_note : "";
+}
+
+// A cluster member draws no usage chart (each member keeps only its own history): why, else "".
+function noChart() {
+  const c = state.overview && state.overview.cluster;
+  return c ? c.chart_note : "";
 }
 
 async function loadHistory() {
