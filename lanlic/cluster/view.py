@@ -18,7 +18,9 @@ borrows, and ``lanlic status``, the same from any member.
   meanwhile. Remove it on that member's page.
 - **Enrollments** are read from etcd when asked; one accepted on the page is written there, as
   ``lanlic admin enroll --accept`` through any member does.
-- **History** is not kept by a cluster member yet (docs/cluster.md): the page says so.
+- **History** is the member's own (what it served, in its data folder's ``lanlic.db``), as the
+  page says; the usage chart is not drawn (``HistoryNotKept``): it walks the history back from
+  the current counts, which are the cluster's, while the history is one member's.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ class HeldByOtherMember(LanlicError):
 
 
 class HistoryNotKept(LanlicError):
-    """A cluster member keeps no history yet (docs/cluster.md, What remains)."""
+    """What a cluster member's history cannot answer: the usage chart (the cluster's history is
+    not kept in one place), or any history if the member runs without its database."""
 
     code = "history_not_kept"
 
