@@ -44,6 +44,7 @@ import grpc
 
 from lanlic.cluster.fence import Fence
 from lanlic.cluster.mirror import SeatMirror, parse_seat_key, seat_key, seats_prefix
+from lanlic.cluster.queue import WaitLine, queue_prefix
 from lanlic.errors import (
     LanlicError,
     LeaseUnknown,
@@ -249,6 +250,10 @@ class EtcdSeats:
         self.clock = clock
         self.fence = Fence()
         self.mirror = SeatMirror(self.prefix)
+        self.line = WaitLine(self.prefix)
+        """The seat queue's waiters (``lanlic.cluster.queue``), fed by the same watch."""
+        self.on_change: Callable[[], None] | None = None
+        """Called after each watched change of a seat or a waiter (the queue's drain)."""
         self.lease_id = 0
         self._endpoint = 0
         self._generation = 0
@@ -484,9 +489,14 @@ class EtcdSeats:
         got = await self._call(lambda c: c.get_prefix(head))
         keys = [(bytes(kv.key), int(kv.mod_revision), _lease_in(bytes(kv.value))) for kv in got]
         self.mirror.load(keys, int(got.header.revision))
+        # The line is read after: the watch resumes at the seats' revision, and its events
+        # replayed over this later read change nothing (puts of present keys, deletes kept).
+        waiters = await self._call(lambda c: c.get_prefix(queue_prefix(self.prefix)))
+        self.line.load([(bytes(kv.key), int(kv.create_revision)) for kv in waiters])
 
     async def _watch_loop(self) -> None:
-        head = seats_prefix(self.prefix)
+        head = f"{self.prefix}/".encode()  # the seats and the queue's waiters
+        queue_head = queue_prefix(self.prefix)
         while True:
             generation = self._generation
             try:
@@ -495,15 +505,19 @@ class EtcdSeats:
                 )
                 async for event in watch:
                     kv = event.kv
+                    key = bytes(kv.key)
                     if event.kind == "DELETE":
-                        self.mirror.delete(bytes(kv.key), int(kv.mod_revision), watched=True)
+                        self.mirror.delete(key, int(kv.mod_revision), watched=True)
+                        self.line.delete(key)
+                    elif key.startswith(queue_head):
+                        self.line.put(key, int(kv.create_revision))
+                        self.mirror.put(key, int(kv.mod_revision), watched=True)
                     else:
                         self.mirror.put(
-                            bytes(kv.key),
-                            int(kv.mod_revision),
-                            _lease_in(bytes(kv.value)),
-                            watched=True,
+                            key, int(kv.mod_revision), _lease_in(bytes(kv.value)), watched=True
                         )
+                    if self.on_change is not None:
+                        self.on_change()
             except aetcd.exceptions.RevisionCompactedError:
                 await self._load_mirror_retrying()
             except (aetcd.exceptions.ClientError, OSError, asyncio.CancelledError) as e:

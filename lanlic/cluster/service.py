@@ -25,7 +25,8 @@ What differs from a single server (``LicenseService``), request by request:
 - borrow, return, present, enroll: ``lanlic.cluster.desk`` (the single server's rules, the
   records in etcd: ``lanlic.cluster.borrows``); every member runs a reaper that ends borrows at
   their end on its anchored wall clock, racing the others' with a ``mod_revision`` compare.
-- the queue is not built for a cluster yet: ``cluster_unsupported``.
+- the queue (``wait``): one line per product shared by every member, a waiter key per place in
+  etcd (``lanlic.cluster.queue``); a plain checkout never jumps a non-empty line.
 
 Not sans-IO: it starts tasks on the running loop (``start`` inside it).
 """
@@ -43,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from lanlic.cluster.borrows import EtcdBorrows
 from lanlic.cluster.desk import ClusterDesk
 from lanlic.cluster.etcd import EtcdSeats, SeatHold, Unreachable
+from lanlic.cluster.queue import MemberQueue
 from lanlic.cluster.view import cluster_status
 from lanlic.core.netkey import NetworkKey
 from lanlic.core.pool import Denied, Holder, Lease
@@ -99,6 +101,8 @@ class ClusterService(LicenseService):
         self._reaper_task: asyncio.Task[None] | None = None
         self.reaped = 0
         """Borrows this member's reaper ended (another member's may have ended others)."""
+        self.queue = MemberQueue(self)
+        seats.on_change = self.queue.drain  # a seat freed or the line moved: serve its head
 
     # ---------------------------------------------------------------------------- life
 
@@ -140,14 +144,9 @@ class ClusterService(LicenseService):
         if isinstance(msg, m.Enroll):
             return Reply(None, later=lambda: self.lending.enroll(msg, wall))
         if isinstance(msg, m.Wait):
-            return Reply(
-                m.Error(
-                    msg.id,
-                    "cluster_unsupported",
-                    "the queue is not built for a cluster of servers yet (docs/cluster.md): "
-                    "check out again later",
-                )
-            )
+            return self._wait_in_line(session, msg, now, wall)
+        if isinstance(msg, m.Unwait):
+            return Reply(self.queue.unwait(session, msg))
         if isinstance(msg, m.Status):
             return Reply(None, later=lambda: cluster_status(self, msg.id))
         if isinstance(msg, m.Bye):
@@ -157,6 +156,51 @@ class ClusterService(LicenseService):
                 self._settle(lease.id)
             return Reply(m.Goodbye(id=msg.id, released=len(released)), close=True)
         return super().handle(session, msg, now, wall)
+
+    # ------------------------------------------------------------------------ the queue
+
+    def _wait_in_line(self, session: Session, msg: m.Wait, now: float, wall: float) -> Reply:
+        """A seat at once if one is free and nobody waits for it (the checkout's path and
+        refusals), else a place in the shared line."""
+        first = self._checkout(session, m.Checkout(msg.id, msg.product, msg.version), now, wall)
+        if first.message is not None and (
+            not isinstance(first.message, m.Error) or first.message.code != "no_seat"
+        ):
+            return first
+        claim = first.later
+
+        async def seat_or_line() -> m.Message:
+            if claim is not None:
+                got = await claim()
+                if not isinstance(got, m.Error) or got.code != "no_seat":
+                    return got
+            return await self.queue.join(session, msg, wall)
+
+        return Reply(None, later=seat_or_line)
+
+    @property
+    def waiting(self) -> bool:
+        return bool(self.queue.mine)
+
+    def drain_queue(self, now: float) -> None:
+        self.queue.drain()
+
+    def waiting_owners(self) -> set[bytes]:
+        return self.queue.owners()
+
+    def drop_waiters(self, owners: set[bytes]) -> None:
+        for owner in owners:
+            for w in self.queue.owner_gone(owner):
+                self.outbox.append(
+                    (owner, m.Error(w.rid, "no_seat", "dropped from the queue: no heartbeat"))
+                )
+
+    def client_gone(self, client_id: bytes) -> None:
+        client = self._clients.get(client_id)
+        last = client is not None and client.connections <= 1
+        super().client_gone(client_id)
+        if last:  # a place in line lasts as long as a connection of its client
+            self.queue.owner_gone(client_id)
 
     def _fence_open(self) -> bool:
         return self.seats.fence.may_answer(self.seats.clock(), self.pool.lease_seconds)
@@ -189,6 +233,10 @@ class ClusterService(LicenseService):
             return Reply(self._unavailable(rid))
         elif self.seats.mirror.in_use(product) >= ent.seats:
             denied = Denied("no_seat", f"all {ent.seats} seats of {product} are in use")
+        elif (waiting := self.seats.line.waiting(product)) and (
+            ent.seats - self.seats.mirror.in_use(product) <= waiting
+        ):
+            denied = Denied("no_seat", f"{waiting} waiting in line for {product}'s free seats")
         else:
             denied = None
         if denied is not None:
