@@ -119,7 +119,10 @@ async def join_line(seats: EtcdSeats, product: str, ticket: bytes, who: dict[str
     except Unreachable as e:
         # It may have committed: a key of ours the member does not know is deleted by its drain.
         raise ServerUnavailable("etcd did not answer; try again") from e
-    state = await seats._read(key)
+    try:
+        state = await seats._read(key)
+    except Unreachable as e:
+        raise ServerUnavailable("etcd did not answer; try again") from e
     if state is None:  # pragma: no cover - our lease was lost meanwhile
         raise ServerUnavailable("the place in line was lost; try again")
     seats.line.put(key, state.create_revision)
