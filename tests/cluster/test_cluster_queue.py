@@ -18,6 +18,7 @@ from cliproc import issue_network_key, ok, run
 from etcd_cluster import EtcdCluster
 from test_cluster_members import Auditor, Member, Site, closed, prefix_of, start_member
 
+from lanlic.cluster.queue import WaitLine, waiter_key
 from lanlic.errors import NoSeat
 from lanlic.laptop.trust import TrustStore
 from lanlic.net.client import Client, Seat
@@ -192,3 +193,17 @@ async def test_a_waiter_that_gives_up_or_goes_away_leaves_the_line(
     finally:
         for c in clients:
             await closed(c)
+
+
+def test_the_line_is_ordered_by_create_revision_and_a_deleted_waiter_stays_gone() -> None:
+    line = WaitLine("p")
+    k1 = waiter_key("p", "cad", "m2", b"\x01" * 16)
+    k2 = waiter_key("p", "cad", "m1", b"\x02" * 16)
+    k3 = waiter_key("p", "cad/pro", "m1", b"\x03" * 16)
+    line.load([(k2, 9), (k1, 7), (b"p/seats/cad/0", 3)])
+    line.put(k3, 8)
+    assert line.order("cad") == [k1, k2] and line.order("cad/pro") == [k3]
+    assert line.waiting("cad") == 2 and b"p/seats/cad/0" not in line
+    line.delete(k1)
+    line.put(k1, 7)  # a join's late reply after the watch showed its delete
+    assert line.order("cad") == [k2] and k1 not in line
