@@ -86,3 +86,23 @@ def test_a_recount_leaves_out_a_lease_dead_at_its_deadline_and_products_without_
     assert dead is not None and dead.counts()[:2] == (0, (0,))
     assert g.recount("sim", 0.0) is None  # no rule: nothing to count
     assert gate('[products.cad]\nexclude = [{ user = "x" }]\n').recount("cad", 0.0) is None
+
+
+def test_seats_held_for_a_restart_are_not_counted_as_the_policy_s_capacity() -> None:
+    """Three seats, one held for a client reconnecting after a restart, one reserved for carl:
+    once ann has a seat, the last one the policy may give is carl's, not bob's."""
+    g = gate('[products.cad]\nreserve = [{ seats = 1, user = "carl" }]\n', seats=3)
+    assert g.pool.hold("cad", 1) == 1 and g.capacity("cad") == 2
+    assert isinstance(g.checkout("cad", "16", b"a", ANN, 0.0), Granted)
+    refused = g.checkout("cad", "16", b"b", BOB, 0.0)
+    assert isinstance(refused, Denied), refused
+    assert isinstance(g.checkout("cad", "16", b"c", Holder("carl", "carl-pc"), 0.0), Granted)
+
+
+def test_a_gate_without_a_policy_lets_checkouts_through_and_a_policy_says_what_changed() -> None:
+    g = SeatGate(SeatPool([ProductEntitlement("cad", 1)], LEASE))
+    assert isinstance(g.checkout("cad", "", b"a", ANN, 0.0), Granted)
+    assert g.borrow_refused("cad", Asker("ann", "lt-1"), 0.0) is None
+    changes = g.set_policy(parse(MAX_ONE))
+    assert changes and any("cad" in line for line in changes), changes
+    assert g.set_policy(parse(MAX_ONE)) == []  # the same policy again: nothing changed
