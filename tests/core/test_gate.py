@@ -106,3 +106,22 @@ def test_a_gate_without_a_policy_lets_checkouts_through_and_a_policy_says_what_c
     changes = g.set_policy(parse(MAX_ONE))
     assert changes and any("cad" in line for line in changes), changes
     assert g.set_policy(parse(MAX_ONE)) == []  # the same policy again: nothing changed
+
+
+def test_a_waiter_gets_the_seat_of_a_lease_that_died_unswept() -> None:
+    g = gate(MAX_ONE)
+    held = g.checkout("cad", "16", b"b", BOB, 0.0)
+    assert isinstance(held, Granted)
+    joined = g.join(b"t", "cad", "16", b"a", ANN, 5.0)
+    assert isinstance(joined, Joined)
+    assert g.drain("cad", held.lease.expires - 1) == []  # bob's lease still runs: full
+    [out] = g.drain("cad", held.lease.expires)  # dead, not yet swept: the drain sweeps it
+    assert out.waiter.ticket == b"t" and isinstance(out.result, Granted)
+    assert g.pool.lease(held.lease.id) is None
+
+
+def test_a_wait_for_a_free_seat_takes_it_at_once_with_its_version() -> None:
+    g = gate(MAX_ONE)
+    got = g.join(b"t", "cad", "16", b"a", ANN, 0.0)
+    assert isinstance(got, Granted) and got.lease.holder.version == "16"
+    assert len(g.queue) == 0
