@@ -127,6 +127,7 @@ class LicenseService:
         self.key = key
         self.config = config
         self.pool = SeatPool(key.products, config.lease_seconds)
+        self.pool.on_expired = self._expired
         self._server_key = server_key
         self.server_pub = signing.public_bytes(server_key.public_key())
         self.server_id = signing.fingerprint(self.server_pub)
@@ -629,11 +630,15 @@ class LicenseService:
         )
 
     def expire(self, now: float) -> list[Lease]:
-        expired = self.pool.expire(now)
-        for lease in expired:
+        """The sweep: free the leases dead by ``now`` (recorded by ``_expired``)."""
+        return self.pool.expire(now)
+
+    def _expired(self, leases: list[Lease]) -> None:
+        """Leases the pool freed as dead, by the sweep or in passing (a checkout, borrow or
+        drain on a full product): each is an expiry in the history."""
+        for lease in leases:
             self._lease_event("expiry", lease)
             self._forget_if_gone(lease.owner)
-        return expired
 
     def client_gone(self, client_id: bytes) -> None:
         """A connection of ``client_id`` (after an accepted hello) closed."""
