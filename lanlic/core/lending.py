@@ -88,7 +88,6 @@ class BorrowDesk:
         self.key = key
         self.pool = pool
         self._server_key = server_key
-        self._server_pub = signing.public_bytes(server_key.public_key())
         self.server_id = server_id
         self.active: dict[str, ActiveBorrow] = {}
         self._by_request: dict[str, str] = {}
