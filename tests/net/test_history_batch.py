@@ -140,3 +140,41 @@ async def test_checkouts_arriving_during_a_raise_share_the_next_write(
     assert calls == [{"cad": 10}, {"cad": 40}]
     assert store.reservations() == {"cad": 40}
     assert guard.pending["cad"] == 0 and guard.reserved["cad"] == 40
+
+
+async def test_a_failed_group_raise_refuses_every_checkout_in_it_and_grants_none(
+    start_server, raw_peer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The disk refusing a grouped raise answers each checkout waiting on it ``store_failed``:
+    none is granted past the reservation on disk, and the next raise starts afresh."""
+    from lanlic.proto.framing import encode_frame
+
+    store = Store(tmp_path / "lanlic.db")
+    failing = [True]
+    real = store.raise_reservations
+
+    def raise_reservations(seats: dict[str, int]) -> None:
+        if failing[0]:
+            raise OSError(28, "No space left on device")
+        real(seats)
+
+    store.raise_reservations = raise_reservations  # type: ignore[method-assign]
+    server = await start_server(products=(ProductEntitlement("cad", seats=80),), store=store)
+    peers = [await raw_peer(server.address) for _ in range(3)]
+    for k, peer in enumerate(peers):
+        await peer.send_raw(
+            b"".join(
+                encode_frame({"t": "checkout", "id": 10 * k + i, "product": "cad"})
+                for i in range(1, 9)
+            )
+        )
+    replies = [await peer.recv() for peer in peers for _ in range(8)]
+    assert {(r["t"], r.get("code")) for r in replies} == {("error", "store_failed")}
+    guard = server.service.guard
+    assert server.service.pool.in_use("cad") == 0
+    assert guard.pending["cad"] == 0 and guard.reserved.get("cad", 0) == 0
+    assert store.reservations().get("cad", 0) == 0
+    failing[0] = False
+    granted = await peers[0].request("checkout", product="cad")
+    assert granted["t"] == "granted"
+    assert store.reservations() == {"cad": 10}
