@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from lanlic.cluster.borrows import EtcdBorrows
 from lanlic.cluster.desk import ClusterDesk
 from lanlic.cluster.etcd import EtcdSeats, SeatHold, Unreachable
+from lanlic.cluster.view import cluster_status
 from lanlic.core.netkey import NetworkKey
 from lanlic.core.pool import Denied, Holder, Lease
 from lanlic.core.service import LicenseService, Reply, ServiceConfig, Session, _once
@@ -147,6 +148,8 @@ class ClusterService(LicenseService):
                     "check out again later",
                 )
             )
+        if isinstance(msg, m.Status):
+            return Reply(None, later=lambda: cluster_status(self, msg.id))
         if isinstance(msg, m.Bye):
             released = self.pool.release_owner(session.client_id, now)
             for lease in released:
@@ -197,7 +200,8 @@ class ClusterService(LicenseService):
 
         async def claim() -> m.Message:
             try:
-                hold = await self.seats.checkout(product, owner.hex(), lease_id.hex())
+                who = (h.user, h.host, int(wall))
+                hold = await self.seats.checkout(product, owner.hex(), lease_id.hex(), who)
             except LanlicError as exc:
                 self._event("refusal", product, h.user, h.host, exc.code)
                 return m.Error(rid, exc.code, exc.message)
@@ -298,6 +302,7 @@ class ClusterService(LicenseService):
             return lease_id, "lease_unknown"
         if lease_id in self.holds or lease_id in self._ending:
             return lease_id, "lease_unknown"  # ours once, ended here
+        h = session.holder
         try:
             seat = await self.seats.locate(lease_id.hex(), product)
             if seat is None or (product is not None and seat[0] != product):
@@ -305,10 +310,10 @@ class ClusterService(LicenseService):
             ent = self.pool.products[seat[0]]
             if version and not ent.allows_version(version):
                 return lease_id, "version_not_licensed"
-            hold = await self.seats.adopt(seat[0], seat[1], owner.hex(), lease_id.hex())
+            who = (h.user, h.host, int(_wall))
+            hold = await self.seats.adopt(seat[0], seat[1], owner.hex(), lease_id.hex(), who)
         except LanlicError as exc:
             return lease_id, exc.code
-        h = session.holder
         got = self._hold(hold, lease_id, owner, Holder(h.user, h.host, h.app, version, h.addr))
         if isinstance(got, m.Error):
             return lease_id, got.code
