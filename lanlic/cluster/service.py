@@ -391,11 +391,10 @@ class ClusterService(LicenseService):
             self._settle(lease_id)
         return reply
 
-    def expire(self, now: float) -> list[Lease]:
-        expired = super().expire(now)
-        for lease in expired:
+    def _expired(self, leases: list[Lease]) -> None:
+        super()._expired(leases)
+        for lease in leases:
             self._settle(lease.id)
-        return expired
 
     def remove(self, lease_id: bytes, now: float) -> Lease | None:
         lease = super().remove(lease_id, now)
