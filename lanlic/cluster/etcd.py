@@ -492,7 +492,9 @@ class EtcdSeats:
         # The line is read after: the watch resumes at the seats' revision, and its events
         # replayed over this later read change nothing (puts of present keys, deletes kept).
         waiters = await self._call(lambda c: c.get_prefix(queue_prefix(self.prefix)))
-        self.line.load([(bytes(kv.key), int(kv.create_revision)) for kv in waiters])
+        self.line.load(
+            [(bytes(kv.key), int(kv.create_revision), bytes(kv.value)) for kv in waiters]
+        )
 
     async def _watch_loop(self) -> None:
         head = f"{self.prefix}/".encode()  # the seats and the queue's waiters
@@ -510,7 +512,7 @@ class EtcdSeats:
                         self.mirror.delete(key, int(kv.mod_revision), watched=True)
                         self.line.delete(key)
                     elif key.startswith(queue_head):
-                        self.line.put(key, int(kv.create_revision))
+                        self.line.put(key, int(kv.create_revision), bytes(kv.value))
                         self.mirror.put(key, int(kv.mod_revision), watched=True)
                     else:
                         self.mirror.put(

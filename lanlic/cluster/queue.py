@@ -70,24 +70,34 @@ class WaitLine:
 
     prefix: str
     lines: dict[str, dict[bytes, int]] = field(default_factory=dict)
+    who: dict[bytes, tuple[str, str, float]] = field(default_factory=dict)
+    """Waiter key -> (user, host, since: UTC seconds) from its value, for status."""
     _gone: set[bytes] = field(default_factory=set)
     """Keys seen deleted: a late put (a join's own reply after the watch showed its delete, the
     member's lease lost meanwhile) never brings one back. Keys are never reused (random tickets)."""
 
-    def load(self, keys: list[tuple[bytes, int]]) -> None:
+    def load(self, keys: list[tuple[bytes, int, bytes]]) -> None:
         self.lines = {}
-        for key, created in keys:
-            self.put(key, created)
+        self.who = {}
+        for key, created, value in keys:
+            self.put(key, created, value)
 
-    def put(self, key: bytes, create_revision: int) -> None:
+    def put(self, key: bytes, create_revision: int, value: bytes = b"") -> None:
         got = parse_waiter_key(self.prefix, key)
         if got is not None and key not in self._gone:
             self.lines.setdefault(got[0], {})[key] = create_revision
+            if value:
+                try:
+                    d = json.loads(value)
+                    self.who[key] = (str(d["user"]), str(d["host"]), float(d.get("since", 0)))
+                except (ValueError, KeyError, TypeError):
+                    pass
 
     def delete(self, key: bytes) -> None:
         got = parse_waiter_key(self.prefix, key)
         if got is not None:
             self._gone.add(key)
+            self.who.pop(key, None)
             line = self.lines.get(got[0])
             if line is not None:
                 line.pop(key, None)
@@ -107,7 +117,9 @@ class WaitLine:
         return got is not None and key in self.lines.get(got[0], {})
 
 
-async def join_line(seats: EtcdSeats, product: str, ticket: bytes, who: dict[str, str]) -> bytes:
+async def join_line(
+    seats: EtcdSeats, product: str, ticket: bytes, who: dict[str, str | int]
+) -> bytes:
     """Put the waiter's key under this member's lease; its create revision is its place."""
     from lanlic.cluster.etcd import Unreachable
 
@@ -125,7 +137,7 @@ async def join_line(seats: EtcdSeats, product: str, ticket: bytes, who: dict[str
         raise ServerUnavailable("etcd did not answer; try again") from e
     if state is None:  # pragma: no cover - our lease was lost meanwhile
         raise ServerUnavailable("the place in line was lost; try again")
-    seats.line.put(key, state.create_revision)
+    seats.line.put(key, state.create_revision, value)
     return key
 
 
@@ -238,8 +250,8 @@ class MemberQueue:
                     Holder(h.user, h.host, h.app, msg.version, h.addr), key, msg.id)  # fmt: skip
         self.mine[ticket] = w
         self._by_key[key] = ticket  # before the put: the watch may show it before etcd answers
-        who = {"member": self.seats.member, "client": session.client_id.hex(),
-               "user": h.user, "host": h.host}  # fmt: skip
+        who: dict[str, str | int] = {"member": self.seats.member, "client": session.client_id.hex(),
+               "user": h.user, "host": h.host, "since": int(wall)}  # fmt: skip
         try:
             await join_line(self.seats, msg.product, ticket, who)
         except LanlicError as exc:

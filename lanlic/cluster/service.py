@@ -411,6 +411,12 @@ class ClusterService(LicenseService):
             p["in_use"] = max(0, taken - borrowed)
             p["borrowed"] = borrowed
             p["free"] = max(0, p["seats"] - taken)
+            line = self.seats.line
+            p["queue"] = [  # the cluster's line, every member's waiters (the watch's view)
+                {"position": i, "user": who[0], "host": who[1], "since": who[2]}
+                for i, key in enumerate(line.order(p["name"]), 1)
+                for who in [line.who.get(key, ("", "", 0.0))]
+            ]
         reply.borrows[:] = self.lending.listing()  # as the reaper last read them
         return reply
 

@@ -104,6 +104,11 @@ async def test_a_freed_seat_goes_to_the_head_of_the_shared_line_on_any_member(
         await until(lambda: dan_pos == [2], "dan in line second")
         line = await queue_keys(etcd, prefix)
         assert len(line) == 2 and b"/queue/cad/" in line[0], line
+        for member in (client("eve-b", b), client("eve-a", a)):
+            await member.connect()
+            cad = next(p for p in (await member.status())["products"] if p["name"] == "cad")
+            queue = [(w["position"], w["user"], w["host"]) for w in cad["queue"]]
+            assert queue == [(1, "cat", "cat-pc"), (2, "dan", "dan-pc")], queue
 
         # Nobody jumps the line: a plain checkout on either member is refused.
         eve, fay = client("eve", a), client("fay", b)
@@ -200,10 +205,13 @@ def test_the_line_is_ordered_by_create_revision_and_a_deleted_waiter_stays_gone(
     k1 = waiter_key("p", "cad", "m2", b"\x01" * 16)
     k2 = waiter_key("p", "cad", "m1", b"\x02" * 16)
     k3 = waiter_key("p", "cad/pro", "m1", b"\x03" * 16)
-    line.load([(k2, 9), (k1, 7), (b"p/seats/cad/0", 3)])
+    line.load(
+        [(k2, 9, b""), (k1, 7, b'{"user": "ann", "host": "a-pc"}'), (b"p/seats/cad/0", 3, b"")]
+    )
     line.put(k3, 8)
     assert line.order("cad") == [k1, k2] and line.order("cad/pro") == [k3]
     assert line.waiting("cad") == 2 and b"p/seats/cad/0" not in line
+    assert line.who[k1] == ("ann", "a-pc", 0.0) and k2 not in line.who
     line.delete(k1)
     line.put(k1, 7)  # a join's late reply after the watch showed its delete
     assert line.order("cad") == [k2] and k1 not in line
