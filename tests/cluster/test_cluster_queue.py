@@ -215,3 +215,55 @@ def test_the_line_is_ordered_by_create_revision_and_a_deleted_waiter_stays_gone(
     line.delete(k1)
     line.put(k1, 7)  # a join's late reply after the watch showed its delete
     assert line.order("cad") == [k2] and k1 not in line
+
+
+async def test_a_killed_members_waiter_waits_again_on_another_and_its_old_place_goes(
+    site: Site, etcd_cluster: EtcdCluster, etcd: aetcd.Client
+) -> None:
+    endpoints = etcd_cluster.endpoints
+    a = await start_member(site, site.data("a"), endpoints)
+    b = await start_member(site, site.data("b", identity_of="a"), endpoints[1:] + endpoints[:1])
+    prefix = prefix_of(site)
+    clients: list[Client] = []
+
+    def client(user: str, *members: Member) -> Client:
+        c = Client(
+            [m.address for m in members], regain=False, trust=TrustStore(site.root / f"t-{user}"),
+            user=user, host=f"{user}-pc",
+        )  # fmt: skip
+        clients.append(c)
+        return c
+
+    try:
+        ann, bob = client("ann", b), client("bob", b)
+        for c in (ann, bob):
+            await c.connect()
+        ann_seat = await ann.acquire("cad")
+        bob_seat = await bob.acquire("cad")
+        cat, dan = client("cat", a, b), client("dan", b)  # cat knows both members, A first
+        await cat.connect()
+        await dan.connect()
+        cat_pos: list[int] = []
+        dan_pos: list[int] = []
+        cat_wait = asyncio.create_task(cat.acquire("cad", wait=True, on_position=cat_pos.append))
+        await until(lambda: cat_pos == [1], "cat in line on A")
+        dan_wait = asyncio.create_task(dan.acquire("cad", wait=True, on_position=dan_pos.append))
+        await until(lambda: dan_pos == [2], "dan in line on B")
+
+        a.proc.popen.send_signal(signal.SIGKILL)
+        # cat moves to B and waits again, behind dan; its old place goes with A's etcd lease.
+        await until(lambda: len(cat_pos) >= 2, "cat in line again on B")
+        await until(lambda: dan_pos[-1:] == [1] and cat_pos[-1:] == [2], "A's lease gone", 15)
+        assert len(await queue_keys(etcd, prefix)) == 2
+
+        await ann.release(ann_seat)
+        dan_seat: Seat = await asyncio.wait_for(dan_wait, 10)
+        await bob.release(bob_seat)
+        cat_seat: Seat = await asyncio.wait_for(cat_wait, 10)
+        assert dan_seat.member == cat_seat.member == b.address
+        await cat.renew_now()  # a seat waited for across a move is held where it was granted
+        assert not cat_seat.lost
+        assert await queue_keys(etcd, prefix) == []
+    finally:
+        for c in clients:
+            await closed(c)
