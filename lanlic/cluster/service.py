@@ -162,7 +162,8 @@ class ClusterService(LicenseService):
     def _wait_in_line(self, session: Session, msg: m.Wait, now: float, wall: float) -> Reply:
         """A seat at once if one is free and nobody waits for it (the checkout's path and
         refusals), else a place in the shared line."""
-        first = self._checkout(session, m.Checkout(msg.id, msg.product, msg.version), now, wall)
+        ask = m.Checkout(msg.id, msg.product, msg.version)
+        first = self._checkout(session, ask, now, wall, queued=True)
         if first.message is not None and (
             not isinstance(first.message, m.Error) or first.message.code != "no_seat"
         ):
@@ -213,7 +214,10 @@ class ClusterService(LicenseService):
             "this member cannot prove its etcd lease outlives a client lease: try another",
         )
 
-    def _checkout(self, session: Session, msg: m.Checkout, now: float, wall: float) -> Reply:
+    def _checkout(
+        self, session: Session, msg: m.Checkout, now: float, wall: float, *, queued: bool = False
+    ) -> Reply:
+        """``queued``: a ``wait``'s first try; ``no_seat`` then puts it in line, no refusal."""
         rid, product, version = msg.id, msg.product, msg.version
         h = session.holder
         if self._key_expired(wall):
@@ -240,7 +244,8 @@ class ClusterService(LicenseService):
         else:
             denied = None
         if denied is not None:
-            self._event("refusal", product, h.user, h.host, denied.code)
+            if not (queued and denied.code == "no_seat"):
+                self._event("refusal", product, h.user, h.host, denied.code)
             return Reply(m.Error(rid, denied.code, denied.message))
         holder = Holder(h.user, h.host, h.app, version, h.addr)
         owner = session.client_id
@@ -251,7 +256,8 @@ class ClusterService(LicenseService):
                 who = (h.user, h.host, int(wall))
                 hold = await self.seats.checkout(product, owner.hex(), lease_id.hex(), who)
             except LanlicError as exc:
-                self._event("refusal", product, h.user, h.host, exc.code)
+                if not (queued and exc.code == "no_seat"):
+                    self._event("refusal", product, h.user, h.host, exc.code)
                 return m.Error(rid, exc.code, exc.message)
             granted = self._hold(hold, lease_id, owner, holder)
             if isinstance(granted, m.Error):

@@ -162,6 +162,11 @@ async def test_a_freed_seat_goes_to_the_head_of_the_shared_line_on_any_member(
             await auditor.close()
         for c in clients:
             await closed(c)
+    a.proc.stop()
+    history = ok(run(["admin", "history", "--data", str(site.root / "a"), "--json"]))["events"]
+    cats = sorted({(e["event"], e["user"]) for e in history if e["user"] == "cat"})
+    # cat's wait on A: in line, then its seat; never a refusal (it waited instead).
+    assert cats == [("checkout", "cat"), ("queue_join", "cat"), ("release", "cat")], cats
 
 
 async def test_a_waiter_that_gives_up_or_goes_away_leaves_the_line(
