@@ -316,7 +316,7 @@ def cluster_store(args: argparse.Namespace, data: Path) -> ClusterPlan | None:
     if (data / POLICY_FILE).exists():
         refused.append(
             (True, f"{data / POLICY_FILE}",
-             "a seat policy (and its queue) needs shared state in etcd, not built yet")
+             "a seat policy needs shared state in etcd, not built yet")
         )  # fmt: skip
     for used, what, why in refused:
         if used:
@@ -432,7 +432,7 @@ def _serve_cluster(
                 f"  server id {service.server_id} (server.key in {datadir.path}: the same on "
                 "every member)\n"
                 + (f"  admin page: {admin.url} (the whole cluster's seats)\n" if admin else "")
-                + "  not in a cluster yet: the queue, seat policy (docs/cluster.md)\n"
+                + "  not in a cluster yet: seat policy (docs/cluster.md)\n"
                 "  stop with Ctrl-C",
                 flush=True,
             )
