@@ -131,13 +131,20 @@ async def join_line(
     except Unreachable as e:
         # It may have committed: a key of ours the member does not know is deleted by its drain.
         raise ServerUnavailable("etcd did not answer; try again") from e
+    # Read the product's whole line back, not only our key: a waiter that joined just before
+    # us through another member may not have reached this member's watch yet, and the place we
+    # tell must count it (it did: once, dan was told 1 and then 2 behind a cat of another member).
+    line_head = queue_prefix(seats.prefix) + f"{product}/".encode()
     try:
-        state = await seats._read(key)
+        got = await seats._call(lambda c: c.get_prefix(line_head))
     except Unreachable as e:
         raise ServerUnavailable("etcd did not answer; try again") from e
-    if state is None:  # pragma: no cover - our lease was lost meanwhile
+    ours = False
+    for kv in got:
+        seats.line.put(bytes(kv.key), int(kv.create_revision), bytes(kv.value))
+        ours = ours or bytes(kv.key) == key
+    if not ours:  # pragma: no cover - our lease was lost meanwhile
         raise ServerUnavailable("the place in line was lost; try again")
-    seats.line.put(key, state.create_revision, value)
     return key
 
 

@@ -417,3 +417,25 @@ async def test_concurrent_checkouts_and_releases_go_together_each_on_its_own_sea
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_waiter_is_told_its_place_behind_one_its_member_has_not_seen_yet(
+    etcd_cluster: EtcdCluster,
+) -> None:
+    """A waiter's first position counts those who joined through another member just before,
+    even when this member's watch has not shown them yet (it once told dan 1, then 2)."""
+    from lanlic.cluster.queue import join_line
+
+    eps = etcd_cluster.endpoints
+    a, b = member(rotated(eps, 0), "a", 1), member(rotated(eps, 1), "b", 1)
+    await a.start()
+    await b.start()
+    try:
+        b._watch_task.cancel()  # b sees nothing through its watch from here on
+        who: dict[str, str | int] = {"user": "u", "host": "h", "since": 0}
+        cat = await join_line(a, "cad", b"c" * 16, who)
+        dan = await join_line(b, "cad", b"d" * 16, who)
+        assert b.line.order("cad") == [cat, dan]
+    finally:
+        await a.close()
+        await b.close()
