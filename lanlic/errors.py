@@ -301,8 +301,8 @@ class InternalError(LanlicError):
 
 
 class ClusterUnsupported(LanlicError):
-    """A request for something a cluster of servers on etcd does not do yet (borrowing,
-    enrollment, the queue: docs/cluster.md). A single server does it."""
+    """A request for something a cluster of servers on etcd does not do yet (the queue:
+    docs/cluster.md). A single server does it."""
 
     code = "cluster_unsupported"
 

@@ -396,8 +396,8 @@ def _serve_cluster(
                 f"lanlic {__version__}: serving {key.customer!r} on {h}:{p}, a member of a "
                 f"cluster on etcd {', '.join(plan.endpoints)}\n"
                 f"  server id {service.server_id} (server.key in {datadir.path}: the same on "
-                "every member)\n  not in a cluster yet: borrowing, enrollment, the queue, seat "
-                "policy, history, the admin page (docs/cluster.md)\n  stop with Ctrl-C",
+                "every member)\n  not in a cluster yet: the queue, seat policy, history, the admin "
+                "page (docs/cluster.md)\n  stop with Ctrl-C",
                 flush=True,
             )
         announcing = None

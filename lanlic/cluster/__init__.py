@@ -3,6 +3,9 @@
 - :mod:`lanlic.cluster.fence`: when a member may still answer (pure; time passed in).
 - :mod:`lanlic.cluster.mirror`: which seats are taken, fed by etcd's watch (pure).
 - :mod:`lanlic.cluster.etcd`: the seat store on etcd (asyncio, aetcd: ``lanlic[cluster]``).
+- :mod:`lanlic.cluster.borrows`: borrows and enrollments as keys in etcd with no etcd lease.
+- :mod:`lanlic.cluster.desk`: a member's borrowing desk (the single server's rules, etcd's records).
+- :mod:`lanlic.cluster.service`: the licence service of one member.
 
 docs/cluster.md has the design, the measurements and what remains.
 """

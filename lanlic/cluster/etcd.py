@@ -25,6 +25,7 @@ values here. One aetcd client talks to one endpoint: we keep the list and move o
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -43,7 +44,14 @@ import grpc
 
 from lanlic.cluster.fence import Fence
 from lanlic.cluster.mirror import SeatMirror, parse_seat_key, seat_key, seats_prefix
-from lanlic.errors import LeaseUnknown, NoSeat, ServerBusy, ServerUnavailable, UnknownProduct
+from lanlic.errors import (
+    LanlicError,
+    LeaseUnknown,
+    NoSeat,
+    ServerBusy,
+    ServerUnavailable,
+    UnknownProduct,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +61,20 @@ win, so the mirror learns the seat is taken)."""
 
 READ_BACK_SECONDS = 5.0
 """How long an unknown outcome may take to read back (a leader election takes about a second)."""
+
+BATCH_SIZE = 16
+"""Seat claims of one product sent in one transaction at most (nested transactions, each with its
+own ``create_revision == 0`` compare: each claim wins or loses on its own)."""
+
+BATCHES_IN_FLIGHT = 2
+"""Claim transactions of one product in flight at once from one member. Checkouts that arrive
+meanwhile wait and go together in the next one: a member under load sends a few large
+transactions instead of thousands of small ones, which queued in gRPC and etcd past the call
+timeout (an unknown outcome, a read-back, another endpoint: ``server_unavailable`` to clients)."""
+
+DOUBT_SECONDS = 30.0
+"""How long a claim whose reply was lost is watched for a late commit: a transaction that timed out
+here may still be applied by etcd after our read-back found no key."""
 
 
 class Unreachable(Exception):
@@ -93,6 +115,16 @@ class SeatHold:
     holder: Holder
 
 
+@dataclass
+class _Claim:
+    """One checkout waiting for, or riding in, a batched claim transaction."""
+
+    client: str
+    client_lease: str
+    done: asyncio.Future[SeatHold]
+    attempts: int = 0
+
+
 @dataclass(frozen=True)
 class KeyState:
     value: bytes
@@ -105,6 +137,11 @@ def _lease_in(value: bytes) -> str:
     """The client lease a seat key's value names ("" if it names none)."""
     got = Holder.decode(value)
     return "" if got is None else got.lease
+
+
+def _retrieved(done: asyncio.Future[SeatHold]) -> None:
+    if not done.cancelled():
+        done.exception()
 
 
 def _key_state(kv: Any) -> KeyState:
@@ -197,26 +234,45 @@ class EtcdSeats:
         (closing a gRPC channel cancels the calls still on it)."""
         self._tasks: list[asyncio.Task[None]] = []
         self._watch_task: asyncio.Task[None] | None = None
-        self._doubtful: dict[bytes, str] = {}
-        """Claims whose outcome we could not read back (key -> token): the keepalive loop reads
-        them again and deletes those that did commit, so no seat leaks under our live lease."""
+        self._doubtful: dict[bytes, tuple[str, float]] = {}
+        """Claims whose reply was lost (key -> token, when): the keepalive loop reads them again
+        for ``DOUBT_SECONDS`` and deletes those that did commit, so no seat leaks under our live
+        lease (a timed-out transaction may be applied after our read-back found nothing)."""
+        self._queued: dict[str, collections.deque[_Claim]] = {}
+        """Per product: checkouts waiting for the next claim transaction."""
+        self._in_flight: dict[str, int] = {}
+        """Per product: claim transactions in flight."""
+        self._reserved: dict[str, set[int]] = {}
+        """Per product: seats named in a claim transaction in flight (not picked meanwhile)."""
+        self._batches: set[asyncio.Task[None]] = set()
+        self._keepalive_client: Any = None
+        """The keepalive's own client (own channel and connection): a keepalive never waits
+        behind a member's queue of transactions, so the fence reflects etcd, not our load."""
+        self._keepalive_endpoint = -1
+        self._closed = False
         self.lease_lost = asyncio.Event()
         """Set when etcd says this member's lease is gone: every seat it held was deleted."""
 
     # -- connection ------------------------------------------------------------------------------
 
     def _connect(self) -> None:
-        host, _, port = self.endpoints[self._endpoint].rpartition(":")
+        self._client = self._new_client(self._endpoint)
+
+    def _new_client(self, endpoint: int, *, own_connection: bool = False) -> Any:
+        host, _, port = self.endpoints[endpoint].rpartition(":")
+        # gRPC shares one connection between channels to the same target unless told not to.
+        options = {"grpc.use_local_subchannel_pool": 1} if own_connection else None
         if self.tls is None:
-            self._client = aetcd.Client(host=host, port=int(port), timeout=self.call_timeout)
-        else:
-            self._client = _TlsClient(
-                host=host, port=int(port), timeout=self.call_timeout, tls=self.tls
+            return aetcd.Client(
+                host=host, port=int(port), timeout=self.call_timeout, options=options
             )
+        return _TlsClient(
+            host=host, port=int(port), timeout=self.call_timeout, tls=self.tls, options=options
+        )
 
     async def _rotate(self, generation: int) -> None:
         """Move to the next endpoint, once per failure however many calls saw it."""
-        if generation != self._generation:
+        if generation != self._generation or self._closed:
             return
         self._generation += 1
         old = self._client
@@ -276,20 +332,25 @@ class EtcdSeats:
     async def recover(self) -> None:
         """After ``lease_lost``: take a new etcd lease and answer again. The seats held under the
         old lease are gone; the server must already have told their clients (seat_lost)."""
-        if not self.fence.lost:
+        if not self.lease_lost.is_set():
             return
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._new_lease()
+        self._tasks = []
+        # The mirror first, then the lease: a failure of either leaves ``lease_lost`` set and
+        # the fence shut, so the caller's retry does both again (a new lease taken before a
+        # failed reload used to reopen the fence with no keepalive running).
         await self._load_mirror()
+        await self._new_lease()
         self.lease_lost.clear()
         self._tasks = [asyncio.create_task(self._keepalive_loop(), name="etcd-keepalive")]
 
     async def close(self, *, revoke: bool = False) -> None:
         """Stop. ``revoke`` deletes every seat this member holds (a clean shutdown whose clients
         were told); without it the seats stay until the lease expires, for others to adopt."""
-        tasks = [*self._tasks, *([self._watch_task] if self._watch_task else [])]
+        self._closed = True
+        tasks = [*self._tasks, *self._batches, *([self._watch_task] if self._watch_task else [])]
         self._watch_task = None
         for t in tasks:
             t.cancel()
@@ -299,12 +360,13 @@ class EtcdSeats:
         if revoke and self.lease_id:
             with contextlib.suppress(Unreachable):
                 await self._call(lambda c: c.revoke_lease(self.lease_id))
-        for client in [*self._retired, self._client]:
+        for client in [*self._retired, self._client, self._keepalive_client]:
             if client is not None:
                 with contextlib.suppress(Exception):
                     await client.close()
         self._retired = []
         self._client = None
+        self._keepalive_client = None
 
     async def _new_lease(self) -> None:
         deadline = self.clock() + READ_BACK_SECONDS
@@ -321,17 +383,40 @@ class EtcdSeats:
         self.fence.reset()
         self.fence.keepalive_answered(sent, int(lease.ttl))
 
+    async def _refresh(self) -> Any:
+        """One keepalive on the keepalive's own client, at the endpoint the member uses; a
+        failure moves the member to the next endpoint (as any call's) and raises Unreachable."""
+        if self._keepalive_client is None or self._keepalive_endpoint != self._endpoint:
+            if self._keepalive_client is not None:
+                with contextlib.suppress(Exception):
+                    await self._keepalive_client.close()
+            self._keepalive_endpoint = self._endpoint
+            self._keepalive_client = self._new_client(self._endpoint, own_connection=True)
+        generation = self._generation
+        try:
+            return await asyncio.wait_for(
+                self._keepalive_client.refresh_lease(self.lease_id), self.call_timeout
+            )
+        except (aetcd.exceptions.ClientError, TimeoutError, OSError) as e:
+            await self._rotate(generation)
+            raise Unreachable(str(e)) from e
+
     async def _keepalive_loop(self) -> None:
         interval = self.etcd_ttl / 10
         while True:
             sent = self.clock()
             try:
-                reply = await self._call(lambda c: c.refresh_lease(self.lease_id))
-            except Unreachable:
+                reply = await self._refresh()
+            except Unreachable as e:
+                log.info("etcd: keepalive failed (%s); retrying", e)
                 await asyncio.sleep(min(interval, 0.1))
                 continue
-            ttl = int(reply.TTL) if reply is not None else 0
-            self.fence.keepalive_answered(sent, ttl)
+            if reply is None:
+                # The stream closed without an answer: nothing is known, the lease is not
+                # lost (taking this for TTL 0 would drop every seat this member holds).
+                await asyncio.sleep(min(interval, 0.1))
+                continue
+            self.fence.keepalive_answered(sent, int(reply.TTL))
             if self._doubtful and not self.fence.lost:
                 await self._settle_doubtful()
             if self.fence.lost:
@@ -343,7 +428,7 @@ class EtcdSeats:
             await asyncio.sleep(interval)
 
     async def _settle_doubtful(self) -> None:
-        for key, token in list(self._doubtful.items()):
+        for key, (token, since) in list(self._doubtful.items()):
             try:
                 state = await self._read(key, deadline_s=0)
             except Unreachable:
@@ -355,7 +440,10 @@ class EtcdSeats:
                     await self.release(hold)
                 except ServerUnavailable:
                     return
-            del self._doubtful[key]
+                log.info("etcd: a claim whose reply was lost had committed: %s freed", key)
+                del self._doubtful[key]
+            elif self.clock() - since > DOUBT_SECONDS:
+                del self._doubtful[key]  # too old to commit now
 
     async def _load_mirror(self) -> None:
         head = seats_prefix(self.prefix)
@@ -369,7 +457,7 @@ class EtcdSeats:
             generation = self._generation
             try:
                 watch = await self._client.watch_prefix(
-                    head, start_revision=self.mirror.revision + 1
+                    head, start_revision=max(1, self.mirror.revision)
                 )
                 async for event in watch:
                     kv = event.kv
@@ -390,7 +478,7 @@ class EtcdSeats:
                 task = asyncio.current_task()
                 if isinstance(e, asyncio.CancelledError) and task is not None and task.cancelling():
                     raise
-                log.info("etcd watch broke (%r); resuming at %d", e, self.mirror.revision + 1)
+                log.info("etcd watch broke (%r); resuming at %d", e, self.mirror.revision)
                 await self._rotate(generation)
                 await asyncio.sleep(0.05)
 
@@ -415,56 +503,158 @@ class EtcdSeats:
 
     async def checkout(self, product: str, client: str, client_lease: str) -> SeatHold:
         """Claim a free seat of ``product`` for a client, or raise NoSeat, ServerBusy,
-        ServerUnavailable."""
+        ServerUnavailable.
+
+        Claims are batched per product: while ``BATCHES_IN_FLIGHT`` claim transactions are in
+        flight, further checkouts wait and go together in the next one, up to ``BATCH_SIZE``,
+        each on its own seat with its own ``create_revision == 0`` compare. One checkout alone
+        goes at once, in a transaction of one."""
         self.check_fence()
         seats = self.products.get(product)
         if seats is None:
             raise UnknownProduct(product)
-        tried: set[int] = set()
-        for _ in range(CLAIM_ATTEMPTS):
-            free = [i for i in self.mirror.free(product, seats) if i not in tried]
-            if not free:
-                raise NoSeat(f"all {seats} seats of {product} are in use")
-            index = random.choice(free)  # noqa: S311 (spreads members over free seats; not secret)
-            tried.add(index)
-            key = seat_key(self.prefix, product, index)
-            holder = Holder(self.member, client, client_lease, secrets.token_hex(8))
-            self.check_fence()
-            state = await self._create(key, holder)
-            if state is not None:
-                return SeatHold(product, index, key, state.mod_revision, holder)
-        raise ServerBusy(f"lost {CLAIM_ATTEMPTS} races for seats of {product}; try again")
+        if not self._in_flight.get(product) and not self._free(product):
+            raise NoSeat(f"all {seats} seats of {product} are in use")
+        claim = _Claim(client, client_lease, asyncio.get_running_loop().create_future())
+        claim.done.add_done_callback(_retrieved)  # a cancelled caller's refusal is not an error
+        self._queued.setdefault(product, collections.deque()).append(claim)
+        self._pump(product)
+        return await asyncio.shield(claim.done)  # a cancelled caller's won seat is given back
 
-    async def _create(self, key: bytes, holder: Holder) -> KeyState | None:
-        """Create the key for ``holder`` under our lease; the key's state if we won, else None."""
-        tx = self._client.transactions
-        value = holder.encode()
+    def _free(self, product: str) -> list[int]:
+        """Seats free as far as the mirror knows and not named in a claim in flight."""
+        reserved = self._reserved.get(product, set())
+        return [i for i in self.mirror.free(product, self.products[product]) if i not in reserved]
+
+    def _pump(self, product: str) -> None:
+        """Send the next batch of ``product``'s waiting claims if a transaction slot is free."""
+        queue = self._queued.get(product)
+        while queue and self._in_flight.get(product, 0) < BATCHES_IN_FLIGHT and not self._closed:
+            free = self._free(product)
+            if not free:
+                if self._in_flight.get(product, 0):
+                    return  # the claims in flight may lose and free their seats: wait for them
+                seats = self.products[product]
+                while queue:
+                    claim = queue.popleft()
+                    if not claim.done.done():
+                        claim.done.set_exception(
+                            NoSeat(f"all {seats} seats of {product} are in use")
+                        )
+                return
+            random.shuffle(free)  # spreads members over the free seats; not secret
+            batch: list[tuple[_Claim, int]] = []
+            while queue and free and len(batch) < BATCH_SIZE:
+                batch.append((queue.popleft(), free.pop()))
+            self._in_flight[product] = self._in_flight.get(product, 0) + 1
+            self._reserved.setdefault(product, set()).update(i for _, i in batch)
+            task = asyncio.create_task(self._send_batch(product, batch), name="etcd-claims")
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _send_batch(self, product: str, batch: list[tuple[_Claim, int]]) -> None:
+        """One claim transaction for ``batch``; each claim gets its seat, a refusal, or another
+        turn (it lost its seat's race: the mirror now knows the winner)."""
+        outcomes: list[KeyState | LanlicError | None]
+        holders = [
+            Holder(self.member, c.client, c.client_lease, secrets.token_hex(8)) for c, _ in batch
+        ]
+        keys = [seat_key(self.prefix, product, i) for _, i in batch]
         try:
-            won, responses = await self._call(
-                lambda c: c.transaction(
-                    compare=[tx.create(key) == 0],
-                    success=[tx.put(key, value, lease=self.lease_id), tx.get(key)],
-                    failure=[tx.get(key)],
-                )
+            self.check_fence()
+            outcomes = list(await self._create_many(keys, holders))
+        except LanlicError as e:
+            outcomes = [e] * len(batch)
+        except Exception as e:  # never leave a checkout waiting  # pragma: no cover
+            log.exception("etcd: a claim transaction failed")
+            outcomes = [ServerUnavailable(f"etcd claim failed: {e}")] * len(batch)
+        finally:
+            self._in_flight[product] -= 1
+            self._reserved[product].difference_update(i for _, i in batch)
+        retry = []
+        for (claim, index), key, holder, got in zip(batch, keys, holders, outcomes, strict=True):
+            if isinstance(got, KeyState):
+                hold = SeatHold(product, index, key, got.mod_revision, holder)
+                if claim.done.done():  # its checkout was cancelled: give the seat back
+                    self._spawn_release(hold)
+                else:
+                    claim.done.set_result(hold)
+            elif isinstance(got, LanlicError):
+                if not claim.done.done():
+                    claim.done.set_exception(got)
+            else:
+                claim.attempts += 1
+                if claim.attempts >= CLAIM_ATTEMPTS:
+                    if not claim.done.done():
+                        claim.done.set_exception(
+                            ServerBusy(f"lost {CLAIM_ATTEMPTS} races for seats of {product}")
+                        )
+                else:
+                    retry.append(claim)
+        queue = self._queued.setdefault(product, collections.deque())
+        queue.extendleft(reversed(retry))  # the losers go first in the next batch
+        self._pump(product)
+
+    def _spawn_release(self, hold: SeatHold) -> None:
+        async def give_back() -> None:
+            with contextlib.suppress(LanlicError):
+                await self.release(hold)
+
+        task = asyncio.create_task(give_back(), name="etcd-give-back")
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def _create_many(
+        self, keys: list[bytes], holders: list[Holder]
+    ) -> list[KeyState | LanlicError | None]:
+        """Create each key for its holder under our lease, in one transaction of nested ones:
+        per key, its state if we won it, None if another holds it, or ServerUnavailable (the
+        reply was lost and the outcome could not be read back: settled later)."""
+        tx = self._client.transactions
+        nested = [
+            tx.txn(
+                compare=[tx.create(key) == 0],
+                success=[tx.put(key, holder.encode(), lease=self.lease_id), tx.get(key)],
+                failure=[tx.get(key)],
+            )
+            for key, holder in zip(keys, holders, strict=True)
+        ]
+        try:
+            _ok, responses = await self._call(
+                lambda c: c.transaction(compare=[], success=nested, failure=[])
             )
         except Unreachable:
-            # The claim may have committed: read back, and judge by our token.
-            try:
-                state = await self._read(key)
-            except Unreachable as e:
-                self._doubtful[key] = holder.token
-                raise ServerUnavailable("etcd did not answer; the claim is settled later") from e
+            log.info("etcd: a claim transaction of %d went unanswered; reading back", len(keys))
+            return list(
+                await asyncio.gather(
+                    *(self._read_back_claim(k, h) for k, h in zip(keys, holders, strict=True))
+                )
+            )
+        out: list[KeyState | LanlicError | None] = []
+        for key, response in zip(keys, responses, strict=True):
+            txn = response.response_txn
+            kvs = txn.responses[-1].response_range.kvs
+            state = _key_state(kvs[0]) if kvs else None
             if state is not None:
                 self.mirror.put(key, state.mod_revision, _lease_in(state.value))
-                got = Holder.decode(state.value)
-                if got is not None and got.token == holder.token:
-                    return state
-            return None
-        kvs = responses[-1]
-        state = _key_state(kvs[0][1]) if kvs else None
+            out.append(state if txn.succeeded else None)
+        return out
+
+    async def _read_back_claim(self, key: bytes, holder: Holder) -> KeyState | LanlicError | None:
+        """A claim whose reply was lost may have committed, or may yet: read it back and judge
+        by our token; not ours (yet), keep watching it for a late commit."""
+        try:
+            state = await self._read(key)
+        except Unreachable:
+            self._doubtful[key] = (holder.token, self.clock())
+            return ServerUnavailable("etcd did not answer; the claim is settled later")
         if state is not None:
             self.mirror.put(key, state.mod_revision, _lease_in(state.value))
-        return state if won else None
+            got = Holder.decode(state.value)
+            if got is not None and got.token == holder.token:
+                return state
+        self._doubtful[key] = (holder.token, self.clock())
+        return None
 
     async def release(self, hold: SeatHold) -> None:
         """Give a seat back: delete its key unless it changed hands since ``hold``."""

@@ -36,10 +36,12 @@ class SeatMirror:
 
     revision: int = 0
     """The etcd revision up to which the mirror has seen every change (a full read, then the
-    watch's events in order); a watch resumes at revision + 1. A transaction's reply does not
-    move it: it says nothing of the changes before it that the watch has not shown yet, and a
-    watch resumed past one of those would never show it (a seat deleted by another member would
-    look taken for good)."""
+    watch's events in order); a watch resumes at this revision, not the next: one transaction
+    writes several keys at one revision (batched claims), and a watch cut between their events
+    would otherwise skip the rest; seeing an event again changes nothing. A transaction's reply
+    does not move it: it says nothing of the changes before it that the watch has not shown
+    yet, and a watch resumed past one of those would never show it (a seat deleted by another
+    member would look taken for good)."""
 
     leases: dict[str, tuple[str, int]] = field(default_factory=dict)
     """Client lease (as stored in the seat's key) -> (product, seat index): a member presented a
@@ -47,14 +49,27 @@ class SeatMirror:
 
     _lease_at: dict[tuple[str, int], str] = field(default_factory=dict)
 
+    _gone: dict[tuple[str, int], int] = field(default_factory=dict)
+    """(product, seat index) -> the revision of the newest delete seen of its key. A put no newer
+    than it is stale: a transaction's reply (another member's key, read by our losing claim)
+    processed after the watch had shown that key deleted. Without this, the stale put marked the
+    seat taken until the next change of its key, which may never come: a member then refused
+    checkouts with free seats in etcd."""
+
+    _loaded_at: int = 0
+    """The revision of the last full read: a key absent from it was gone by then."""
+
     def load(self, keys: list[tuple[bytes, int, str]], revision: int) -> None:
         """Replace the mirror with a full read (key, mod_revision, client lease) at ``revision``."""
         self.taken = {}
         self.leases = {}
         self._lease_at = {}
+        self._gone = {}
+        self._loaded_at = 0
         for key, mod, lease in keys:
             self.put(key, mod, lease)
         self.revision = revision
+        self._loaded_at = revision
 
     def put(self, key: bytes, mod_revision: int, lease: str = "", *, watched: bool = False) -> None:
         """The key is taken as of ``mod_revision`` (``watched``: an event of the watch, in order,
@@ -63,8 +78,12 @@ class SeatMirror:
         if seat is not None:
             product, index = seat
             held = self.taken.setdefault(product, {})
-            # An older event never overwrites a newer state learnt from a transaction's reply.
-            if held.get(index, 0) <= mod_revision:
+            # An older event never overwrites a newer state learnt from a transaction's reply,
+            # and a put no newer than the key's last delete (or than a full read without it)
+            # never brings the seat back.
+            current = held.get(index)
+            stale = current is None and mod_revision <= self._gone.get(seat, self._loaded_at)
+            if not stale and (current is None or current <= mod_revision):
                 held[index] = mod_revision
                 if lease:
                     self._forget(seat)
@@ -82,6 +101,7 @@ class SeatMirror:
             if held.get(index, 0) <= revision:
                 held.pop(index, None)
                 self._forget(seat)
+            self._gone[seat] = max(self._gone.get(seat, 0), revision)
         if watched:
             self.revision = max(self.revision, revision)
 
@@ -104,3 +124,8 @@ class SeatMirror:
 
     def in_use(self, product: str) -> int:
         return len(self.taken.get(product, {}))
+
+    def borrowed(self, product: str) -> int:
+        """Seats taken by keys that name no client lease: borrows (``lanlic.cluster.borrows``),
+        which take a seat's key as a checkout does, valued with the borrow instead."""
+        return sum(1 for i in self.taken.get(product, {}) if (product, i) not in self._lease_at)

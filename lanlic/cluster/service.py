@@ -22,7 +22,10 @@ What differs from a single server (``LicenseService``), request by request:
   deleted every key under it): every local lease ends, its client is told (``notice``
   ``lease_lost``: not removed on purpose, so a client may check out again), and the member
   takes a new etcd lease before answering again.
-- borrowing, enrollment and the queue are not built for a cluster yet: ``cluster_unsupported``.
+- borrow, return, present, enroll: ``lanlic.cluster.desk`` (the single server's rules, the
+  records in etcd: ``lanlic.cluster.borrows``); every member runs a reaper that ends borrows at
+  their end on its anchored wall clock, racing the others' with a ``mod_revision`` compare.
+- the queue is not built for a cluster yet: ``cluster_unsupported``.
 
 Not sans-IO: it starts tasks on the running loop (``start`` inside it).
 """
@@ -37,6 +40,8 @@ from collections.abc import Awaitable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from lanlic.cluster.borrows import EtcdBorrows
+from lanlic.cluster.desk import ClusterDesk
 from lanlic.cluster.etcd import EtcdSeats, SeatHold, Unreachable
 from lanlic.core.netkey import NetworkKey
 from lanlic.core.pool import Denied, Holder, Lease
@@ -53,6 +58,11 @@ RELEASE_RETRY = 0.5
 
 #: Seconds between two tries to take a new etcd lease after the old one was lost.
 RECOVER_RETRY = 0.5
+
+#: Longest sleep of the borrow reaper (seconds): it reads the active borrows at least this
+#: often, and otherwise sleeps until the next end it knows of, so every member's reaper wakes
+#: at that end (they race; one transaction ends the borrow).
+REAP_INTERVAL = 5.0
 
 
 def etcd_ttl_for(lease_seconds: float) -> int:
@@ -84,21 +94,28 @@ class ClusterService(LicenseService):
         self._guard_task: asyncio.Task[None] | None = None
         self.lost_total = 0
         """Leases ended because this member's etcd lease was lost (for tests and logs)."""
+        self.lending = ClusterDesk(key, self.desk, server_key, EtcdBorrows(seats), self._event)
+        self._reaper_task: asyncio.Task[None] | None = None
+        self.reaped = 0
+        """Borrows this member's reaper ended (another member's may have ended others)."""
 
     # ---------------------------------------------------------------------------- life
 
     async def start(self) -> None:
         """Take the etcd lease and load the mirror; watch for the lease's loss."""
         await self.seats.start()
-        self._guard_task = asyncio.get_running_loop().create_task(self._guard_lease())
+        loop = asyncio.get_running_loop()
+        self._guard_task = loop.create_task(self._guard_lease())
+        self._reaper_task = loop.create_task(self._reap_borrows())
 
     async def close(self) -> None:
         """Stop. The seats stay in etcd under this member's lease until it expires, so their
         clients, told ``shutdown``, take them to another member (adopt)."""
-        if self._guard_task is not None:
-            self._guard_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._guard_task
+        for task in (self._guard_task, self._reaper_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=self.seats.call_timeout * 2)
         for t in list(self._tasks):
@@ -113,15 +130,14 @@ class ClusterService(LicenseService):
     # ------------------------------------------------------------------------ requests
 
     def handle(self, session: Session, msg: m.Message, now: float, wall: float) -> Reply:
-        if isinstance(msg, (m.Borrow, m.Return, m.Present, m.Enroll)):
-            return Reply(
-                m.Error(
-                    msg.id,
-                    "cluster_unsupported",
-                    "borrowing and enrollment are not built for a cluster of servers yet "
-                    "(docs/cluster.md): borrow from a single server",
-                )
-            )
+        if isinstance(msg, m.Borrow):
+            return Reply(None, later=lambda: self.lending.borrow(msg, wall))
+        if isinstance(msg, m.Return):
+            return Reply(None, later=lambda: self.lending.return_(msg, wall))
+        if isinstance(msg, m.Present):
+            return Reply(None, later=lambda: self.lending.present(msg, wall))
+        if isinstance(msg, m.Enroll):
+            return Reply(None, later=lambda: self.lending.enroll(msg, wall))
         if isinstance(msg, m.Wait):
             return Reply(
                 m.Error(
@@ -338,9 +354,12 @@ class ClusterService(LicenseService):
         sees every seat); the holders listed are this member's."""
         reply = super().status(request_id, now, wall)
         for p in reply.products:
-            used = self.seats.mirror.in_use(p["name"])
-            p["in_use"] = used
-            p["free"] = max(0, p["seats"] - used)
+            borrowed = self.seats.mirror.borrowed(p["name"])
+            taken = self.seats.mirror.in_use(p["name"])  # seat keys: in use and borrowed
+            p["in_use"] = max(0, taken - borrowed)
+            p["borrowed"] = borrowed
+            p["free"] = max(0, p["seats"] - taken)
+        reply.borrows[:] = self.lending.listing()  # as the reaper last read them
         return reply
 
     # ---------------------------------------------------------------- keys in etcd
@@ -377,6 +396,30 @@ class ClusterService(LicenseService):
                     await asyncio.sleep(RELEASE_RETRY)
         finally:
             self._ending.discard(lease_id)
+
+    async def _reap_borrows(self) -> None:
+        """End borrows at their end (anchored wall time), racing the other members' reapers."""
+        while True:
+            try:
+                _now, wall = self.clock()
+            except RuntimeError:  # the adapter has not set the clock yet
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                ended, upcoming = await self.lending.reap(wall)
+            except (LanlicError, Unreachable) as exc:
+                log.info("etcd: reading the borrows failed (%s); retrying", exc)
+                await asyncio.sleep(RECOVER_RETRY)
+                continue
+            for entry in ended:
+                self.reaped += 1
+                log.info(
+                    "borrow %s of %s (%s@%s) expired: ended by this member's reaper "
+                    "(%d so far)",
+                    entry.borrow_id, entry.product, entry.user, entry.host, self.reaped,
+                )  # fmt: skip
+            pause = REAP_INTERVAL if upcoming is None else upcoming - wall
+            await asyncio.sleep(min(REAP_INTERVAL, max(0.01, pause)))
 
     async def _guard_lease(self) -> None:
         """When etcd says this member's lease is gone, end every local lease (their keys were

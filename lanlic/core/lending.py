@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lanlic.core import borrowing, signing
-from lanlic.core.netkey import NetworkKey
+from lanlic.core.netkey import NetworkKey, ProductEntitlement
 from lanlic.core.pool import Denied, Holder, SeatPool
 from lanlic.core.records import BorrowRecord, EnrollmentRecord
 from lanlic.errors import BorrowedFileError, BorrowRefused, LanlicError
@@ -299,45 +299,22 @@ class BorrowDesk:
         user, host = (who.user, who.host) if who is not None else ("", "")
         self._event("refusal", product=msg.product, user=user, host=host, detail=code)
 
-    def _check_borrow(self, msg: m.Borrow) -> tuple[EnrollmentRecord, Any]:
-        ent = self.pool.products.get(msg.product)
-        if ent is None:
-            raise BorrowRefused(f"no product {msg.product!r} in the network key", "not_borrowable")
-        if not ent.allows_version(msg.version):
-            raise BorrowRefused(
-                f"{msg.product} version {msg.version!r} is not licensed", "not_borrowable"
-            )
-        fp = signing.fingerprint(msg.container_key)
-        enrollment = self.enrollments.get(fp)
-        if enrollment is None:
-            raise BorrowRefused(
-                "this machine is not enrolled for borrowing: run 'lanlic enroll' first "
-                "(or 'lanlic enroll --request FILE' when the server cannot be reached)",
-                "not_enrolled",
-            )
-        payload = borrowing.container_proof_payload(
-            "borrow", self.server_id, [msg.request_id, msg.product, msg.version, msg.days]
-        )
-        pub = signing.public_from_bytes(msg.container_key)
-        if not signing.verify(pub, signing.DOMAIN_CONTAINER_REQUEST, payload, msg.proof):
-            raise BorrowRefused("the borrow request's proof does not verify", "bad_proof")
-        borrowing.check_borrow_request(
-            product=msg.product,
-            terms=self.terms(msg.product),
+    def _check_borrow(self, msg: m.Borrow) -> tuple[EnrollmentRecord, ProductEntitlement]:
+        return check_borrow(
+            msg,
+            self.pool.products.get(msg.product),
+            self.enrollments.get(container_fp(msg.container_key)),
+            server_id=self.server_id,
             key_kind=self.key.borrow_kind,
-            container_kind=enrollment.kind,
-            days=msg.days,
+            terms=self.terms(msg.product) if msg.product in self.pool.products else None,
             active_borrows=self.borrowed_count(msg.product),
         )
-        return enrollment, ent
 
     def return_(self, msg: m.Return, wall: float) -> Durable | m.Message:
         b = self.active.get(msg.borrow_id)
-        payload = borrowing.container_proof_payload("return", self.server_id, [msg.borrow_id])
-        pub = signing.public_from_bytes(msg.container_key)
-        if not signing.verify(pub, signing.DOMAIN_CONTAINER_REQUEST, payload, msg.proof):
-            return m.Error(msg.id, "bad_proof", "the return request's proof does not verify")
-        fp = signing.fingerprint(msg.container_key)
+        fp = check_return(msg, self.server_id)
+        if isinstance(fp, m.Error):
+            return fp
         if b is None:
             # Ended already (returned, expired) or never ours: returning again does no harm,
             # but only the container that borrowed may hear about it.
@@ -365,25 +342,9 @@ class BorrowDesk:
         the answer is the borrow's state; a genuine file of ours that the store does not know
         (the database was restored from a backup older than the borrow) is written down and
         counted until its end, over the seats if it must be, and the admin is warned."""
-        try:
-            lic, payload, sig = borrowing.parse_borrowed_file(msg.file)
-        except BorrowedFileError as exc:
-            return m.Error(msg.id, "borrow_unknown", f"not a borrowed licence file: {exc.message}")
-        ours = lic.server_key == self._server_pub and signing.verify(
-            self._server_key.public_key(), signing.DOMAIN_BORROWED_FILE, payload.encode(), sig
-        )
-        if not ours:
-            return m.Error(msg.id, "borrow_unknown", "this file was not issued by this server")
-        proof = borrowing.container_proof_payload("present", self.server_id, [lic.borrow_id])
-        if not signing.verify(
-            signing.public_from_bytes(lic.container_key),
-            signing.DOMAIN_CONTAINER_REQUEST,
-            proof,
-            msg.proof,
-        ):
-            return m.Error(
-                msg.id, "bad_proof", "the presenting container does not hold the file's key"
-            )
+        lic = check_presented(msg, self._server_key, self.server_id)
+        if isinstance(lic, m.Error):
+            return lic
         b = self.active.get(lic.borrow_id)
         if b is not None:
             if not b.committed:
@@ -481,3 +442,92 @@ class BorrowDesk:
             for b in list(self.active.values())
             if b.committed and b.end <= wall
         ]
+
+
+# ------------------------------------------------------------------------- the pure checks
+# Shared by the desk above and a cluster member (lanlic.cluster.borrows), whose borrows live in
+# etcd: who may borrow, return and present is decided the same wherever the records are kept.
+
+
+def container_fp(container_key: bytes) -> str:
+    """The container's fingerprint, "" for bytes that are no key (it names no enrollment)."""
+    try:
+        return signing.fingerprint(container_key)
+    except ValueError:
+        return ""
+
+
+def check_borrow(
+    msg: m.Borrow,
+    ent: ProductEntitlement | None,
+    enrollment: EnrollmentRecord | None,
+    *,
+    server_id: str,
+    key_kind: borrowing.Kind,
+    terms: borrowing.BorrowTerms | None,
+    active_borrows: int,
+) -> tuple[EnrollmentRecord, ProductEntitlement]:
+    """Raise ``BorrowRefused`` unless the key, the enrollment, the proof and the borrowing terms
+    allow this borrow (``terms``: the product's, None if the key has no such product); whether
+    a seat is free is the pool's to say."""
+    if ent is None or terms is None:
+        raise BorrowRefused(f"no product {msg.product!r} in the network key", "not_borrowable")
+    if not ent.allows_version(msg.version):
+        raise BorrowRefused(
+            f"{msg.product} version {msg.version!r} is not licensed", "not_borrowable"
+        )
+    if enrollment is None:
+        raise BorrowRefused(
+            "this machine is not enrolled for borrowing: run 'lanlic enroll' first "
+            "(or 'lanlic enroll --request FILE' when the server cannot be reached)",
+            "not_enrolled",
+        )
+    payload = borrowing.container_proof_payload(
+        "borrow", server_id, [msg.request_id, msg.product, msg.version, msg.days]
+    )
+    pub = signing.public_from_bytes(msg.container_key)
+    if not signing.verify(pub, signing.DOMAIN_CONTAINER_REQUEST, payload, msg.proof):
+        raise BorrowRefused("the borrow request's proof does not verify", "bad_proof")
+    borrowing.check_borrow_request(
+        product=msg.product,
+        terms=terms,
+        key_kind=key_kind,
+        container_kind=enrollment.kind,
+        days=msg.days,
+        active_borrows=active_borrows,
+    )
+    return enrollment, ent
+
+
+def check_return(msg: m.Return, server_id: str) -> str | m.Error:
+    """The returning container's fingerprint, or the error if its proof does not verify."""
+    payload = borrowing.container_proof_payload("return", server_id, [msg.borrow_id])
+    pub = signing.public_from_bytes(msg.container_key)
+    if not signing.verify(pub, signing.DOMAIN_CONTAINER_REQUEST, payload, msg.proof):
+        return m.Error(msg.id, "bad_proof", "the return request's proof does not verify")
+    return signing.fingerprint(msg.container_key)
+
+
+def check_presented(
+    msg: m.Present, server_key: Ed25519PrivateKey, server_id: str
+) -> borrowing.BorrowedLicense | m.Error:
+    """The presented file, if this server issued it and the presenting container holds its key
+    (SPEC section 12, "Presenting a file"); else the error to answer."""
+    try:
+        lic, payload, sig = borrowing.parse_borrowed_file(msg.file)
+    except BorrowedFileError as exc:
+        return m.Error(msg.id, "borrow_unknown", f"not a borrowed licence file: {exc.message}")
+    ours = lic.server_key == signing.public_bytes(server_key.public_key()) and signing.verify(
+        server_key.public_key(), signing.DOMAIN_BORROWED_FILE, payload.encode(), sig
+    )
+    if not ours:
+        return m.Error(msg.id, "borrow_unknown", "this file was not issued by this server")
+    proof = borrowing.container_proof_payload("present", server_id, [lic.borrow_id])
+    if not signing.verify(
+        signing.public_from_bytes(lic.container_key),
+        signing.DOMAIN_CONTAINER_REQUEST,
+        proof,
+        msg.proof,
+    ):
+        return m.Error(msg.id, "bad_proof", "the presenting container does not hold the file's key")
+    return lic

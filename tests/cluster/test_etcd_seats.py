@@ -352,3 +352,36 @@ async def test_the_mirror_keeps_up_after_the_member_leaves_a_silent_endpoint(
         await a.close()
         await b.close()
         await proxy.close()
+
+
+async def test_concurrent_checkouts_are_claimed_together_each_on_its_own_seat(
+    etcd_cluster: EtcdCluster, auditor: Callable[[], Any]
+) -> None:
+    """Checkouts of one product arriving while a claim transaction is in flight go together in
+    the next one (one etcd revision for several seats), each still answered on its own: a seat,
+    or a refusal once the pool is full. Two members batching at once never exceed the pool."""
+    seats = 24
+    eps = etcd_cluster.endpoints
+    a, b = member(rotated(eps, 0), "a", seats), member(rotated(eps, 1), "b", seats)
+    await a.start()
+    await b.start()
+    watcher = auditor()
+    try:
+        tries = [(a, b)[i % 2].checkout("cad", f"c{i}", f"l{i}") for i in range(seats + 16)]
+        results = await asyncio.gather(*tries, return_exceptions=True)
+        holds = [r for r in results if isinstance(r, SeatHold)]
+        refused = [r for r in results if isinstance(r, NoSeat | ServerBusy)]
+        assert len(holds) + len(refused) == len(results), results
+        assert len(holds) == seats and len({h.key for h in holds}) == seats
+        # Each checkout got the seat its key names, for its own client and lease.
+        stored = await read_holders(watcher, PREFIX)
+        assert {k: v[0] for k, v in stored.items()} == {h.key: h.holder for h in holds}
+        assert all(h.holder.lease == "l" + h.holder.client[1:] for h in holds)
+        # Claimed together: fewer transactions (revisions) than seats, on each member.
+        for name in ("a", "b"):
+            revisions = {h.mod_revision for h in holds if h.holder.member == name}
+            mine = sum(1 for h in holds if h.holder.member == name)
+            assert len(revisions) < mine, (name, len(revisions), mine)
+    finally:
+        await a.close()
+        await b.close()

@@ -78,3 +78,24 @@ def test_a_transaction_reply_does_not_move_where_the_watch_resumes() -> None:
     m.delete(seat_key("/site", "cad", 0), 9, watched=True)  # ... and shows the delete
     m.put(seat_key("/site", "cad", 1), 10, "mine", watched=True)
     assert m.free("cad", 2) == [0] and m.revision == 10
+
+
+def test_a_reply_read_before_a_delete_the_watch_showed_does_not_bring_the_seat_back() -> None:
+    """Our claim on seat 1 lost to another member's key (put at 9); the watch shows that key
+    deleted at 11 before our transaction's reply, which read the key at 9, is handled. The seat
+    is free: the stale reply must not mark it taken (it stayed so until the key changed again,
+    and with the pool otherwise full the member refused every checkout with a seat free in
+    etcd: the leader-kill process test's "fewer than 6 seats")."""
+    m = SeatMirror("/site")
+    m.load([], revision=8)
+    m.put(seat_key("/site", "cad", 1), 9, "theirs", watched=True)
+    m.delete(seat_key("/site", "cad", 1), 11, watched=True)
+    m.put(seat_key("/site", "cad", 1), 9, "theirs")  # the late reply of our losing claim
+    assert m.free("cad", 2) == [0, 1] and m.seat_of("theirs") is None
+    # Likewise a key read at a revision older than a full read that no longer had it.
+    m.load([], revision=20)
+    m.put(seat_key("/site", "cad", 0), 15, "old")
+    assert m.free("cad", 2) == [0, 1]
+    # A newer put (the seat taken again) counts.
+    m.put(seat_key("/site", "cad", 1), 21, "new")
+    assert m.free("cad", 2) == [0] and m.seat_of("new") == ("cad", 1)
