@@ -46,6 +46,12 @@ TESTS: dict[str, list[str]] = {
     ],
     "lanlic/proto/framing.py": ["tests/proto/test_framing.py"],
     "lanlic/core/lending.py": ["tests/core/test_lending.py"],
+    "lanlic/core/gate.py": [
+        "tests/core/test_gate.py",  # one rule at a time
+        "tests/core/test_policy.py",  # the gate's checkout, queue and sweep, one case each
+        "tests/core/test_policy_state_machine.py",  # against an oracle of who may take a seat
+        "tests/core/test_lending.py",  # the borrow check, through the service
+    ],
     "lanlic/core/restart.py": [
         "tests/core/test_restart_rules.py",  # each rule alone, sans-IO (milliseconds)
         "tests/core/test_restart_guard.py",

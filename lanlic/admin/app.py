@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -49,11 +49,14 @@ from lanlic.admin.security import AdminSession, LoginThrottle, Sessions, same_to
 from lanlic.core import borrowing
 from lanlic.core.netkey import verify_network_key
 from lanlic.core.records import HistoryRow
-from lanlic.errors import BorrowedFileError, NetworkKeyError
+from lanlic.errors import BorrowedFileError, LanlicError, NetworkKeyError
 from lanlic.net.server import LicenseServer
 from lanlic.proto import messages as m
 from lanlic.store import Store
 from lanlic.store import history as hist
+
+if TYPE_CHECKING:
+    from lanlic.cluster.service import ClusterService
 
 __all__ = ["AdminOptions", "AdminServer", "is_loopback", "serve_admin"]
 
@@ -89,6 +92,17 @@ SECURITY_HEADERS: Final = {
     "Cross-Origin-Resource-Policy": "same-origin",
 }
 LOOPBACK_NAMES: Final = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+MEMBER_HISTORY: Final = (
+    "the history of what this member served (each member keeps its own; docs/cluster.md)"
+)
+NO_CLUSTER_CHART: Final = (
+    "no usage chart in a cluster: it needs the cluster's history, and each member keeps only "
+    "its own (docs/cluster.md)"
+)
+HISTORY_NOT_KEPT: Final = (
+    "a cluster member keeps no history yet (docs/cluster.md): the seats and borrows shown "
+    "are the whole cluster's, as of now"
+)
 
 
 def is_loopback(host: str) -> bool:
@@ -117,6 +131,9 @@ class AdminOptions:
     """Which file the running network key was read from, for the page."""
     limits: AdminLimits = dataclasses.field(default_factory=AdminLimits)
     """Timeouts and the connection cap of the admin port (``lanlic.admin.connections``)."""
+    cluster: tuple[str, ...] | None = None
+    """A cluster member (``lanlic.cluster.service.ClusterService``): its etcd endpoints. The
+    page then shows the whole cluster (``lanlic.cluster.view``); None: a single server."""
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
@@ -183,6 +200,9 @@ class AdminServer:
             server.loop, limits, server.limits.admin_connections if cap is None else cap
         )
         self._refresher: asyncio.Task[None] | None = None
+        self.cluster: ClusterService | None = (
+            cast("ClusterService", server.service) if options.cluster is not None else None
+        )
         self.app = self._build_app()
 
     # ------------------------------------------------------------------------- lifecycle
@@ -247,7 +267,7 @@ class AdminServer:
         self.guard.start()
         addr = self._listener.sockets[0].getsockname()
         self.host, self.port = str(addr[0]), int(addr[1])
-        if self.server.store is not None:
+        if self.server.store is not None or self._member_db:
             self._refresher = loop.create_task(self._refresh_password())
         log.info("admin page on %s", self.url)
 
@@ -266,7 +286,21 @@ class AdminServer:
             self._runner = None
         self._kdf.shutdown(wait=True)
 
+    @property
+    def _member_db(self) -> bool:
+        """A cluster member with its own database (its history and admin password only)."""
+        return self.cluster is not None and self.server.history_store is not None
+
     async def _read_password(self) -> str | None:
+        if self.server.store is None and self._member_db:
+            # Read on the history's reader connection: the member's database is written by
+            # its history thread only, and ``lanlic admin password --data`` sets this row.
+            row = await self.server.history_call(
+                lambda db: db.execute(
+                    "SELECT value FROM meta WHERE key = ?", (META_KEY,)
+                ).fetchone()
+            )
+            return str(row[0]) if row is not None and row[0] else None
         if self.server.store is None:
             return None
         value = await self.server.store_call(lambda s: s.meta(META_KEY))
@@ -298,6 +332,12 @@ class AdminServer:
     async def _record(self, session: AdminSession, event: str, product: str, detail: str) -> None:
         """Write an admin action to the history at once (not in the server's next batch)."""
         row = HistoryRow(self.server.wall(), event, product, session.user, session.address, detail)
+        if self.server.store is None and self._member_db:
+            # A member's database is written by its history thread only: the row joins the
+            # server's batch, flushed now.
+            self.server._history_event((event, product, session.user, session.address, detail))
+            await self.server.flush_history()
+            return
         if self.server.store is None:
             log.info("%s by %s: %s", event, session.user, detail)
             return
@@ -465,7 +505,26 @@ class AdminServer:
         key = service.key
         discovery = self.options.discovery() if self.options.discovery else {"enabled": False}
         host, port = srv.address
-        products = views.product_rows(service, now, wall)
+        cluster, borrows = None, len(service.desk.listing())
+        enrollments: int | None = len(service.desk.enrollments)
+        if self.cluster is not None:
+            from lanlic.cluster import view
+
+            products = view.product_rows(self.cluster, now, wall)
+            borrows = sum(p["borrowed"] for p in products)  # borrowed seats, from the mirror
+            try:
+                enrollments = len(await view.enrollment_rows(self.cluster))
+            except LanlicError:
+                enrollments = None  # etcd did not answer: the page shows no count
+            cluster = {
+                "member": self.cluster.seats.member,
+                "etcd": list(self.options.cluster or ()),
+                "history": self._member_db,
+                "history_note": HISTORY_NOT_KEPT if not self._member_db else MEMBER_HISTORY,
+                "chart_note": NO_CLUSTER_CHART,
+            }
+        else:
+            products = views.product_rows(service, now, wall)
         return web.json_response(
             {
                 "now": wall,
@@ -490,10 +549,11 @@ class AdminServer:
                 "pending_key": self.pending_key,
                 "discovery": discovery,
                 "products": products,
+                "cluster": cluster,
                 "counts": {
                     "holders": sum(p["in_use"] for p in products),
-                    "borrows": len(service.desk.listing()),
-                    "enrollments": len(service.desk.enrollments),
+                    "borrows": borrows,
+                    "enrollments": enrollments,
                 },
                 "session": self._session_json(self._session(request)),
             }
@@ -501,6 +561,20 @@ class AdminServer:
 
     async def _holders(self, request: web.Request) -> web.StreamResponse:
         srv = self.server
+        if self.cluster is not None:
+            from lanlic.cluster import view
+
+            records = await self._cluster_seats()
+            rows = view.cluster_holders(self.cluster, records, srv.loop.time(), srv.wall())
+            return web.json_response(
+                view.holder_page(
+                    rows,
+                    product=request.query.get("product") or None,
+                    query=request.query.get("q") or None,
+                    offset=_int(request, "offset", 0, 0, 10**9),
+                    limit=_int(request, "limit", 50, 1, MAX_PAGE),
+                )
+            )
         page = views.holder_page(
             srv.service,
             srv.loop.time(),
@@ -514,11 +588,27 @@ class AdminServer:
 
     async def _borrows(self, request: web.Request) -> web.StreamResponse:
         wall = self.server.wall()
+        if self.cluster is not None:  # the borrow records in etcd
+            from lanlic.cluster import view
+
+            items = [
+                {**b, "time_left": max(0.0, b["end"] - wall)}
+                for b in await view.active_borrows(self.cluster, wall)
+            ]
+            return web.json_response({"now": wall, "items": items})
         return web.json_response(
             {"now": wall, "items": views.borrow_rows(self.server.service.desk, wall)}
         )
 
     async def _enrollments(self, request: web.Request) -> web.StreamResponse:
+        if self.cluster is not None:
+            from lanlic.cluster import view
+
+            try:
+                items = await view.enrollment_rows(self.cluster)
+            except LanlicError as exc:
+                return _error(503, exc.code, exc.message)
+            return web.json_response({"items": items})
         return web.json_response({"items": views.enrollment_rows(self.server.service.desk)})
 
     def _history_filters(self, request: web.Request) -> hist.Filters:
@@ -529,9 +619,29 @@ class AdminServer:
             event=request.query.get("event") or None,
         )
 
+    async def _cluster_seats(self) -> list[Any]:
+        """The pool's seat keys read from etcd now (503 ``server_unavailable`` if it does not
+        answer)."""
+        assert self.cluster is not None
+        try:
+            records, _revision = await self.cluster.seats.read_seats()
+        except LanlicError as exc:
+            raise web.HTTPServiceUnavailable(
+                text=json.dumps({"error": exc.code, "message": exc.message}),
+                content_type="application/json",
+            ) from None
+        return records
+
     async def _read_history(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """``fn(db)`` on the history's own read connection: never on the store's writer."""
-        if self.server.store is None:
+        if self.cluster is not None and not self._member_db:
+            from lanlic.cluster.view import HistoryNotKept
+
+            raise web.HTTPConflict(
+                text=json.dumps({"error": HistoryNotKept.code, "message": HISTORY_NOT_KEPT}),
+                content_type="application/json",
+            )
+        if self.server.store is None and not self._member_db:
             await self._store(lambda s: None)  # the no_store answer
         return cast(T, await self.server.history_call(fn))
 
@@ -591,6 +701,10 @@ class AdminServer:
         if name not in views.RANGES:
             raise _bad_request(f"range must be one of {', '.join(views.RANGES)}")
         span, step = views.RANGES[name]
+        if self.cluster is not None:
+            from lanlic.cluster.view import HistoryNotKept
+
+            return _error(409, HistoryNotKept.code, NO_CLUSTER_CHART)
         srv = self.server
         pool = srv.service.pool
         # Counts and the history must agree: take the counts, then flush what led to them.
@@ -625,6 +739,16 @@ class AdminServer:
         except ValueError:
             return _error(400, "bad_request", "a lease id is hex")
         lease = self.server.service.pool.lease(lease_id)
+        if lease is None and self.cluster is not None:
+            from lanlic.cluster import view
+
+            records = await self._cluster_seats()
+            try:
+                refusal = view.remove_refusal(records, lease_id.hex(), self.cluster.seats.member)
+            except LookupError:
+                pass
+            else:
+                return _error(409, refusal.code, refusal.message)
         if lease is None or not self.server.remove_lease(lease_id):
             return _error(404, "lease_unknown", "no such seat in use (released or expired?)")
         h = lease.holder
@@ -805,17 +929,25 @@ class AdminServer:
         except BorrowedFileError as exc:
             return _error(400, exc.code, exc.message)
         desk = self.server.service.desk
-        result = desk.enroll(m.Enroll(0, data, via="offline"), self.server.wall())
-        if isinstance(result, m.Error):
-            return _error(400, result.code, result.message)
-        try:
-            written = await self._store(result.write)
-        except web.HTTPException:
-            raise
-        except Exception as exc:
-            reply = result.abort(exc)
+        enroll = m.Enroll(0, data, via="offline")
+        reply: m.Message
+        if self.cluster is not None:  # the record goes to etcd, as through any member
+            reply = await self.cluster.lending.enroll(enroll, self.server.wall())
+            if isinstance(reply, m.Error):
+                status = 503 if reply.code == "server_unavailable" else 400
+                return _error(status, reply.code, reply.message)
         else:
-            reply = result.commit(written)
+            result = desk.enroll(enroll, self.server.wall())
+            if isinstance(result, m.Error):
+                return _error(400, result.code, result.message)
+            try:
+                written = await self._store(result.write)
+            except web.HTTPException:
+                raise
+            except Exception as exc:
+                reply = result.abort(exc)
+            else:
+                reply = result.commit(written)
         if not isinstance(reply, m.Enrolled):
             assert isinstance(reply, m.Error)
             return _error(500, reply.code, reply.message)
@@ -840,12 +972,15 @@ async def serve_admin(
     data_dir: Path,
     key_file: Path,
     discovery: Callable[[], dict[str, Any]],
+    cluster: tuple[str, ...] | None = None,
 ) -> AdminServer:
     """Start the admin page of ``lanlic serve``: on ``port``, else 7767, else (when the licence
     port was left to the system) a free one. ``AdminError`` when it cannot be served."""
     if port is None:
         port = 0 if licence_port == 0 else DEFAULT_ADMIN_PORT
-    options = AdminOptions(host, port, vendor_public, data_dir, discovery, str(key_file))
+    options = AdminOptions(
+        host, port, vendor_public, data_dir, discovery, str(key_file), cluster=cluster
+    )
     admin = AdminServer(server, options)
     await admin.start()
     return admin

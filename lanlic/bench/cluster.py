@@ -19,6 +19,7 @@ network key and so its own prefix in etcd. The members need the ``cluster`` extr
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import importlib
 import os
@@ -96,24 +97,32 @@ def start_cluster(
         identity = DataDir(root / "m0")
         identity.prepare()
         identity.server_key()  # made here, copied to the others: one server to its clients
+        commands = []
+        for i in range(MEMBERS):
+            data = root / f"m{i}"
+            if i:
+                DataDir(data).prepare()
+                shutil.copyfile(root / "m0" / "server.key", data / "server.key")
+                os.chmod(data / "server.key", 0o600)
+            # Each member talks to etcd through another etcd member first.
+            mine = endpoints[i % len(endpoints) :] + endpoints[: i % len(endpoints)]
+            commands.append([
+                sys.executable, "-m", "lanlic.cli", "serve", "--license", str(lic),
+                "--vendor-pub", str(pub), "--data", str(data), "--host", "127.0.0.1",
+                "--port", "0", "--store", "etcd://" + ",".join(mine),
+                "--lease", str(lease), "--heartbeat", str(min(heartbeat, lease / 3)),
+                "--allow-short-lease", "--no-mdns", "--no-admin", "--json",
+            ])  # fmt: skip
         with contextlib.ExitStack() as stack:
-            members: list[Target] = []
-            for i in range(MEMBERS):
-                data = root / f"m{i}"
-                if i:
-                    DataDir(data).prepare()
-                    shutil.copyfile(root / "m0" / "server.key", data / "server.key")
-                    os.chmod(data / "server.key", 0o600)
-                # Each member talks to etcd through another etcd member first.
-                mine = endpoints[i % len(endpoints) :] + endpoints[: i % len(endpoints)]
-                cmd = [
-                    sys.executable, "-m", "lanlic.cli", "serve", "--license", str(lic),
-                    "--vendor-pub", str(pub), "--data", str(data), "--host", "127.0.0.1",
-                    "--port", "0", "--store", "etcd://" + ",".join(mine),
-                    "--lease", str(lease), "--heartbeat", str(min(heartbeat, lease / 3)),
-                    "--allow-short-lease", "--no-mdns", "--no-admin", "--json",
-                ]  # fmt: skip
-                members.append(stack.enter_context(_server_process(f"cluster member {i}", cmd)))
+            # The members start side by side (each takes a second or so to import and take its
+            # etcd lease): one at a time, three of them cost every scenario a few seconds.
+            starting = [_server_process(f"cluster member {i}", c) for i, c in enumerate(commands)]
+            with concurrent.futures.ThreadPoolExecutor(MEMBERS) as pool:
+                entered = [pool.submit(cm.__enter__) for cm in starting]
+            for cm, future in zip(starting, entered, strict=True):
+                if future.exception() is None:
+                    stack.push(cm)  # its __exit__ stops the member
+            members: list[Target] = [future.result() for future in entered]
             first = members[0]
             yield Target(
                 "cluster",

@@ -381,9 +381,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         for p in status["products"]:
             if p.get("held_until"):
                 p["held_until_utc"] = iso_utc(p["held_until"])
-            for h in p["holders"]:
-                h["since_utc"] = iso_utc(h["since"])
-                h["last_heartbeat_utc"] = iso_utc(h["last_heartbeat"])
+            for h in p["holders"]:  # a cluster's other members' holders: times may be null
+                h["since_utc"] = iso_utc(h["since"]) if h["since"] is not None else None
+                beat = h["last_heartbeat"]
+                h["last_heartbeat_utc"] = iso_utc(beat) if beat is not None else None
         for b in status.get("borrows", []):
             b["start_utc"], b["end_utc"] = iso_utc(b["start"]), iso_utc(b["end"])
         print_json(status)
@@ -403,10 +404,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         for h in p["holders"]:
             app = f" {h['app']}" if h["app"] else ""
             ver = f" v{h['version']}" if h["version"] else ""
-            print(
-                f"  {p['name']}: {h['user']}@{h['host']}{app}{ver} since {local_time(h['since'])},"
-                f" last heartbeat {local_time(h['last_heartbeat'])}"
-            )
+            since = f" since {local_time(h['since'])}" if h["since"] is not None else ""
+            if h["last_heartbeat"] is not None:
+                beat = f", last heartbeat {local_time(h['last_heartbeat'])}"
+            else:  # held through another member of a cluster, which keeps its renewals
+                beat = f", through member {h.get('member', '?')}"
+            print(f"  {p['name']}: {h['user']}@{h['host']}{app}{ver}{since}{beat}")
         more = p.get("holders_total", len(p["holders"])) - len(p["holders"])
         if more > 0:
             print(f"  {p['name']}: ... and {more} more (the admin page lists them all)")

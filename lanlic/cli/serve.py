@@ -128,7 +128,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"lanlic: warning: {exposure}", file=sys.stderr, flush=True)
     if cluster is not None:
         try:
-            return _serve_cluster(args, cluster, key, datadir, host, port)
+            return _serve_cluster(args, cluster, key, datadir, host, port, vendor_pub, key_file)
         finally:
             datadir.clear_address()
             datadir.unlock()
@@ -308,17 +308,15 @@ def cluster_store(args: argparse.Namespace, data: Path) -> ClusterPlan | None:
             "so a plaintext etcd is allowed on loopback only"
         )
     refused = [
-        (args.restore, "--restore", "a cluster keeps no SQLite database to restore"),
+        (args.restore, "--restore", "a member's database holds its history only"),
         (args.accept_lost_borrows, "--accept-lost-borrows", "a cluster keeps no borrows yet"),
-        (args.admin_port is not None, "--admin-port",
-         "the admin page is not built for a cluster yet (status works: lanlic status)"),
     ]  # fmt: skip
     from lanlic.server.policyfile import POLICY_FILE
 
     if (data / POLICY_FILE).exists():
         refused.append(
             (True, f"{data / POLICY_FILE}",
-             "a seat policy (and its queue) needs shared state in etcd, not built yet")
+             "a seat policy needs shared state in etcd, not built yet")
         )  # fmt: skip
     for used, what, why in refused:
         if used:
@@ -336,7 +334,14 @@ def cluster_prefix(key: Any) -> str:
 
 
 def _serve_cluster(
-    args: argparse.Namespace, plan: ClusterPlan, key: Any, datadir: Any, host: str, port: int
+    args: argparse.Namespace,
+    plan: ClusterPlan,
+    key: Any,
+    datadir: Any,
+    host: str,
+    port: int,
+    vendor_pub: Any,
+    key_file: Path,
 ) -> int:
     """Serve as one member of a cluster on etcd (docs/cluster.md)."""
     import socket
@@ -345,6 +350,7 @@ def _serve_cluster(
     from lanlic.cluster.service import ClusterService, etcd_ttl_for
     from lanlic.core.service import ServiceConfig
     from lanlic.net.server import LicenseServer
+    from lanlic.store import Store
 
     config = ServiceConfig(lease_seconds=args.lease, heartbeat_seconds=args.heartbeat)
     server_key = datadir.server_key()
@@ -367,11 +373,20 @@ def _serve_cluster(
             raise CliError(
                 f"--store: etcd at {', '.join(plan.endpoints)} did not answer: {exc}"
             ) from None
-        server = LicenseServer(service, host, port)
+        # The member's own history (what it served), in its data folder as a single server's:
+        # `lanlic admin history --data` reads it; a cluster's whole history is the members'
+        # merged by time (docs/cluster.md).
+        try:
+            history = Store(datadir.path / DB_NAME)
+        except BaseException:
+            await service.close()
+            raise
+        server = LicenseServer(service, host, port, history_store=history)
         try:
             await server.start()
         except OSError as exc:
             await service.close()
+            history.close()
             raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
         try:
             announcer = (
@@ -380,37 +395,62 @@ def _serve_cluster(
         except CliError:
             await server.stop()
             await service.close()
+            history.close()
             raise
         stop = asyncio.Event()
         osdeps.on_stop(asyncio.get_running_loop(), stop.set)
+        announced: list[asyncio.Future[bool]] = []
+        admin = None
+        if not args.no_admin:
+            from lanlic.admin.app import serve_admin
+
+            try:
+                admin = await serve_admin(
+                    server, args.admin_host, args.admin_port, port, vendor_pub, datadir.path,
+                    key_file,
+                    lambda: _discovery_state(announcer, announced[0] if announced else None),
+                    cluster=tuple(plan.endpoints),
+                )  # fmt: skip
+            except BaseException:
+                await server.stop()
+                await service.close()
+                history.close()
+                raise
         h, p = server.address
         datadir.write_address(h, p)
         if args.json:
             _print_listening(
                 service, key, h, p, datadir.path,
                 store="etcd", etcd=plan.endpoints, etcd_lease=seats.lease_id,
-                admin_host=None, admin_port=None,
+                admin_host=admin.host if admin else None,
+                admin_port=admin.port if admin else None,
             )  # fmt: skip
         else:
             print(
                 f"lanlic {__version__}: serving {key.customer!r} on {h}:{p}, a member of a "
                 f"cluster on etcd {', '.join(plan.endpoints)}\n"
                 f"  server id {service.server_id} (server.key in {datadir.path}: the same on "
-                "every member)\n  not in a cluster yet: the queue, seat policy, history, the admin "
-                "page (docs/cluster.md)\n  stop with Ctrl-C",
+                "every member)\n"
+                + (f"  admin page: {admin.url} (the whole cluster's seats)\n" if admin else "")
+                + "  not in a cluster yet: seat policy (docs/cluster.md)\n"
+                "  stop with Ctrl-C",
                 flush=True,
             )
         announcing = None
         if announcer is not None:
             announcing = asyncio.ensure_future(_announce(announcer, args.json))
+            announced.append(announcing)
         await stop.wait()
         if announcing is not None and announcer is not None:
             announcing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await announcing
             await announcer.close()
+        if admin is not None:
+            await admin.stop()
         await server.stop()
         await service.close()
+        history.close()
         if not args.json:
             print("lanlic: stopped", flush=True)
 

@@ -152,6 +152,13 @@ class EtcdBorrows:
         state = await self._read(self._key("enrolled", container_fp))
         return None if state is None else _enrollment_of(state.value)
 
+    async def enrollments(self) -> list[EnrollmentRecord]:
+        """Every enrollment (one range read: the admin page's list of machines)."""
+        head = self._key("enrolled", "")
+        got = await self.seats._call(lambda c: c.get_prefix(head))
+        found = (_enrollment_of(bytes(kv.value)) for kv in got)
+        return [e for e in found if e is not None]
+
     async def enroll(self, record: EnrollmentRecord) -> None:
         """Keep the enrollment (a put: enrolling again replaces it, as on a single server).
         A put whose reply was lost is read back, and put again if it is not there."""

@@ -44,6 +44,7 @@ import grpc
 
 from lanlic.cluster.fence import Fence
 from lanlic.cluster.mirror import SeatMirror, parse_seat_key, seat_key, seats_prefix
+from lanlic.cluster.queue import WaitLine, queue_prefix
 from lanlic.errors import (
     LanlicError,
     LeaseUnknown,
@@ -89,18 +90,30 @@ class Holder:
     client: str
     lease: str
     token: str
+    user: str = ""
+    """Who and where (the client's hello), so that any member's admin page and status can show
+    every holder; absent in keys written before they were added (read as "")."""
+    host: str = ""
+    since: int = 0
+    """When the seat was checked out (UTC seconds; kept when another member adopts it)."""
 
     def encode(self) -> bytes:
-        return json.dumps(
-            {"member": self.member, "client": self.client, "lease": self.lease, "token": self.token}
-        ).encode()
+        d: dict[str, Any] = {
+            "member": self.member, "client": self.client, "lease": self.lease, "token": self.token
+        }  # fmt: skip
+        if self.user or self.host or self.since:
+            d.update(user=self.user, host=self.host, since=self.since)
+        return json.dumps(d).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> Holder | None:
         try:
             d = json.loads(raw)
-            return cls(str(d["member"]), str(d["client"]), str(d["lease"]), str(d["token"]))
-        except (ValueError, KeyError, TypeError):
+            return cls(
+                str(d["member"]), str(d["client"]), str(d["lease"]), str(d["token"]),
+                str(d.get("user", "")), str(d.get("host", "")), int(d.get("since", 0)),
+            )  # fmt: skip
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None
 
 
@@ -115,6 +128,16 @@ class SeatHold:
     holder: Holder
 
 
+@dataclass(frozen=True)
+class SeatRecord:
+    """A seat key as read from etcd (``EtcdSeats.read_seats``): holder None for a borrow."""
+
+    product: str
+    index: int
+    mod_revision: int
+    holder: Holder | None
+
+
 @dataclass
 class _Claim:
     """One checkout waiting for, or riding in, a batched claim transaction."""
@@ -123,6 +146,8 @@ class _Claim:
     client_lease: str
     done: asyncio.Future[SeatHold]
     attempts: int = 0
+    who: tuple[str, str, int] = ("", "", 0)
+    """(user, host, since) for the seat's key (``Holder``)."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +164,7 @@ def _lease_in(value: bytes) -> str:
     return "" if got is None else got.lease
 
 
-def _retrieved(done: asyncio.Future[SeatHold]) -> None:
+def _retrieved(done: asyncio.Future[Any]) -> None:
     if not done.cancelled():
         done.exception()
 
@@ -225,6 +250,10 @@ class EtcdSeats:
         self.clock = clock
         self.fence = Fence()
         self.mirror = SeatMirror(self.prefix)
+        self.line = WaitLine(self.prefix)
+        """The seat queue's waiters (``lanlic.cluster.queue``), fed by the same watch."""
+        self.on_change: Callable[[], None] | None = None
+        """Called after each watched change of a seat or a waiter (the queue's drain)."""
         self.lease_id = 0
         self._endpoint = 0
         self._generation = 0
@@ -245,6 +274,12 @@ class EtcdSeats:
         self._reserved: dict[str, set[int]] = {}
         """Per product: seats named in a claim transaction in flight (not picked meanwhile)."""
         self._batches: set[asyncio.Task[None]] = set()
+        self._releases: collections.deque[tuple[SeatHold, asyncio.Future[None]]] = (
+            collections.deque()
+        )
+        """Releases waiting for the next release transaction."""
+        self._releases_in_flight = 0
+        self._settling: asyncio.Task[None] | None = None
         self._keepalive_client: Any = None
         """The keepalive's own client (own channel and connection): a keepalive never waits
         behind a member's queue of transactions, so the fence reflects etcd, not our load."""
@@ -417,8 +452,12 @@ class EtcdSeats:
                 await asyncio.sleep(min(interval, 0.1))
                 continue
             self.fence.keepalive_answered(sent, int(reply.TTL))
-            if self._doubtful and not self.fence.lost:
-                await self._settle_doubtful()
+            settling = self._settling
+            if self._doubtful and not self.fence.lost and (settling is None or settling.done()):
+                # In a task of its own: its reads and releases never delay the next keepalive.
+                self._settling = asyncio.create_task(self._settle_doubtful(), name="etcd-doubt")
+                self._batches.add(self._settling)
+                self._settling.add_done_callback(self._batches.discard)
             if self.fence.lost:
                 log.warning(
                     "etcd lease %x expired: every seat this member held is gone", self.lease_id
@@ -450,9 +489,16 @@ class EtcdSeats:
         got = await self._call(lambda c: c.get_prefix(head))
         keys = [(bytes(kv.key), int(kv.mod_revision), _lease_in(bytes(kv.value))) for kv in got]
         self.mirror.load(keys, int(got.header.revision))
+        # The line is read after: the watch resumes at the seats' revision, and its events
+        # replayed over this later read change nothing (puts of present keys, deletes kept).
+        waiters = await self._call(lambda c: c.get_prefix(queue_prefix(self.prefix)))
+        self.line.load(
+            [(bytes(kv.key), int(kv.create_revision), bytes(kv.value)) for kv in waiters]
+        )
 
     async def _watch_loop(self) -> None:
-        head = seats_prefix(self.prefix)
+        head = f"{self.prefix}/".encode()  # the seats and the queue's waiters
+        queue_head = queue_prefix(self.prefix)
         while True:
             generation = self._generation
             try:
@@ -461,15 +507,19 @@ class EtcdSeats:
                 )
                 async for event in watch:
                     kv = event.kv
+                    key = bytes(kv.key)
                     if event.kind == "DELETE":
-                        self.mirror.delete(bytes(kv.key), int(kv.mod_revision), watched=True)
+                        self.mirror.delete(key, int(kv.mod_revision), watched=True)
+                        self.line.delete(key)
+                    elif key.startswith(queue_head):
+                        self.line.put(key, int(kv.create_revision), bytes(kv.value))
+                        self.mirror.put(key, int(kv.mod_revision), watched=True)
                     else:
                         self.mirror.put(
-                            bytes(kv.key),
-                            int(kv.mod_revision),
-                            _lease_in(bytes(kv.value)),
-                            watched=True,
+                            key, int(kv.mod_revision), _lease_in(bytes(kv.value)), watched=True
                         )
+                    if self.on_change is not None:
+                        self.on_change()
             except aetcd.exceptions.RevisionCompactedError:
                 await self._load_mirror_retrying()
             except (aetcd.exceptions.ClientError, OSError, asyncio.CancelledError) as e:
@@ -501,7 +551,9 @@ class EtcdSeats:
 
     # -- seats -----------------------------------------------------------------------------------
 
-    async def checkout(self, product: str, client: str, client_lease: str) -> SeatHold:
+    async def checkout(
+        self, product: str, client: str, client_lease: str, who: tuple[str, str, int] = ("", "", 0)
+    ) -> SeatHold:
         """Claim a free seat of ``product`` for a client, or raise NoSeat, ServerBusy,
         ServerUnavailable.
 
@@ -515,7 +567,7 @@ class EtcdSeats:
             raise UnknownProduct(product)
         if not self._in_flight.get(product) and not self._free(product):
             raise NoSeat(f"all {seats} seats of {product} are in use")
-        claim = _Claim(client, client_lease, asyncio.get_running_loop().create_future())
+        claim = _Claim(client, client_lease, asyncio.get_running_loop().create_future(), who=who)
         claim.done.add_done_callback(_retrieved)  # a cancelled caller's refusal is not an error
         self._queued.setdefault(product, collections.deque()).append(claim)
         self._pump(product)
@@ -557,7 +609,8 @@ class EtcdSeats:
         turn (it lost its seat's race: the mirror now knows the winner)."""
         outcomes: list[KeyState | LanlicError | None]
         holders = [
-            Holder(self.member, c.client, c.client_lease, secrets.token_hex(8)) for c, _ in batch
+            Holder(self.member, c.client, c.client_lease, secrets.token_hex(8), *c.who)
+            for c, _ in batch
         ]
         keys = [seat_key(self.prefix, product, i) for _, i in batch]
         try:
@@ -657,26 +710,81 @@ class EtcdSeats:
         return None
 
     async def release(self, hold: SeatHold) -> None:
-        """Give a seat back: delete its key unless it changed hands since ``hold``."""
+        """Give a seat back: delete its key unless it changed hands since ``hold``. Batched like
+        claims: releases arriving while ``BATCHES_IN_FLIGHT`` release transactions are in
+        flight go together in the next, each delete with its own ``mod_revision`` compare."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.add_done_callback(_retrieved)
+        self._releases.append((hold, done))
+        self._pump_releases()
+        await asyncio.shield(done)
+
+    def _pump_releases(self) -> None:
+        queue = self._releases
+        while queue and self._releases_in_flight < BATCHES_IN_FLIGHT and not self._closed:
+            batch: list[tuple[SeatHold, asyncio.Future[None]]] = []
+            later: list[tuple[SeatHold, asyncio.Future[None]]] = []
+            keys: set[bytes] = set()
+            while queue and len(batch) < BATCH_SIZE:
+                item = queue.popleft()
+                # etcd refuses a transaction naming one key twice: the same seat released twice
+                # at once waits for the next one.
+                (later if item[0].key in keys else batch).append(item)
+                keys.add(item[0].key)
+            queue.extendleft(reversed(later))
+            self._releases_in_flight += 1
+            task = asyncio.create_task(self._send_releases(batch), name="etcd-releases")
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _send_releases(self, batch: list[tuple[SeatHold, asyncio.Future[None]]]) -> None:
         tx = self._client.transactions
+        nested = [
+            tx.txn(
+                compare=[tx.mod(h.key) == h.mod_revision], success=[tx.delete(h.key)], failure=[]
+            )
+            for h, _ in batch
+        ]
+        outcomes: list[BaseException | bool]
         try:
-            await self._call(
-                lambda c: c.transaction(
-                    compare=[tx.mod(hold.key) == hold.mod_revision],
-                    success=[tx.delete(hold.key)],
-                    failure=[],
+            await self._call(lambda c: c.transaction(compare=[], success=nested, failure=[]))
+            for h, _ in batch:
+                self.mirror.delete(h.key, h.mod_revision)
+            outcomes = [False] * len(batch)
+        except Unreachable:
+            outcomes = list(
+                await asyncio.gather(
+                    *(self._release_lost(h) for h, _ in batch), return_exceptions=True
                 )
             )
-        except Unreachable:
-            # Either it committed, or the key is still ours: read back and try once more if so.
-            try:
-                state = await self._read(hold.key)
-            except Unreachable as e:
-                raise ServerUnavailable("etcd did not answer the release; try again") from e
-            if state is not None and state.mod_revision == hold.mod_revision:
-                await self.release(hold)
-            return
-        self.mirror.delete(hold.key, hold.mod_revision)
+        finally:
+            self._releases_in_flight -= 1
+        again = []
+        for item, outcome in zip(batch, outcomes, strict=True):
+            done = item[1]
+            if outcome is True:
+                again.append(item)  # in a later batch: never waiting here, holding a slot
+            elif done.done():
+                continue
+            elif isinstance(outcome, BaseException):
+                done.set_exception(outcome)
+            else:
+                done.set_result(None)
+        self._releases.extendleft(reversed(again))
+        self._pump_releases()
+
+    async def _release_lost(self, hold: SeatHold) -> bool:
+        """A release whose reply was lost: either it committed, or the key is still ours: read
+        back; True if it must be sent again."""
+        try:
+            state = await self._read(hold.key)
+        except Unreachable as e:
+            raise ServerUnavailable("etcd did not answer the release; try again") from e
+        if state is not None and state.mod_revision == hold.mod_revision:
+            return True
+        if state is None:
+            self.mirror.delete(hold.key, hold.mod_revision)
+        return False
 
     async def locate(self, client_lease: str, product: str | None = None) -> tuple[str, int] | None:
         """The seat (product, index) whose key names ``client_lease``: from the mirror, else (a
@@ -695,7 +803,31 @@ class EtcdSeats:
                 return parse_seat_key(self.prefix, bytes(kv.key))
         return None
 
-    async def adopt(self, product: str, index: int, client: str, client_lease: str) -> SeatHold:
+    async def read_seats(self) -> tuple[list[SeatRecord], int]:
+        """Every seat key of the pool with what its value says, read now (linearizable), and the
+        revision read at: the admin page's and status's cluster-wide list of holders. A borrow's
+        key names no client (``holder`` None). ServerUnavailable when etcd does not answer."""
+        head = seats_prefix(self.prefix)
+        try:
+            got = await self._call(lambda c: c.get_prefix(head))
+        except Unreachable as e:
+            raise ServerUnavailable("etcd did not answer; try again") from e
+        out = []
+        for kv in got:
+            seat = parse_seat_key(self.prefix, bytes(kv.key))
+            if seat is not None:
+                holder = Holder.decode(bytes(kv.value))
+                out.append(SeatRecord(seat[0], seat[1], int(kv.mod_revision), holder))
+        return out, int(got.header.revision)
+
+    async def adopt(
+        self,
+        product: str,
+        index: int,
+        client: str,
+        client_lease: str,
+        who: tuple[str, str, int] = ("", "", 0),
+    ) -> SeatHold:
         """Take over a seat whose member died, for the client that holds it: the key must name
         this client and its lease; it is re-put under our lease unless it changed meanwhile."""
         self.check_fence()
@@ -712,7 +844,11 @@ class EtcdSeats:
                 raise LeaseUnknown("the seat's key is gone or names another client")
             if state.lease == self.lease_id:
                 return SeatHold(product, index, key, state.mod_revision, old)
-            holder = Holder(self.member, client, client_lease, secrets.token_hex(8))
+            user, host = (old.user, old.host) if old.user or old.host else who[:2]
+            since = old.since or who[2]
+            holder = Holder(
+                self.member, client, client_lease, secrets.token_hex(8), user, host, since
+            )
             self.check_fence()
             won = await self._replace(key, state.mod_revision, holder)
             if won is not None:

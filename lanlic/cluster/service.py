@@ -25,7 +25,8 @@ What differs from a single server (``LicenseService``), request by request:
 - borrow, return, present, enroll: ``lanlic.cluster.desk`` (the single server's rules, the
   records in etcd: ``lanlic.cluster.borrows``); every member runs a reaper that ends borrows at
   their end on its anchored wall clock, racing the others' with a ``mod_revision`` compare.
-- the queue is not built for a cluster yet: ``cluster_unsupported``.
+- the queue (``wait``): one line per product shared by every member, a waiter key per place in
+  etcd (``lanlic.cluster.queue``); a plain checkout never jumps a non-empty line.
 
 Not sans-IO: it starts tasks on the running loop (``start`` inside it).
 """
@@ -43,6 +44,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from lanlic.cluster.borrows import EtcdBorrows
 from lanlic.cluster.desk import ClusterDesk
 from lanlic.cluster.etcd import EtcdSeats, SeatHold, Unreachable
+from lanlic.cluster.queue import MemberQueue
+from lanlic.cluster.view import cluster_status
 from lanlic.core.netkey import NetworkKey
 from lanlic.core.pool import Denied, Holder, Lease
 from lanlic.core.service import LicenseService, Reply, ServiceConfig, Session, _once
@@ -98,6 +101,8 @@ class ClusterService(LicenseService):
         self._reaper_task: asyncio.Task[None] | None = None
         self.reaped = 0
         """Borrows this member's reaper ended (another member's may have ended others)."""
+        self.queue = MemberQueue(self)
+        seats.on_change = self.queue.drain  # a seat freed or the line moved: serve its head
 
     # ---------------------------------------------------------------------------- life
 
@@ -139,14 +144,11 @@ class ClusterService(LicenseService):
         if isinstance(msg, m.Enroll):
             return Reply(None, later=lambda: self.lending.enroll(msg, wall))
         if isinstance(msg, m.Wait):
-            return Reply(
-                m.Error(
-                    msg.id,
-                    "cluster_unsupported",
-                    "the queue is not built for a cluster of servers yet (docs/cluster.md): "
-                    "check out again later",
-                )
-            )
+            return self._wait_in_line(session, msg, now, wall)
+        if isinstance(msg, m.Unwait):
+            return Reply(self.queue.unwait(session, msg))
+        if isinstance(msg, m.Status):
+            return Reply(None, later=lambda: cluster_status(self, msg.id))
         if isinstance(msg, m.Bye):
             released = self.pool.release_owner(session.client_id, now)
             for lease in released:
@@ -154,6 +156,52 @@ class ClusterService(LicenseService):
                 self._settle(lease.id)
             return Reply(m.Goodbye(id=msg.id, released=len(released)), close=True)
         return super().handle(session, msg, now, wall)
+
+    # ------------------------------------------------------------------------ the queue
+
+    def _wait_in_line(self, session: Session, msg: m.Wait, now: float, wall: float) -> Reply:
+        """A seat at once if one is free and nobody waits for it (the checkout's path and
+        refusals), else a place in the shared line."""
+        ask = m.Checkout(msg.id, msg.product, msg.version)
+        first = self._checkout(session, ask, now, wall, queued=True)
+        if first.message is not None and (
+            not isinstance(first.message, m.Error) or first.message.code != "no_seat"
+        ):
+            return first
+        claim = first.later
+
+        async def seat_or_line() -> m.Message:
+            if claim is not None:
+                got = await claim()
+                if not isinstance(got, m.Error) or got.code != "no_seat":
+                    return got
+            return await self.queue.join(session, msg, wall)
+
+        return Reply(None, later=seat_or_line)
+
+    @property
+    def waiting(self) -> bool:
+        return bool(self.queue.mine)
+
+    def drain_queue(self, now: float) -> None:
+        self.queue.drain()
+
+    def waiting_owners(self) -> set[bytes]:
+        return self.queue.owners()
+
+    def drop_waiters(self, owners: set[bytes]) -> None:
+        for owner in owners:
+            for w in self.queue.owner_gone(owner):
+                self.outbox.append(
+                    (owner, m.Error(w.rid, "no_seat", "dropped from the queue: no heartbeat"))
+                )
+
+    def client_gone(self, client_id: bytes) -> None:
+        client = self._clients.get(client_id)
+        last = client is not None and client.connections <= 1
+        super().client_gone(client_id)
+        if last:  # a place in line lasts as long as a connection of its client
+            self.queue.owner_gone(client_id)
 
     def _fence_open(self) -> bool:
         return self.seats.fence.may_answer(self.seats.clock(), self.pool.lease_seconds)
@@ -166,7 +214,10 @@ class ClusterService(LicenseService):
             "this member cannot prove its etcd lease outlives a client lease: try another",
         )
 
-    def _checkout(self, session: Session, msg: m.Checkout, now: float, wall: float) -> Reply:
+    def _checkout(
+        self, session: Session, msg: m.Checkout, now: float, wall: float, *, queued: bool = False
+    ) -> Reply:
+        """``queued``: a ``wait``'s first try; ``no_seat`` then puts it in line, no refusal."""
         rid, product, version = msg.id, msg.product, msg.version
         h = session.holder
         if self._key_expired(wall):
@@ -186,10 +237,15 @@ class ClusterService(LicenseService):
             return Reply(self._unavailable(rid))
         elif self.seats.mirror.in_use(product) >= ent.seats:
             denied = Denied("no_seat", f"all {ent.seats} seats of {product} are in use")
+        elif (waiting := self.seats.line.waiting(product)) and (
+            ent.seats - self.seats.mirror.in_use(product) <= waiting
+        ):
+            denied = Denied("no_seat", f"{waiting} waiting in line for {product}'s free seats")
         else:
             denied = None
         if denied is not None:
-            self._event("refusal", product, h.user, h.host, denied.code)
+            if not (queued and denied.code == "no_seat"):
+                self._event("refusal", product, h.user, h.host, denied.code)
             return Reply(m.Error(rid, denied.code, denied.message))
         holder = Holder(h.user, h.host, h.app, version, h.addr)
         owner = session.client_id
@@ -197,9 +253,11 @@ class ClusterService(LicenseService):
 
         async def claim() -> m.Message:
             try:
-                hold = await self.seats.checkout(product, owner.hex(), lease_id.hex())
+                who = (h.user, h.host, int(wall))
+                hold = await self.seats.checkout(product, owner.hex(), lease_id.hex(), who)
             except LanlicError as exc:
-                self._event("refusal", product, h.user, h.host, exc.code)
+                if not (queued and exc.code == "no_seat"):
+                    self._event("refusal", product, h.user, h.host, exc.code)
                 return m.Error(rid, exc.code, exc.message)
             granted = self._hold(hold, lease_id, owner, holder)
             if isinstance(granted, m.Error):
@@ -298,6 +356,7 @@ class ClusterService(LicenseService):
             return lease_id, "lease_unknown"
         if lease_id in self.holds or lease_id in self._ending:
             return lease_id, "lease_unknown"  # ours once, ended here
+        h = session.holder
         try:
             seat = await self.seats.locate(lease_id.hex(), product)
             if seat is None or (product is not None and seat[0] != product):
@@ -305,10 +364,10 @@ class ClusterService(LicenseService):
             ent = self.pool.products[seat[0]]
             if version and not ent.allows_version(version):
                 return lease_id, "version_not_licensed"
-            hold = await self.seats.adopt(seat[0], seat[1], owner.hex(), lease_id.hex())
+            who = (h.user, h.host, int(_wall))
+            hold = await self.seats.adopt(seat[0], seat[1], owner.hex(), lease_id.hex(), who)
         except LanlicError as exc:
             return lease_id, exc.code
-        h = session.holder
         got = self._hold(hold, lease_id, owner, Holder(h.user, h.host, h.app, version, h.addr))
         if isinstance(got, m.Error):
             return lease_id, got.code
@@ -338,11 +397,10 @@ class ClusterService(LicenseService):
             self._settle(lease_id)
         return reply
 
-    def expire(self, now: float) -> list[Lease]:
-        expired = super().expire(now)
-        for lease in expired:
+    def _expired(self, leases: list[Lease]) -> None:
+        super()._expired(leases)
+        for lease in leases:
             self._settle(lease.id)
-        return expired
 
     def remove(self, lease_id: bytes, now: float) -> Lease | None:
         lease = super().remove(lease_id, now)
@@ -359,6 +417,12 @@ class ClusterService(LicenseService):
             p["in_use"] = max(0, taken - borrowed)
             p["borrowed"] = borrowed
             p["free"] = max(0, p["seats"] - taken)
+            line = self.seats.line
+            p["queue"] = [  # the cluster's line, every member's waiters (the watch's view)
+                {"position": i, "user": who[0], "host": who[1], "since": who[2]}
+                for i, key in enumerate(line.order(p["name"]), 1)
+                for who in [line.who.get(key, ("", "", 0.0))]
+            ]
         reply.borrows[:] = self.lending.listing()  # as the reaper last read them
         return reply
 

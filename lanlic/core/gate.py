@@ -24,7 +24,7 @@ from lanlic.core.policy import (
     decide_borrow,
     diff,
 )
-from lanlic.core.pool import Denied, Granted, Holder, Lease, SeatPool
+from lanlic.core.pool import Denied, Granted, Holder, SeatPool
 from lanlic.core.queue import Offer, SeatQueue, Waiter
 
 __all__ = ["Joined", "QueueOutcome", "SeatGate"]
@@ -211,12 +211,5 @@ class SeatGate:
     def drain_all(self, now: float) -> list[QueueOutcome]:
         out: list[QueueOutcome] = []
         for product in list(self.pool.products):
-            out.extend(self.drain(product, now))
-        return out
-
-    def leases_freed(self, leases: Iterable[Lease], now: float) -> list[QueueOutcome]:
-        """Seats of these leases came back: drain their products."""
-        out: list[QueueOutcome] = []
-        for product in {x.product for x in leases}:
             out.extend(self.drain(product, now))
         return out

@@ -88,7 +88,6 @@ class BorrowDesk:
         self.key = key
         self.pool = pool
         self._server_key = server_key
-        self._server_pub = signing.public_bytes(server_key.public_key())
         self.server_id = server_id
         self.active: dict[str, ActiveBorrow] = {}
         self._by_request: dict[str, str] = {}
@@ -141,10 +140,12 @@ class BorrowDesk:
         self.pool.borrower(b.product, Holder(b.user, b.host), 1)
 
     def _forget(self, b: ActiveBorrow) -> None:
-        gone = self.active.pop(b.borrow_id, None)
+        # Only ``b`` itself: a failed return may have remembered the same borrow again over a
+        # copy presented meanwhile, and forgetting that copy must not forget the borrow.
         self._by_request.pop(b.request_id, None)
-        if gone is not None:
-            self.pool.borrower(gone.product, Holder(gone.user, gone.host), -1)
+        if self.active.get(b.borrow_id) is b:
+            del self.active[b.borrow_id]
+            self.pool.borrower(b.product, Holder(b.user, b.host), -1)
 
     # ------------------------------------------------------------------------------ queries
 
@@ -389,6 +390,13 @@ class BorrowDesk:
                 self.pool.return_borrowed(lic.product)
                 return m.Presented(msg.id, lic.borrow_id, known.state, known.end)
             if known is not None:  # on record but was not counted: it is now
+                counted = self.active.get(lic.borrow_id)
+                if counted is not None and counted is not adopted:
+                    # Counted again meanwhile (a return in flight failed to write): that
+                    # count stands, and the seat taken for the presented copy goes back.
+                    self._forget(adopted)
+                    self.pool.return_borrowed(lic.product)
+                    return m.Presented(msg.id, lic.borrow_id, "active", known.end)
                 self._forget(adopted)
                 adopted.request_id, adopted.committed = known.request_id, True
                 self._remember(adopted)

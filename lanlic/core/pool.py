@@ -181,6 +181,10 @@ class SeatPool:
         self.mint: Callable[[bytes, str], bytes] | None = None
         """Makes lease ids from (owner, product) instead of ``new_lease_id`` when set: the
         restart guard's ids, which prove their owner after a restart (core/restart.py)."""
+        self.on_expired: Callable[[list[Lease]], None] | None = None
+        """Told of the leases every ``expire`` frees, whoever called it: the service records
+        them. A checkout, adopt or borrow on a full product frees dead leases in passing, before
+        the sweep gets to them, and those must reach the history as expiries too."""
 
     # ------------------------------------------------------------------------------ queries
 
@@ -403,7 +407,7 @@ class SeatPool:
         return self.release(self.leases_of(owner), owner, now).released
 
     def expire(self, now: float) -> list[Lease]:
-        """Free every lease whose deadline has passed; return them."""
+        """Free every lease whose deadline has passed; return them (``on_expired`` is told)."""
         heap = self._heap
         leases = self._leases
         expired: list[Lease] = []
@@ -417,6 +421,8 @@ class SeatPool:
                 continue
             self._remove(lease, from_heap=False)
             expired.append(lease)
+        if expired and self.on_expired is not None:
+            self.on_expired(expired)
         return expired
 
     def take_borrowed(self, product: str, now: float | None = None, force: bool = False) -> bool:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -27,7 +27,17 @@ from lanlic.core.queue import Waiter
 from lanlic.core.restart import RestartGuard
 from lanlic.proto import messages as m
 
-__all__ = ["EventFields", "LicenseService", "ServiceConfig", "Session", "handshake_payload"]
+if TYPE_CHECKING:  # the store is the adapter's; the core only names its interface
+    from lanlic.store import Store
+
+__all__ = [
+    "EventFields",
+    "LicenseService",
+    "ReservationRaise",
+    "ServiceConfig",
+    "Session",
+    "handshake_payload",
+]
 
 #: Hello nonces remembered per client id (the newest), to refuse a recorded session played back.
 MAX_NONCES_PER_CLIENT = 64
@@ -42,6 +52,25 @@ class ServiceConfig:
     """A seat not renewed for this long returns to the pool."""
     heartbeat_seconds: float = 20.0
     """How often clients are told to renew; a third of the lease leaves room for two misses."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationRaise(Durable):
+    """A ``Durable`` whose whole write is raising reservations to ``seats`` (SPEC 13 rule 1).
+
+    The adapter may write several at once, the highest value per product: the grants that
+    arrive while one raise is on disk then share the next write, however many they are, instead
+    of each taking its own trip to the store's thread (and one fsync per chunk, in a row).
+    ``write`` and the grouped write both hand ``commit`` the values now on disk, each at least
+    the one asked for."""
+
+    seats: dict[str, int] = field(default_factory=dict)
+
+
+def raise_to(store: Store, seats: dict[str, int]) -> dict[str, int]:
+    """Raise ``store``'s reservations to ``seats`` (never lowering one); return ``seats``."""
+    store.raise_reservations(seats)
+    return seats
 
 
 class Session:
@@ -127,6 +156,7 @@ class LicenseService:
         self.key = key
         self.config = config
         self.pool = SeatPool(key.products, config.lease_seconds)
+        self.pool.on_expired = self._expired
         self._server_key = server_key
         self.server_pub = signing.public_bytes(server_key.public_key())
         self.server_id = signing.fingerprint(self.server_pub)
@@ -442,9 +472,9 @@ class LicenseService:
         guard = self.guard
         guard.pending[product] += 1
 
-        def commit(_: object) -> m.Message:
+        def commit(written: dict[str, int]) -> m.Message:
             guard.pending[product] -= 1
-            guard.raised(product, need)
+            guard.raised(product, max(need, written.get(product, 0)))
             now, wall = self.clock()  # time moved on while the store wrote
             # With no seat free, the checkout below says no_seat (the raise was capped at the
             # key's seats); with one free, the reservation must cover it.
@@ -467,10 +497,9 @@ class LicenseService:
                 f"folder; seats already held keep working): {exc}",
             )
 
-        return Durable(
-            write=lambda store: store.raise_reservations({product: need}),
-            commit=commit,
-            abort=abort,
+        seats = {product: need}
+        return ReservationRaise(
+            write=lambda store: raise_to(store, seats), commit=commit, abort=abort, seats=seats
         )
 
     def _renew(self, session: Session, msg: m.Renew, now: float) -> Reply:
@@ -530,10 +559,10 @@ class LicenseService:
             for p, k in extra.items():
                 guard.pending[p] -= k
 
-        def commit(_: object) -> m.Message:
+        def commit(written: dict[str, int]) -> m.Message:
             done()
             for p, n in needs.items():
-                guard.raised(p, n)
+                guard.raised(p, max(n, written.get(p, 0)))
             now, _wall = self.clock()
             return answer(self._reclaim_each(session, items, now))
 
@@ -543,8 +572,8 @@ class LicenseService:
 
         return Reply(
             None,
-            durable=Durable(
-                write=lambda store: store.raise_reservations(needs), commit=commit, abort=abort
+            durable=ReservationRaise(
+                write=lambda store: raise_to(store, needs), commit=commit, abort=abort, seats=needs
             ),
         )
 
@@ -629,11 +658,15 @@ class LicenseService:
         )
 
     def expire(self, now: float) -> list[Lease]:
-        expired = self.pool.expire(now)
-        for lease in expired:
+        """The sweep: free the leases dead by ``now`` (recorded by ``_expired``)."""
+        return self.pool.expire(now)
+
+    def _expired(self, leases: list[Lease]) -> None:
+        """Leases the pool freed as dead, by the sweep or in passing (a checkout, borrow or
+        drain on a full product): each is an expiry in the history."""
+        for lease in leases:
             self._lease_event("expiry", lease)
             self._forget_if_gone(lease.owner)
-        return expired
 
     def client_gone(self, client_id: bytes) -> None:
         """A connection of ``client_id`` (after an accepted hello) closed."""

@@ -668,8 +668,8 @@ class Client:
         reply: m.Message
         if wait:
             await self._ensure_connected()
-            where = self.address
             reply = await self._wait_in_line(product, version, timeout, on_position)
+            where = self.address  # the member it waited at last (it may have moved meanwhile)
         else:
             reply, where = await self._anywhere(
                 lambda rid: m.Checkout(id=rid, product=product, version=version)

@@ -13,6 +13,7 @@ import contextlib
 import math
 import os
 import socket
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -282,36 +283,70 @@ async def test_one_read_asking_for_too_many_replies_is_closed_at_once(
 # ------------------------------------------------- the latency of everyone else, 1,000 hostile
 
 
-async def renew_latencies(peers: list[tuple[RawPeer, bytes]], rounds: int) -> list[float]:
+async def renew(peer: RawPeer, lease: bytes, deadline: float) -> float:
+    """One renewal of ``lease``, answered within ``deadline`` s and keeping it; its round trip."""
+    started = time.perf_counter()
+    rid = peer.next_id()
+    await peer.send({"t": "renew", "id": rid, "leases": [lease]})
+    reply = await peer.recv(timeout=deadline)
+    took = time.perf_counter() - started
+    assert (reply["id"], reply["leases"]) == (rid, [lease]), reply
+    return took
+
+
+async def renew_latencies(
+    peers: list[tuple[RawPeer, bytes]], rounds: int, deadline: float
+) -> list[float]:
     """Each peer renews its seat ``rounds`` times, 5 ms apart; the round-trip times, s."""
     samples: list[float] = []
 
     async def one(peer: RawPeer, lease: bytes) -> None:
         for _ in range(rounds):
-            started = time.perf_counter()
-            reply = await peer.request("renew", leases=[lease])
-            samples.append(time.perf_counter() - started)
-            assert reply["leases"] == [lease]
+            samples.append(await renew(peer, lease, deadline))
             await asyncio.sleep(0.005)
 
-    await asyncio.wait_for(asyncio.gather(*(one(p, lease) for p, lease in peers)), 60)
+    await asyncio.gather(*(one(p, lease) for p, lease in peers))
     return samples
+
+
+HOSTILE_WAIT = 10.0
+"""The shortest time a hostile peer can hold up a server that waits for it: the handshake and
+frame timeouts (the write timeout is 30 s, the dripped hello takes about 150 s)."""
+
+
+def ms(samples: list[float]) -> str:
+    return "median {:.2f}, p99 {:.2f}, max {:.2f} ms".format(
+        *(1000 * x for x in (statistics.median(samples), p99(samples), max(samples)))
+    )
 
 
 async def test_well_behaved_latency_stays_bounded_with_1000_hostile_connections(
     tmp_path: Path,
 ) -> None:
+    """Two ``lanlic serve`` processes side by side: 1,000 hostile connections open on one, none
+    on the other (the control), 8 well-behaved clients renewing on each at the same moments.
+    A loaded machine slows both alike, so the comparison holds where a bound in milliseconds
+    would not; a server that let the crowd hold up its loop is slow only where the crowd is.
+    (How fast renewals are is the benchmark's business.)"""
     server = await ServeProcess.start(tmp_path / "data")
+    control: ServeProcess | None = None
     hostile: list[Any] = []
     good: list[tuple[RawPeer, bytes]] = []
+    calm: list[tuple[RawPeer, bytes]] = []
     dripping: asyncio.Task[None] | None = None
     try:
-        for _ in range(8):
-            peer = await connect(server.address)
-            granted = await peer.request("checkout", product="cad", version="16")
-            good.append((peer, granted["lease"]))
-        await renew_latencies(good, 20)  # warm up
-        before = await renew_latencies(good, 150)
+        control = await ServeProcess.start(tmp_path / "control")
+        for seats, address in ((good, server.address), (calm, control.address)):
+            for _ in range(8):
+                peer = await connect(address, hello=False)
+                welcome = await peer.hello()
+                granted = await peer.request("checkout", product="cad", version="16")
+                seats.append((peer, granted["lease"]))
+        # A renewal is on time if it is answered before the next one is due: the client then
+        # never falls behind and keeps its seat.
+        deadline = welcome["heartbeat_s"]
+        await renew_latencies(good + calm, 20, deadline)  # warm up
+        before = await renew_latencies(good, 150, deadline)
 
         # 1,000 hostile connections: 250 of each kind.
         silent = [await connect(server.address, hello=False) for _ in range(250)]
@@ -326,6 +361,9 @@ async def test_well_behaved_latency_stays_bounded_with_1000_hostile_connections(
         for r in readers:
             with contextlib.suppress(TimeoutError, OSError):
                 await asyncio.wait_for(loop.sock_sendall(r.sock, flood), 0.05)
+        # The readers' 75,000 pipelined status requests are real work (1 to 8 s of the server's
+        # CPU on these machines, by the load): renewals sent now wait for it, on time.
+        flooded = await asyncio.gather(*(renew(p, lease, deadline) for p, lease in good))
         hello = hello_frame(drippers[0], app="d" * 200)
 
         async def drip_all() -> None:
@@ -336,7 +374,10 @@ async def test_well_behaved_latency_stays_bounded_with_1000_hostile_connections(
                 await asyncio.sleep(0.5)
 
         dripping = asyncio.create_task(drip_all())
-        during = await renew_latencies(good, 150)
+        # The same renewals on both servers at the same moments, interleaved on this one loop.
+        during, alone = await asyncio.gather(
+            renew_latencies(good, 150, deadline), renew_latencies(calm, 150, deadline)
+        )
         assert (await good[0][0].request("status"))["t"] == "status_reply"
     finally:
         if dripping is not None:
@@ -345,21 +386,26 @@ async def test_well_behaved_latency_stays_bounded_with_1000_hostile_connections(
                 await dripping
         for peer in hostile:
             peer.close()
-        for peer, _ in good:
+        for peer, _ in good + calm:
             peer.close()
-        code = await server.stop()
-    assert code == 0
-    base, hot = p99(before), p99(during)
+        codes = (await server.stop(), None if control is None else await control.stop())
+    assert codes == (0, 0)
+    assert control is not None
     print(
-        f"\nrenew p99 with 8 clients: {base * 1000:.2f} ms before, {hot * 1000:.2f} ms during "
-        f"1,000 hostile connections (max {max(during) * 1000:.2f} ms, "
-        f"median {sorted(during)[len(during) // 2] * 1000:.2f} ms)"
+        f"\nrenew round trips, 8 clients: {ms(before)} before; {max(flooded):.2f} s behind the "
+        f"readers' flood; {ms(during)} among 1,000 hostile connections; {ms(alone)} at the "
+        "same moments on the control"
     )
-    # A server that let hostile peers hold up its loop would keep everyone waiting for their
-    # timeouts (10 s) or the drip (0.5 s a byte); a loaded machine adds tens of milliseconds.
-    # (How fast renewals are is measured by the benchmark, not here.)
-    assert hot < 2.0, (base, hot)
-    assert "Traceback" not in server.stderr()
+    # Every renewal was answered on time and kept its seat (``renew``); among the crowd none
+    # waited as long as a hostile peer's timeout, and the typical and the slowest in a hundred
+    # were about as quick as the control's: a server that waited for the crowd, or spent its
+    # loop on the crowd's bytes (a 2 ms cost per trickled read: p99 0.9 s against 4.5 ms),
+    # is slow where the crowd is. The floor of 0.1 s covers one lone stall of either process.
+    assert max(during) < HOSTILE_WAIT, (max(during), max(alone))
+    for stat in (statistics.median, p99):
+        crowd, calm_ = stat(during), stat(alone)
+        assert crowd < 4 * calm_ + 0.1, (stat.__name__, crowd, calm_)
+    assert "Traceback" not in server.stderr() + control.stderr()
 
 
 # ------------------------------------------------------------------- out of descriptors

@@ -1020,6 +1020,50 @@ def test_the_seat_policy_counts_borrowers_as_borrows_begin_fail_end_and_reload(
     assert counted() == (0, (0,), {}, {})
 
 
+@pytest.mark.parametrize("presented", ["written", "write_failed"])
+def test_the_seat_policy_counts_a_borrower_by_host_and_once_through_a_failed_return(
+    site: Site, presented: str
+) -> None:
+    """A host rule counts borrowers by the host they borrowed from; and a return in flight
+    while the same file is presented, whose write then fails, leaves one borrow counted once
+    and one seat out of the pool, whether the presented copy's write then succeeds or fails.
+    (Found by mutation testing: the presented copy's seat stayed out for good, and a failed
+    write of the copy forgot the borrow itself.)"""
+    policy = parse('[products.cad]\nreserve = [{ seats = 1, host = "lt-1" }]\n')
+    service = site.service
+    service.set_policy(policy, site.now)
+
+    def counted() -> tuple[int, tuple[int, ...], dict[int, int], dict[str, int]]:
+        kept, fresh = service.gate.tallies["cad"], service.gate.recount("cad", site.now)
+        assert fresh is not None and kept.counts() == fresh.counts()
+        return kept.counts()
+
+    laptop = enrolled(site)
+    b = site.request(laptop.borrow_msg(site.server_id))
+    assert isinstance(b, m.Borrowed)
+    one = (1, (), {1: 1}, {"ann": 1})  # one borrower, of the class the host rule matches
+    assert counted() == one
+    returning = service.handle(site.session, laptop.return_msg(site.server_id, b.borrow_id), 0, T0)
+    assert returning.durable is not None and counted() == (0, (), {}, {})
+    presenting = service.handle(
+        site.session, present_msg(laptop, site.server_id, b.file, b.borrow_id), 0, T0
+    )
+    assert presenting.durable is not None and counted() == one
+    failed = returning.durable.abort(OSError("disk full"))
+    assert isinstance(failed, m.Error) and failed.code == "store_failed"
+    assert counted() == one
+    if presented == "written":
+        assert site.apply(presenting.durable) == m.Presented(4, b.borrow_id, "active", b.end)
+    else:
+        lost = presenting.durable.abort(OSError("disk full"))
+        assert isinstance(lost, m.Error) and lost.code == "store_failed"
+    assert counted() == one
+    # One borrow, one seat out of the pool: the presented copy's seat went back.
+    assert site.service.pool.borrowed("cad") == 1 and len(site.service.desk.active) == 1
+    assert site.request(laptop.return_msg(site.server_id, b.borrow_id)).TYPE == "returned"
+    assert site.service.pool.borrowed("cad") == 0 and counted() == (0, (), {}, {})
+
+
 # ------------------------------------------------------------- the seat policy's word on a borrow
 
 

@@ -537,11 +537,76 @@ def test_check_invariant_catches_counts_out_of_step() -> None:
         pool.check_invariant()
     del pool._by_owner[B]
     pool.check_invariant()
+    pool._by_owner[A] = {lease.id}  # a set of one: the owner of one lease keeps just the id
+    with pytest.raises(AssertionError):
+        pool.check_invariant()
+    pool._by_owner[A] = lease.id
+    pool.check_invariant()
     owned = pool._by_owner.pop(A)  # the owner missing altogether
     with pytest.raises(AssertionError):
         pool.check_invariant()
     pool._by_owner[A] = owned
     pool.check_invariant()
+
+
+# ------------------------------------------------------------------ the watcher and changes
+
+
+class Recorder:
+    """A watcher (the policy's ``Tally`` in the server) that writes down what it is told."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[Holder, int, bool]] = []
+
+    def count(self, who: Holder, delta: int, borrowed: bool = False) -> None:
+        self.told.append((who, delta, borrowed))
+
+
+def test_a_watcher_is_told_of_every_seat_taken_and_given_back_with_its_holder() -> None:
+    """The policy counts holders from what the pool tells it: each lease taken (checkout,
+    adopt) and gone (release, an owner's release, expiry) with its own holder, each borrow
+    begun and ended as a borrowed seat; another product's watcher hears nothing of it."""
+    pool = make_pool(seats=4)
+    cad, sim = Recorder(), Recorder()
+    pool.watch("cad", cad)
+    pool.watch("sim", sim)
+    bob = Holder("bob", "ws2", "cad", "3.0")
+    a = take(pool)
+    b = pool.checkout("cad", "3.0", B, bob, T0)
+    assert isinstance(b, Granted)
+    assert cad.told == [(HOLDER, 1, False), (bob, 1, False)]
+    pool.release([b.lease.id], B, T0 + 1)
+    assert cad.told[2:] == [(bob, -1, False)]
+    back = pool.adopt(b"old-id", "cad", B, bob, T0 + 2)
+    assert isinstance(back, Granted) and cad.told[3:] == [(bob, 1, False)]
+    pool.release_owner(B, T0 + 3)
+    assert cad.told[4:] == [(bob, -1, False)]
+    pool.borrower("cad", bob, 1)
+    pool.borrower("cad", bob, -1)
+    assert cad.told[5:] == [(bob, 1, True), (bob, -1, True)]
+    assert pool.expire(a.expires + 1) == [a]
+    assert cad.told[7:] == [(HOLDER, -1, False)]
+    assert sim.told == []
+    pool.watch("cad", None)  # no watcher: nothing is told, and nothing fails
+    take(pool, now=a.expires + 2)
+    pool.borrower("cad", bob, 1)
+    pool.borrower("nope", bob, 1)  # a product the key does not have
+    assert len(cad.told) == 8 and sim.told == []
+
+
+def test_changes_counts_each_lease_taken_and_gone_and_nothing_else() -> None:
+    """The restart guard's batch skips its look at the leases while ``changes`` stands still:
+    every lease taken or gone must move it, a renewal must not."""
+    pool = make_pool(seats=3)
+    assert pool.changes == 0
+    a, b = take(pool), take(pool, owner=B)
+    assert pool.changes == 2
+    pool.renew([a.id], A, T0 + 1)
+    assert pool.changes == 2
+    pool.release([a.id], A, T0 + 2)
+    assert pool.changes == 3
+    assert pool.expire(b.expires + 1) == [b]
+    assert pool.changes == 4
 
 
 # ------------------------------------------------------------------ peak, postpone, lease ids

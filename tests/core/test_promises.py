@@ -194,6 +194,25 @@ def test_a_lease_that_runs_out_is_an_expiry_in_the_history(site: Site) -> None:
     assert site.service.pool.in_use("cad") == 0
 
 
+def test_leases_freed_in_passing_are_expiries_in_the_history(site: Site) -> None:
+    """A full product's dead leases are freed by the next checkout, borrow or restart check
+    before the sweep gets to them: each is still an expiry in the history, and its client is
+    forgotten when nothing else holds it (found by the gate's mutation run: such leases left no
+    trace but the new checkout)."""
+    dead = site.session(b"d" * 16, "dan")
+    for _ in range(3):
+        assert isinstance(site.checkout(dead, "sim"), m.Granted)
+    site.events.clear()
+    other = site.session(b"o" * 16, "ola")
+    assert isinstance(site.checkout(other, "sim", now=LEASE + 1), m.Granted)
+    expiries = [e for e in site.events if e[0] == "expiry"]
+    assert expiries == [("expiry", "sim", "dan", "ws-1", "")] * 3, site.events
+    assert [e[0] for e in site.events if e[0] != "expiry"] == ["checkout"]
+    assert site.service.pool.in_use("sim") == 1
+    assert site.service.expire(LEASE + 2) == []  # the sweep has nothing left to tell
+    assert [e[0] for e in site.events].count("expiry") == 3
+
+
 # ------------------------------------------------------------------------------ reservations
 
 

@@ -319,6 +319,10 @@ function renderServer(ov) {
     ["Client connections", String(ov.server.connections)],
     ["Data folder", ov.server.data || "(none: nothing is kept)"],
   ];
+  if (ov.cluster) {
+    facts.push(["Cluster member", ov.cluster.member], ["Seats kept in", `etcd ${ov.cluster.etcd.join(", ")}`],
+      ["History", ov.cluster.history_note]);
+  }
   $("server-facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { class: "mono", text: v })]));
 }
 
@@ -326,6 +330,17 @@ function renderServer(ov) {
 
 async function loadChart() {
   state.chartAt = Date.now();
+  if (noChart()) {
+    state.chartData = null;
+    drawChart();
+    const note = document.createElementNS("http://www.w3.org/2000/svg", "text");
+    note.setAttribute("x", "20");
+    note.setAttribute("y", "130");
+    note.textContent = noChart();
+    $("chart").append(note);
+    $("chart").setAttribute("aria-label", noChart());
+    return;
+  }
   const data = await api("GET", `/api/usage?range=${state.chartRange}`);
   state.chartData = data;
   drawChart();
@@ -401,7 +416,9 @@ async function loadHolders() {
   const rows = page.items.map((h) => el("tr", { "data-lease": h.lease },
     el("td", { text: h.user }), el("td", { text: h.host }), el("td", { text: h.app }),
     el("td", { text: h.version }), el("td", { text: h.product }),
-    el("td", { text: fmtTime(h.since) }), el("td", { text: fmtAgo(h.last_heartbeat) }),
+    el("td", { text: fmtTime(h.since) }),
+    // A seat held through another cluster member: that member keeps its heartbeats.
+    el("td", { text: h.last_heartbeat === null ? `via ${h.member}` : fmtAgo(h.last_heartbeat) }),
     el("td", {}, el("button", { class: "small remove", type: "button", onclick: () => removeHolder(h) }, "Remove")),
   ));
   fillTable($("holders-table"), rows, "No seat is in use.");
@@ -470,7 +487,24 @@ function historyQuery() {
   return q;
 }
 
+// A cluster member without a history of its own (docs/cluster.md): the reason, else "".
+function noHistory() {
+  const c = state.overview && state.overview.cluster;
+  return c && !c.history ? c.history_note : "";
+}
+
+// A cluster member draws no usage chart (each member keeps only its own history): why, else "".
+function noChart() {
+  const c = state.overview && state.overview.cluster;
+  return c ? c.chart_note : "";
+}
+
 async function loadHistory() {
+  if (noHistory()) {
+    fillTable($("history-table"), [], noHistory());
+    $("history-range").textContent = "";
+    return;
+  }
   const q = historyQuery();
   $("history-csv").href = `/api/history.csv?${q}`;
   q.set("offset", state.historyOffset);
