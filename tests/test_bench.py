@@ -37,15 +37,15 @@ TINY = [
 ]
 
 
-@pytest.mark.slow
-def test_tiny_run_of_every_scenario_reports_numbers(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def tiny_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[subprocess.CompletedProcess[str], Any, Path]:
+    """One tiny run of every scenario on every target, with ``--policy`` (its realistic policy)
+    beside: the run, its JSON and its plot. Both tests below read it; it is the one whole run."""
+    tmp_path = tmp_path_factory.mktemp("bench")
     out = tmp_path / "bench.json"
     plot = tmp_path / "bench.png"
-    has_redis = shutil.which("redis-server") is not None
-    has_matplotlib = importlib.util.find_spec("matplotlib") is not None
-    if in_ci():  # the checks below that need them must not pass quietly without them in CI
-        assert has_redis, "CI must install redis-server (Debian: apt-get install redis-server)"
-        assert has_matplotlib, "CI must install the bench extra: pip install -e '.[bench]'"
     env = {**os.environ, "LANLIC_CONFIG": str(tmp_path / "config")}  # never the user's pins
     proc = subprocess.run(
         [
@@ -54,6 +54,7 @@ def test_tiny_run_of_every_scenario_reports_numbers(tmp_path: Path) -> None:
             *TINY,
             "--targets",
             "lanlic,ceiling,redis",
+            "--policy",
             "--json",
             str(out),
             "--plot",
@@ -61,13 +62,26 @@ def test_tiny_run_of_every_scenario_reports_numbers(tmp_path: Path) -> None:
         ],
         capture_output=True,
         text=True,
-        timeout=150,
+        timeout=210,
         cwd=tmp_path,
         env=env,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    data = json.loads(out.read_text())
+    return proc, json.loads(out.read_text()), plot
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)  # the shared run is made in this test's setup
+def test_tiny_run_of_every_scenario_reports_numbers(
+    tiny_run: tuple[subprocess.CompletedProcess[str], Any, Path],
+) -> None:
+    proc, data, plot = tiny_run
+    has_redis = shutil.which("redis-server") is not None
+    has_matplotlib = importlib.util.find_spec("matplotlib") is not None
+    if in_ci():  # the checks below that need them must not pass quietly without them in CI
+        assert has_redis, "CI must install redis-server (Debian: apt-get install redis-server)"
+        assert has_matplotlib, "CI must install the bench extra: pip install -e '.[bench]'"
     sc = data["scenarios"]
     assert set(sc) == {"burst", "steady", "saturate-renew", "saturate-checkout", "churn"}
 
@@ -148,12 +162,13 @@ def _bench(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str]
 
 
 @pytest.mark.slow
-def test_the_policy_on_variant_reports_beside_the_figures_without_one(tmp_path: Path) -> None:
+@pytest.mark.timeout(240)  # the shared run, when this test runs alone
+def test_the_policy_on_variant_reports_beside_the_figures_without_one(
+    tiny_run: tuple[subprocess.CompletedProcess[str], Any, Path],
+) -> None:
     """``--policy``: the realistic policy (groups, RESERVE, MAX, INCLUDE, EXCLUDE on the loaded
     product) lets the bench's clients in, so both columns grant the same seats."""
-    proc, data = _bench(
-        tmp_path, "--targets", "lanlic", "--scenario", "burst,saturate,churn", "--policy"
-    )
+    proc, data, _ = tiny_run
     sc = data["scenarios"]
     for on in ("lanlic", "lanlic-policy"):
         burst = sc["burst"][on]

@@ -19,6 +19,8 @@ descriptor limit    ``RLIMIT_NOFILE``            ``RLIMIT_NOFILE``           non
 stop signals        SIGINT, SIGTERM              SIGINT, SIGTERM             Ctrl-C, Ctrl-Break,
                     (``add_signal_handler``)     (``add_signal_handler``)    a service stop
                                                                              (``request_stop``)
+DPI awareness       nothing (Tk reads X's DPI)   nothing (Retina is native)  system DPI, before Tk
+                                                                             (``shcore``/``user32``)
 machine identity    ``/etc/machine-id``,         ``ioreg`` IOPlatformUUID,   registry MachineGuid,
                     ``/sys/class/net``           ``networksetup`` MACs       ``getmac`` MACs
 ==================  ===========================  ==========================  ======================
@@ -62,6 +64,7 @@ __all__ = [
     "fsync_dir",
     "fsync_file",
     "machine_sources",
+    "make_dpi_aware",
     "make_private_dir",
     "on_stop",
     "request_stop",
@@ -270,6 +273,17 @@ def request_stop() -> None:
     """Stop, from any thread, whatever waits on ``on_stop`` (a Windows service's stop)."""
     for stop_soon in list(_stoppers):
         stop_soon()
+
+
+# -------------------------------------------------------------------------------- display
+
+
+def make_dpi_aware() -> str:
+    """Before lanlic opens a Tk window of its own: on Windows, declare the process aware of the
+    display's scale (system DPI), so a scaled display (125 %, 150 %) shows the window sharp
+    instead of stretched and blurry; nothing elsewhere. Returns the call that took effect
+    ("shcore", "user32"), "already" where the process had an awareness set, or "" for none."""
+    return _impl.make_dpi_aware()
 
 
 # ------------------------------------------------------------------------- machine identity

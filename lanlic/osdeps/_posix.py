@@ -31,6 +31,7 @@ __all__ = [
     "fd_limit",
     "fsync_dir",
     "lock_fd",
+    "make_dpi_aware",
     "on_stop",
     "replace",
     "set_file_mode",
@@ -116,3 +117,8 @@ def on_stop(loop: asyncio.AbstractEventLoop, stop: Callable[[], object]) -> Call
 
 def machine_sources() -> MachineSources:
     return MachineSources("", "", f"nothing: lanlic reads no machine id on {sys.platform}")
+
+
+def make_dpi_aware() -> str:
+    """Nothing: X11 and macOS hand Tk the display's real resolution without asking."""
+    return ""

@@ -57,7 +57,7 @@ def show_license_information(
 
     from lanlic.laptop.borrower import Borrower
     from lanlic.ui.session import Session
-    from lanlic.ui.window import LicenseWindow
+    from lanlic.ui.window import LicenseWindow, new_root
     from lanlic.ui.worker import Worker
 
     if borrower is None:
@@ -72,7 +72,7 @@ def show_license_information(
         vendor=vendor,
     )
     if parent is None:
-        root = tk.Tk()
+        root = new_root()
         window = LicenseWindow(root, session, worker, on_close=on_close)
         root.mainloop()
         window.finished.wait(60)

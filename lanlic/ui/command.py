@@ -53,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         import tkinter as tk
 
-        root = tk.Tk()
+        from lanlic.ui.window import new_root
+
+        root = new_root()
     except ImportError:
         raise NoDisplay("this Python has no tkinter (install python3-tk)") from None
     except tk.TclError as exc:

@@ -22,11 +22,12 @@ from pathlib import Path
 from tkinter import filedialog, font, ttk
 from typing import Any
 
+from lanlic import osdeps
 from lanlic.ui.model import Row, days_left, local_time, period_bounds, return_date
 from lanlic.ui.session import Changes, Session, Snapshot, refusal_text
 from lanlic.ui.worker import Outcome, Worker
 
-__all__ = ["LicenseWindow"]
+__all__ = ["LicenseWindow", "new_root"]
 
 TICK_MS = 100
 """How often the window drains finished work and moves its progress bar."""
@@ -39,6 +40,14 @@ BANNER_OFFLINE = (
     "The licence server cannot be reached. Borrowed licences still work; the other products "
     "are not available until it can be reached again."
 )
+
+
+def new_root() -> tk.Tk:
+    """The Tk root of a window lanlic opens on its own (never an application's: that process's
+    DPI awareness is the application's to choose), made DPI-aware first: on Windows the
+    awareness must be set before Tk starts, or a scaled display shows the window blurry."""
+    osdeps.make_dpi_aware()
+    return tk.Tk()
 
 
 def _versions(r: Row) -> str:
