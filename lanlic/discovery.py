@@ -319,14 +319,21 @@ class Announcer:
         self.interfaces = interfaces
         self.service = service_type()
         host_label = server_fp.removeprefix("sha256:")[:12]
+        name = instance_name(site)
         if member:
             # Cluster members share one server key, and so would share one host name with
             # different addresses: a browser would mix their address records (or see a
-            # conflict). A member's own label keeps each member's host name its own.
-            host_label += "-" + hashlib.sha256(member.encode("utf-8")).hexdigest()[:8]
+            # conflict). A member's own label keeps each member's host name its own, and its
+            # instance name too: zeroconf renames a taken name (-2) only if the other's record
+            # is in its cache by the end of its probes, which members starting together (or
+            # on a busy machine) can miss, and two members would then announce one name.
+            tag = hashlib.sha256(member.encode("utf-8")).hexdigest()[:8]
+            host_label += "-" + tag
+            suffix = f" ({tag})"
+            name = _truncate_utf8(name, MAX_INSTANCE_BYTES - len(suffix)).strip() + suffix
         self._info = AsyncServiceInfo(
             self.service,
-            f"{instance_name(site)}.{self.service}",
+            f"{name}.{self.service}",
             port=port,
             parsed_addresses=list(addresses),
             properties=dict(txt),

@@ -35,7 +35,8 @@ def quick_mdns_probing(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 async def serve(vendor_key: Ed25519PrivateKey) -> AsyncIterator[Serve]:
-    """``await serve(vendor=..., customer=..., products=..., lease=..., service=..., port=...)``:
+    """``await serve(vendor=..., customer=..., products=..., lease=..., service=..., port=...,
+    member=...)``:
     a server on 127.0.0.1, registered over mDNS on loopback before this returns."""
     started: list[Served] = []
 
@@ -47,6 +48,7 @@ async def serve(vendor_key: Ed25519PrivateKey) -> AsyncIterator[Serve]:
         heartbeat: float = 20.0,
         service: LicenseService | None = None,
         port: int = 0,
+        member: bool = False,
     ) -> Served:
         if service is None:
             service = LicenseService(
@@ -56,7 +58,10 @@ async def serve(vendor_key: Ed25519PrivateKey) -> AsyncIterator[Serve]:
             )
         server = LicenseServer(service, "127.0.0.1", port)
         await server.start()
-        announcer = announcer_for(service, server.host, server.port)
+        # ``member``: another member of the same server, announced with a label of its own (host
+        # and port), as ``lanlic serve --store etcd://`` announces each member.
+        label = f"{server.host}:{server.port}" if member else ""
+        announcer = announcer_for(service, server.host, server.port, member=label)
         assert announcer.interfaces == LOOPBACK
         served = Served(server, announcer)
         started.append(served)
