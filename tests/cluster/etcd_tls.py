@@ -7,6 +7,7 @@ import asyncio
 import datetime
 import ipaddress
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -99,6 +100,7 @@ def tls_etcd(tmp_path: Path) -> Iterator[tuple[str, EtcdTls]]:
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
+        shutil.rmtree(tmp_path / "tls.etcd", ignore_errors=True)  # its 64 MB WAL; the log stays
 
 
 async def started(store: EtcdSeats, timeout: float = 15.0) -> None:
