@@ -17,14 +17,13 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lanlic.cluster.borrows import BorrowEntry, EtcdBorrows
 from lanlic.core import borrowing
 from lanlic.core.lending import (
-    DAY,
     BorrowDesk,
     _utc_text,
     check_borrow,
@@ -38,7 +37,7 @@ from lanlic.errors import LanlicError
 from lanlic.proto import messages as m
 
 if TYPE_CHECKING:
-    from lanlic.store import Store
+    pass
 
 __all__ = ["ClusterDesk"]
 
@@ -48,16 +47,6 @@ log = logging.getLogger("lanlic.cluster")
 BORROW_ATTEMPTS = 8
 
 Event = Callable[..., None]
-
-
-class _EnrollmentCatcher:
-    """Stands for the store in ``BorrowDesk.enroll``'s write: keeps the record for etcd."""
-
-    def __init__(self) -> None:
-        self.record: EnrollmentRecord | None = None
-
-    def add_enrollment(self, record: EnrollmentRecord) -> None:
-        self.record = record
 
 
 def _error(rid: int, exc: LanlicError) -> m.Error:
@@ -93,11 +82,9 @@ class ClusterDesk:
         made = self.desk.enroll(msg, wall)
         if isinstance(made, m.Message):
             return made
-        catcher = _EnrollmentCatcher()
-        made.write(cast("Store", catcher))
-        assert catcher.record is not None  # BorrowDesk.enroll's write adds exactly one
+        assert made.record is not None  # BorrowDesk.enroll's write names its record
         try:
-            await self.records.enroll(catcher.record)
+            await self.records.enroll(made.record)
         except LanlicError as exc:
             return _error(msg.id, exc)
         return made.commit(None)
@@ -132,23 +119,7 @@ class ClusterDesk:
             self._event("refusal", msg.product, who.user, who.host, exc.code)
             return _error(msg.id, exc)
         assert terms is not None
-        borrow_id = "b-" + secrets.token_hex(8)
-        start, end = wall, wall + msg.days * DAY
-        file = borrowing.issue_borrowed_file(
-            self._server_key,
-            borrow_id=borrow_id,
-            product=msg.product,
-            versions=ent.versions,
-            kind=self.key.borrow_kind,
-            server_id=self.server_id,
-            customer=self.key.customer,
-            container_key=enrollment.container_key,
-            machine_fp=enrollment.machine_fp,
-            user=enrollment.user,
-            host=enrollment.host,
-            start=start,
-            end=end,
-        )
+        borrow_id, start, end, file = self.desk.issue(msg, ent, enrollment, wall)
         tried: set[int] = set()
         for _ in range(BORROW_ATTEMPTS):
             seat = self.records.free_seat(msg.product, ent.seats, tried)

@@ -38,7 +38,7 @@ def _utc_text(ts: float) -> str:
 if TYPE_CHECKING:  # the store is the adapter's; the core only names its interface
     from lanlic.store import Store
 
-__all__ = ["ActiveBorrow", "BorrowDesk", "Durable"]
+__all__ = ["ActiveBorrow", "BorrowDesk", "Durable", "EnrollmentWrite"]
 
 DAY = 86400.0
 
@@ -66,6 +66,14 @@ class Durable:
     """Runs on the store's thread; its return value goes to ``commit``."""
     commit: Callable[[Any], m.Message]
     abort: Callable[[Exception], m.Message]
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollmentWrite(Durable):
+    """``BorrowDesk.enroll``'s write, with the record it writes: a cluster member keeps the
+    record in etcd instead of a store (``lanlic.cluster.desk``)."""
+
+    record: EnrollmentRecord | None = None
 
 
 #: The seat policy's check of a borrow: (product, user, host) to a refusal, or None to go on.
@@ -182,7 +190,7 @@ class BorrowDesk:
 
     # ---------------------------------------------------------------------------- requests
 
-    def enroll(self, msg: m.Enroll, wall: float) -> Durable | m.Error:
+    def enroll(self, msg: m.Enroll, wall: float) -> EnrollmentWrite | m.Error:
         try:
             req = borrowing.read_enrollment_request(msg.request)
         except BorrowedFileError as exc:
@@ -210,11 +218,36 @@ class BorrowDesk:
             self._event("enroll", product="", user=req.user, host=req.host, detail=via)
             return m.Enrolled(msg.id, response)
 
-        return Durable(
+        return EnrollmentWrite(
             write=lambda store: store.add_enrollment(record),
             commit=commit,
             abort=lambda exc: m.Error(msg.id, "store_failed", f"enrollment not saved: {exc}"),
+            record=record,
         )
+
+    def issue(
+        self, msg: m.Borrow, ent: ProductEntitlement, enrollment: EnrollmentRecord, wall: float
+    ) -> tuple[str, float, float, bytes]:
+        """A new borrow's id, start, end and licence file, signed with the server key (a cluster
+        member's desk issues through this too, so a laptop cannot tell who lent it)."""
+        borrow_id = "b-" + secrets.token_hex(8)
+        start, end = wall, wall + msg.days * DAY
+        file = borrowing.issue_borrowed_file(
+            self._server_key,
+            borrow_id=borrow_id,
+            product=msg.product,
+            versions=ent.versions,
+            kind=self.key.borrow_kind,
+            server_id=self.server_id,
+            customer=self.key.customer,
+            container_key=enrollment.container_key,
+            machine_fp=enrollment.machine_fp,
+            user=enrollment.user,
+            host=enrollment.host,
+            start=start,
+            end=end,
+        )
+        return borrow_id, start, end, file
 
     def borrow(
         self, msg: m.Borrow, wall: float, now: float, policy: BorrowCheck | None = None
@@ -248,23 +281,7 @@ class BorrowDesk:
             return m.Error(
                 msg.id, "no_seat", f"no seat of {msg.product} is free to borrow ({free} free)"
             )
-        borrow_id = "b-" + secrets.token_hex(8)
-        start, end = wall, wall + msg.days * DAY
-        file = borrowing.issue_borrowed_file(
-            self._server_key,
-            borrow_id=borrow_id,
-            product=msg.product,
-            versions=ent.versions,
-            kind=self.key.borrow_kind,
-            server_id=self.server_id,
-            customer=self.key.customer,
-            container_key=enrollment.container_key,
-            machine_fp=enrollment.machine_fp,
-            user=enrollment.user,
-            host=enrollment.host,
-            start=start,
-            end=end,
-        )
+        borrow_id, start, end, file = self.issue(msg, ent, enrollment, wall)
         active = ActiveBorrow(
             borrow_id, rid, msg.product, enrollment.container_fp, enrollment.user,
             enrollment.host, start, end, file, committed=False,
