@@ -73,6 +73,17 @@ def raise_to(store: Store, seats: dict[str, int]) -> dict[str, int]:
     return seats
 
 
+def _raising(
+    seats: dict[str, int],
+    commit: Callable[[dict[str, int]], m.Message],
+    abort: Callable[[Exception], m.Message],
+) -> ReservationRaise:
+    """A raise to ``seats`` written alone (``write``) or in a group (the adapter's)."""
+    return ReservationRaise(
+        write=lambda store: raise_to(store, seats), commit=commit, abort=abort, seats=seats
+    )
+
+
 class Session:
     """What the server knows of one connection after its hello."""
 
@@ -497,10 +508,7 @@ class LicenseService:
                 f"folder; seats already held keep working): {exc}",
             )
 
-        seats = {product: need}
-        return ReservationRaise(
-            write=lambda store: raise_to(store, seats), commit=commit, abort=abort, seats=seats
-        )
+        return _raising({product: need}, commit, abort)
 
     def _renew(self, session: Session, msg: m.Renew, now: float) -> Reply:
         renewed, gone = self.pool.renew_pair(_once(msg.leases), session.client_id, now)
@@ -572,9 +580,7 @@ class LicenseService:
 
         return Reply(
             None,
-            durable=ReservationRaise(
-                write=lambda store: raise_to(store, needs), commit=commit, abort=abort, seats=needs
-            ),
+            durable=_raising(needs, commit, abort),
         )
 
     def _reclaim_each(

@@ -812,10 +812,16 @@ class LicenseServer:
                 reply = durable.abort(exc)
             else:
                 reply = durable.commit(result)
-        if conn is not None:
-            conn.send(reply)
+        self._answer_durables([(reply, conn)])
+
+    def _answer_durables(self, replies: list[tuple[m.Message, _Protocol | None]]) -> None:
+        """Send what written (or failed) durables answer, then what they may have changed:
+        a seat freed for the queue (a borrow returned, a raise refused), the next expiry."""
+        for reply, conn in replies:
+            if conn is not None:
+                conn.send(reply)
         if self.service.waiting:
-            self.flush_queue()  # a borrow returned frees a seat
+            self.flush_queue()
         self.arm_expiry_timer()
 
     async def _write_raises(self) -> None:
@@ -847,12 +853,7 @@ class LicenseServer:
                     replies = [(durable.abort(exc), conn) for durable, conn in group]
                 else:
                     replies = [(durable.commit(written), conn) for durable, conn in group]
-                for reply, conn in replies:
-                    if conn is not None:
-                        conn.send(reply)
-                if self.service.waiting:
-                    self.flush_queue()
-                self.arm_expiry_timer()
+                self._answer_durables(replies)
         finally:
             self._raise_task = None
 
