@@ -6,11 +6,12 @@ import gc
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from etcd_cluster import ETCD, EtcdCluster
+from etcd_cluster import ETCD, EtcdCluster, etcd_client
 from etcd_tls import tls_etcd  # noqa: F401 - a fixture for every module here
 
 if shutil.which("etcd") is None and not Path(ETCD).exists():
@@ -26,6 +27,13 @@ def etcd_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
         yield cluster
     finally:
         cluster.close()
+
+
+@pytest.fixture
+async def etcd(etcd_cluster: EtcdCluster) -> AsyncIterator[Any]:
+    """An aetcd client on ``etcd_cluster`` (whichever that is in the module)."""
+    async with etcd_client(etcd_cluster) as client:
+        yield client
 
 
 @pytest.fixture(autouse=True)

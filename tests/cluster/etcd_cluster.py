@@ -13,6 +13,7 @@ the loop.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,8 +22,10 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -241,3 +244,16 @@ class EtcdCluster:
         # filled the disk).
         for m in self.members:
             shutil.rmtree(m.data_dir, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def etcd_client(cluster: EtcdCluster) -> AsyncIterator[Any]:
+    """An aetcd client on the cluster's first member, for the reads a test makes itself."""
+    import aetcd
+
+    host, _, port = cluster.endpoints[0].rpartition(":")
+    client = aetcd.Client(host=host, port=int(port), timeout=2)
+    try:
+        yield client
+    finally:
+        await client.close()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,16 +40,6 @@ class AdminMember:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
-
-
-@pytest.fixture
-async def etcd(etcd_cluster: EtcdCluster) -> AsyncIterator[aetcd.Client]:
-    host, _, port = etcd_cluster.endpoints[0].rpartition(":")
-    client = aetcd.Client(host=host, port=int(port), timeout=2)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def start(at: Site, data: Path, endpoints: list[str]) -> AdminMember:

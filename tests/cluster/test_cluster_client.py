@@ -16,7 +16,6 @@ from lanlic.laptop.trust import TrustStore
 from lanlic.net.client import Client
 
 site = cluster.site
-etcd = cluster.etcd
 
 
 async def test_an_application_keeps_its_seat_when_its_member_is_killed(

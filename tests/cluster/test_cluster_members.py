@@ -15,7 +15,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import aetcd
 import aetcd.exceptions
 import pytest
 from cliproc import Proc, ProcGroup, issue_network_key, ok, run, serve_args
-from etcd_cluster import EtcdCluster
+from etcd_cluster import EtcdCluster, etcd_client
 from etcd_tls import started
 from helpers import RawPeer
 from tcp_proxy import TcpProxy
@@ -75,11 +75,13 @@ class Member:
         return ("127.0.0.1", self.port)
 
 
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
+@contextlib.contextmanager
+def open_site(tmp_path: Path, *products: str) -> Iterator[Site]:
+    """A site with a network key for ``products`` (``cad:6:borrowable=3``...); its member
+    processes are stopped at the end."""
     vendor = tmp_path / "vendor"
     ok(run(["vendor", "keygen", "--out", str(vendor), "--json"]))
-    key = issue_network_key(vendor, tmp_path / "site.lic", "ACME", "act", (f"cad:{SEATS}",))
+    key = issue_network_key(vendor, tmp_path / "site.lic", "ACME", "act", products)
     s = Site(key, vendor, tmp_path)
     try:
         yield s
@@ -87,6 +89,12 @@ def site(tmp_path: Path) -> Iterator[Site]:
         for proc in reversed(s.procs.started):
             proc.popen.send_signal(signal.SIGCONT)  # a stopped one would not die of SIGTERM
             proc.close()
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    with open_site(tmp_path, f"cad:{SEATS}") as s:
+        yield s
 
 
 async def start_member(site: Site, data: Path, endpoints: list[str], *extra: str) -> Member:
@@ -120,22 +128,6 @@ def own_etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
         yield cluster
     finally:
         cluster.close()
-
-
-@contextlib.asynccontextmanager
-async def etcd_client(cluster: EtcdCluster) -> AsyncIterator[aetcd.Client]:
-    host, _, port = cluster.endpoints[0].rpartition(":")
-    client = aetcd.Client(host=host, port=int(port), timeout=2)
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-@pytest.fixture
-async def etcd(etcd_cluster: EtcdCluster) -> AsyncIterator[aetcd.Client]:
-    async with etcd_client(etcd_cluster) as client:
-        yield client
 
 
 async def two_members(

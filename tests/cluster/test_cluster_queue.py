@@ -14,9 +14,17 @@ from pathlib import Path
 
 import aetcd
 import pytest
-from cliproc import issue_network_key, ok, run
+from cliproc import ok, run
 from etcd_cluster import EtcdCluster
-from test_cluster_members import Auditor, Member, Site, closed, prefix_of, start_member
+from test_cluster_members import (
+    Auditor,
+    Member,
+    Site,
+    closed,
+    open_site,
+    prefix_of,
+    start_member,
+)
 
 from lanlic.cluster.queue import WaitLine, waiter_key
 from lanlic.errors import NoSeat
@@ -28,26 +36,8 @@ SEATS = 2
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
-    vendor = tmp_path / "vendor"
-    ok(run(["vendor", "keygen", "--out", str(vendor), "--json"]))
-    key = issue_network_key(vendor, tmp_path / "site.lic", "ACME", "act", (f"cad:{SEATS}",))
-    s = Site(key, vendor, tmp_path)
-    try:
+    with open_site(tmp_path, f"cad:{SEATS}") as s:
         yield s
-    finally:
-        for proc in reversed(s.procs.started):
-            proc.popen.send_signal(signal.SIGCONT)
-            proc.close()
-
-
-@pytest.fixture
-async def etcd(etcd_cluster: EtcdCluster) -> Iterator[aetcd.Client]:
-    host, _, port = etcd_cluster.endpoints[0].rpartition(":")
-    client = aetcd.Client(host=host, port=int(port), timeout=2)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def queue_keys(etcd: aetcd.Client, prefix: str) -> list[bytes]:
