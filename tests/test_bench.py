@@ -196,3 +196,27 @@ def test_the_policy_variant_runs_with_the_policy_in_force(tmp_path: Path) -> Non
     assert (without["seated"], without["errors"]) == (40, 0)
     assert with_policy["seated"] == 0
     assert with_policy["counts"].get("checkout_not_allowed") == 40, with_policy["counts"]
+
+
+def test_the_generators_hello_is_the_reference_clients(vendor_key: Any) -> None:
+    """The bench pays for a hello what a real client costs the server: it offers the versions
+    the reference client offers (so a server answers in version 2, one signature) with a fresh
+    nonce. It checks no signature itself, as before: that is client-side work."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from helpers import make_key
+
+    from lanlic.bench.wire import FrameWire
+    from lanlic.core.service import LicenseService, Session
+    from lanlic.laptop.trust import verify_server_time, verify_welcome
+    from lanlic.proto import messages as m
+    from lanlic.proto.framing import decode_body
+
+    client_id = os.urandom(16)
+    hello = m.parse(decode_body(FrameWire().hello(1, client_id)[4:]))
+    assert isinstance(hello, m.Hello)
+    assert hello.versions == list(m.PROTOCOL_VERSIONS) and len(hello.nonce) == m.NONCE_SIZE
+    service = LicenseService(make_key(vendor_key), Ed25519PrivateKey.generate())
+    welcome = service.handle(Session(), hello, 0.0, 1.8e9).message
+    assert isinstance(welcome, m.Welcome) and welcome.version == max(m.PROTOCOL_VERSIONS) == 2
+    verify_welcome(welcome, hello.nonce, client_id)
+    assert verify_server_time(welcome, hello.nonce, client_id) == 1.8e9

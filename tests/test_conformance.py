@@ -138,7 +138,8 @@ async def test_a_server_that_reports_a_lease_twice_fails_that_case(
 async def test_a_server_whose_handshake_signature_is_wrong_fails_every_case(
     start_server: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A welcome signed over other bytes than SPEC 4's: every case stops at its hello."""
+    """A version-1 welcome signed over other bytes than SPEC 4's: every case whose hello is
+    answered in version 1 stops at it (the sessions' ``hello`` offers only 1), and no other."""
     real = service_module.handshake_payload
     monkeypatch.setattr(
         service_module,
@@ -147,10 +148,33 @@ async def test_a_server_whose_handshake_signature_is_wrong_fails_every_case(
     )
     server = await start_server(products=PRODUCTS)  # type: ignore[operator]
     results = await _play(server.port)
-    assert results and not any(r.passed for r in results.values() if r.kind == "invalid")
+    failed = {name for name, r in results.items() if not r.passed}
+    assert "happy_path" in failed and "version_2" not in failed
+    assert not any(results[name].kind == "invalid" for name in failed)  # their hello is [1, 2]
+    assert all("version-1 handshake" in results[name].reason for name in failed)
+
+
+async def test_a_server_whose_v2_signature_leaves_out_the_time_fails_every_v2_case(
+    start_server: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A version-2 welcome whose signature does not cover its time: the version-2 session and
+    every invalid frame (played after the runner's own hello of versions 1 and 2) fail at the
+    hello; the version-1 sessions pass."""
+    real = service_module.handshake_v2_payload
+    monkeypatch.setattr(
+        service_module,
+        "handshake_v2_payload",
+        lambda nonce, client_id, server_id, vendor_fp, time: real(
+            nonce, client_id, server_id, vendor_fp, 0.0
+        ),
+    )
+    server = await start_server(products=PRODUCTS)  # type: ignore[operator]
+    results = await _play(server.port)
     invalid = [r for r in results.values() if r.kind == "invalid"]
-    assert all("signature does not verify" in r.reason for r in invalid)
-    assert "signature does not verify" in results["happy_path"].reason
+    assert invalid and not any(r.passed for r in invalid)
+    assert all("version-2 handshake" in r.reason for r in invalid)
+    assert "version-2 handshake" in results["version_2"].reason
+    assert results["happy_path"].passed
 
 
 def test_find_vectors_default_is_the_source_tree() -> None:

@@ -18,6 +18,8 @@ from typing import Any, ClassVar, Final
 
 import msgpack
 
+from lanlic.proto.messages import PROTOCOL_VERSIONS
+
 __all__ = [
     "ACQUIRE_LUA",
     "CHECKOUT",
@@ -167,11 +169,13 @@ class FrameWire(Wire):
         return table
 
     def hello(self, rid: int, client_id: bytes) -> bytes:
+        # The reference client's hello: every version it speaks and a fresh nonce, so the
+        # server does for the bench what it does for a real client (version 2: one signature).
         return _frame(
             {
                 "t": "hello",
                 "id": rid,
-                "versions": [1],
+                "versions": list(PROTOCOL_VERSIONS),
                 "client_id": client_id,
                 "user": "bench",
                 "host": "bench-host",

@@ -13,10 +13,12 @@ Two kinds of case:
   vector's ``error`` code and ``id``; then the server closes if the vector is ``fatal``, else the
   session goes on (a ``bye`` gets its ``goodbye``).
 
-Every ``welcome`` is checked as a client must (SPEC 4): the signature over the handshake domain
-and ``[nonce, client_id, server_id, vendor_fp]``, and ``server_id`` the fingerprint of
-``server_key``. Notices (SPEC 7) that arrive between replies are skipped. Every wait is bounded by
-``timeout``.
+Every ``welcome`` is checked as a client must (SPEC 4): its version the highest the hello and the
+SPEC share; in version 1 the signature over the handshake domain and
+``[nonce, client_id, server_id, vendor_fp]``, in version 2 over the version-2 handshake domain and
+``[nonce, client_id, server_id, vendor_fp, time]`` (with no ``time_signature``); and ``server_id``
+the fingerprint of ``server_key``. Notices (SPEC 7) that arrive between replies are skipped.
+Every wait is bounded by ``timeout``.
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ __all__ = ["CaseResult", "find_vectors", "run"]
 
 #: SPEC 2: the largest frame body.
 MAX_FRAME = 262144
-#: SPEC 4: the handshake signature's domain prefix.
-HANDSHAKE_DOMAIN = b"lanlic/v1/handshake\x00"
+#: SPEC 4: the handshake signature's domain prefix, by protocol version.
+HANDSHAKE_DOMAINS = {1: b"lanlic/v1/handshake\x00", 2: b"lanlic/v2/handshake\x00"}
+#: The protocol versions the SPEC defines; the runner's own hello offers them all.
+VERSIONS = (1, 2)
 
 
 class Failed(Exception):
@@ -171,8 +175,13 @@ def check_welcome(welcome: dict[str, Any], hello: dict[str, Any]) -> None:
     for name, kind in (("server_id", str), ("server_key", bytes), ("signature", bytes)):
         if type(welcome.get(name)) is not kind:
             raise Failed(f"welcome.{name} is missing or not {kind.__name__}")
-    if welcome.get("version") != 1:
-        raise Failed(f"welcome.version is {welcome.get('version')!r}, not 1")
+    offered = hello.get("versions")
+    shared = set(offered).intersection(VERSIONS) if type(offered) is list else set()
+    if not shared:
+        raise Failed(f"a welcome to a hello of versions {offered!r}: none is in the SPEC")
+    version = max(shared)
+    if welcome.get("version") != version:
+        raise Failed(f"welcome.version is {welcome.get('version')!r}, not {version}")
     for name in ("lease_s", "heartbeat_s"):
         if type(welcome.get(name)) not in (int, float) or not 0 < welcome[name] < 1e12:
             raise Failed(f"welcome.{name} is not a positive number")
@@ -180,14 +189,24 @@ def check_welcome(welcome: dict[str, Any], hello: dict[str, Any]) -> None:
     if len(key) != 32 or welcome["server_id"] != fingerprint(key):
         raise Failed(f"welcome.server_id {welcome['server_id']!r} is not server_key's fingerprint")
     vendor_fp = welcome.get("vendor_fp", "")
-    signed = HANDSHAKE_DOMAIN + msgpack.packb(
-        [hello.get("nonce", b""), hello["client_id"], welcome["server_id"], vendor_fp],
-        use_bin_type=True,
-    )
+    items = [hello.get("nonce", b""), hello["client_id"], welcome["server_id"], vendor_fp]
+    if version == 2:
+        time = welcome.get("time", 0)
+        if type(time) not in (int, float) or not 0 <= time < 1e12:
+            raise Failed(f"welcome.time {time!r} is not a time")
+        if bool(time) != bool(hello.get("nonce")):
+            raise Failed(f"welcome.time is {time!r} for a hello {'with' if time else 'without'}"
+                         " a nonce")  # fmt: skip
+        if welcome.get("time_signature", b""):
+            raise Failed("a version-2 welcome has a time_signature (its signature covers time)")
+        items.append(float(time))
+    signed = HANDSHAKE_DOMAINS[version] + msgpack.packb(items, use_bin_type=True)
     try:
         Ed25519PublicKey.from_public_bytes(key).verify(welcome["signature"], signed)
     except (InvalidSignature, ValueError):
-        raise Failed("welcome.signature does not verify over the handshake (SPEC 4)") from None
+        raise Failed(
+            f"welcome.signature does not verify over the version-{version} handshake (SPEC 4)"
+        ) from None
 
 
 def check_reply(got: dict[str, Any] | None, step: dict[str, Any], sent: bytes) -> None:
@@ -249,7 +268,7 @@ def play_invalid(vector: dict[str, Any], host: str, port: int, timeout: float) -
         hello = {
             "t": "hello",
             "id": 1,
-            "versions": [1],
+            "versions": list(VERSIONS),
             "client_id": secrets.token_bytes(16),
             "user": "conformance",
             "host": "conformance",

@@ -37,6 +37,8 @@ __all__ = [
     "ServiceConfig",
     "Session",
     "handshake_payload",
+    "handshake_v2_payload",
+    "server_time_payload",
 ]
 
 #: Hello nonces remembered per client id (the newest), to refuse a recorded session played back.
@@ -119,6 +121,19 @@ def _once(leases: list[bytes]) -> list[bytes]:
 def handshake_payload(nonce: bytes, client_id: bytes, server_id: str, vendor_fp: str) -> bytes:
     """The bytes the server signs in its welcome (after the handshake domain prefix)."""
     out: bytes = msgpack.packb([nonce, client_id, server_id, vendor_fp], use_bin_type=True)
+    return out
+
+
+def handshake_v2_payload(
+    nonce: bytes, client_id: bytes, server_id: str, vendor_fp: str, time: float
+) -> bytes:
+    """The bytes a version-2 welcome signs (after the version-2 handshake domain prefix): the
+    handshake and the server's wall time under one signature, ``time`` always a float64."""
+    out: bytes = msgpack.packb(
+        [nonce, client_id, server_id, vendor_fp, float(time)],
+        use_bin_type=True,
+        use_single_float=False,
+    )
     return out
 
 
@@ -392,12 +407,21 @@ class LicenseService:
         session.version = max(common)
         session.client_id = msg.client_id
         session.holder = Holder(msg.user, msg.host, msg.app, "", session.addr)
-        payload = handshake_payload(msg.nonce, msg.client_id, self.server_id, self.key.vendor_fp)
-        # The time is signed only over a nonce: without one it could be a recording (SPEC 12).
+        # The time is sent only over a nonce: without one it could be a recording (SPEC 12).
+        time = wall if msg.nonce else 0.0
+        vendor_fp = self.key.vendor_fp
         time_sig = b""
-        if msg.nonce:
-            signed = server_time_payload(msg.nonce, msg.client_id, self.server_id, wall)
-            time_sig = signing.sign(self._server_key, signing.DOMAIN_SERVER_TIME, signed)
+        if session.version >= 2:
+            # One signature for the handshake and the time (SPEC 4): an Ed25519 signature is
+            # most of what a hello costs the server, and version 1 made two.
+            signed = handshake_v2_payload(msg.nonce, msg.client_id, self.server_id, vendor_fp, time)
+            signature = signing.sign(self._server_key, signing.DOMAIN_HANDSHAKE_V2, signed)
+        else:
+            signed = handshake_payload(msg.nonce, msg.client_id, self.server_id, vendor_fp)
+            signature = signing.sign(self._server_key, signing.DOMAIN_HANDSHAKE, signed)
+            if msg.nonce:
+                signed = server_time_payload(msg.nonce, msg.client_id, self.server_id, time)
+                time_sig = signing.sign(self._server_key, signing.DOMAIN_SERVER_TIME, signed)
         return Reply(
             m.Welcome(
                 id=msg.id,
@@ -406,11 +430,11 @@ class LicenseService:
                 lease_s=self.config.lease_seconds,
                 heartbeat_s=self.config.heartbeat_seconds,
                 server_key=self.server_pub,
-                signature=signing.sign(self._server_key, signing.DOMAIN_HANDSHAKE, payload),
-                vendor_fp=self.key.vendor_fp,
+                signature=signature,
+                vendor_fp=vendor_fp,
                 customer=self.key.customer,
                 epoch=self.guard.epoch,
-                time=wall if msg.nonce else 0.0,
+                time=time,
                 time_signature=time_sig,
             )
         )

@@ -2,13 +2,13 @@
 
 Every lanlic server has its own Ed25519 key, made on first start in its data folder. In its
 ``welcome`` it signs the client's fresh nonce (with the client id, its server id and the vendor
-fingerprint, see protocol/SPEC.md section 4), so ``verify_welcome`` knows that whoever answered
-holds the key it presents. That alone proves little: anyone can make a key. What gives the key a
-meaning is *pinning*, trust on first use as in SSH's ``known_hosts``: the first time a client
-meets a *site* (a vendor fingerprint and the customer name on the network key) it records that
-site's server key; from then on a server for that site with any other key is refused with
-``ServerKeyChanged``, whose message names both fingerprints and the command that re-pins on
-purpose (``lanlic trust --server HOST:PORT``).
+fingerprint, and in protocol version 2 its wall time too, see protocol/SPEC.md section 4), so
+``verify_welcome`` knows that whoever answered holds the key it presents. That alone proves
+little: anyone can make a key. What gives the key a meaning is *pinning*, trust on first use as
+in SSH's ``known_hosts``: the first time a client meets a *site* (a vendor fingerprint and the
+customer name on the network key) it records that site's server key; from then on a server for
+that site with any other key is refused with ``ServerKeyChanged``, whose message names both
+fingerprints and the command that re-pins on purpose (``lanlic trust --server HOST:PORT``).
 
 Pins live in the client's config folder (``config_dir()``) in ``known_servers.json``, written
 atomically under a lock so that two clients pinning at once lose nothing. A pins file that cannot
@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from lanlic import osdeps
 from lanlic.core import signing
-from lanlic.core.service import handshake_payload, server_time_payload
+from lanlic.core.service import handshake_payload, handshake_v2_payload, server_time_payload
 from lanlic.errors import LanlicError, ServerKeyChanged, ServerUntrusted
 from lanlic.proto import messages as m
 
@@ -148,8 +148,12 @@ def verify_welcome(
         )
     if not _FP_RE.fullmatch(welcome.vendor_fp):
         raise ServerUntrusted(f"{where} names no valid vendor key fingerprint in its welcome")
-    payload = handshake_payload(nonce, client_id, welcome.server_id, welcome.vendor_fp)
-    if not signing.verify(public, signing.DOMAIN_HANDSHAKE, payload, welcome.signature):
+    if welcome.version not in m.PROTOCOL_VERSIONS:
+        raise ServerUntrusted(
+            f"{where} answered in protocol version {welcome.version}, which this client does "
+            f"not speak (it offered {list(m.PROTOCOL_VERSIONS)})"
+        )
+    if not _signed_handshake(public, welcome, nonce, client_id):
         raise ServerUntrusted(
             f"{where} did not sign this connection's nonce with its key {fp}: "
             "it cannot prove it holds that key, so it is not trusted"
@@ -157,16 +161,35 @@ def verify_welcome(
     return ServerIdentity(welcome.server_key, welcome.vendor_fp, welcome.customer)
 
 
+def _signed_handshake(
+    public: Ed25519PublicKey, welcome: m.Welcome, nonce: bytes, client_id: bytes
+) -> bool:
+    """Whether ``welcome.signature`` is the handshake signature of its version (SPEC 4): in
+    version 2 it covers the welcome's ``time`` as well."""
+    if welcome.version == 1:
+        payload = handshake_payload(nonce, client_id, welcome.server_id, welcome.vendor_fp)
+        return signing.verify(public, signing.DOMAIN_HANDSHAKE, payload, welcome.signature)
+    payload = handshake_v2_payload(
+        nonce, client_id, welcome.server_id, welcome.vendor_fp, welcome.time
+    )
+    return signing.verify(public, signing.DOMAIN_HANDSHAKE_V2, payload, welcome.signature)
+
+
 def verify_server_time(welcome: m.Welcome, nonce: bytes, client_id: bytes) -> float | None:
     """The server's wall time from ``welcome`` if its key signed it over this connection's fresh
-    ``nonce`` (so it is neither forged nor a recording), else None. The caller still decides
+    ``nonce`` (so it is neither forged nor a recording), else None: in version 1 the
+    ``time_signature``, in version 2 the handshake's own ``signature``. The caller still decides
     whether it trusts the key (``verify_welcome``, pins, the key a borrowed file names)."""
-    if len(nonce) != m.NONCE_SIZE or not welcome.time_signature or welcome.time <= 0:
+    if len(nonce) != m.NONCE_SIZE or welcome.time <= 0:
+        return None
+    if welcome.version not in m.PROTOCOL_VERSIONS:
         return None
     try:
         public = signing.public_from_bytes(welcome.server_key)
     except ValueError:
         return None
+    if welcome.version >= 2:
+        return welcome.time if _signed_handshake(public, welcome, nonce, client_id) else None
     payload = server_time_payload(nonce, client_id, welcome.server_id, welcome.time)
     if not signing.verify(public, signing.DOMAIN_SERVER_TIME, payload, welcome.time_signature):
         return None

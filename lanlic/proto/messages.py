@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 #: Protocol versions this implementation speaks, newest last.
-PROTOCOL_VERSIONS: Final = (1,)
+PROTOCOL_VERSIONS: Final = (1, 2)
 LEASE_ID_SIZE: Final = 16
 NONCE_SIZE: Final = 32
 MAX_REQUEST_ID: Final = 2**63 - 1
@@ -195,7 +195,8 @@ class Welcome(Message):
     server_key: bytes = b""
     """The server's Ed25519 public key (32 bytes)."""
     signature: bytes = b""
-    """Signature by the server key over the handshake domain, the client's nonce and ids."""
+    """Signature by the server key over the handshake domain, the client's nonce and ids; in
+    version 2 over the version-2 handshake domain, and ``time`` too."""
     vendor_fp: str = ""
     """Fingerprint of the vendor key that signed the served network key."""
     customer: str = ""
@@ -205,7 +206,8 @@ class Welcome(Message):
     time: float = 0.0
     """The server's UTC wall time (seconds) when it answered; 0 when not sent."""
     time_signature: bytes = b""
-    """Signature by the server key over the server-time domain, the nonce, ids and ``time``."""
+    """Version 1: signature by the server key over the server-time domain, the nonce, ids and
+    ``time``. Version 2 sends none (``signature`` covers ``time``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,6 +102,7 @@ def build() -> dict[str, Any]:
     )
     payload = json.loads(borrowed)["payload"].encode()
     handshake_sig = signing.sign(SERVER, signing.DOMAIN_HANDSHAKE, payload)
+    handshake_v2_sig = signing.sign(SERVER, signing.DOMAIN_HANDSHAKE_V2, payload)
     check = {
         "trusted_server_keys": [pub(SERVER)],
         "container_key": pub(CONTAINER),
@@ -178,6 +179,13 @@ def build() -> dict[str, Any]:
                 "check": check,
                 "valid": False,
                 "document": resign_outer(borrowed, handshake_sig).decode(),
+                "error": "file_tampered",
+            },
+            {
+                "name": "handshake_v2_signature_reused",
+                "check": check,
+                "valid": False,
+                "document": resign_outer(borrowed, handshake_v2_sig).decode(),
                 "error": "file_tampered",
             },
             {

@@ -4,7 +4,7 @@ Writes ``frames.json`` and ``sessions.json`` beside this file. The output is det
 test can regenerate both and compare them with the committed files. Only msgpack, the standard
 library and ``lanlic.proto`` are used.
 
-In the JSON, bytes inside a message are written as ``{"$bin": "<hex>"}``. The welcome vector's
+In the JSON, bytes inside a message are written as ``{"$bin": "<hex>"}``. The welcome vectors'
 ``server_key`` and ``signature`` are fixed filler bytes, not a real key and signature.
 """
 
@@ -66,8 +66,14 @@ HELLO = m.Hello(
     nonce=NONCE,
 )
 
+#: The reference client's hello: every version it speaks (1 and 2), so the server answers in 2.
+HELLO_V2 = dataclasses.replace(HELLO, versions=[1, 2])
+#: A server time for the version-2 welcome (UTC seconds, float64 in the signed bytes).
+TIME = 1800000000.25
+
 VALID: list[tuple[str, m.Message]] = [
     ("hello", HELLO),
+    ("hello_v2", HELLO_V2),
     (
         "hello_several_versions_unicode",
         m.Hello(
@@ -100,7 +106,7 @@ VALID: list[tuple[str, m.Message]] = [
     ("bye", m.Bye(id=8)),
     (
         "hello_no_shared_version",
-        m.Hello(id=1, versions=[2, 7], client_id=CLIENT_ID, user="alice", host="h", nonce=NONCE),
+        m.Hello(id=1, versions=[3, 7], client_id=CLIENT_ID, user="alice", host="h", nonce=NONCE),
     ),
     (
         "welcome",
@@ -114,6 +120,21 @@ VALID: list[tuple[str, m.Message]] = [
             signature=SIGNATURE,
             vendor_fp=VENDOR_FP,
             customer="Acme Engineering Ltd",
+        ),
+    ),
+    (
+        "welcome_v2",
+        m.Welcome(
+            id=1,
+            version=2,
+            server_id=SERVER_ID,
+            lease_s=60.0,
+            heartbeat_s=20.0,
+            server_key=SERVER_KEY,
+            signature=SIGNATURE,
+            vendor_fp=VENDOR_FP,
+            customer="Acme Engineering Ltd",
+            time=TIME,
         ),
     ),
     ("granted", m.Granted(id=2, lease=LEASE_A, product="cadpro", lease_s=60.0)),
@@ -687,6 +708,11 @@ def _sessions() -> list[dict[str, Any]]:
               lost=[*lost_a, {"lease": LEASE_B, "code": "lease_unknown"}])
         .send("release_duplicate_lease", "reply:released", leases=[], lost=lost_a)
         .send("bye", "reply:goodbye"),
+        S("version_2", "the reference client's hello (versions 1 and 2) is answered in version 2, "
+          "whose one signature covers the server's time")
+        .send("hello_v2", "reply:welcome", version=2)
+        .send("checkout", "reply:granted", product="cadpro")
+        .send("bye", "reply:goodbye", released=1),
         S("no_shared_version", "a hello with no version the server speaks")
         .send("hello_no_shared_version", "fatal:unsupported_version"),
         S("replayed_hello", "a hello repeated word for word while its client id is known")

@@ -13,7 +13,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lanlic.core.netkey import ProductEntitlement
-from lanlic.errors import BorrowedFileError, BorrowRefused, NoSeat, ServerUnavailable
+from lanlic.errors import (
+    BorrowedFileError,
+    BorrowRefused,
+    NoSeat,
+    ServerUnavailable,
+    ServerUntrusted,
+)
 from lanlic.laptop.borrower import Borrower
 from lanlic.net.client import Client
 from lanlic.net.server import LicenseServer, ServerLimits
@@ -237,33 +243,40 @@ async def test_a_clock_set_back_is_refused(start_server: Any, tmp_path: Path, cl
     assert refused.value.code == "clock_set_back"
 
 
+@pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("welcome", ["genuine", "forged", "unsigned", "replayed"])
 async def test_a_clock_once_ahead_recovers_when_the_laptop_reaches_the_server(
-    start_server: Any, tmp_path: Path, clock: Clock, welcome: str, monkeypatch: Any
+    start_server: Any, tmp_path: Path, clock: Clock, welcome: str, version: int, monkeypatch: Any
 ) -> None:
     """A laptop clock that jumped a day ahead once (then was put right) locks a still-valid
     file with clock_set_back; reaching the server re-anchors the latest time seen to the time
     the server signed over this connection's nonce. A welcome whose time was edited, is not
-    signed, or was recorded from an earlier connection re-anchors nothing."""
+    signed, or was recorded from an earlier connection re-anchors nothing: in protocol version 1
+    (a server that speaks no other) the time has a signature of its own and the connection goes
+    on; in version 2 the handshake's one signature covers the time, so the handshake fails."""
     site = Site(start_server, tmp_path, clock, "act")
     server = await site.start()
     recorded: list[m.Welcome] = []
     real_hello = server.service._hello
 
     def hello(session: Any, msg: m.Hello, wall: float) -> Any:
+        if version == 1:
+            msg = dataclasses.replace(msg, versions=[1])
         reply = real_hello(session, msg, wall)
         sent = reply.message
-        assert isinstance(sent, m.Welcome) and sent.time_signature
+        assert isinstance(sent, m.Welcome) and sent.version == version
+        assert bool(sent.time_signature) == (version == 1)
         recorded.append(sent)
         if len(recorded) == 1 or welcome == "genuine":
             return reply
+        signature = "time_signature" if version == 1 else "signature"
         if welcome == "forged":
             sent = dataclasses.replace(sent, time=sent.time - 1.0)
         elif welcome == "unsigned":
-            sent = dataclasses.replace(sent, time_signature=b"")
+            sent = dataclasses.replace(sent, **{signature: b""})
         else:  # the welcome of the first connection, played back
             old = recorded[0]
-            sent = dataclasses.replace(sent, time=old.time, time_signature=old.time_signature)
+            sent = dataclasses.replace(sent, time=old.time, **{signature: getattr(old, signature)})
         return dataclasses.replace(reply, message=sent)
 
     monkeypatch.setattr(server.service, "_hello", hello)
@@ -282,8 +295,13 @@ async def test_a_clock_once_ahead_recovers_when_the_laptop_reaches_the_server(
     assert "connect to the server once" in refused.value.message
     assert "or wait until 2027-01-16 07:50 UTC" in refused.value.message  # last_seen - 10 min
 
-    async with Client(server.address) as c:
-        await ann.check_online(c)
+    if welcome != "genuine" and version >= 2:
+        with pytest.raises(ServerUntrusted, match="did not sign"):
+            async with Client(server.address) as c:
+                await ann.check_online(c)
+    else:
+        async with Client(server.address) as c:
+            await ann.check_online(c)
     if welcome == "genuine":
         assert ann.offline("cad").product == "cad"
         await site.stop()  # and on, offline

@@ -22,7 +22,12 @@ from helpers import make_key
 from lanlic.conformance.runner import Failed, check_welcome
 from lanlic.core import borrowing, netkey, signing
 from lanlic.core.netkey import ProductEntitlement
-from lanlic.core.service import LicenseService, Session, handshake_payload
+from lanlic.core.service import (
+    LicenseService,
+    Session,
+    handshake_payload,
+    handshake_v2_payload,
+)
 from lanlic.errors import BadFrame, BadMessage
 from lanlic.laptop import machine
 from lanlic.osdeps import _linux
@@ -396,6 +401,31 @@ def test_handshake_without_a_nonce_example_in_the_spec() -> None:
             m.parse({**hello, "nonce": bad})
 
 
+def test_handshake_examples_of_section_4_for_each_version() -> None:
+    """The signed bytes section 4 gives for the hello and welcome vectors: version 1's, and
+    version 2's, which add the welcome's time (a float64) under a domain of their own."""
+    text = section("4. Handshake")
+    hello, hello_v2 = decode_vector("hello"), decode_vector("hello_v2")
+    welcome, welcome_v2 = FRAMES["welcome"]["message"], decode_vector("welcome_v2")
+    assert (hello["versions"], hello_v2["versions"]) == ([1], [1, 2])
+    assert (welcome["version"], welcome_v2["version"]) == (1, 2)
+    assert welcome_v2["time_signature"] == b""
+    v1 = signing.DOMAIN_HANDSHAKE + handshake_payload(
+        hello["nonce"], hello["client_id"], welcome["server_id"], welcome["vendor_fp"]
+    )
+    v2 = signing.DOMAIN_HANDSHAKE_V2 + handshake_v2_payload(
+        hello_v2["nonce"],
+        hello_v2["client_id"],
+        welcome_v2["server_id"],
+        welcome_v2["vendor_fp"],
+        welcome_v2["time"],
+    )
+    assert f"`{v1.hex()}`" in text and f"`{v2.hex()}`" in text
+    assert v2.endswith(b"\xcb" + struct.pack(">d", welcome_v2["time"]))
+    domains = {row[0] for row in table_after(section("Signatures and domains"), "| domain")}
+    assert {d.decode().replace("\x00", "\\x00") for d in signing.DOMAINS} == domains
+
+
 # ------------------------------------------------------------------ 12: map entries
 
 
@@ -430,12 +460,15 @@ async def test_via_is_recorded_and_proves_nothing(vendor_key: Ed25519PrivateKey)
     assert "**proves nothing**: any client may say `offline`" in section("Containers and")
 
 
-def test_vendor_fp_is_signed_into_the_handshake_not_proven(vendor_key: Ed25519PrivateKey) -> None:
+@pytest.mark.parametrize("versions", [[1], [1, 2]])
+def test_vendor_fp_is_signed_into_the_handshake_not_proven(
+    vendor_key: Ed25519PrivateKey, versions: list[int]
+) -> None:
     """Point 17: the welcome's vendor_fp is covered by the server's signature (changing it breaks
     the welcome), but it is only the server's statement: a server serving a key of vendor A
     signs whatever vendor_fp it states, and a client cannot tell without its pins."""
     service = LicenseService(make_key(vendor_key), Ed25519PrivateKey.generate())
-    hello = m.Hello(1, [1], bytes(range(16)), "u", "h", nonce=bytes(32))
+    hello = m.Hello(1, versions, bytes(range(16)), "u", "h", nonce=bytes(32))
     welcome = m.to_wire(service.handle(Session(), hello, 0.0, 1.8e9).message)  # type: ignore[arg-type]
     check_welcome(welcome, m.to_wire(hello))
     with pytest.raises(Failed, match="signature"):
