@@ -45,6 +45,7 @@ import grpc
 from lanlic.cluster.fence import Fence
 from lanlic.cluster.mirror import SeatMirror, parse_seat_key, seat_key, seats_prefix
 from lanlic.cluster.queue import WaitLine, queue_prefix
+from lanlic.cluster.stopping import close_within, end_within
 from lanlic.errors import (
     LanlicError,
     LeaseUnknown,
@@ -72,6 +73,11 @@ BATCHES_IN_FLIGHT = 2
 meanwhile wait and go together in the next one: a member under load sends a few large
 transactions instead of thousands of small ones, which queued in gRPC and etcd past the call
 timeout (an unknown outcome, a read-back, another endpoint: ``server_unavailable`` to clients)."""
+
+STOP_CALLS = 2
+"""A stop (``close``, ``recover``, a move to another endpoint) waits for a task to end, or an etcd
+client to close, at most this many call timeouts; what takes longer is logged and left behind
+(``lanlic.cluster.stopping``: on Python 3.11 a cancellation can be lost inside a library)."""
 
 DOUBT_SECONDS = 30.0
 """How long a claim whose reply was lost is watched for a late commit: a transaction that timed out
@@ -164,6 +170,12 @@ def _lease_in(value: bytes) -> str:
     return "" if got is None else got.lease
 
 
+def _cancel_requested() -> bool:
+    """True if the running task was asked to stop (a cancellation a library may have lost)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def _retrieved(done: asyncio.Future[Any]) -> None:
     if not done.cancelled():
         done.exception()
@@ -200,7 +212,9 @@ class _TlsClient(aetcd.Client):  # type: ignore[misc]  # aetcd is untyped
         if self._connected.is_set():
             return
         if getattr(self, "_is_connecting", False):  # another task is connecting
-            await asyncio.wait_for(self._connected.wait(), self._connect_wait_timeout)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can lose a cancellation (stopping.py)
+            async with asyncio.timeout(self._connect_wait_timeout):
+                await self._connected.wait()
             return
         try:
             self._is_connecting = True
@@ -246,6 +260,8 @@ class EtcdSeats:
         self.etcd_ttl = etcd_ttl
         self.client_lease = client_lease
         self.call_timeout = call_timeout
+        self.stop_timeout = STOP_CALLS * call_timeout
+        """The bound of each step of a stop (see ``STOP_CALLS``)."""
         self.tls = tls
         self.clock = clock
         self.fence = Fence()
@@ -320,15 +336,20 @@ class EtcdSeats:
         if watch is not None and watch is not asyncio.current_task() and not watch.done():
             watch.cancel()
             self._watch_task = asyncio.create_task(self._watch_loop(), name="etcd-watch")
-        while len(self._retired) > 2:  # calls on these timed out long since
-            with contextlib.suppress(Exception):
-                await self._retired.pop(0).close()
+        if len(self._retired) > 2:  # calls on these timed out long since
+            old_clients, self._retired = self._retired[:-2], self._retired[-2:]
+            await close_within(
+                (c.close() for c in old_clients), self.stop_timeout, "etcd: closing an old client"
+            )
 
     async def _call(self, fn: Callable[[Any], Any]) -> Any:
         """Run ``fn(client)`` once; a failure moves to the next endpoint and raises Unreachable."""
         generation = self._generation
         try:
-            return await asyncio.wait_for(fn(self._client), self.call_timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can return a result to a task that
+            # was cancelled meanwhile, and that task then runs on (``lanlic.cluster.stopping``).
+            async with asyncio.timeout(self.call_timeout):
+                return await fn(self._client)
         except (aetcd.exceptions.ClientError, TimeoutError, OSError) as e:
             await self._rotate(generation)
             raise Unreachable(str(e)) from e
@@ -369,9 +390,7 @@ class EtcdSeats:
         old lease are gone; the server must already have told their clients (seat_lost)."""
         if not self.lease_lost.is_set():
             return
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await end_within(self._tasks, self.stop_timeout, "etcd: recovering")
         self._tasks = []
         # The mirror first, then the lease: a failure of either leaves ``lease_lost`` set and
         # the fence shut, so the caller's retry does both again (a new lease taken before a
@@ -383,22 +402,20 @@ class EtcdSeats:
 
     async def close(self, *, revoke: bool = False) -> None:
         """Stop. ``revoke`` deletes every seat this member holds (a clean shutdown whose clients
-        were told); without it the seats stay until the lease expires, for others to adopt."""
+        were told); without it the seats stay until the lease expires, for others to adopt.
+        Every step is bounded (``stop_timeout``): a task that does not end when cancelled, or a
+        client whose close does not finish, is logged and left behind, never waited for."""
         self._closed = True
-        tasks = [*self._tasks, *self._batches, *([self._watch_task] if self._watch_task else [])]
+        tasks = [*self._tasks, *self._batches, self._watch_task]
         self._watch_task = None
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await end_within(tasks, self.stop_timeout, "etcd: stopping")
         if revoke and self.lease_id:
-            with contextlib.suppress(Unreachable):
+            with contextlib.suppress(Unreachable):  # _call is bounded by the call timeout
                 await self._call(lambda c: c.revoke_lease(self.lease_id))
-        for client in [*self._retired, self._client, self._keepalive_client]:
-            if client is not None:
-                with contextlib.suppress(Exception):
-                    await client.close()
+        clients = [*self._retired, self._client, self._keepalive_client]
+        await close_within(
+            (c.close() for c in clients if c is not None), self.stop_timeout, "etcd: closing"
+        )
         self._retired = []
         self._client = None
         self._keepalive_client = None
@@ -423,22 +440,21 @@ class EtcdSeats:
         failure moves the member to the next endpoint (as any call's) and raises Unreachable."""
         if self._keepalive_client is None or self._keepalive_endpoint != self._endpoint:
             if self._keepalive_client is not None:
-                with contextlib.suppress(Exception):
-                    await self._keepalive_client.close()
+                old = self._keepalive_client
+                await close_within([old.close()], self.stop_timeout, "etcd: closing a keepalive")
             self._keepalive_endpoint = self._endpoint
             self._keepalive_client = self._new_client(self._endpoint, own_connection=True)
         generation = self._generation
         try:
-            return await asyncio.wait_for(
-                self._keepalive_client.refresh_lease(self.lease_id), self.call_timeout
-            )
+            async with asyncio.timeout(self.call_timeout):  # not wait_for: see _call
+                return await self._keepalive_client.refresh_lease(self.lease_id)
         except (aetcd.exceptions.ClientError, TimeoutError, OSError) as e:
             await self._rotate(generation)
             raise Unreachable(str(e)) from e
 
     async def _keepalive_loop(self) -> None:
         interval = self.etcd_ttl / 10
-        while True:
+        while not self._closed:
             sent = self.clock()
             try:
                 reply = await self._refresh()
@@ -499,12 +515,17 @@ class EtcdSeats:
     async def _watch_loop(self) -> None:
         head = f"{self.prefix}/".encode()  # the seats and the queue's waiters
         queue_head = queue_prefix(self.prefix)
-        while True:
+        while not self._closed:
             generation = self._generation
             try:
                 watch = await self._client.watch_prefix(
                     head, start_revision=max(1, self.mirror.revision)
                 )
+                if _cancel_requested():
+                    # aetcd creates the watch under Python 3.11's wait_for, which returns the
+                    # watch to a task cancelled in that moment (a stop, or a move to another
+                    # endpoint): it would watch on, and the stop wait for it. Honour the cancel.
+                    raise asyncio.CancelledError
                 async for event in watch:
                     kv = event.kv
                     key = bytes(kv.key)
@@ -533,7 +554,7 @@ class EtcdSeats:
                 await asyncio.sleep(0.05)
 
     async def _load_mirror_retrying(self) -> None:
-        while True:
+        while not self._closed:
             try:
                 await self._load_mirror()
                 return
