@@ -32,7 +32,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,10 +158,57 @@ class _Claim:
 
 @dataclass(frozen=True)
 class KeyState:
+    """A key as etcd returned it."""
+
+    key: bytes
     value: bytes
     mod_revision: int
     create_revision: int
     lease: int
+
+
+# -- transactions, in our own terms (``EtcdSeats.txn``): aetcd stays inside this module ----------
+
+
+@dataclass(frozen=True)
+class Created:
+    """Compare: the key's create revision is ``revision`` (0: the key does not exist)."""
+
+    key: bytes
+    revision: int = 0
+
+
+@dataclass(frozen=True)
+class Modified:
+    """Compare: the key's last change was at ``revision`` (nobody changed it since we read it)."""
+
+    key: bytes
+    revision: int
+
+
+@dataclass(frozen=True)
+class Put:
+    """Write ``value``; ``leased``: under the member's etcd lease (gone with it), else none."""
+
+    key: bytes
+    value: bytes
+    leased: bool = False
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: bytes
+
+
+@dataclass(frozen=True)
+class Get:
+    """Read the key within the transaction (its state, as of the transaction's revision)."""
+
+    key: bytes
+
+
+Compare = Created | Modified
+Op = Put | Delete | Get
 
 
 def _lease_in(value: bytes) -> str:
@@ -183,6 +230,7 @@ def _retrieved(done: asyncio.Future[Any]) -> None:
 
 def _key_state(kv: Any) -> KeyState:
     return KeyState(
+        key=bytes(kv.key),
         value=bytes(kv.value),
         mod_revision=int(kv.mod_revision),
         create_revision=int(kv.create_revision),
@@ -362,7 +410,7 @@ class EtcdSeats:
             await self._rotate(generation)
             raise Unreachable("the etcd channel was closed") from e
 
-    async def _read(self, key: bytes, deadline_s: float = READ_BACK_SECONDS) -> KeyState | None:
+    async def read(self, key: bytes, deadline_s: float = READ_BACK_SECONDS) -> KeyState | None:
         """A linearizable read, retried on the next endpoints until ``deadline_s`` passes."""
         deadline = self.clock() + deadline_s
         while True:
@@ -373,6 +421,80 @@ class EtcdSeats:
                 if self.clock() > deadline:
                     raise
                 await asyncio.sleep(0.05)
+
+    # -- reads and writes for the cluster's other records (borrows, the queue) -------------------
+
+    async def read_prefix(self, head: bytes, *, keys_only: bool = False) -> list[KeyState]:
+        """Every key under ``head``, read once (linearizable) on the current endpoint.
+        ``keys_only``: values left out (read as empty). Unreachable if etcd did not answer (the
+        store has moved to its next endpoint)."""
+        got = await self._call(lambda c: c.get_prefix(head, keys_only=keys_only))
+        return [_key_state(kv) for kv in got]
+
+    async def put(self, key: bytes, value: bytes, *, leased: bool = False) -> None:
+        """Write one key (``leased``: under this member's etcd lease). Unreachable: the outcome
+        is unknown (read it back)."""
+        lease = self.lease_id if leased else None
+        await self._call(lambda c: c.put(key, value, lease=lease))
+
+    async def delete(self, key: bytes) -> None:
+        """Delete one key. Unreachable: the outcome is unknown."""
+        await self._call(lambda c: c.delete(key))
+
+    async def txn(
+        self, compare: list[Compare], success: list[Op], failure: list[Op]
+    ) -> tuple[bool, list[list[KeyState]]]:
+        """One transaction: if every compare holds, the ``success`` operations, else the
+        ``failure`` ones. Returns whether the compares held and, per operation of the branch
+        taken, what it read: the key's state for a ``Get`` (an empty list if it has none), an
+        empty list for a ``Put`` or a ``Delete``. Unreachable: the outcome is unknown (it may
+        have committed: read back before trying again)."""
+        tx = self._client.transactions
+
+        def compares(cs: list[Compare]) -> list[Any]:
+            return [
+                tx.create(c.key) == c.revision
+                if isinstance(c, Created)
+                else tx.mod(c.key) == c.revision
+                for c in cs
+            ]
+
+        def ops(os: list[Op]) -> list[Any]:
+            out = []
+            for o in os:
+                if isinstance(o, Put):
+                    out.append(tx.put(o.key, o.value, lease=self.lease_id if o.leased else None))
+                elif isinstance(o, Delete):
+                    out.append(tx.delete(o.key))
+                else:
+                    out.append(tx.get(o.key))
+            return out
+
+        ok, responses = await self._call(
+            lambda c: c.transaction(
+                compare=compares(compare), success=ops(success), failure=ops(failure)
+            )
+        )
+        read = [
+            [_key_state(kv) for _value, kv in r] if isinstance(r, list) else [] for r in responses
+        ]
+        return bool(ok), read
+
+    def note_seat(self, state: KeyState) -> None:
+        """The mirror learns a seat key's state that a transaction read (a watch event may
+        come later; the mirror keeps the newer)."""
+        self.mirror.put(state.key, state.mod_revision, _lease_in(state.value))
+
+    @contextlib.contextmanager
+    def reserving(self, product: str, index: int) -> Iterator[None]:
+        """While inside, no checkout of this member picks seat ``index`` (a claim for it is in
+        flight elsewhere: the queue's)."""
+        reserved = self._reserved.setdefault(product, set())
+        reserved.add(index)
+        try:
+            yield
+        finally:
+            reserved.discard(index)
 
     # -- life ------------------------------------------------------------------------------------
 
@@ -485,7 +607,7 @@ class EtcdSeats:
     async def _settle_doubtful(self) -> None:
         for key, (token, since) in list(self._doubtful.items()):
             try:
-                state = await self._read(key, deadline_s=0)
+                state = await self.read(key, deadline_s=0)
             except Unreachable:
                 return
             got = Holder.decode(state.value) if state is not None else None
@@ -586,7 +708,7 @@ class EtcdSeats:
         seats = self.products.get(product)
         if seats is None:
             raise UnknownProduct(product)
-        if not self._in_flight.get(product) and not self._free(product):
+        if not self._in_flight.get(product) and not self.free_seats(product):
             raise NoSeat(f"all {seats} seats of {product} are in use")
         claim = _Claim(client, client_lease, asyncio.get_running_loop().create_future(), who=who)
         claim.done.add_done_callback(_retrieved)  # a cancelled caller's refusal is not an error
@@ -594,7 +716,7 @@ class EtcdSeats:
         self._pump(product)
         return await asyncio.shield(claim.done)  # a cancelled caller's won seat is given back
 
-    def _free(self, product: str) -> list[int]:
+    def free_seats(self, product: str) -> list[int]:
         """Seats free as far as the mirror knows and not named in a claim in flight."""
         reserved = self._reserved.get(product, set())
         return [i for i in self.mirror.free(product, self.products[product]) if i not in reserved]
@@ -603,7 +725,7 @@ class EtcdSeats:
         """Send the next batch of ``product``'s waiting claims if a transaction slot is free."""
         queue = self._queued.get(product)
         while queue and self._in_flight.get(product, 0) < BATCHES_IN_FLIGHT and not self._closed:
-            free = self._free(product)
+            free = self.free_seats(product)
             if not free:
                 if self._in_flight.get(product, 0):
                     return  # the claims in flight may lose and free their seats: wait for them
@@ -701,7 +823,7 @@ class EtcdSeats:
             log.info("etcd: a claim transaction of %d went unanswered; reading back", len(keys))
             return list(
                 await asyncio.gather(
-                    *(self._read_back_claim(k, h) for k, h in zip(keys, holders, strict=True))
+                    *(self.read_back_claim(k, h) for k, h in zip(keys, holders, strict=True))
                 )
             )
         out: list[KeyState | LanlicError | None] = []
@@ -714,11 +836,11 @@ class EtcdSeats:
             out.append(state if txn.succeeded else None)
         return out
 
-    async def _read_back_claim(self, key: bytes, holder: Holder) -> KeyState | LanlicError | None:
+    async def read_back_claim(self, key: bytes, holder: Holder) -> KeyState | LanlicError | None:
         """A claim whose reply was lost may have committed, or may yet: read it back and judge
         by our token; not ours (yet), keep watching it for a late commit."""
         try:
-            state = await self._read(key)
+            state = await self.read(key)
         except Unreachable:
             self._doubtful[key] = (holder.token, self.clock())
             return ServerUnavailable("etcd did not answer; the claim is settled later")
@@ -798,7 +920,7 @@ class EtcdSeats:
         """A release whose reply was lost: either it committed, or the key is still ours: read
         back; True if it must be sent again."""
         try:
-            state = await self._read(hold.key)
+            state = await self.read(hold.key)
         except Unreachable as e:
             raise ServerUnavailable("etcd did not answer the release; try again") from e
         if state is not None and state.mod_revision == hold.mod_revision:
@@ -857,7 +979,7 @@ class EtcdSeats:
         key = seat_key(self.prefix, product, index)
         for _ in range(CLAIM_ATTEMPTS):
             try:
-                state = await self._read(key)
+                state = await self.read(key)
             except Unreachable as e:
                 raise ServerUnavailable("etcd did not answer; try again") from e
             old = Holder.decode(state.value) if state is not None else None
@@ -889,7 +1011,7 @@ class EtcdSeats:
             )
         except Unreachable:
             try:
-                state = await self._read(key)
+                state = await self.read(key)
             except Unreachable as e:
                 raise ServerUnavailable("etcd did not answer; try again") from e
             got = Holder.decode(state.value) if state is not None else None
