@@ -5,11 +5,14 @@ server and a client in two network namespaces joined by a veth pair, over real m
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import signal
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -165,8 +168,34 @@ async def test_cli_with_nothing_there_says_so_within_its_timeout(tmp_path: Path)
     assert code == 0 and "no lanlic server answered on 127.0.0.1" in out
 
 
+@pytest.fixture
+def usual_service_type_alone() -> Iterator[None]:
+    """Hold, across processes, the right to announce under the usual service type. CI runs the
+    suite on two Pythons at once: two copies of the test below at the same moment announced one
+    instance name (each browse then saw only one of the two) and each one's browse connected to
+    the other's server. Waits for the other copy (a few seconds), bounded."""
+    path = Path(tempfile.gettempdir()) / "lanlic-tests-usual-mdns-service.lock"
+    with path.open("a") as held:
+        deadline = time.monotonic() + 120.0
+        while True:
+            try:
+                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{path} stayed locked for 120 s") from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
+
+
 async def test_a_server_the_test_did_not_start_is_never_found_or_touched(
-    serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    usual_service_type_alone: None,
+    serve: Serve,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """As with ``lanlic serve --demo`` running on this host: a server announced on loopback
     under the usual service type. The test's own browsing (its service type, conftest.py) never
