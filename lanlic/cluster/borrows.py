@@ -59,6 +59,13 @@ __all__ = ["BorrowEntry", "Ended", "EtcdBorrows"]
 
 log = logging.getLogger("lanlic.cluster")
 
+ENDED_RETENTION = 30 * 86400.0
+"""Seconds an ``ended`` key is kept past the borrow's end (the date signed in its file). Until its
+end a laptop may still present or return the file, and the key answers ``returned`` or
+``already``; once the end has passed, ``present`` answers ``expired`` from the file itself and a
+late return hears ``borrow_unknown``, so the key serves nothing. A month's slack keeps it for
+people reading etcd after an incident; the members' histories keep the borrow for good."""
+
 
 @dataclass(frozen=True, slots=True)
 class BorrowEntry:
@@ -308,6 +315,40 @@ class EtcdBorrows:
                 return got.by == self.seats.member and got.at == at
             raise ServerUnavailable("etcd did not answer; try again") from e
         return bool(won)
+
+    async def prune_ended(self, wall: float, retention: float = ENDED_RETENTION) -> list[str]:
+        """Delete the ``ended`` keys of borrows whose end is more than ``retention`` before
+        ``wall`` (``old_ended``, then ``delete_ended``). Returns the borrow ids this call
+        deleted; another member pruning at once deletes the others."""
+        return await self.delete_ended(await self.old_ended(wall, retention))
+
+    async def old_ended(self, wall: float, retention: float = ENDED_RETENTION) -> list[KeyState]:
+        """The ``ended`` keys whose borrow's end is more than ``retention`` before ``wall`` (an
+        unreadable one is kept: not ours to judge)."""
+        got = await self.seats.read_prefix(self._key("ended", ""))
+        return [
+            kv
+            for kv in got
+            if (e := Ended.decode(kv.value)) is not None and e.end + retention <= wall
+        ]
+
+    async def delete_ended(self, keys: list[KeyState]) -> list[str]:
+        """Delete each ``ended`` key with a compare on the ``mod_revision`` read: members pruning
+        at once delete each key once (the others' compare fails, the key being gone). Returns
+        the borrow ids this call deleted. A delete that went unanswered is left to a later
+        prune (had it gone through, that one no longer finds the key)."""
+        head = self._key("ended", "")
+        pruned = []
+        for kv in keys:
+            try:
+                won, _ = await self.seats.txn(
+                    [Modified(kv.key, kv.mod_revision)], [Delete(kv.key)], []
+                )
+            except Unreachable:
+                break
+            if won:
+                pruned.append(kv.key[len(head) :].decode())
+        return pruned
 
     def free_seat(self, product: str, seats: int, tried: set[int]) -> int | None:
         """A seat index free as far as the mirror knows (not in ``tried``), picked at random
