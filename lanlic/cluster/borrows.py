@@ -69,7 +69,13 @@ people reading etcd after an incident; the members' histories keep the borrow fo
 
 @dataclass(frozen=True, slots=True)
 class BorrowEntry:
-    """An active borrow as kept in etcd (``{prefix}/borrows/{borrow_id}``)."""
+    """An active borrow as kept in etcd (``{prefix}/borrows/{borrow_id}``): written by the
+    borrow's transaction, deleted by its end, whose outcome is a key of its own (``Ended``).
+
+    Not the single server's ``lanlic.core.lending.ActiveBorrow`` (in memory, mutable, with a
+    write in flight) nor its ``lanlic.core.records.BorrowRecord`` (the database's row, kept after
+    the end with its state), though it starts with their fields: it names the seat and the
+    ``lent`` slot keys the borrow holds in etcd, which its end deletes."""
 
     borrow_id: str
     request_id: str
