@@ -589,7 +589,8 @@ class _Laptops:
         self._done = outer.create_future()
         self._thread = threading.Thread(target=self._main, args=(outer,), daemon=True)
         self._thread.start()
-        await asyncio.wait_for(self._ready, 60.0)
+        async with asyncio.timeout(60.0):
+            await self._ready
         if self.error is not None:
             raise self.error
         return self.enrolled
@@ -609,7 +610,8 @@ class _Laptops:
         self.go(0.0)  # a run that failed before "go": stop at once
         assert self._done is not None
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._done), limit)
+            async with asyncio.timeout(limit):
+                await asyncio.shield(self._done)
         if thread.is_alive():
             self.run.stats.inc("laptops_timeout")
         elif self.error is not None:
@@ -642,7 +644,8 @@ class _Laptops:
             self.enrolled = len(laptops)
             assert self._ready is not None
             self._ready.get_loop().call_soon_threadsafe(_resolve, self._ready, None)
-            end = await asyncio.wait_for(self._go, 600.0)
+            async with asyncio.timeout(600.0):
+                end = await self._go
             await asyncio.gather(*(self._borrower(b, c, end) for b, c in laptops))
         finally:
             for _, c in laptops:
