@@ -193,8 +193,9 @@ class RestartGuard:
         # reservation must cover them as well as the live ones.
         in_use = self.pool.in_use(product) + self.pool.held(product)
         # Grants waiting for a reservation write have a claim on the room below it: a grant
-        # that skips the write must not take that room from under them.
-        claimed = in_use + self.pending[product]
+        # that skips the write must not take that room from under them. (``get``: a Counter's
+        # missing key costs a Python call, and the fast path asks this on every checkout.)
+        claimed = in_use + self.pending.get(product, 0)
         if claimed + more <= reserved:
             return None
         seats = self.pool.seats(product)
