@@ -1,0 +1,469 @@
+"""The cluster's history in etcd: every member publishes the rows it writes, any member reads
+them all, merged by time, each row naming the member that served it.
+
+A member keeps its own ``lanlic.db`` as a single server does (its record, its admin password,
+``lanlic admin history --data``); ``MemberHistoryStore`` is that database, and every batch the
+server's history writer puts in it is also handed, encoded on the writer's thread, to the
+member's ``ClusterHistory``, which puts it in etcd from the loop in the background: never on a
+request's path, one put at a time, in order.
+
+**Keys**: ``{prefix}.history/{time of its first row, 20-digit ns}-{member tag}-{seq}``, the value
+a msgpack map ``{"member": NAME, "rows": [[at, event, product, user, host, detail, count], ...]}``
+(the SQLite row's fields). Key order is time order, so a time range is a key range. The keys sit
+beside the site's ``{prefix}/``, not under it: every member watches ``{prefix}/`` (its seats and
+the queue), and a batch a second from every member would go to every member's watch for nothing.
+A batch is cut into several keys when its rows span more than ``SPAN`` seconds (refusals are
+counted a minute at a time and stamped with the first) or weigh more than ``MAX_VALUE`` bytes
+(etcd refuses requests over 1.5 MiB by default): so a key at time t holds rows of
+``[t, t + SPAN)`` only, and a read from ``since`` that starts at key ``since - SPAN`` misses none.
+
+**Losses**: a put that fails is tried again (from ``RETRY_FIRST`` up to ``RETRY_MAX`` seconds
+apart) until it is done, and counted (``put_failures``). What waits is bounded: past
+``MAX_PENDING_ROWS`` rows the oldest batches are dropped from the queue for etcd (counted in
+``dropped_rows``, logged; they stay in the member's own ``lanlic.db``). So a member killed with
+SIGKILL loses from the cluster's history the batch its server had not yet written (at most one
+housekeeping interval, a second, as a single server loses it) and the batches not yet put: the
+one in flight (a round trip), or, while etcd does not answer, those queued since.
+
+**Reading** is by key range, a ``KEYS_PER_READ`` keys per request: the admin page's table reads
+backwards from its end until it holds the page's rows, the CSV export forwards a page at a time,
+the usage chart the range it draws.
+
+**Retention**: each member deletes, with range deletes, the batches older than the retention of
+its own database (``lanlic admin retention --days``, 400 days unless set), every
+``PRUNE_INTERVAL`` of the server (10 minutes; the first a few seconds after start). Members prune
+every member's batches, so the shortest setting among them wins; two members pruning at once is
+harmless (deleting keys already gone deletes nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import heapq
+import itertools
+import logging
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, cast
+
+import msgpack
+
+from lanlic.cluster.etcd import EtcdSeats, Unreachable
+from lanlic.errors import ServerUnavailable
+from lanlic.store import Store
+from lanlic.store import history as hist
+
+__all__ = [
+    "ClusterHistory",
+    "HistoryPage",
+    "MemberHistoryStore",
+    "MemberRow",
+    "batch_key",
+    "decode_batch",
+    "encode_batches",
+    "history_prefix",
+]
+
+log = logging.getLogger("lanlic.cluster.history")
+
+#: Seconds of row times one key may span: a read from ``since`` starts this much earlier.
+SPAN: Final = 120.0
+#: Bytes of rows one key holds at most (etcd's default request limit is 1.5 MiB).
+MAX_VALUE: Final = 512 * 1024
+#: Rows waiting for etcd at most; past it the oldest batches are dropped (kept in lanlic.db).
+MAX_PENDING_ROWS: Final = 100_000
+#: Seconds before a failed put is tried again, doubling up to ``RETRY_MAX``.
+RETRY_FIRST: Final = 0.2
+RETRY_MAX: Final = 5.0
+#: Keys read per etcd request.
+KEYS_PER_READ: Final = 256
+#: Seconds of keys one range delete of the pruning covers at most.
+PRUNE_STEP: Final = 86400.0
+#: Range deletes of one pruning at most (a bounded loop; the next pruning goes on).
+PRUNE_ROUNDS: Final = 1000
+#: Byte limits when decoding a batch (a value over MAX_VALUE plus one row is not ours).
+_UNPACK_LIMIT: Final = 2 * MAX_VALUE
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRow:
+    """A history row (``lanlic.core.records.HistoryRow``) and the member that served it."""
+
+    at: float
+    event: str
+    product: str
+    user: str
+    host: str
+    detail: str
+    count: int
+    member: str
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "at": self.at, "event": self.event, "product": self.product, "user": self.user,
+            "host": self.host, "detail": self.detail, "count": self.count, "member": self.member,
+        }  # fmt: skip
+
+
+def history_prefix(prefix: str) -> bytes:
+    """Where a site's history batches are: beside ``{prefix}/``, outside every member's watch."""
+    return f"{prefix.rstrip('/')}.history/".encode()
+
+
+def _ns(at: float) -> bytes:
+    return b"%020d" % max(0, int(at * 1e9))
+
+
+def batch_key(prefix: str, at: float, tag: str, seq: int) -> bytes:
+    return history_prefix(prefix) + _ns(at) + f"-{tag}-{seq}".encode()
+
+
+def _key_at(head: bytes, at: float) -> bytes:
+    """The first key of a batch whose first row is at ``at`` or later (for range bounds)."""
+    return head + _ns(at)
+
+
+def _range_end(head: bytes) -> bytes:
+    return head[:-1] + bytes([head[-1] + 1])
+
+
+def _key_time(head: bytes, key: bytes) -> float:
+    try:
+        return int(key[len(head) : len(head) + 20]) / 1e9
+    except ValueError:
+        return 0.0
+
+
+def encode_batches(
+    prefix: str, member: str, tag: str, seqs: itertools.count[int], rows: Sequence[Sequence[object]]
+) -> list[tuple[bytes, bytes, int]]:
+    """``rows`` (the SQLite rows, ``(at, event, product, user, host, detail[, count])``) as
+    ``(key, value, rows)`` for etcd, oldest first: one key unless they span more than ``SPAN``
+    seconds or weigh more than ``MAX_VALUE`` bytes."""
+    ordered = sorted(
+        ([cast(float, r[0]), *r[1:6], cast(int, r[6]) if len(r) > 6 else 1] for r in rows),
+        key=lambda r: cast(float, r[0]),
+    )
+    packer = msgpack.Packer()
+    out: list[tuple[bytes, bytes, int]] = []
+    chunk: list[bytes] = []
+    first, size = 0.0, 0
+
+    def close() -> None:
+        value = (
+            packer.pack_map_header(2) + packer.pack("member") + packer.pack(member)
+            + packer.pack("rows") + packer.pack_array_header(len(chunk)) + b"".join(chunk)
+        )  # fmt: skip
+        out.append((batch_key(prefix, first, tag, next(seqs)), value, len(chunk)))
+
+    for row in ordered:
+        at = cast(float, row[0])
+        packed = packer.pack(row)
+        if chunk and (at - first >= SPAN or size + len(packed) > MAX_VALUE):
+            close()
+            chunk, size = [], 0
+        if not chunk:
+            first = at
+        chunk.append(packed)
+        size += len(packed)
+    if chunk:
+        close()
+    return out
+
+
+def decode_batch(value: bytes) -> tuple[str, list[MemberRow]] | None:
+    """A batch's member and rows; None if the value is not one (written by something else)."""
+    try:
+        d = msgpack.unpackb(
+            value, raw=False, max_bin_len=0, max_ext_len=0, max_str_len=_UNPACK_LIMIT,
+            max_array_len=_UNPACK_LIMIT, max_map_len=16,
+        )  # fmt: skip
+        member = d["member"]
+        if not isinstance(member, str):
+            return None
+        rows = [
+            MemberRow(float(at), str(ev), str(p), str(u), str(h), str(det), int(n), member)
+            for at, ev, p, u, h, det, n in d["rows"]
+        ]
+    except (ValueError, TypeError, KeyError, msgpack.UnpackException):
+        return None
+    return member, rows
+
+
+def _matches(row: MemberRow, f: hist.Filters) -> bool:
+    return (
+        (f.since is None or row.at >= f.since)
+        and (f.until is None or row.at < f.until)
+        and (f.product is None or row.product == f.product)
+        and (f.event is None or row.event == f.event)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """One page of the cluster's history, newest first (as the admin page's table reads it)."""
+
+    total: int
+    """Rows that match: exact unless ``more``, then those read so far (more than the page)."""
+    items: list[MemberRow]
+    more: bool
+    """The read stopped once it held the page: older rows are left unread and uncounted."""
+
+
+class ClusterHistory:
+    """One member's door to the cluster's history: ``handed`` (from the database's writer
+    thread) publishes, the rest reads and prunes. ``start()`` on the loop, ``close()`` after."""
+
+    def __init__(self, seats: EtcdSeats) -> None:
+        self.seats = seats
+        self.member = seats.member
+        self.tag = secrets.token_hex(4)
+        """Names this process's keys (with ``seq``): two members, or a member's two runs,
+        never write one key."""
+        self.head = history_prefix(seats.prefix)
+        self._seqs = itertools.count()
+        self._queue: collections.deque[tuple[bytes, bytes, int]] = collections.deque()
+        self._pending_rows = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._prune_task: asyncio.Task[None] | None = None
+        self.put_failures = 0
+        """Puts etcd did not answer (each tried again)."""
+        self.dropped_rows = 0
+        """Rows dropped from the queue for etcd past ``MAX_PENDING_ROWS``."""
+        self.published_rows = 0
+
+    # ------------------------------------------------------------------------- publishing
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task = self._loop.create_task(self._publish(), name="history-publish")
+
+    def handed(self, rows: Sequence[Sequence[object]]) -> None:
+        """A batch the member's database just wrote (called on its writer thread): encoded
+        here, off the loop, then queued on the loop for etcd."""
+        loop = self._loop
+        if loop is None or not rows:
+            return
+        items = encode_batches(self.seats.prefix, self.member, self.tag, self._seqs, rows)
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the member is gone
+            loop.call_soon_threadsafe(self._enqueue, items)
+
+    def _enqueue(self, items: list[tuple[bytes, bytes, int]]) -> None:
+        assert self._wake is not None and self._idle is not None
+        self._queue.extend(items)
+        self._pending_rows += sum(n for _k, _v, n in items)
+        dropped = 0
+        while self._pending_rows > MAX_PENDING_ROWS and self._queue:
+            # The oldest first; the one in flight may go too (its put still ends, and counts).
+            _k, _v, n = self._queue.popleft()
+            self._pending_rows -= n
+            dropped += n
+        if dropped:
+            self.dropped_rows += dropped
+            log.error(
+                "history: etcd is not taking the history; %d row(s) dropped from the cluster's "
+                "history (%d in all), kept in this member's lanlic.db", dropped, self.dropped_rows,
+            )  # fmt: skip
+        self._idle.clear()
+        self._wake.set()
+
+    async def _publish(self) -> None:
+        assert self._wake is not None and self._idle is not None
+        pause = RETRY_FIRST
+        while True:
+            if not self._queue:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            key, value, n = self._queue[0]
+            try:
+                await self.seats.put_plain(key, value)
+            except Unreachable as exc:
+                self.put_failures += 1
+                log.info(
+                    "history: etcd did not take a batch of %d row(s) (%s); trying again in "
+                    "%.1f s (%d failed put(s) so far)", n, exc, pause, self.put_failures,
+                )  # fmt: skip
+                await asyncio.sleep(pause)
+                pause = min(RETRY_MAX, pause * 2)
+                continue
+            pause = RETRY_FIRST
+            if self._queue and self._queue[0][0] == key:  # not dropped while in flight
+                self._queue.popleft()
+                self._pending_rows -= n
+            self.published_rows += n
+
+    async def flush(self, within: float) -> bool:
+        """Wait until every batch handed so far is in etcd, for at most ``within`` seconds."""
+        if self._idle is None:
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), within)
+        return self._idle.is_set()
+
+    async def close(self, within: float = 5.0) -> None:
+        """Put what waits (for at most ``within`` seconds), then stop."""
+        if not await self.flush(within):
+            log.warning(
+                "history: %d row(s) not put in etcd before stopping (kept in lanlic.db)",
+                self._pending_rows,
+            )
+        for task in (self._task, self._prune_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    # ---------------------------------------------------------------------------- reading
+
+    async def _scan(
+        self, lo: bytes, hi: bytes, *, descending: bool = False
+    ) -> AsyncIterator[tuple[list[tuple[bytes, bytes]], bool]]:
+        """The keys of ``[lo, hi)`` with their values, ``KEYS_PER_READ`` a request, each read
+        with whether the range holds more."""
+        while lo < hi:
+            try:
+                got, more = await self.seats.read_range(
+                    lo, hi, limit=KEYS_PER_READ, descending=descending
+                )
+            except Unreachable as e:
+                raise ServerUnavailable("etcd did not answer the history read; try again") from e
+            more = more and bool(got)
+            if got:
+                yield got, more
+            if not more:
+                return
+            if descending:
+                hi = got[-1][0]
+            else:
+                lo = got[-1][0] + b"\0"
+
+    def _bounds(self, f: hist.Filters) -> tuple[bytes, bytes]:
+        lo = self.head if f.since is None else _key_at(self.head, f.since - SPAN)
+        hi = _range_end(self.head) if f.until is None else _key_at(self.head, f.until)
+        return lo, hi
+
+    def _rows(self, key: bytes, value: bytes, f: hist.Filters) -> list[MemberRow]:
+        got = decode_batch(value)
+        if got is None:
+            log.warning("history: %r in etcd is not a history batch; skipped", key)
+            return []
+        return [r for r in got[1] if _matches(r, f)]
+
+    async def page(self, f: hist.Filters, *, offset: int = 0, limit: int = 100) -> HistoryPage:
+        """Rows ``offset`` to ``offset + limit`` of the matching ones, newest first. Read from
+        the newest key back until the rows newer than anything unread fill the page and one
+        more (so that ``more`` is known), or the range ends."""
+        want = offset + limit
+        lo, hi = self._bounds(f)
+        found: list[tuple[float, bytes, int, MemberRow]] = []
+        more = False
+        async for chunk, unread in self._scan(lo, hi, descending=True):
+            for key, value in chunk:
+                found += [(r.at, key, i, r) for i, r in enumerate(self._rows(key, value, f))]
+            settled = _key_time(self.head, chunk[-1][0]) + SPAN  # unread rows are older
+            if unread and sum(1 for x in found if x[0] >= settled) > want:
+                more = True
+                break
+        found.sort(reverse=True, key=lambda x: x[:3])
+        return HistoryPage(len(found), [x[3] for x in found[offset:want]], more)
+
+    async def rows(self, f: hist.Filters) -> AsyncIterator[list[MemberRow]]:
+        """Every matching row, oldest first, a few hundred keys' rows at a time."""
+        lo, hi = self._bounds(f)
+        heap: list[tuple[float, bytes, int, MemberRow]] = []
+        async for chunk, _unread in self._scan(lo, hi):
+            for key, value in chunk:
+                for i, r in enumerate(self._rows(key, value, f)):
+                    heapq.heappush(heap, (r.at, key, i, r))
+            settled = _key_time(self.head, chunk[-1][0])  # unread keys' rows are at least this
+            out = []
+            while heap and heap[0][0] < settled:
+                out.append(heapq.heappop(heap)[3])
+            if out:
+                yield out
+        if heap:
+            yield [x[3] for x in sorted(heap, key=lambda x: x[:3])]
+
+    async def events_since(
+        self, since: float, events: Sequence[str]
+    ) -> list[tuple[float, str, str, int]]:
+        """``(at, product, event, count)`` of the given kinds from ``since`` on, oldest first,
+        every member's (as ``lanlic.store.history.events_since`` reads one database)."""
+        kinds = set(events)
+        out = []
+        async for rows in self.rows(hist.Filters(since=since)):
+            out += [(r.at, r.product, r.event, r.count) for r in rows if r.event in kinds]
+        return out
+
+    # --------------------------------------------------------------------------- retention
+
+    def prune_soon(self, now: float, keep_days: int) -> None:
+        """From the database's writer thread, at the end of its own pruning: prune etcd too."""
+        loop = self._loop
+        if loop is not None and keep_days > 0:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._start_prune, now, keep_days)
+
+    def _start_prune(self, now: float, keep_days: int) -> None:
+        if self._prune_task is None or self._prune_task.done():
+            assert self._loop is not None
+            self._prune_task = self._loop.create_task(self._prune_logged(now, keep_days))
+
+    async def _prune_logged(self, now: float, keep_days: int) -> None:
+        try:
+            gone = await self.prune(now, keep_days)
+        except ServerUnavailable as exc:
+            log.info("history: pruning etcd's batches failed (%s); next time", exc)
+            return
+        if gone:
+            log.info("history: %d batch(es) older than %d days deleted from etcd", gone, keep_days)
+
+    async def prune(self, now: float, keep_days: int) -> int:
+        """Delete the batches whose rows are all older than ``keep_days`` days (every
+        member's), a day of keys per range delete; how many this call deleted."""
+        if keep_days <= 0:
+            return 0
+        end = _key_at(self.head, now - keep_days * 86400.0 - SPAN)
+        gone = 0
+        try:
+            for _ in range(PRUNE_ROUNDS):
+                oldest, _more = await self.seats.read_range(self.head, end, limit=1)
+                if not oldest:
+                    break
+                step = _key_at(self.head, _key_time(self.head, oldest[0][0]) + PRUNE_STEP)
+                gone += await self.seats.delete_range(self.head, min(step, end))
+        except Unreachable as e:
+            raise ServerUnavailable("etcd did not answer the pruning") from e
+        return gone
+
+
+class MemberHistoryStore(Store):
+    """A cluster member's ``lanlic.db`` (its own record of what it served): each batch the
+    server writes here is also handed to the cluster's history in etcd, and each pruning of it
+    prunes etcd's batches to the same retention."""
+
+    def __init__(self, path: Path, history: ClusterHistory) -> None:
+        super().__init__(path)
+        self.cluster_history = history
+
+    def append_history_rows(self, rows: Sequence[Sequence[object]]) -> None:
+        super().append_history_rows(rows)  # raises if not written: the server keeps them
+        self.cluster_history.handed(rows)
+
+    def prune_history(self, now: float, batch: int = hist.PRUNE_BATCH) -> int:
+        gone = super().prune_history(now, batch)
+        if gone < batch:  # the server calls again until less than a batch went: its last call
+            self.cluster_history.prune_soon(now, self.retention().keep_days)
+        return gone
