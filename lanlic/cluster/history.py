@@ -72,8 +72,11 @@ log = logging.getLogger("lanlic.cluster.history")
 
 #: Seconds of row times one key may span: a read from ``since`` starts this much earlier.
 SPAN: Final = 120.0
-#: Bytes of rows one key holds at most (etcd's default request limit is 1.5 MiB).
-MAX_VALUE: Final = 512 * 1024
+#: Bytes of rows one key holds at most (etcd's default request limit is 1.5 MiB): about 2,000
+#: rows, decoded in about 6 ms, the longest a read holds the member's loop at once.
+MAX_VALUE: Final = 128 * 1024
+#: Bytes of values a read decodes between two turns of the loop (about 1,000 rows, 3 ms).
+YIELD_BYTES: Final = 64 * 1024
 #: Rows waiting for etcd at most; past it the oldest batches are dropped (kept in lanlic.db).
 MAX_PENDING_ROWS: Final = 100_000
 #: Seconds before a failed put is tried again, doubling up to ``RETRY_MAX``.
@@ -354,12 +357,25 @@ class ClusterHistory:
         hi = _range_end(self.head) if f.until is None else _key_at(self.head, f.until)
         return lo, hi
 
-    def _rows(self, key: bytes, value: bytes, f: hist.Filters) -> list[MemberRow]:
-        got = decode_batch(value)
-        if got is None:
-            log.warning("history: %r in etcd is not a history batch; skipped", key)
-            return []
-        return [r for r in got[1] if _matches(r, f)]
+    async def _decoded(
+        self, chunk: list[tuple[bytes, bytes]], f: hist.Filters
+    ) -> list[tuple[float, bytes, int, MemberRow]]:
+        """The matching rows of ``chunk`` as ``(at, key, index, row)``, the order they merge
+        in. Decoding runs on the member's loop, which serves the seats: it gives the loop a
+        turn every ``YIELD_BYTES`` (a long read is slower, the seats are not)."""
+        out: list[tuple[float, bytes, int, MemberRow]] = []
+        done = 0
+        for key, value in chunk:
+            got = decode_batch(value)
+            if got is None:
+                log.warning("history: %r in etcd is not a history batch; skipped", key)
+                continue
+            out += [(r.at, key, i, r) for i, r in enumerate(got[1]) if _matches(r, f)]
+            done += len(value)
+            if done >= YIELD_BYTES:
+                done = 0
+                await asyncio.sleep(0)
+        return out
 
     async def page(self, f: hist.Filters, *, offset: int = 0, limit: int = 100) -> HistoryPage:
         """Rows ``offset`` to ``offset + limit`` of the matching ones, newest first. Read from
@@ -370,8 +386,7 @@ class ClusterHistory:
         found: list[tuple[float, bytes, int, MemberRow]] = []
         more = False
         async for chunk, unread in self._scan(lo, hi, descending=True):
-            for key, value in chunk:
-                found += [(r.at, key, i, r) for i, r in enumerate(self._rows(key, value, f))]
+            found += await self._decoded(chunk, f)
             settled = _key_time(self.head, chunk[-1][0]) + SPAN  # unread rows are older
             if unread and sum(1 for x in found if x[0] >= settled) > want:
                 more = True
@@ -384,9 +399,8 @@ class ClusterHistory:
         lo, hi = self._bounds(f)
         heap: list[tuple[float, bytes, int, MemberRow]] = []
         async for chunk, _unread in self._scan(lo, hi):
-            for key, value in chunk:
-                for i, r in enumerate(self._rows(key, value, f)):
-                    heapq.heappush(heap, (r.at, key, i, r))
+            for item in await self._decoded(chunk, f):
+                heapq.heappush(heap, item)
             settled = _key_time(self.head, chunk[-1][0])  # unread keys' rows are at least this
             out = []
             while heap and heap[0][0] < settled:

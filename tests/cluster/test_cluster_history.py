@@ -156,13 +156,16 @@ async def test_checkouts_on_two_members_are_in_each_members_history_and_chart(
 async def test_a_member_killed_with_sigkill_loses_at_most_its_last_unsent_batch(
     site: Site, etcd_cluster: EtcdCluster, etcd: aetcd.Client
 ) -> None:
-    """A serves checkouts for 3 s and is SIGKILLed at once after the last: B's history has
-    every row A's own database holds but those of A's last second (the batch under way and
-    the one being put): A publishes as it goes, not at its end. Before this: nothing of A's."""
+    """A grants checkouts for 3 s and is SIGKILLed right after the last: B's history has every
+    checkout A granted but those of its last two seconds at most (the batch its server had not
+    written, a housekeeping interval of 1 s, and the one being put to etcd); and every row A's
+    own database holds but those. A publishes as it goes, not at its end. Before this: B's
+    history had nothing of A's."""
     endpoints = etcd_cluster.endpoints
     a = await start(site, site.data("a"), endpoints)
     b = await start(site, site.data("b", identity_of="a"), endpoints[::-1])
     clients: list[Client] = []
+    granted: dict[str, float] = {}
     try:
         started = time.time()
         for i in itertools.count():
@@ -170,11 +173,12 @@ async def test_a_member_killed_with_sigkill_loses_at_most_its_last_unsent_batch(
             await cl.connect()
             clients.append(cl)
             await cl.acquire("cad")
+            granted[f"u{i}"] = time.time()
             for seat in list(cl.seats.values()):
                 await cl.release(seat)
             if time.time() - started > 3:
                 break
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.1)
         killed_at = time.time()
         a.member.proc.popen.send_signal(signal.SIGKILL)
         a.member.proc.popen.wait(timeout=10)
@@ -182,20 +186,20 @@ async def test_a_member_killed_with_sigkill_loses_at_most_its_last_unsent_batch(
         for cl in clients:
             await closed(cl)
     out = ok(run(["admin", "history", "--data", str(site.root / "a"), "--json"]))
-    local = {(e["event"], e["user"]) for e in out["events"] if e["event"] == "checkout"}
-    assert len(local) >= 5, local
+    local = {e["user"] for e in out["events"] if e["event"] == "checkout"}
     http, _ = await admin_session(b.url)
     try:
         got = await history_of(http, "event=checkout&limit=1000")
     finally:
         await http.close()
-    cluster = {(x["event"], x["user"]) for x in got["items"]}
-    assert cluster <= local
-    lost = {e["user"] for e in out["events"] if (e["event"], e["user"]) in local - cluster}
-    at = {e["user"]: e["at"] for e in out["events"] if e["event"] == "checkout"}
-    assert all(at[u] > killed_at - 2.0 for u in lost), (lost, killed_at)  # only the last second
-    assert len(cluster) >= len(local) - 2, (cluster, local)
-    assert {b for _k, b, _r in await batches(etcd, prefix_of(site))}  # A's batches are there
+    cluster = {x["user"] for x in got["items"]}
+    assert cluster <= local <= set(granted)
+    lost = sorted(set(granted) - cluster, key=granted.__getitem__)
+    unsent = sorted(local - cluster, key=granted.__getitem__)
+    last = [round(killed_at - granted[u], 2) for u in lost]
+    assert all(killed_at - granted[u] < 2.0 for u in lost), (lost, last, unsent)
+    assert len(cluster) >= len(granted) // 2, (len(cluster), len(granted))
+    assert {m for _k, m, _r in await batches(etcd, prefix_of(site))}  # A's batches are there
     b.member.proc.stop()
 
 
