@@ -3,27 +3,30 @@ them all, merged by time, each row naming the member that served it.
 
 A member keeps its own ``lanlic.db`` as a single server does (its record, its admin password,
 ``lanlic admin history --data``); ``MemberHistoryStore`` is that database, and every batch the
-server's history writer puts in it is also handed, encoded on the writer's thread, to the
-member's ``ClusterHistory``, which puts it in etcd from the loop in the background: never on a
-request's path, one put at a time, in order.
+server's history writer puts in it (one a second) is also handed, packed on the writer's
+thread, to the member's ``ClusterHistory``, which puts the rows in etcd from the loop in the
+background: never on a request's path, one put at a time, in order, at most one key per
+``PUBLISH_INTERVAL`` (the second-by-second batches of that time go together), at once when the
+member's admin page reads the history (``flush``) or stops.
 
 **Keys**: ``{prefix}.history/{time of its first row, 20-digit ns}-{member tag}-{seq}``, the value
 a msgpack map ``{"member": NAME, "rows": [[at, event, product, user, host, detail, count], ...]}``
 (the SQLite row's fields). Key order is time order, so a time range is a key range. The keys sit
 beside the site's ``{prefix}/``, not under it: every member watches ``{prefix}/`` (its seats and
-the queue), and a batch a second from every member would go to every member's watch for nothing.
-A batch is cut into several keys when its rows span more than ``SPAN`` seconds (refusals are
-counted a minute at a time and stamped with the first) or weigh more than ``MAX_VALUE`` bytes
-(etcd refuses requests over 1.5 MiB by default): so a key at time t holds rows of
-``[t, t + SPAN)`` only, and a read from ``since`` that starts at key ``since - SPAN`` misses none.
+the queue), and every member's batches would go to every member's watch for nothing. A key is
+cut short when its rows would span more than ``SPAN`` seconds (refusals are counted a minute at
+a time and stamped with the first) or weigh more than ``MAX_VALUE`` bytes (etcd refuses requests
+over 1.5 MiB by default): so a key at time t holds rows of ``[t, t + SPAN)`` only, and a read
+from ``since`` that starts at key ``since - SPAN`` misses none.
 
 **Losses**: a put that fails is tried again (from ``RETRY_FIRST`` up to ``RETRY_MAX`` seconds
 apart) until it is done, and counted (``put_failures``). What waits is bounded: past
-``MAX_PENDING_ROWS`` rows the oldest batches are dropped from the queue for etcd (counted in
+``MAX_PENDING_ROWS`` rows the oldest are dropped from the queue for etcd (counted in
 ``dropped_rows``, logged; they stay in the member's own ``lanlic.db``). So a member killed with
-SIGKILL loses from the cluster's history the batch its server had not yet written (at most one
-housekeeping interval, a second, as a single server loses it) and the batches not yet put: the
-one in flight (a round trip), or, while etcd does not answer, those queued since.
+SIGKILL loses from the cluster's history the rows its server had not yet written (at most one
+housekeeping interval, a second, as a single server loses them) and the rows not yet put: those
+of the last ``PUBLISH_INTERVAL`` and the key in flight (a round trip), or, while etcd does not
+answer, all since.
 
 **Reading** is by key range, a ``KEYS_PER_READ`` keys per request: the admin page's table reads
 backwards from its end until it holds the page's rows, the CSV export forwards a page at a time,
@@ -39,7 +42,6 @@ harmless (deleting keys already gone deletes nothing).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import heapq
 import itertools
@@ -63,13 +65,19 @@ __all__ = [
     "MemberHistoryStore",
     "MemberRow",
     "batch_key",
+    "cut_batch",
     "decode_batch",
     "encode_batches",
     "history_prefix",
+    "pack_rows",
 ]
 
 log = logging.getLogger("lanlic.cluster.history")
 
+#: Seconds between two puts of one member at least: the rows its server writes each second
+#: meanwhile go together in one key (a key a second from each member would be some 86,400 keys
+#: a day for etcd to index, keep and prune).
+PUBLISH_INTERVAL: Final = 5.0
 #: Seconds of row times one key may span: a read from ``since`` starts this much earlier.
 SPAN: Final = 120.0
 #: Bytes of rows one key holds at most (etcd's default request limit is 1.5 MiB): about 2,000
@@ -141,40 +149,47 @@ def _key_time(head: bytes, key: bytes) -> float:
         return 0.0
 
 
+def pack_rows(rows: Sequence[Sequence[object]]) -> list[tuple[float, bytes]]:
+    """The SQLite rows ``(at, event, product, user, host, detail[, count])``, each as its time
+    and its msgpack (the database's writer thread does this, off the loop)."""
+    packer = msgpack.Packer()
+    out = []
+    for r in rows:
+        at = cast(float, r[0])
+        out.append((at, packer.pack([at, *r[1:6], cast(int, r[6]) if len(r) > 6 else 1])))
+    return out
+
+
+def cut_batch(
+    prefix: str, member: str, tag: str, seq: int, rows: Sequence[tuple[float, bytes]]
+) -> tuple[bytes, bytes, int]:
+    """The first key of ``rows`` (packed, oldest first): ``(key, value, how many rows)``, as
+    many rows as span less than ``SPAN`` seconds and weigh at most ``MAX_VALUE`` bytes."""
+    first, size, n = rows[0][0], 0, 0
+    for at, packed in rows:
+        if n and (at - first >= SPAN or size + len(packed) > MAX_VALUE):
+            break
+        size += len(packed)
+        n += 1
+    packer = msgpack.Packer()
+    value = (
+        packer.pack_map_header(2) + packer.pack("member") + packer.pack(member)
+        + packer.pack("rows") + packer.pack_array_header(n) + b"".join(p for _at, p in rows[:n])
+    )  # fmt: skip
+    return batch_key(prefix, first, tag, seq), value, n
+
+
 def encode_batches(
     prefix: str, member: str, tag: str, seqs: itertools.count[int], rows: Sequence[Sequence[object]]
 ) -> list[tuple[bytes, bytes, int]]:
-    """``rows`` (the SQLite rows, ``(at, event, product, user, host, detail[, count])``) as
-    ``(key, value, rows)`` for etcd, oldest first: one key unless they span more than ``SPAN``
-    seconds or weigh more than ``MAX_VALUE`` bytes."""
-    ordered = sorted(
-        ([cast(float, r[0]), *r[1:6], cast(int, r[6]) if len(r) > 6 else 1] for r in rows),
-        key=lambda r: cast(float, r[0]),
-    )
-    packer = msgpack.Packer()
-    out: list[tuple[bytes, bytes, int]] = []
-    chunk: list[bytes] = []
-    first, size = 0.0, 0
-
-    def close() -> None:
-        value = (
-            packer.pack_map_header(2) + packer.pack("member") + packer.pack(member)
-            + packer.pack("rows") + packer.pack_array_header(len(chunk)) + b"".join(chunk)
-        )  # fmt: skip
-        out.append((batch_key(prefix, first, tag, next(seqs)), value, len(chunk)))
-
-    for row in ordered:
-        at = cast(float, row[0])
-        packed = packer.pack(row)
-        if chunk and (at - first >= SPAN or size + len(packed) > MAX_VALUE):
-            close()
-            chunk, size = [], 0
-        if not chunk:
-            first = at
-        chunk.append(packed)
-        size += len(packed)
-    if chunk:
-        close()
+    """``rows`` (the SQLite rows) as ``(key, value, rows)`` for etcd, oldest first: one key
+    unless they span more than ``SPAN`` seconds or weigh more than ``MAX_VALUE`` bytes."""
+    packed = sorted(pack_rows(rows), key=lambda x: x[0])
+    out = []
+    while packed:
+        key, value, n = cut_batch(prefix, member, tag, next(seqs), packed)
+        out.append((key, value, n))
+        del packed[:n]
     return out
 
 
@@ -229,10 +244,15 @@ class ClusterHistory:
         never write one key."""
         self.head = history_prefix(seats.prefix)
         self._seqs = itertools.count()
-        self._queue: collections.deque[tuple[bytes, bytes, int]] = collections.deque()
-        self._pending_rows = 0
+        self._rows: list[tuple[float, bytes]] = []
+        """Rows handed and not yet cut into a key (packed), in the order they came."""
+        self._flight: tuple[bytes, bytes, int] | None = None
+        """The key being put: the same key and value until etcd took it (a put whose reply
+        was lost, put again, writes nothing new)."""
+        self._last_put = -PUBLISH_INTERVAL
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
+        self._hurry: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._prune_task: asyncio.Task[None] | None = None
@@ -247,49 +267,67 @@ class ClusterHistory:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self._hurry = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._task = self._loop.create_task(self._publish(), name="history-publish")
 
+    @property
+    def waiting(self) -> int:
+        """Rows handed and not yet in etcd."""
+        return len(self._rows) + (self._flight[2] if self._flight else 0)
+
     def handed(self, rows: Sequence[Sequence[object]]) -> None:
-        """A batch the member's database just wrote (called on its writer thread): encoded
+        """A batch the member's database just wrote (called on its writer thread): packed
         here, off the loop, then queued on the loop for etcd."""
         loop = self._loop
         if loop is None or not rows:
             return
-        items = encode_batches(self.seats.prefix, self.member, self.tag, self._seqs, rows)
+        packed = pack_rows(rows)
         with contextlib.suppress(RuntimeError):  # the loop has closed: the member is gone
-            loop.call_soon_threadsafe(self._enqueue, items)
+            loop.call_soon_threadsafe(self._enqueue, packed)
 
-    def _enqueue(self, items: list[tuple[bytes, bytes, int]]) -> None:
+    def _enqueue(self, packed: list[tuple[float, bytes]]) -> None:
         assert self._wake is not None and self._idle is not None
-        self._queue.extend(items)
-        self._pending_rows += sum(n for _k, _v, n in items)
-        dropped = 0
-        while self._pending_rows > MAX_PENDING_ROWS and self._queue:
-            # The oldest first; the one in flight may go too (its put still ends, and counts).
-            _k, _v, n = self._queue.popleft()
-            self._pending_rows -= n
-            dropped += n
-        if dropped:
-            self.dropped_rows += dropped
+        self._rows += packed
+        over = len(self._rows) - MAX_PENDING_ROWS
+        if over > 0:
+            self._rows.sort(key=lambda x: x[0])
+            del self._rows[:over]  # the oldest
+            self.dropped_rows += over
             log.error(
                 "history: etcd is not taking the history; %d row(s) dropped from the cluster's "
-                "history (%d in all), kept in this member's lanlic.db", dropped, self.dropped_rows,
+                "history (%d in all), kept in this member's lanlic.db", over, self.dropped_rows,
             )  # fmt: skip
         self._idle.clear()
         self._wake.set()
 
     async def _publish(self) -> None:
-        assert self._wake is not None and self._idle is not None
+        """One put at a time; at most one per ``PUBLISH_INTERVAL`` unless rows are left over
+        from the last cut (a backlog goes at once) or a reader is waiting (``flush``)."""
+        assert self._wake is not None and self._idle is not None and self._hurry is not None
+        loop = asyncio.get_running_loop()
         pause = RETRY_FIRST
+        backlog = False
         while True:
-            if not self._queue:
-                self._idle.set()
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            key, value, n = self._queue[0]
+            if self._flight is None:
+                if not self._rows:
+                    self._idle.set()
+                    self._hurry.clear()
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                wait = self._last_put + PUBLISH_INTERVAL - loop.time()
+                if wait > 0 and not backlog and not self._hurry.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._hurry.wait(), wait)
+                    continue
+                self._rows.sort(key=lambda x: x[0])
+                seq = next(self._seqs)
+                self._flight = cut_batch(self.seats.prefix, self.member, self.tag, seq, self._rows)
+                del self._rows[: self._flight[2]]
+                backlog = bool(self._rows)
+            key, value, n = self._flight
             try:
                 await self.seats.put_plain(key, value)
             except Unreachable as exc:
@@ -302,15 +340,16 @@ class ClusterHistory:
                 pause = min(RETRY_MAX, pause * 2)
                 continue
             pause = RETRY_FIRST
-            if self._queue and self._queue[0][0] == key:  # not dropped while in flight
-                self._queue.popleft()
-                self._pending_rows -= n
+            self._flight = None
+            self._last_put = loop.time()
             self.published_rows += n
 
     async def flush(self, within: float) -> bool:
-        """Wait until every batch handed so far is in etcd, for at most ``within`` seconds."""
-        if self._idle is None:
+        """Put every row handed so far now, and wait until etcd has them, for at most
+        ``within`` seconds."""
+        if self._idle is None or self._hurry is None:
             return True
+        self._hurry.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), within)
         return self._idle.is_set()
@@ -320,7 +359,7 @@ class ClusterHistory:
         if not await self.flush(within):
             log.warning(
                 "history: %d row(s) not put in etcd before stopping (kept in lanlic.db)",
-                self._pending_rows,
+                self.waiting,
             )
         for task in (self._task, self._prune_task):
             if task is not None:

@@ -29,6 +29,7 @@ from test_cluster_members import SEATS, Site, closed, open_site, prefix_of, unti
 from lanlic.cluster.etcd import EtcdSeats
 from lanlic.cluster.history import (
     KEYS_PER_READ,
+    PUBLISH_INTERVAL,
     SPAN,
     ClusterHistory,
     HistoryPage,
@@ -112,11 +113,11 @@ async def test_checkouts_on_two_members_are_in_each_members_history_and_chart(
             seen: list[Any] = []
 
             async def listed(http: aiohttp.ClientSession = http, seen: list[Any] = seen) -> bool:
-                # The other member's batch reaches etcd within its next sweep (a second).
+                # The other member's rows reach etcd within its PUBLISH_INTERVAL and a sweep.
                 seen[:] = (await history_of(http, "event=checkout"))["items"]
                 return len(seen) >= 3
 
-            assert await until(listed, 10), seen
+            assert await until(listed, 20), seen
             assert [(x["user"], x["host"], x["member"]) for x in seen] == want
             assert [x["at"] for x in seen] == sorted((x["at"] for x in seen), reverse=True)
 
@@ -134,7 +135,7 @@ async def test_checkouts_on_two_members_are_in_each_members_history_and_chart(
             got = await history_of(http_b, "event=release")
             return sum(x["count"] for x in got["items"]) >= 3
 
-        assert await until(released, 10)
+        assert await until(released, 20)
         status, chart = await get(http_b, "/api/usage?range=day")
         assert status == 200, chart
         cad = next(p for p in chart["products"] if p["name"] == "cad")
@@ -156,10 +157,10 @@ async def test_checkouts_on_two_members_are_in_each_members_history_and_chart(
 async def test_a_member_killed_with_sigkill_loses_at_most_its_last_unsent_batch(
     site: Site, etcd_cluster: EtcdCluster, etcd: aetcd.Client
 ) -> None:
-    """A grants checkouts for 3 s and is SIGKILLed right after the last: B's history has every
-    checkout A granted but those of its last two seconds at most (the batch its server had not
-    written, a housekeeping interval of 1 s, and the one being put to etcd); and every row A's
-    own database holds but those. A publishes as it goes, not at its end. Before this: B's
+    """A grants checkouts for PUBLISH_INTERVAL + 4 s and is SIGKILLed right after the last: B's
+    history has every checkout A granted but those of its last PUBLISH_INTERVAL + 2 s at most
+    (the rows its server had not written, a housekeeping interval of 1 s; those waiting for the
+    next put; the put in flight). A publishes as it goes, not at its end. Before this: B's
     history had nothing of A's."""
     endpoints = etcd_cluster.endpoints
     a = await start(site, site.data("a"), endpoints)
@@ -176,7 +177,7 @@ async def test_a_member_killed_with_sigkill_loses_at_most_its_last_unsent_batch(
             granted[f"u{i}"] = time.time()
             for seat in list(cl.seats.values()):
                 await cl.release(seat)
-            if time.time() - started > 3:
+            if time.time() - started > PUBLISH_INTERVAL + 4:
                 break
             await asyncio.sleep(0.1)
         killed_at = time.time()
@@ -197,8 +198,8 @@ async def test_a_member_killed_with_sigkill_loses_at_most_its_last_unsent_batch(
     lost = sorted(set(granted) - cluster, key=granted.__getitem__)
     unsent = sorted(local - cluster, key=granted.__getitem__)
     last = [round(killed_at - granted[u], 2) for u in lost]
-    assert all(killed_at - granted[u] < 2.0 for u in lost), (lost, last, unsent)
-    assert len(cluster) >= len(granted) // 2, (len(cluster), len(granted))
+    assert all(killed_at - granted[u] < PUBLISH_INTERVAL + 2 for u in lost), (lost, last, unsent)
+    assert cluster, (len(cluster), len(granted))
     assert {m for _k, m, _r in await batches(etcd, prefix_of(site))}  # A's batches are there
     b.member.proc.stop()
 
