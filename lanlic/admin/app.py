@@ -335,6 +335,8 @@ class AdminServer:
             # server's batch, flushed now.
             self.server._history_event((event, product, session.user, session.address, detail))
             await self.server.flush_history()
+            if self.cluster is not None:  # and in etcd now, for every member's page (bounded)
+                await self.cluster.history.flush(within=self.cluster.seats.call_timeout)
             return
         if self.server.store is None:
             log.info("%s by %s: %s", event, session.user, detail)

@@ -7,7 +7,8 @@ server's history writer puts in it (one a second) is also handed, packed on the 
 thread, to the member's ``ClusterHistory``, which puts the rows in etcd from the loop in the
 background: never on a request's path, one put at a time, in order, at most one key per
 ``PUBLISH_INTERVAL`` (the second-by-second batches of that time go together), at once when the
-member's admin page reads the history (``flush``) or stops.
+member's admin page reads the history or records an admin action (``flush``), or it
+stops.
 
 **Keys**: ``{prefix}.history/{time of its first row, 20-digit ns}-{member tag}-{seq}``, the value
 a msgpack map ``{"member": NAME, "rows": [[at, event, product, user, host, detail, count], ...]}``
