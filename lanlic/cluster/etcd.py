@@ -891,12 +891,18 @@ class EtcdSeats:
         await self._call(lambda c: c.put(key, value))
 
     async def read_range(
-        self, start: bytes, end: bytes, *, limit: int, descending: bool = False
+        self,
+        start: bytes,
+        end: bytes,
+        *,
+        limit: int,
+        descending: bool = False,
+        keys_only: bool = False,
     ) -> tuple[list[tuple[bytes, bytes]], bool]:
-        """At most ``limit`` keys of ``[start, end)`` with their values, in key order (reversed
-        if ``descending``), and whether the range holds more (linearizable). aetcd's
-        ``get_range`` has no limit: the request is built here. Unreachable if etcd did not
-        answer."""
+        """At most ``limit`` keys of ``[start, end)`` with their values (empty if
+        ``keys_only``), in key order (reversed if ``descending``), and whether the range holds
+        more (linearizable). aetcd's ``get_range`` has no limit: the request is built here.
+        Unreachable if etcd did not answer."""
         rpc = aetcd.rpc
         request = rpc.RangeRequest(
             key=start,
@@ -904,6 +910,7 @@ class EtcdSeats:
             limit=limit,
             sort_order=rpc.RangeRequest.DESCEND if descending else rpc.RangeRequest.ASCEND,
             sort_target=rpc.RangeRequest.KEY,
+            keys_only=keys_only,
         )
 
         async def ranged(c: Any) -> Any:

@@ -48,6 +48,7 @@ import heapq
 import itertools
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,11 @@ KEYS_PER_READ: Final = 256
 PRUNE_STEP: Final = 86400.0
 #: Range deletes of one pruning at most (a bounded loop; the next pruning goes on).
 PRUNE_ROUNDS: Final = 1000
+#: Seconds back a member looks, at start, for rows its last run wrote and never put in etcd.
+CATCH_UP_SECONDS: Final = 86400.0
+#: The meta key of a data folder's tag (its keys' names in etcd).
+TAG_KEY: Final = "cluster_history_tag"
+_SELECT: Final = "SELECT seq, at, event, product, user, host, detail, count FROM history"
 #: Byte limits when decoding a batch (a value over MAX_VALUE plus one row is not ours).
 _UNPACK_LIMIT: Final = 2 * MAX_VALUE
 
@@ -130,8 +136,18 @@ def _ns(at: float) -> bytes:
     return b"%020d" % max(0, int(at * 1e9))
 
 
-def batch_key(prefix: str, at: float, tag: str, seq: int) -> bytes:
-    return history_prefix(prefix) + _ns(at) + f"-{tag}-{seq}".encode()
+def batch_key(prefix: str, at: float, tag: str, first: int, last: int) -> bytes:
+    """The key of the rows ``first`` to ``last`` (the member's ``lanlic.db`` row numbers) of the
+    data folder ``tag``, the oldest of them at ``at``."""
+    return history_prefix(prefix) + _ns(at) + f"-{tag}-{first}-{last}".encode()
+
+
+def _key_seqs(head: bytes, key: bytes) -> tuple[str, int, int] | None:
+    """(tag, first row, last row) of a history key; None for another key."""
+    parts = key[len(head) + 21 :].decode("ascii", "replace").split("-")
+    if len(parts) != 3 or not parts[1].isdecimal() or not parts[2].isdecimal():
+        return None
+    return parts[0], int(parts[1]), int(parts[2])
 
 
 def _key_at(head: bytes, at: float) -> bytes:
@@ -150,45 +166,50 @@ def _key_time(head: bytes, key: bytes) -> float:
         return 0.0
 
 
-def pack_rows(rows: Sequence[Sequence[object]]) -> list[tuple[float, bytes]]:
-    """The SQLite rows ``(at, event, product, user, host, detail[, count])``, each as its time
-    and its msgpack (the database's writer thread does this, off the loop)."""
+Packed = tuple[int, float, bytes]
+"""A row as ``ClusterHistory`` queues it: its ``lanlic.db`` row number, its time, its msgpack."""
+
+
+def pack_rows(rows: Sequence[Sequence[object]]) -> list[Packed]:
+    """Rows ``(seq, at, event, product, user, host, detail, count)`` as read back from the
+    member's database, packed (on its writer thread, off the loop)."""
     packer = msgpack.Packer()
-    out = []
-    for r in rows:
-        at = cast(float, r[0])
-        out.append((at, packer.pack([at, *r[1:6], cast(int, r[6]) if len(r) > 6 else 1])))
-    return out
+    return [
+        (cast(int, r[0]), cast(float, r[1]), packer.pack([*r[1:7], cast(int, r[7])])) for r in rows
+    ]
 
 
 def cut_batch(
-    prefix: str, member: str, tag: str, seq: int, rows: Sequence[tuple[float, bytes]]
+    prefix: str, member: str, tag: str, rows: Sequence[Packed]
 ) -> tuple[bytes, bytes, int]:
-    """The first key of ``rows`` (packed, oldest first): ``(key, value, how many rows)``, as
-    many rows as span less than ``SPAN`` seconds and weigh at most ``MAX_VALUE`` bytes."""
-    first, size, n = rows[0][0], 0, 0
-    for at, packed in rows:
-        if n and (at - first >= SPAN or size + len(packed) > MAX_VALUE):
+    """The next key of ``rows`` (in row-number order): ``(key, value, how many rows)``, as many
+    rows as span less than ``SPAN`` seconds and weigh at most ``MAX_VALUE`` bytes, so that each
+    key holds a run of row numbers with no gap."""
+    lo = hi = rows[0][1]
+    size = n = 0
+    for _seq, at, packed in rows:
+        if n and (max(hi, at) - min(lo, at) >= SPAN or size + len(packed) > MAX_VALUE):
             break
+        lo, hi = min(lo, at), max(hi, at)
         size += len(packed)
         n += 1
     packer = msgpack.Packer()
     value = (
         packer.pack_map_header(2) + packer.pack("member") + packer.pack(member)
-        + packer.pack("rows") + packer.pack_array_header(n) + b"".join(p for _at, p in rows[:n])
+        + packer.pack("rows") + packer.pack_array_header(n) + b"".join(p for *_, p in rows[:n])
     )  # fmt: skip
-    return batch_key(prefix, first, tag, seq), value, n
+    return batch_key(prefix, lo, tag, rows[0][0], rows[n - 1][0]), value, n
 
 
 def encode_batches(
     prefix: str, member: str, tag: str, seqs: itertools.count[int], rows: Sequence[Sequence[object]]
 ) -> list[tuple[bytes, bytes, int]]:
-    """``rows`` (the SQLite rows) as ``(key, value, rows)`` for etcd, oldest first: one key
-    unless they span more than ``SPAN`` seconds or weigh more than ``MAX_VALUE`` bytes."""
-    packed = sorted(pack_rows(rows), key=lambda x: x[0])
+    """``rows`` (the SQLite rows ``(at, event, product, user, host, detail[, count])``, numbered
+    from ``seqs``) as ``(key, value, rows)`` for etcd, as a member writes them (tests, tools)."""
+    packed = pack_rows([(next(seqs), *r[:6], cast(int, r[6]) if len(r) > 6 else 1) for r in rows])
     out = []
     while packed:
-        key, value, n = cut_batch(prefix, member, tag, next(seqs), packed)
+        key, value, n = cut_batch(prefix, member, tag, packed)
         out.append((key, value, n))
         del packed[:n]
     return out
@@ -241,12 +262,14 @@ class ClusterHistory:
         self.seats = seats
         self.member = seats.member
         self.tag = secrets.token_hex(4)
-        """Names this process's keys (with ``seq``): two members, or a member's two runs,
-        never write one key."""
+        """Names the keys of this member's data folder (``MemberHistoryStore`` keeps it in
+        the folder's database; a random one without it), with each key's row numbers."""
         self.head = history_prefix(seats.prefix)
-        self._seqs = itertools.count()
-        self._rows: list[tuple[float, bytes]] = []
-        """Rows handed and not yet cut into a key (packed), in the order they came."""
+        self._rows: list[Packed] = []
+        """Rows handed and not yet cut into a key, in row-number order."""
+        self._caught_up: asyncio.Event | None = None
+        """Set once the rows a previous run of this member wrote and never put are queued
+        (``attach``): keys go out in row-number order, so the next run knows what is out."""
         self._flight: tuple[bytes, bytes, int] | None = None
         """The key being put: the same key and value until etcd took it (a put whose reply
         was lost, put again, writes nothing new)."""
@@ -257,6 +280,7 @@ class ClusterHistory:
         self._idle: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._prune_task: asyncio.Task[None] | None = None
+        self._catch_up_task: asyncio.Task[None] | None = None
         self.put_failures = 0
         """Puts etcd did not answer (each tried again)."""
         self.dropped_rows = 0
@@ -271,7 +295,63 @@ class ClusterHistory:
         self._hurry = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._caught_up = asyncio.Event()
+        self._caught_up.set()
         self._task = self._loop.create_task(self._publish(), name="history-publish")
+
+    def attach(self, path: Path, tag: str, upto: int) -> None:
+        """The member's database (``MemberHistoryStore``, made on the loop before the server
+        runs): its folder's tag, and its last row number before this run. The rows up to it
+        that no key of the tag holds (the last seconds of a run killed with SIGKILL, or of etcd
+        away) are put first, then this run's."""
+        assert self._caught_up is not None and self._loop is not None
+        self.tag = tag
+        if upto > 0:
+            self._caught_up.clear()
+            self._catch_up_task = self._loop.create_task(self._catch_up(path, upto))
+
+    async def _catch_up(self, path: Path, upto: int) -> None:
+        assert self._caught_up is not None
+        pause = RETRY_FIRST
+        while True:
+            try:
+                after = await self._published_upto(time.time() - CATCH_UP_SECONDS)
+                break
+            except ServerUnavailable as exc:
+                log.info("history: cannot read what etcd has of this member (%s); retrying", exc)
+                await asyncio.sleep(pause)
+                pause = min(RETRY_MAX, pause * 2)
+        if after < upto:
+            since = time.time() - CATCH_UP_SECONDS
+            rows = await asyncio.to_thread(lambda: pack_rows(_rows_after(path, after, upto, since)))
+            self._rows[:0] = rows
+            if rows:
+                log.warning(
+                    "history: %d row(s) this member wrote before it stopped were not in etcd; "
+                    "putting them now", len(rows),
+                )  # fmt: skip
+        self._caught_up.set()
+
+    async def _published_upto(self, since: float) -> int:
+        """The last row number a key of this member's tag holds in etcd, among the keys from
+        ``since`` (0: none): the keys go out in row-number order."""
+        last = 0
+        lo, hi = _key_at(self.head, since - SPAN), _range_end(self.head)
+        while lo < hi:
+            try:
+                got, more = await self.seats.read_range(
+                    lo, hi, limit=KEYS_PER_READ * 16, keys_only=True
+                )
+            except Unreachable as e:
+                raise ServerUnavailable("etcd did not answer") from e
+            for key, _value in got:
+                seqs = _key_seqs(self.head, key)
+                if seqs is not None and seqs[0] == self.tag:
+                    last = max(last, seqs[2])
+            if not more or not got:
+                return last
+            lo = got[-1][0] + b"\0"
+        return last
 
     @property
     def waiting(self) -> int:
@@ -279,8 +359,9 @@ class ClusterHistory:
         return len(self._rows) + (self._flight[2] if self._flight else 0)
 
     def handed(self, rows: Sequence[Sequence[object]]) -> None:
-        """A batch the member's database just wrote (called on its writer thread): packed
-        here, off the loop, then queued on the loop for etcd."""
+        """Rows the member's database just wrote, ``(seq, at, event, product, user, host,
+        detail, count)`` (called on its writer thread): packed here, off the loop, then queued
+        on the loop for etcd."""
         loop = self._loop
         if loop is None or not rows:
             return
@@ -288,12 +369,11 @@ class ClusterHistory:
         with contextlib.suppress(RuntimeError):  # the loop has closed: the member is gone
             loop.call_soon_threadsafe(self._enqueue, packed)
 
-    def _enqueue(self, packed: list[tuple[float, bytes]]) -> None:
+    def _enqueue(self, packed: list[Packed]) -> None:
         assert self._wake is not None and self._idle is not None
         self._rows += packed
         over = len(self._rows) - MAX_PENDING_ROWS
         if over > 0:
-            self._rows.sort(key=lambda x: x[0])
             del self._rows[:over]  # the oldest
             self.dropped_rows += over
             log.error(
@@ -307,9 +387,11 @@ class ClusterHistory:
         """One put at a time; at most one per ``PUBLISH_INTERVAL`` unless rows are left over
         from the last cut (a backlog goes at once) or a reader is waiting (``flush``)."""
         assert self._wake is not None and self._idle is not None and self._hurry is not None
+        assert self._caught_up is not None
         loop = asyncio.get_running_loop()
         pause = RETRY_FIRST
         backlog = False
+        await self._caught_up.wait()
         while True:
             if self._flight is None:
                 if not self._rows:
@@ -323,9 +405,7 @@ class ClusterHistory:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._hurry.wait(), wait)
                     continue
-                self._rows.sort(key=lambda x: x[0])
-                seq = next(self._seqs)
-                self._flight = cut_batch(self.seats.prefix, self.member, self.tag, seq, self._rows)
+                self._flight = cut_batch(self.seats.prefix, self.member, self.tag, self._rows)
                 del self._rows[: self._flight[2]]
                 backlog = bool(self._rows)
             key, value, n = self._flight
@@ -362,7 +442,7 @@ class ClusterHistory:
                 "history: %d row(s) not put in etcd before stopping (kept in lanlic.db)",
                 self.waiting,
             )
-        for task in (self._task, self._prune_task):
+        for task in (self._task, self._prune_task, self._catch_up_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -503,18 +583,42 @@ class ClusterHistory:
         return gone
 
 
+def _rows_after(path: Path, after: int, upto: int, since: float) -> list[tuple[Any, ...]]:
+    """The rows ``after < seq <= upto`` from ``since`` on, in row-number order (a reader of
+    its own: the server's writer may be writing)."""
+    db = hist.open_reader(path)
+    try:
+        return db.execute(_SELECT + " WHERE seq > ? AND seq <= ? AND at >= ? ORDER BY seq",
+                          (after, upto, since)).fetchall()  # fmt: skip
+    finally:
+        db.close()
+
+
 class MemberHistoryStore(Store):
     """A cluster member's ``lanlic.db`` (its own record of what it served): each batch the
-    server writes here is also handed to the cluster's history in etcd, and each pruning of it
-    prunes etcd's batches to the same retention."""
+    server writes here is read back with its row numbers and handed to the cluster's history in
+    etcd, and each pruning of it prunes etcd's batches to the same retention. Made on the loop
+    before the server runs (``serve``), after ``ClusterService.start``."""
 
     def __init__(self, path: Path, history: ClusterHistory) -> None:
         super().__init__(path)
         self.cluster_history = history
+        tag = self.meta(TAG_KEY)
+        if not tag:
+            tag = secrets.token_hex(4)
+            self.set_meta(TAG_KEY, tag)
+        self._last_seq = int(self._db.execute("SELECT coalesce(max(seq), 0) FROM history")
+                             .fetchone()[0])  # fmt: skip
+        history.attach(self.path, tag, self._last_seq)
 
     def append_history_rows(self, rows: Sequence[Sequence[object]]) -> None:
         super().append_history_rows(rows)  # raises if not written: the server keeps them
-        self.cluster_history.handed(rows)
+        # Read back, with their row numbers, what is new here (another process's rows too).
+        got = self._db.execute(_SELECT + " WHERE seq > ? ORDER BY seq", (self._last_seq,))
+        new = got.fetchall()
+        if new:
+            self._last_seq = int(new[-1][0])
+            self.cluster_history.handed(new)
 
     def prune_history(self, now: float, batch: int = hist.PRUNE_BATCH) -> int:
         gone = super().prune_history(now, batch)
