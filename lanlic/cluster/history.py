@@ -10,24 +10,28 @@ background: never on a request's path, one put at a time, in order, at most one 
 member's admin page reads the history or records an admin action (``flush``), or it
 stops.
 
-**Keys**: ``{prefix}.history/{time of its first row, 20-digit ns}-{member tag}-{seq}``, the value
-a msgpack map ``{"member": NAME, "rows": [[at, event, product, user, host, detail, count], ...]}``
-(the SQLite row's fields). Key order is time order, so a time range is a key range. The keys sit
-beside the site's ``{prefix}/``, not under it: every member watches ``{prefix}/`` (its seats and
-the queue), and every member's batches would go to every member's watch for nothing. A key is
-cut short when its rows would span more than ``SPAN`` seconds (refusals are counted a minute at
-a time and stamped with the first) or weigh more than ``MAX_VALUE`` bytes (etcd refuses requests
-over 1.5 MiB by default): so a key at time t holds rows of ``[t, t + SPAN)`` only, and a read
-from ``since`` that starts at key ``since - SPAN`` misses none.
+**Keys**: ``{prefix}.history/{time of its oldest row, 20-digit ns}-{tag}-{first}-{last}``: the
+tag names the member's data folder (kept in its database), ``first`` and ``last`` the run of its
+``lanlic.db`` row numbers the key holds; the value is a msgpack map ``{"member": NAME, "rows":
+[[at, event, product, user, host, detail, count], ...]}`` (the SQLite row's fields). Key order
+is time order, so a time range is a key range. The keys sit beside the site's ``{prefix}/``, not
+under it: every member watches ``{prefix}/`` (its seats and the queue), and every member's
+batches would go to every member's watch for nothing. A key is cut short when its rows would
+span more than ``SPAN`` seconds (refusals are counted a minute at a time and stamped with the
+first) or weigh more than ``MAX_VALUE`` bytes (etcd refuses requests over 1.5 MiB by default):
+so a key at time t holds rows of ``[t, t + SPAN)`` only, and a read from ``since`` that starts
+at key ``since - SPAN`` misses none.
 
 **Losses**: a put that fails is tried again (from ``RETRY_FIRST`` up to ``RETRY_MAX`` seconds
 apart) until it is done, and counted (``put_failures``). What waits is bounded: past
 ``MAX_PENDING_ROWS`` rows the oldest are dropped from the queue for etcd (counted in
-``dropped_rows``, logged; they stay in the member's own ``lanlic.db``). So a member killed with
-SIGKILL loses from the cluster's history the rows its server had not yet written (at most one
-housekeeping interval, a second, as a single server loses them) and the rows not yet put: those
-of the last ``PUBLISH_INTERVAL`` and the key in flight (a round trip), or, while etcd does not
-answer, all since.
+``dropped_rows``, logged; they stay in the member's own ``lanlic.db``). A member killed with
+SIGKILL has not put the rows of its last ``PUBLISH_INTERVAL`` and the key in flight (or, while
+etcd did not answer, all since); they are in its ``lanlic.db`` but for the last second its
+server had not written (a single server loses that too). Keys go out in row-number order, so
+when it starts again with its data folder it reads the last row number etcd has of its tag
+(``CATCH_UP_SECONDS`` back) and puts the rows after it first: once restarted, it has lost from
+the cluster's history only that last unwritten second.
 
 **Reading** is by key range, a ``KEYS_PER_READ`` keys per request: the admin page's table reads
 backwards from its end until it holds the page's rows, the CSV export forwards a page at a time,
