@@ -38,9 +38,19 @@ import json
 import logging
 import random
 from dataclasses import asdict, dataclass
-from typing import Any
 
-from lanlic.cluster.etcd import EtcdSeats, Unreachable
+from lanlic.cluster.etcd import (
+    Compare,
+    Created,
+    Delete,
+    EtcdSeats,
+    Get,
+    KeyState,
+    Modified,
+    Op,
+    Put,
+    Unreachable,
+)
 from lanlic.cluster.mirror import seat_key
 from lanlic.core.records import EnrollmentRecord
 from lanlic.errors import ServerUnavailable
@@ -49,10 +59,23 @@ __all__ = ["BorrowEntry", "Ended", "EtcdBorrows"]
 
 log = logging.getLogger("lanlic.cluster")
 
+ENDED_RETENTION = 30 * 86400.0
+"""Seconds an ``ended`` key is kept past the borrow's end (the date signed in its file). Until its
+end a laptop may still present or return the file, and the key answers ``returned`` or
+``already``; once the end has passed, ``present`` answers ``expired`` from the file itself and a
+late return hears ``borrow_unknown``, so the key serves nothing. A month's slack keeps it for
+people reading etcd after an incident; the members' histories keep the borrow for good."""
+
 
 @dataclass(frozen=True, slots=True)
 class BorrowEntry:
-    """An active borrow as kept in etcd (``{prefix}/borrows/{borrow_id}``)."""
+    """An active borrow as kept in etcd (``{prefix}/borrows/{borrow_id}``): written by the
+    borrow's transaction, deleted by its end, whose outcome is a key of its own (``Ended``).
+
+    Not the single server's ``lanlic.core.lending.ActiveBorrow`` (in memory, mutable, with a
+    write in flight) nor its ``lanlic.core.records.BorrowRecord`` (the database's row, kept after
+    the end with its state), though it starts with their fields: it names the seat and the
+    ``lent`` slot keys the borrow holds in etcd, which its end deletes."""
 
     borrow_id: str
     request_id: str
@@ -155,8 +178,8 @@ class EtcdBorrows:
     async def enrollments(self) -> list[EnrollmentRecord]:
         """Every enrollment (one range read: the admin page's list of machines)."""
         head = self._key("enrolled", "")
-        got = await self.seats._call(lambda c: c.get_prefix(head))
-        found = (_enrollment_of(bytes(kv.value)) for kv in got)
+        got = await self.seats.read_prefix(head)
+        found = (_enrollment_of(kv.value) for kv in got)
         return [e for e in found if e is not None]
 
     async def enroll(self, record: EnrollmentRecord) -> None:
@@ -165,7 +188,7 @@ class EtcdBorrows:
         key, value = self._key("enrolled", record.container_fp), _enrollment_json(record)
         for _ in range(3):
             try:
-                await self.seats._call(lambda c: c.put(key, value))
+                await self.seats.put(key, value)
                 return
             except Unreachable:
                 state = await self._read(key)
@@ -175,9 +198,9 @@ class EtcdBorrows:
 
     # -- reading ---------------------------------------------------------------------------------
 
-    async def _read(self, key: bytes) -> Any:
+    async def _read(self, key: bytes) -> KeyState | None:
         try:
-            return await self.seats._read(key)
+            return await self.seats.read(key)
         except Unreachable as e:
             raise ServerUnavailable("etcd did not answer; try again") from e
 
@@ -192,7 +215,9 @@ class EtcdBorrows:
     async def get(self, borrow_id: str) -> tuple[BorrowEntry, int] | None:
         """An active borrow and its record's ``mod_revision``."""
         state = await self._read(self._key("borrows", borrow_id))
-        entry = None if state is None else BorrowEntry.decode(state.value)
+        if state is None:
+            return None
+        entry = BorrowEntry.decode(state.value)
         return None if entry is None else (entry, state.mod_revision)
 
     async def ended(self, borrow_id: str) -> Ended | None:
@@ -203,12 +228,12 @@ class EtcdBorrows:
         """The ``lent`` slots of ``product`` in use (a linearizable read)."""
         head = self.lent_prefix(product)
         try:
-            got = await self.seats._call(lambda c: c.get_prefix(head, keys_only=True))
+            got = await self.seats.read_prefix(head, keys_only=True)
         except Unreachable as e:
             raise ServerUnavailable("etcd did not answer; try again") from e
         slots = set()
         for kv in got:
-            tail = bytes(kv.key)[len(head) :]
+            tail = kv.key[len(head) :]
             if tail.isdigit():
                 slots.add(int(tail))
         return slots
@@ -216,12 +241,12 @@ class EtcdBorrows:
     async def active(self) -> list[tuple[BorrowEntry, int]]:
         """Every active borrow with its record's ``mod_revision``."""
         head = self._key("borrows", "")
-        got = await self.seats._call(lambda c: c.get_prefix(head))
+        got = await self.seats.read_prefix(head)
         out = []
         for kv in got:
-            entry = BorrowEntry.decode(bytes(kv.value))
+            entry = BorrowEntry.decode(kv.value)
             if entry is not None:
-                out.append((entry, int(kv.mod_revision)))
+                out.append((entry, kv.mod_revision))
         return out
 
     # -- writing ---------------------------------------------------------------------------------
@@ -233,24 +258,19 @@ class EtcdBorrows:
         seat = seat_key(self.prefix, entry.product, entry.seat)
         request = self._key("requests", entry.request_id)
         record = self._key("borrows", entry.borrow_id)
-        tx = self.seats._client.transactions
-        compare = [tx.create(seat) == 0, tx.create(request) == 0]
-        success = [
-            tx.put(seat, json.dumps({"borrow": entry.borrow_id}).encode()),
-            tx.put(request, entry.borrow_id.encode()),
-            tx.put(record, entry.encode()),
+        compare: list[Compare] = [Created(seat), Created(request)]
+        success: list[Op] = [
+            Put(seat, json.dumps({"borrow": entry.borrow_id}).encode()),
+            Put(request, entry.borrow_id.encode()),
+            Put(record, entry.encode()),
         ]
         if entry.slot >= 0:
             slot = self._key("lent", f"{entry.product}/{entry.slot}")
-            compare.append(tx.create(slot) == 0)
-            success.append(tx.put(slot, entry.borrow_id.encode()))
-        success.append(tx.get(seat))
+            compare.append(Created(slot))
+            success.append(Put(slot, entry.borrow_id.encode()))
+        success.append(Get(seat))
         try:
-            won, responses = await self.seats._call(
-                lambda c: c.transaction(
-                    compare=compare, success=success, failure=[tx.get(request), tx.get(seat)]
-                )
-            )
+            won, responses = await self.seats.txn(compare, success, [Get(request), Get(seat)])
         except Unreachable as e:
             # It may have committed (the etcd member died with its reply): read back.
             made = await self.by_request(entry.request_id)
@@ -262,13 +282,13 @@ class EtcdBorrows:
         if won:
             kvs = responses[-1]
             if kvs:
-                self.seats.mirror.put(seat, int(kvs[0][1].mod_revision))
+                self.seats.mirror.put(seat, kvs[0].mod_revision)
             return entry, True
         request_kvs, seat_kvs = responses[0], responses[1]
         if seat_kvs:
-            self.seats.mirror.put(seat, int(seat_kvs[0][1].mod_revision))
+            self.seats.mirror.put(seat, seat_kvs[0].mod_revision)
         if request_kvs:
-            got = await self.get(bytes(request_kvs[0][0]).decode())
+            got = await self.get(request_kvs[0].value.decode())
             if got is not None:
                 return got[0], False
         return None, False
@@ -282,22 +302,17 @@ class EtcdBorrows:
             {"state": state, "container_fp": entry.container_fp, "end": entry.end, "at": at,
              "by": self.seats.member}
         ).encode()  # fmt: skip
-        tx = self.seats._client.transactions
-        success = [
-            tx.delete(record),
-            tx.delete(seat_key(self.prefix, entry.product, entry.seat)),
-            tx.delete(self._key("requests", entry.request_id)),
-            tx.put(ended, value),
+        success: list[Op] = [
+            Delete(record),
+            Delete(seat_key(self.prefix, entry.product, entry.seat)),
+            Delete(self._key("requests", entry.request_id)),
+            Put(ended, value),
         ]
         if entry.slot >= 0:
-            success.append(tx.delete(self._key("lent", f"{entry.product}/{entry.slot}")))
+            success.append(Delete(self._key("lent", f"{entry.product}/{entry.slot}")))
         try:
-            won, _ = await self.seats._call(
-                lambda c: c.transaction(
-                    compare=[tx.mod(record) == mod_revision, tx.create(ended) == 0],
-                    success=success,
-                    failure=[],
-                )
+            won, _ = await self.seats.txn(
+                [Modified(record, mod_revision), Created(ended)], success, []
             )
         except Unreachable as e:
             # It may have committed: the ``ended`` key says who ended it.
@@ -306,6 +321,40 @@ class EtcdBorrows:
                 return got.by == self.seats.member and got.at == at
             raise ServerUnavailable("etcd did not answer; try again") from e
         return bool(won)
+
+    async def prune_ended(self, wall: float, retention: float = ENDED_RETENTION) -> list[str]:
+        """Delete the ``ended`` keys of borrows whose end is more than ``retention`` before
+        ``wall`` (``old_ended``, then ``delete_ended``). Returns the borrow ids this call
+        deleted; another member pruning at once deletes the others."""
+        return await self.delete_ended(await self.old_ended(wall, retention))
+
+    async def old_ended(self, wall: float, retention: float = ENDED_RETENTION) -> list[KeyState]:
+        """The ``ended`` keys whose borrow's end is more than ``retention`` before ``wall`` (an
+        unreadable one is kept: not ours to judge)."""
+        got = await self.seats.read_prefix(self._key("ended", ""))
+        return [
+            kv
+            for kv in got
+            if (e := Ended.decode(kv.value)) is not None and e.end + retention <= wall
+        ]
+
+    async def delete_ended(self, keys: list[KeyState]) -> list[str]:
+        """Delete each ``ended`` key with a compare on the ``mod_revision`` read: members pruning
+        at once delete each key once (the others' compare fails, the key being gone). Returns
+        the borrow ids this call deleted. A delete that went unanswered is left to a later
+        prune (had it gone through, that one no longer finds the key)."""
+        head = self._key("ended", "")
+        pruned = []
+        for kv in keys:
+            try:
+                won, _ = await self.seats.txn(
+                    [Modified(kv.key, kv.mod_revision)], [Delete(kv.key)], []
+                )
+            except Unreachable:
+                break
+            if won:
+                pruned.append(kv.key[len(head) :].decode())
+        return pruned
 
     def free_seat(self, product: str, seats: int, tried: set[int]) -> int | None:
         """A seat index free as far as the mirror knows (not in ``tried``), picked at random

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lanlic.cluster.borrows import BorrowEntry, EtcdBorrows
+from lanlic.cluster.etcd import Unreachable
 from lanlic.core import borrowing
 from lanlic.core.lending import (
     BorrowDesk,
@@ -45,6 +46,10 @@ log = logging.getLogger("lanlic.cluster")
 
 #: Seats tried per borrow before answering ``server_busy`` (each loss is another member's win).
 BORROW_ATTEMPTS = 8
+
+#: Seconds between two prunes of the ``ended`` keys by one member's reaper (a range read of
+#: them all, so not at every reap).
+PRUNE_INTERVAL = 3600.0
 
 Event = Callable[..., None]
 
@@ -71,6 +76,9 @@ class ClusterDesk:
         """The active borrows as the reaper last read them (for status)."""
         self.raced = 0
         """Expiries this member's reaper found ended by another member first."""
+        self.pruned = 0
+        """``ended`` keys this member's reaper deleted past their retention."""
+        self._next_prune = 0.0
 
     @property
     def server_id(self) -> str:
@@ -267,7 +275,22 @@ class ClusterDesk:
             else:
                 self.raced += 1
                 log.info("borrow %s: another member ended it first", entry.borrow_id)
+        if wall >= self._next_prune:
+            await self._prune(wall)
         return ended, min(upcoming) if upcoming else None
+
+    async def _prune(self, wall: float) -> None:
+        """At most every ``PRUNE_INTERVAL``: delete the ``ended`` keys past their retention
+        (``EtcdBorrows.prune_ended``; every member's reaper does, and each key goes once)."""
+        try:
+            gone = await self.records.prune_ended(wall)
+        except (LanlicError, Unreachable) as exc:
+            log.info("pruning ended borrows failed (%s); tried at the next reap", exc)
+            return
+        self._next_prune = wall + PRUNE_INTERVAL
+        self.pruned += len(gone)
+        if gone:
+            log.info("pruned %d ended borrow key(s) past their retention", len(gone))
 
     def listing(self) -> list[dict[str, Any]]:
         return [

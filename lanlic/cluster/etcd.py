@@ -32,7 +32,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,7 @@ import grpc
 from lanlic.cluster.fence import Fence
 from lanlic.cluster.mirror import SeatMirror, parse_seat_key, seat_key, seats_prefix
 from lanlic.cluster.queue import WaitLine, queue_prefix
+from lanlic.cluster.stopping import close_within, end_within
 from lanlic.errors import (
     LanlicError,
     LeaseUnknown,
@@ -72,6 +73,11 @@ BATCHES_IN_FLIGHT = 2
 meanwhile wait and go together in the next one: a member under load sends a few large
 transactions instead of thousands of small ones, which queued in gRPC and etcd past the call
 timeout (an unknown outcome, a read-back, another endpoint: ``server_unavailable`` to clients)."""
+
+STOP_CALLS = 2
+"""A stop (``close``, ``recover``, a move to another endpoint) waits for a task to end, or an etcd
+client to close, at most this many call timeouts; what takes longer is logged and left behind
+(``lanlic.cluster.stopping``: on Python 3.11 a cancellation can be lost inside a library)."""
 
 DOUBT_SECONDS = 30.0
 """How long a claim whose reply was lost is watched for a late commit: a transaction that timed out
@@ -152,16 +158,69 @@ class _Claim:
 
 @dataclass(frozen=True)
 class KeyState:
+    """A key as etcd returned it."""
+
+    key: bytes
     value: bytes
     mod_revision: int
     create_revision: int
     lease: int
 
 
+# -- transactions, in our own terms (``EtcdSeats.txn``): aetcd stays inside this module ----------
+
+
+@dataclass(frozen=True)
+class Created:
+    """Compare: the key's create revision is ``revision`` (0: the key does not exist)."""
+
+    key: bytes
+    revision: int = 0
+
+
+@dataclass(frozen=True)
+class Modified:
+    """Compare: the key's last change was at ``revision`` (nobody changed it since we read it)."""
+
+    key: bytes
+    revision: int
+
+
+@dataclass(frozen=True)
+class Put:
+    """Write ``value``; ``leased``: under the member's etcd lease (gone with it), else none."""
+
+    key: bytes
+    value: bytes
+    leased: bool = False
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: bytes
+
+
+@dataclass(frozen=True)
+class Get:
+    """Read the key within the transaction (its state, as of the transaction's revision)."""
+
+    key: bytes
+
+
+Compare = Created | Modified
+Op = Put | Delete | Get
+
+
 def _lease_in(value: bytes) -> str:
     """The client lease a seat key's value names ("" if it names none)."""
     got = Holder.decode(value)
     return "" if got is None else got.lease
+
+
+def _cancel_requested() -> bool:
+    """True if the running task was asked to stop (a cancellation a library may have lost)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _retrieved(done: asyncio.Future[Any]) -> None:
@@ -171,6 +230,7 @@ def _retrieved(done: asyncio.Future[Any]) -> None:
 
 def _key_state(kv: Any) -> KeyState:
     return KeyState(
+        key=bytes(kv.key),
         value=bytes(kv.value),
         mod_revision=int(kv.mod_revision),
         create_revision=int(kv.create_revision),
@@ -200,7 +260,9 @@ class _TlsClient(aetcd.Client):  # type: ignore[misc]  # aetcd is untyped
         if self._connected.is_set():
             return
         if getattr(self, "_is_connecting", False):  # another task is connecting
-            await asyncio.wait_for(self._connected.wait(), self._connect_wait_timeout)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can lose a cancellation (stopping.py)
+            async with asyncio.timeout(self._connect_wait_timeout):
+                await self._connected.wait()
             return
         try:
             self._is_connecting = True
@@ -246,6 +308,8 @@ class EtcdSeats:
         self.etcd_ttl = etcd_ttl
         self.client_lease = client_lease
         self.call_timeout = call_timeout
+        self.stop_timeout = STOP_CALLS * call_timeout
+        """The bound of each step of a stop (see ``STOP_CALLS``)."""
         self.tls = tls
         self.clock = clock
         self.fence = Fence()
@@ -320,15 +384,20 @@ class EtcdSeats:
         if watch is not None and watch is not asyncio.current_task() and not watch.done():
             watch.cancel()
             self._watch_task = asyncio.create_task(self._watch_loop(), name="etcd-watch")
-        while len(self._retired) > 2:  # calls on these timed out long since
-            with contextlib.suppress(Exception):
-                await self._retired.pop(0).close()
+        if len(self._retired) > 2:  # calls on these timed out long since
+            old_clients, self._retired = self._retired[:-2], self._retired[-2:]
+            await close_within(
+                (c.close() for c in old_clients), self.stop_timeout, "etcd: closing an old client"
+            )
 
     async def _call(self, fn: Callable[[Any], Any]) -> Any:
         """Run ``fn(client)`` once; a failure moves to the next endpoint and raises Unreachable."""
         generation = self._generation
         try:
-            return await asyncio.wait_for(fn(self._client), self.call_timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can return a result to a task that
+            # was cancelled meanwhile, and that task then runs on (``lanlic.cluster.stopping``).
+            async with asyncio.timeout(self.call_timeout):
+                return await fn(self._client)
         except (aetcd.exceptions.ClientError, TimeoutError, OSError) as e:
             await self._rotate(generation)
             raise Unreachable(str(e)) from e
@@ -341,7 +410,7 @@ class EtcdSeats:
             await self._rotate(generation)
             raise Unreachable("the etcd channel was closed") from e
 
-    async def _read(self, key: bytes, deadline_s: float = READ_BACK_SECONDS) -> KeyState | None:
+    async def read(self, key: bytes, deadline_s: float = READ_BACK_SECONDS) -> KeyState | None:
         """A linearizable read, retried on the next endpoints until ``deadline_s`` passes."""
         deadline = self.clock() + deadline_s
         while True:
@@ -352,6 +421,80 @@ class EtcdSeats:
                 if self.clock() > deadline:
                     raise
                 await asyncio.sleep(0.05)
+
+    # -- reads and writes for the cluster's other records (borrows, the queue) -------------------
+
+    async def read_prefix(self, head: bytes, *, keys_only: bool = False) -> list[KeyState]:
+        """Every key under ``head``, read once (linearizable) on the current endpoint.
+        ``keys_only``: values left out (read as empty). Unreachable if etcd did not answer (the
+        store has moved to its next endpoint)."""
+        got = await self._call(lambda c: c.get_prefix(head, keys_only=keys_only))
+        return [_key_state(kv) for kv in got]
+
+    async def put(self, key: bytes, value: bytes, *, leased: bool = False) -> None:
+        """Write one key (``leased``: under this member's etcd lease). Unreachable: the outcome
+        is unknown (read it back)."""
+        lease = self.lease_id if leased else None
+        await self._call(lambda c: c.put(key, value, lease=lease))
+
+    async def delete(self, key: bytes) -> None:
+        """Delete one key. Unreachable: the outcome is unknown."""
+        await self._call(lambda c: c.delete(key))
+
+    async def txn(
+        self, compare: list[Compare], success: list[Op], failure: list[Op]
+    ) -> tuple[bool, list[list[KeyState]]]:
+        """One transaction: if every compare holds, the ``success`` operations, else the
+        ``failure`` ones. Returns whether the compares held and, per operation of the branch
+        taken, what it read: the key's state for a ``Get`` (an empty list if it has none), an
+        empty list for a ``Put`` or a ``Delete``. Unreachable: the outcome is unknown (it may
+        have committed: read back before trying again)."""
+        tx = self._client.transactions
+
+        def compares(cs: list[Compare]) -> list[Any]:
+            return [
+                tx.create(c.key) == c.revision
+                if isinstance(c, Created)
+                else tx.mod(c.key) == c.revision
+                for c in cs
+            ]
+
+        def ops(os: list[Op]) -> list[Any]:
+            out = []
+            for o in os:
+                if isinstance(o, Put):
+                    out.append(tx.put(o.key, o.value, lease=self.lease_id if o.leased else None))
+                elif isinstance(o, Delete):
+                    out.append(tx.delete(o.key))
+                else:
+                    out.append(tx.get(o.key))
+            return out
+
+        ok, responses = await self._call(
+            lambda c: c.transaction(
+                compare=compares(compare), success=ops(success), failure=ops(failure)
+            )
+        )
+        read = [
+            [_key_state(kv) for _value, kv in r] if isinstance(r, list) else [] for r in responses
+        ]
+        return bool(ok), read
+
+    def note_seat(self, state: KeyState) -> None:
+        """The mirror learns a seat key's state that a transaction read (a watch event may
+        come later; the mirror keeps the newer)."""
+        self.mirror.put(state.key, state.mod_revision, _lease_in(state.value))
+
+    @contextlib.contextmanager
+    def reserving(self, product: str, index: int) -> Iterator[None]:
+        """While inside, no checkout of this member picks seat ``index`` (a claim for it is in
+        flight elsewhere: the queue's)."""
+        reserved = self._reserved.setdefault(product, set())
+        reserved.add(index)
+        try:
+            yield
+        finally:
+            reserved.discard(index)
 
     # -- life ------------------------------------------------------------------------------------
 
@@ -369,9 +512,7 @@ class EtcdSeats:
         old lease are gone; the server must already have told their clients (seat_lost)."""
         if not self.lease_lost.is_set():
             return
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await end_within(self._tasks, self.stop_timeout, "etcd: recovering")
         self._tasks = []
         # The mirror first, then the lease: a failure of either leaves ``lease_lost`` set and
         # the fence shut, so the caller's retry does both again (a new lease taken before a
@@ -383,22 +524,20 @@ class EtcdSeats:
 
     async def close(self, *, revoke: bool = False) -> None:
         """Stop. ``revoke`` deletes every seat this member holds (a clean shutdown whose clients
-        were told); without it the seats stay until the lease expires, for others to adopt."""
+        were told); without it the seats stay until the lease expires, for others to adopt.
+        Every step is bounded (``stop_timeout``): a task that does not end when cancelled, or a
+        client whose close does not finish, is logged and left behind, never waited for."""
         self._closed = True
-        tasks = [*self._tasks, *self._batches, *([self._watch_task] if self._watch_task else [])]
+        tasks = [*self._tasks, *self._batches, self._watch_task]
         self._watch_task = None
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await end_within(tasks, self.stop_timeout, "etcd: stopping")
         if revoke and self.lease_id:
-            with contextlib.suppress(Unreachable):
+            with contextlib.suppress(Unreachable):  # _call is bounded by the call timeout
                 await self._call(lambda c: c.revoke_lease(self.lease_id))
-        for client in [*self._retired, self._client, self._keepalive_client]:
-            if client is not None:
-                with contextlib.suppress(Exception):
-                    await client.close()
+        clients = [*self._retired, self._client, self._keepalive_client]
+        await close_within(
+            (c.close() for c in clients if c is not None), self.stop_timeout, "etcd: closing"
+        )
         self._retired = []
         self._client = None
         self._keepalive_client = None
@@ -423,22 +562,21 @@ class EtcdSeats:
         failure moves the member to the next endpoint (as any call's) and raises Unreachable."""
         if self._keepalive_client is None or self._keepalive_endpoint != self._endpoint:
             if self._keepalive_client is not None:
-                with contextlib.suppress(Exception):
-                    await self._keepalive_client.close()
+                old = self._keepalive_client
+                await close_within([old.close()], self.stop_timeout, "etcd: closing a keepalive")
             self._keepalive_endpoint = self._endpoint
             self._keepalive_client = self._new_client(self._endpoint, own_connection=True)
         generation = self._generation
         try:
-            return await asyncio.wait_for(
-                self._keepalive_client.refresh_lease(self.lease_id), self.call_timeout
-            )
+            async with asyncio.timeout(self.call_timeout):  # not wait_for: see _call
+                return await self._keepalive_client.refresh_lease(self.lease_id)
         except (aetcd.exceptions.ClientError, TimeoutError, OSError) as e:
             await self._rotate(generation)
             raise Unreachable(str(e)) from e
 
     async def _keepalive_loop(self) -> None:
         interval = self.etcd_ttl / 10
-        while True:
+        while not self._closed:
             sent = self.clock()
             try:
                 reply = await self._refresh()
@@ -469,7 +607,7 @@ class EtcdSeats:
     async def _settle_doubtful(self) -> None:
         for key, (token, since) in list(self._doubtful.items()):
             try:
-                state = await self._read(key, deadline_s=0)
+                state = await self.read(key, deadline_s=0)
             except Unreachable:
                 return
             got = Holder.decode(state.value) if state is not None else None
@@ -499,12 +637,17 @@ class EtcdSeats:
     async def _watch_loop(self) -> None:
         head = f"{self.prefix}/".encode()  # the seats and the queue's waiters
         queue_head = queue_prefix(self.prefix)
-        while True:
+        while not self._closed:
             generation = self._generation
             try:
                 watch = await self._client.watch_prefix(
                     head, start_revision=max(1, self.mirror.revision)
                 )
+                if _cancel_requested():
+                    # aetcd creates the watch under Python 3.11's wait_for, which returns the
+                    # watch to a task cancelled in that moment (a stop, or a move to another
+                    # endpoint): it would watch on, and the stop wait for it. Honour the cancel.
+                    raise asyncio.CancelledError
                 async for event in watch:
                     kv = event.kv
                     key = bytes(kv.key)
@@ -533,7 +676,7 @@ class EtcdSeats:
                 await asyncio.sleep(0.05)
 
     async def _load_mirror_retrying(self) -> None:
-        while True:
+        while not self._closed:
             try:
                 await self._load_mirror()
                 return
@@ -565,7 +708,7 @@ class EtcdSeats:
         seats = self.products.get(product)
         if seats is None:
             raise UnknownProduct(product)
-        if not self._in_flight.get(product) and not self._free(product):
+        if not self._in_flight.get(product) and not self.free_seats(product):
             raise NoSeat(f"all {seats} seats of {product} are in use")
         claim = _Claim(client, client_lease, asyncio.get_running_loop().create_future(), who=who)
         claim.done.add_done_callback(_retrieved)  # a cancelled caller's refusal is not an error
@@ -573,7 +716,7 @@ class EtcdSeats:
         self._pump(product)
         return await asyncio.shield(claim.done)  # a cancelled caller's won seat is given back
 
-    def _free(self, product: str) -> list[int]:
+    def free_seats(self, product: str) -> list[int]:
         """Seats free as far as the mirror knows and not named in a claim in flight."""
         reserved = self._reserved.get(product, set())
         return [i for i in self.mirror.free(product, self.products[product]) if i not in reserved]
@@ -582,7 +725,7 @@ class EtcdSeats:
         """Send the next batch of ``product``'s waiting claims if a transaction slot is free."""
         queue = self._queued.get(product)
         while queue and self._in_flight.get(product, 0) < BATCHES_IN_FLIGHT and not self._closed:
-            free = self._free(product)
+            free = self.free_seats(product)
             if not free:
                 if self._in_flight.get(product, 0):
                     return  # the claims in flight may lose and free their seats: wait for them
@@ -680,7 +823,7 @@ class EtcdSeats:
             log.info("etcd: a claim transaction of %d went unanswered; reading back", len(keys))
             return list(
                 await asyncio.gather(
-                    *(self._read_back_claim(k, h) for k, h in zip(keys, holders, strict=True))
+                    *(self.read_back_claim(k, h) for k, h in zip(keys, holders, strict=True))
                 )
             )
         out: list[KeyState | LanlicError | None] = []
@@ -693,11 +836,11 @@ class EtcdSeats:
             out.append(state if txn.succeeded else None)
         return out
 
-    async def _read_back_claim(self, key: bytes, holder: Holder) -> KeyState | LanlicError | None:
+    async def read_back_claim(self, key: bytes, holder: Holder) -> KeyState | LanlicError | None:
         """A claim whose reply was lost may have committed, or may yet: read it back and judge
         by our token; not ours (yet), keep watching it for a late commit."""
         try:
-            state = await self._read(key)
+            state = await self.read(key)
         except Unreachable:
             self._doubtful[key] = (holder.token, self.clock())
             return ServerUnavailable("etcd did not answer; the claim is settled later")
@@ -777,7 +920,7 @@ class EtcdSeats:
         """A release whose reply was lost: either it committed, or the key is still ours: read
         back; True if it must be sent again."""
         try:
-            state = await self._read(hold.key)
+            state = await self.read(hold.key)
         except Unreachable as e:
             raise ServerUnavailable("etcd did not answer the release; try again") from e
         if state is not None and state.mod_revision == hold.mod_revision:
@@ -836,7 +979,7 @@ class EtcdSeats:
         key = seat_key(self.prefix, product, index)
         for _ in range(CLAIM_ATTEMPTS):
             try:
-                state = await self._read(key)
+                state = await self.read(key)
             except Unreachable as e:
                 raise ServerUnavailable("etcd did not answer; try again") from e
             old = Holder.decode(state.value) if state is not None else None
@@ -868,7 +1011,7 @@ class EtcdSeats:
             )
         except Unreachable:
             try:
-                state = await self._read(key)
+                state = await self.read(key)
             except Unreachable as e:
                 raise ServerUnavailable("etcd did not answer; try again") from e
             got = Holder.decode(state.value) if state is not None else None
@@ -881,14 +1024,9 @@ class EtcdSeats:
         self.mirror.put(key, state.mod_revision, holder.lease)
         return state
 
-    # -- plain keys: the history's batches (lanlic.cluster.history) ------------------------------
+    # -- ranges of plain keys: the history's batches (lanlic.cluster.history) ---------------------
     # Apart from the seats' code on purpose: keys with no etcd lease (the history outlives the
-    # member that wrote it) and no compare (each batch has a key of its own, one writer).
-
-    async def put_plain(self, key: bytes, value: bytes) -> None:
-        """Put ``key`` with no etcd lease. Unreachable if etcd did not answer: the put may have
-        happened or not, and putting the same value again is harmless."""
-        await self._call(lambda c: c.put(key, value))
+    # member that wrote it), read a page at a time and pruned by time.
 
     async def read_range(
         self,

@@ -61,6 +61,7 @@ from typing import Any, Final, cast
 import msgpack
 
 from lanlic.cluster.etcd import EtcdSeats, Unreachable
+from lanlic.cluster.stopping import end_within
 from lanlic.errors import ServerUnavailable
 from lanlic.store import Store
 from lanlic.store import history as hist
@@ -407,14 +408,15 @@ class ClusterHistory:
                 wait = self._last_put + PUBLISH_INTERVAL - loop.time()
                 if wait > 0 and not backlog and not self._hurry.is_set():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._hurry.wait(), wait)
+                        async with asyncio.timeout(wait):  # not wait_for (lanlic.cluster.stopping)
+                            await self._hurry.wait()
                     continue
                 self._flight = cut_batch(self.seats.prefix, self.member, self.tag, self._rows)
                 del self._rows[: self._flight[2]]
                 backlog = bool(self._rows)
             key, value, n = self._flight
             try:
-                await self.seats.put_plain(key, value)
+                await self.seats.put(key, value)  # no etcd lease: it outlives us
             except Unreachable as exc:
                 self.put_failures += 1
                 log.info(
@@ -436,7 +438,8 @@ class ClusterHistory:
             return True
         self._hurry.set()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), within)
+            async with asyncio.timeout(within):
+                await self._idle.wait()
         return self._idle.is_set()
 
     async def close(self, within: float = 5.0) -> None:
@@ -446,11 +449,8 @@ class ClusterHistory:
                 "history: %d row(s) not put in etcd before stopping (kept in lanlic.db)",
                 self.waiting,
             )
-        for task in (self._task, self._prune_task, self._catch_up_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        tasks = [self._task, self._prune_task, self._catch_up_task]
+        await end_within(tasks, self.seats.stop_timeout, "history: stopping")
 
     # ---------------------------------------------------------------------------- reading
 

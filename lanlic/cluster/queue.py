@@ -127,7 +127,7 @@ async def join_line(
     key = waiter_key(seats.prefix, product, seats.member, ticket)
     value = json.dumps(who).encode()
     try:
-        await seats._call(lambda c: c.put(key, value, lease=seats.lease_id))
+        await seats.put(key, value, leased=True)
     except Unreachable as e:
         # It may have committed: a key of ours the member does not know is deleted by its drain.
         raise ServerUnavailable("etcd did not answer; try again") from e
@@ -136,13 +136,13 @@ async def join_line(
     # tell must count it (it did: once, dan was told 1 and then 2 behind a cat of another member).
     line_head = queue_prefix(seats.prefix) + f"{product}/".encode()
     try:
-        got = await seats._call(lambda c: c.get_prefix(line_head))
+        got = await seats.read_prefix(line_head)
     except Unreachable as e:
         raise ServerUnavailable("etcd did not answer; try again") from e
     ours = False
     for kv in got:
-        seats.line.put(bytes(kv.key), int(kv.create_revision), bytes(kv.value))
-        ours = ours or bytes(kv.key) == key
+        seats.line.put(kv.key, kv.create_revision, kv.value)
+        ours = ours or kv.key == key
     if not ours:  # pragma: no cover - our lease was lost meanwhile
         raise ServerUnavailable("the place in line was lost; try again")
     return key
@@ -150,7 +150,7 @@ async def join_line(
 
 async def leave_line(seats: EtcdSeats, key: bytes) -> None:
     """Delete a waiter's key (it gave up, its client went away, or it is a ghost)."""
-    await seats._call(lambda c: c.delete(key))
+    await seats.delete(key)
     seats.line.delete(key)
 
 
@@ -165,53 +165,42 @@ async def claim_for_waiter(
     """Claim a free seat for the waiter ``key`` and delete its key, in one transaction. Returns
     the seat, None if the seat's race was lost (try again), or raises NoSeat if the waiter left
     the line meanwhile (its key is gone), ServerUnavailable if etcd did not answer."""
+    from lanlic.cluster.etcd import Created, Delete, Get, KeyState, Put, SeatHold, Unreachable
     from lanlic.cluster.etcd import Holder as SeatHolder
-    from lanlic.cluster.etcd import KeyState, SeatHold, Unreachable, _key_state, _lease_in
 
     seats.check_fence()
     created = seats.line.lines.get(product, {}).get(key)
     if created is None:
         raise NoSeat("no longer in line")
-    free = seats._free(product)
+    free = seats.free_seats(product)
     if not free:
         return None
     index = free[secrets.randbelow(len(free))]
     skey = seat_key(seats.prefix, product, index)
     holder = SeatHolder(seats.member, client, client_lease, secrets.token_hex(8), *who)
-    tx = seats._client.transactions
-    reserved = seats._reserved.setdefault(product, set())
-    reserved.add(index)
-    try:
-        won, responses = await seats._call(
-            lambda c: c.transaction(
-                compare=[tx.create(skey) == 0, tx.create(key) == created],
-                success=[
-                    tx.put(skey, holder.encode(), lease=seats.lease_id),
-                    tx.delete(key),
-                    tx.get(skey),
-                ],
-                failure=[tx.get(skey), tx.get(key)],
+    with seats.reserving(product, index):
+        try:
+            won, responses = await seats.txn(
+                [Created(skey), Created(key, created)],
+                [Put(skey, holder.encode(), leased=True), Delete(key), Get(skey)],
+                [Get(skey), Get(key)],
             )
-        )
-    except Unreachable:
-        got = await seats._read_back_claim(skey, holder)
-        if isinstance(got, KeyState):
-            seats.line.delete(key)
-            return SeatHold(product, index, skey, got.mod_revision, holder)
-        if isinstance(got, Exception):
-            raise got from None
-        return None
-    finally:
-        reserved.discard(index)
+        except Unreachable:
+            got = await seats.read_back_claim(skey, holder)
+            if isinstance(got, KeyState):
+                seats.line.delete(key)
+                return SeatHold(product, index, skey, got.mod_revision, holder)
+            if isinstance(got, Exception):
+                raise got from None
+            return None
     if won:
-        state = _key_state(responses[-1][0][1])
+        state = responses[-1][0]
         seats.mirror.put(skey, state.mod_revision, holder.lease)
         seats.line.delete(key)
         return SeatHold(product, index, skey, state.mod_revision, holder)
     seat_kvs, waiter_kvs = responses[0], responses[1]
     if seat_kvs:
-        state = _key_state(seat_kvs[0][1])
-        seats.mirror.put(skey, state.mod_revision, _lease_in(state.value))
+        seats.note_seat(seat_kvs[0])
     if not waiter_kvs:
         seats.line.delete(key)
         raise NoSeat("no longer in line")

@@ -37,7 +37,6 @@ Not sans-IO: it starts tasks on the running loop (``start`` inside it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from collections.abc import Awaitable
@@ -49,6 +48,7 @@ from lanlic.cluster.desk import ClusterDesk
 from lanlic.cluster.etcd import EtcdSeats, SeatHold, Unreachable
 from lanlic.cluster.history import ClusterHistory
 from lanlic.cluster.queue import MemberQueue
+from lanlic.cluster.stopping import end_within
 from lanlic.cluster.view import cluster_status
 from lanlic.core.netkey import NetworkKey
 from lanlic.core.pool import Denied, Holder, Lease
@@ -124,15 +124,11 @@ class ClusterService(LicenseService):
     async def close(self) -> None:
         """Stop. The seats stay in etcd under this member's lease until it expires, so their
         clients, told ``shutdown``, take them to another member (adopt)."""
-        for task in (self._guard_task, self._reaper_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=self.seats.call_timeout * 2)
-        for t in list(self._tasks):
-            t.cancel()
+        bound = self.seats.stop_timeout  # each step; what takes longer is logged and left
+        await end_within([self._guard_task, self._reaper_task], bound, "member: stopping")
+        if self._tasks:  # key deletes in flight: a moment to finish, then cancelled
+            await asyncio.wait(list(self._tasks), timeout=bound)
+        await end_within(list(self._tasks), bound, "member: stopping")
         # The server has stopped and written its last batch: put what waits, bounded.
         await self.history.close(within=self.seats.call_timeout * 5)
         await self.seats.close()

@@ -45,6 +45,15 @@ DAY = 86400.0
 
 @dataclass(slots=True)
 class ActiveBorrow:
+    """A borrow in force on a single server, in memory (``BorrowDesk.active``), counted against
+    the seats from its write (``committed`` False until the write is durable) to its end.
+
+    Its first fields are those of ``lanlic.core.records.BorrowRecord`` (the database's row, which
+    keeps the borrow for good, with how and when it ended) and of the cluster's
+    ``lanlic.cluster.borrows.BorrowEntry`` (an active borrow's record in etcd, naming the seat
+    and ``lent`` slot keys it holds). Kept apart on purpose: each lives as long as, and carries
+    what, its own place needs."""
+
     borrow_id: str
     request_id: str
     product: str

@@ -59,6 +59,11 @@ class EnrollmentRecord:
 
 @dataclass(frozen=True, slots=True)
 class BorrowRecord:
+    """A borrow as the single server's database keeps it, from its start for good: ``state``
+    and ``ended_at`` say how it ended. The durable form of ``lanlic.core.lending.ActiveBorrow``
+    (in memory only while the borrow is in force); a cluster keeps an active borrow as
+    ``lanlic.cluster.borrows.BorrowEntry`` in etcd and its end as a separate ``Ended`` key."""
+
     borrow_id: str
     request_id: str
     product: str
