@@ -310,32 +310,42 @@ class ClusterHistory:
         that no key of the tag holds (the last seconds of a run killed with SIGKILL, or of etcd
         away) are put first, then this run's."""
         assert self._caught_up is not None and self._loop is not None
+        assert self._idle is not None
         self.tag = tag
         if upto > 0:
             self._caught_up.clear()
+            self._idle.clear()
             self._catch_up_task = self._loop.create_task(self._catch_up(path, upto))
 
     async def _catch_up(self, path: Path, upto: int) -> None:
-        assert self._caught_up is not None
+        """Queue, first, the rows up to ``upto`` that etcd lacks; the publisher waits for it."""
+        assert self._caught_up is not None and self._wake is not None
         pause = RETRY_FIRST
-        while True:
-            try:
-                after = await self._published_upto(time.time() - CATCH_UP_SECONDS)
-                break
-            except ServerUnavailable as exc:
-                log.info("history: cannot read what etcd has of this member (%s); retrying", exc)
-                await asyncio.sleep(pause)
-                pause = min(RETRY_MAX, pause * 2)
-        if after < upto:
-            since = time.time() - CATCH_UP_SECONDS
-            rows = await asyncio.to_thread(lambda: pack_rows(_rows_after(path, after, upto, since)))
-            self._rows[:0] = rows
-            if rows:
-                log.warning(
-                    "history: %d row(s) this member wrote before it stopped were not in etcd; "
-                    "putting them now", len(rows),
-                )  # fmt: skip
-        self._caught_up.set()
+        try:
+            while True:
+                try:
+                    after = await self._published_upto(time.time() - CATCH_UP_SECONDS)
+                    break
+                except ServerUnavailable as exc:
+                    log.info("history: cannot read what etcd has of this member (%s)", exc)
+                    await asyncio.sleep(pause)
+                    pause = min(RETRY_MAX, pause * 2)
+            if after < upto:
+                since = time.time() - CATCH_UP_SECONDS
+                rows = await asyncio.to_thread(
+                    lambda: pack_rows(_rows_after(path, after, upto, since))
+                )
+                if rows:
+                    log.warning(
+                        "history: %d row(s) this member wrote before it stopped were not in "
+                        "etcd; putting them now", len(rows),
+                    )  # fmt: skip
+                    self._enqueue(rows, first=True)
+        except Exception:  # the database could not be read: this run's rows still go
+            log.exception("history: the rows of this member's last run were not put in etcd")
+        finally:
+            self._caught_up.set()
+            self._wake.set()
 
     async def _published_upto(self, since: float) -> int:
         """The last row number a key of this member's tag holds in etcd, among the keys from
@@ -374,9 +384,13 @@ class ClusterHistory:
         with contextlib.suppress(RuntimeError):  # the loop has closed: the member is gone
             loop.call_soon_threadsafe(self._enqueue, packed)
 
-    def _enqueue(self, packed: list[Packed]) -> None:
+    def _enqueue(self, packed: list[Packed], *, first: bool = False) -> None:
+        """Queue rows for etcd (``first``: before those queued, a previous run's)."""
         assert self._wake is not None and self._idle is not None
-        self._rows += packed
+        if first:
+            self._rows[:0] = packed
+        else:
+            self._rows += packed
         over = len(self._rows) - MAX_PENDING_ROWS
         if over > 0:
             del self._rows[:over]  # the oldest
