@@ -33,7 +33,7 @@ when it starts again with its data folder it reads the last row number etcd has 
 (``CATCH_UP_SECONDS`` back) and puts the rows after it first: once restarted, it has lost from
 the cluster's history only that last unwritten second.
 
-**Reading** is by key range, a ``KEYS_PER_READ`` keys per request: the admin page's table reads
+**Reading** is by key range, ``KEYS_PER_READ`` keys per request: the admin page's table reads
 backwards from its end until it holds the page's rows, the CSV export forwards a page at a time,
 the usage chart the range it draws.
 
@@ -87,9 +87,10 @@ log = logging.getLogger("lanlic.cluster.history")
 PUBLISH_INTERVAL: Final = 5.0
 #: Seconds of row times one key may span: a read from ``since`` starts this much earlier.
 SPAN: Final = 120.0
-#: Bytes of rows one key holds at most (etcd's default request limit is 1.5 MiB): about 2,000
-#: rows, decoded in about 6 ms, the longest a read holds the member's loop at once.
-MAX_VALUE: Final = 128 * 1024
+#: Bytes of rows one key holds at most: about 550 rows, decoded in about 1.5 ms. With
+#: ``KEYS_PER_READ`` a read's reply stays under gRPC's 4 MiB message limit (aetcd leaves it at
+#: its default; past it a read fails as if etcd were unreachable); a put under etcd's 1.5 MiB.
+MAX_VALUE: Final = 32 * 1024
 #: Bytes of values a read decodes between two turns of the loop (about 1,000 rows, 3 ms).
 YIELD_BYTES: Final = 64 * 1024
 #: Rows waiting for etcd at most; past it the oldest batches are dropped (kept in lanlic.db).
@@ -97,8 +98,8 @@ MAX_PENDING_ROWS: Final = 100_000
 #: Seconds before a failed put is tried again, doubling up to ``RETRY_MAX``.
 RETRY_FIRST: Final = 0.2
 RETRY_MAX: Final = 5.0
-#: Keys read per etcd request.
-KEYS_PER_READ: Final = 256
+#: Keys read per etcd request: at most 3.2 MiB of values (``MAX_VALUE``).
+KEYS_PER_READ: Final = 100
 #: Seconds of keys one range delete of the pruning covers at most.
 PRUNE_STEP: Final = 86400.0
 #: Range deletes of one pruning at most (a bounded loop; the next pruning goes on).

@@ -29,6 +29,7 @@ from test_cluster_members import SEATS, Site, closed, open_site, prefix_of, unti
 from lanlic.cluster.etcd import EtcdSeats
 from lanlic.cluster.history import (
     KEYS_PER_READ,
+    MAX_VALUE,
     PUBLISH_INTERVAL,
     SPAN,
     ClusterHistory,
@@ -272,14 +273,14 @@ async def test_many_batches_read_by_pages_in_time_order(
 ) -> None:
     """More batches than one read returns (two members' interleaved, rows out of order within
     a batch, batches overlapping in time, one spanning more than SPAN so it is cut): the
-    newest-first pages, the oldest-first rows and a time window all agree with the rows sorted
-    by time."""
+    newest-first pages (every one), the oldest-first rows and a time window all agree with the
+    rows sorted by time."""
     prefix = "/test-history-pages"
     store = EtcdSeats(etcd_cluster.endpoints, prefix=prefix, products={}, member="reader")
     t0 = time.time() - 3600
     everything = []
     seqs = itertools.count()
-    for i in range(KEYS_PER_READ + 60):
+    for i in range(KEYS_PER_READ * 3 + 16):
         member = "m1" if i % 2 else "m2"
         rows = [(t0 + i * 1.5 + j * 0.1, "checkout", "cad", f"u{i}-{j}", "pc", "", 1)
                 for j in (2, 0, 1)]  # fmt: skip
@@ -297,10 +298,16 @@ async def test_many_batches_read_by_pages_in_time_order(
         newest = [(r.at, r.user, r.member) for r in
                   (await history.page(hist.Filters(), offset=0, limit=50)).items]  # fmt: skip
         assert first_difference(newest, everything[::-1][:50]) is None
-        deep = await history.page(hist.Filters(), offset=700, limit=100)
-        got = [(r.at, r.user, r.member) for r in deep.items]
-        assert first_difference(got, everything[::-1][700:800]) is None
-        assert deep.total == len(everything) and not deep.more
+        newest_first = everything[::-1]
+        for offset in range(0, len(everything), 97):  # every page, wherever reads stop
+            page = await history.page(hist.Filters(), offset=offset, limit=100)
+            got = [(r.at, r.user, r.member) for r in page.items]
+            assert first_difference(got, newest_first[offset : offset + 100]) is None, offset
+            if page.more:  # it read until it held the page, and counted what it read
+                assert offset + 100 < page.total < len(everything)
+            else:  # it read to the start: exact
+                assert page.total == len(everything)
+        assert page.total == len(everything) and not page.more  # the last page
         first = await history.page(hist.Filters(), offset=0, limit=10)
         assert first.more and first.total > 10
         ascending = [(r.at, r.user, r.member) async for rows in history.rows(hist.Filters())
@@ -315,5 +322,34 @@ async def test_many_batches_read_by_pages_in_time_order(
         assert await history.prune(time.time(), 30) == 0  # all within the retention
         assert await history.prune(time.time() + 31 * DAY, 30) > 0
         assert await history.page(hist.Filters()) == HistoryPage(0, [], False)
+    finally:
+        await store.close()
+
+
+async def test_a_read_of_full_keys_stays_under_grpcs_message_limit(
+    etcd_cluster: EtcdCluster, etcd: aetcd.Client
+) -> None:
+    """Keys as full as a member writes them (``MAX_VALUE``), more than one read's worth: the
+    page, the rows and the chart read them all. One read's reply must stay under gRPC's 4 MiB
+    message limit, which aetcd leaves at its default: past it the read fails, and the member
+    takes the failure for an unreachable etcd endpoint and moves to another."""
+    prefix = "/test-history-full"
+    store = EtcdSeats(etcd_cluster.endpoints, prefix=prefix, products={}, member="reader")
+    t0 = time.time() - 600
+    detail = "x" * 1000
+    rows = [(t0 + i * 0.001, "checkout", "cad", f"u{i}", "pc", detail, 1)
+            for i in range(KEYS_PER_READ * 2 * (MAX_VALUE // 1000))]  # fmt: skip
+    items = encode_batches(prefix, "m1", "m1", itertools.count(), rows)
+    assert len(items) > KEYS_PER_READ and min(len(v) for _k, v, _n in items[:-1]) > MAX_VALUE / 2
+    for key, value, _n in items:
+        await etcd.put(key, value)
+    history = ClusterHistory(store)
+    try:
+        await store.start()
+        got = [r.user async for chunk in history.rows(hist.Filters()) for r in chunk]
+        assert got == [r[3] for r in rows]
+        page = await history.page(hist.Filters(), offset=len(rows) - 10, limit=100)
+        assert [r.user for r in page.items] == [r[3] for r in rows[:10]][::-1]
+        assert len(await history.events_since(t0, ["checkout"])) == len(rows)
     finally:
         await store.close()
