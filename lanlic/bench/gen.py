@@ -261,7 +261,8 @@ class Run:
             host, port = self.members[self._next_member % len(self.members)]
             self._next_member += 1
         try:
-            await asyncio.wait_for(loop.create_connection(lambda: conn, host, port), 10.0)
+            async with asyncio.timeout(10.0):
+                await loop.create_connection(lambda: conn, host, port)
         except (OSError, TimeoutError):
             self.stats.inc("connect_failed")
             return None
@@ -309,7 +310,8 @@ class Run:
     async def _bounded(self, aw: Awaitable[Any], limit: float, what: str) -> None:
         task = asyncio.ensure_future(aw)
         try:
-            await asyncio.wait_for(task, limit)
+            async with asyncio.timeout(limit):
+                await task
         except TimeoutError:
             self.stats.inc(f"{what}_timeout")
 
@@ -334,7 +336,8 @@ class Run:
             c.abort()
         if self.conns:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*(c.closed for c in self.conns)), 5.0)
+                async with asyncio.timeout(5.0):
+                    await asyncio.gather(*(c.closed for c in self.conns))
         self.conns.clear()
 
 

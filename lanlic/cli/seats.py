@@ -172,7 +172,8 @@ async def _hold_borrowed(args: argparse.Namespace, lic: Any, stop: asyncio.Event
     else:
         print(f"using the {source} licence of {lic.product}, valid until {until}", flush=True)
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), args.hold)
+        async with asyncio.timeout(args.hold):
+            await stop.wait()
     if args.json:
         print_json({"event": "released", "product": lic.product, "source": source})
     else:

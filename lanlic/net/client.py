@@ -502,9 +502,8 @@ class Client:
     async def _open(self) -> None:
         host, port = self.address
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port), self.connect_timeout
-            )
+            async with asyncio.timeout(self.connect_timeout):
+                reader, writer = await asyncio.open_connection(host, port)
         except (OSError, TimeoutError) as exc:
             raise ServerUnavailable(
                 f"cannot reach the licence server at {host}:{port}: {exc}"
@@ -594,14 +593,16 @@ class Client:
                 task.cancel()
         if self.connected:
             with contextlib.suppress(LanlicError, TimeoutError, OSError):
-                await asyncio.wait_for(self._send_request(m.Bye(id=self._take_id())), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self._send_request(m.Bye(id=self._take_id()))
         self._connected.clear()
         if self._writer is not None:
             self._writer.close()
             # Bounded: a member that stopped reading (hung) keeps unsent bytes, and so the
             # close, pending for ever; after the bound the connection is dropped.
             try:
-                await asyncio.wait_for(self._writer.wait_closed(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self._writer.wait_closed()
             except TimeoutError:
                 self._writer.transport.abort()
             except Exception:  # noqa: S110 - closing: the connection's own error is moot
@@ -701,7 +702,8 @@ class Client:
             # The line was lost with the connection: wait for the reconnect, then rejoin.
             left = None if deadline is None else max(0.0, deadline - self._loop.time())
             try:
-                await asyncio.wait_for(self._connected.wait(), left)
+                async with asyncio.timeout(left):
+                    await self._connected.wait()
             except TimeoutError:
                 raise NoSeat(
                     f"no seat of {product} within {timeout:g} s; the server could not be "
@@ -733,7 +735,8 @@ class Client:
                 if not ticket:  # the first answer comes at once, as to any request
                     left = self.request_timeout if left is None else min(left, self.request_timeout)
                 try:
-                    msg = await asyncio.wait_for(news.get(), left)
+                    async with asyncio.timeout(left):
+                        msg = await news.get()
                 except TimeoutError:
                     if not ticket:
                         raise ServerUnavailable(f"no answer to wait within {left} s") from None
@@ -855,7 +858,8 @@ class Client:
         self._pending[rid] = fut
         try:
             writer.write(encode_frame(m.to_wire(msg)))
-            reply = await asyncio.wait_for(fut, self.request_timeout)
+            async with asyncio.timeout(self.request_timeout):
+                reply = await fut
         except TimeoutError:
             raise ServerUnavailable(
                 f"no answer to {msg.TYPE} within {self.request_timeout} s"
@@ -985,15 +989,17 @@ class Client:
             await self._find_and_open(self._loop.time() + REDISCOVER_TIMEOUT, same_server=True)
 
     async def _heartbeat(self) -> None:
-        # Not ``while True``: on Python 3.11 a cancel that meets a finishing ``wait_for`` can be
-        # lost, and ``close`` (which cancels this task, then awaits it) would wait for ever.
+        # Not ``while True``: ``close`` cancels this task and then awaits it, so a cancel lost
+        # anywhere below (Python 3.11's ``wait_for`` lost them, gh-86296: lanlic uses
+        # ``asyncio.timeout``, tests/test_quality.py) would make it wait for ever.
         while not self._closing:
             await asyncio.sleep(min(self.heartbeat_s, max(self.lease_s - 2 * self.margin, 0.05)))
             self._give_up_overdue()
             if self.connected and (self.seats or self._given_up):
                 # A stalled server must not stall the give-up check: wait at most a heartbeat.
                 try:
-                    await asyncio.wait_for(self._renew_all(), max(self.heartbeat_s, 0.05))
+                    async with asyncio.timeout(max(self.heartbeat_s, 0.05)):
+                        await self._renew_all()
                 except (ServerUnavailable, TimeoutError) as exc:
                     if self.connected and self._elsewhere():
                         # Silent for a heartbeat: another member may answer.
@@ -1003,7 +1009,8 @@ class Client:
                 # the server drops it from the line (SPEC section 16).
                 with contextlib.suppress(ServerUnavailable, TimeoutError):
                     renew = self._send_request(m.Renew(id=self._take_id(), leases=[]))
-                    await asyncio.wait_for(renew, max(self.heartbeat_s, 0.05))
+                    async with asyncio.timeout(max(self.heartbeat_s, 0.05)):
+                        await renew
 
     async def _renew_all(self) -> None:
         given_up = self._given_up

@@ -364,3 +364,26 @@ async def test_status_of_a_campus_fits_in_one_frame(start_server) -> None:  # ty
     (cad,) = status["products"]
     assert (cad["in_use"], cad["holders_total"], cad["free"]) == (5000, 5000, 0)
     assert 0 < len(cad["holders"]) < 5000
+
+
+async def test_a_cancel_that_meets_its_reply_is_not_lost(start_server) -> None:  # type: ignore[no-untyped-def]
+    """An application cancels ``acquire`` (its own timeout, a closed window) in the very moment
+    the server's answer arrives. The cancel must win: on Python 3.11 ``asyncio.wait_for`` lost
+    it and returned the seat to a caller that had gone (CPython gh-86296), and a task awaiting it
+    (the heartbeat, at close) ran on. The seat the server granted meanwhile goes with the bye."""
+    server = await start_server()
+    async with Client(server.address) as a:
+        task: asyncio.Task[Seat] | None = None
+
+        class CancelOnReply(dict[int, "asyncio.Future[object]"]):
+            def __setitem__(self, rid: int, fut: asyncio.Future[object]) -> None:
+                super().__setitem__(rid, fut)
+                # Runs right after the reply is set, before the waiting task resumes.
+                fut.add_done_callback(lambda _: task.cancel() if task else None)
+
+        a._pending = CancelOnReply()  # type: ignore[assignment]
+        task = asyncio.create_task(a.acquire("cad"))
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert a.seats == {}
+    await wait_for(lambda: in_use(server) == 0)
