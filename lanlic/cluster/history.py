@@ -108,6 +108,8 @@ PRUNE_ROUNDS: Final = 1000
 CATCH_UP_SECONDS: Final = 86400.0
 #: The meta key of a data folder's tag (its keys' names in etcd).
 TAG_KEY: Final = "cluster_history_tag"
+#: The meta key of the member name of the folder's last run (``host:pid``).
+MEMBER_KEY: Final = "cluster_history_member"
 _SELECT: Final = "SELECT seq, at, event, product, user, host, detail, count FROM history"
 #: Byte limits when decoding a batch (a value over MAX_VALUE plus one row is not ours).
 _UNPACK_LIMIT: Final = 2 * MAX_VALUE
@@ -305,21 +307,24 @@ class ClusterHistory:
         self._caught_up.set()
         self._task = self._loop.create_task(self._publish(), name="history-publish")
 
-    def attach(self, path: Path, tag: str, upto: int) -> None:
+    def attach(self, path: Path, tag: str, upto: int, served_by: str = "") -> None:
         """The member's database (``MemberHistoryStore``, made on the loop before the server
         runs): its folder's tag, and its last row number before this run. The rows up to it
         that no key of the tag holds (the last seconds of a run killed with SIGKILL, or of etcd
-        away) are put first, then this run's."""
+        away) are put first, named for the member that served them (``served_by``: the name of
+        the folder's last run), then this run's."""
         assert self._caught_up is not None and self._loop is not None
         assert self._idle is not None
         self.tag = tag
         if upto > 0:
             self._caught_up.clear()
             self._idle.clear()
-            self._catch_up_task = self._loop.create_task(self._catch_up(path, upto))
+            self._catch_up_task = self._loop.create_task(
+                self._catch_up(path, upto, served_by or self.member)
+            )
 
-    async def _catch_up(self, path: Path, upto: int) -> None:
-        """Queue, first, the rows up to ``upto`` that etcd lacks; the publisher waits for it."""
+    async def _catch_up(self, path: Path, upto: int, served_by: str) -> None:
+        """Put, first, the rows up to ``upto`` that etcd lacks; the publisher waits for it."""
         assert self._caught_up is not None and self._wake is not None
         pause = RETRY_FIRST
         try:
@@ -341,7 +346,10 @@ class ClusterHistory:
                         "history: %d row(s) this member wrote before it stopped were not in "
                         "etcd; putting them now", len(rows),
                     )  # fmt: skip
-                    self._enqueue(rows, first=True)
+                while rows:
+                    key, value, n = cut_batch(self.seats.prefix, served_by, self.tag, rows)
+                    await self._put(key, value, n)
+                    del rows[:n]
         except Exception:  # the database could not be read: this run's rows still go
             log.exception("history: the rows of this member's last run were not put in etcd")
         finally:
@@ -385,13 +393,9 @@ class ClusterHistory:
         with contextlib.suppress(RuntimeError):  # the loop has closed: the member is gone
             loop.call_soon_threadsafe(self._enqueue, packed)
 
-    def _enqueue(self, packed: list[Packed], *, first: bool = False) -> None:
-        """Queue rows for etcd (``first``: before those queued, a previous run's)."""
+    def _enqueue(self, packed: list[Packed]) -> None:
         assert self._wake is not None and self._idle is not None
-        if first:
-            self._rows[:0] = packed
-        else:
-            self._rows += packed
+        self._rows += packed
         over = len(self._rows) - MAX_PENDING_ROWS
         if over > 0:
             del self._rows[:over]  # the oldest
@@ -409,7 +413,6 @@ class ClusterHistory:
         assert self._wake is not None and self._idle is not None and self._hurry is not None
         assert self._caught_up is not None
         loop = asyncio.get_running_loop()
-        pause = RETRY_FIRST
         backlog = False
         await self._caught_up.wait()
         while True:
@@ -429,9 +432,18 @@ class ClusterHistory:
                 self._flight = cut_batch(self.seats.prefix, self.member, self.tag, self._rows)
                 del self._rows[: self._flight[2]]
                 backlog = bool(self._rows)
-            key, value, n = self._flight
+            await self._put(*self._flight)
+            self._flight = None
+            self._last_put = loop.time()
+
+    async def _put(self, key: bytes, value: bytes, n: int) -> None:
+        """Put one key, again and again until etcd takes it (the same key and value: a put
+        whose reply was lost, put again, writes nothing new)."""
+        pause = RETRY_FIRST
+        while True:
             try:
                 await self.seats.put(key, value)  # no etcd lease: it outlives us
+                break
             except Unreachable as exc:
                 self.put_failures += 1
                 log.info(
@@ -440,11 +452,7 @@ class ClusterHistory:
                 )  # fmt: skip
                 await asyncio.sleep(pause)
                 pause = min(RETRY_MAX, pause * 2)
-                continue
-            pause = RETRY_FIRST
-            self._flight = None
-            self._last_put = loop.time()
-            self.published_rows += n
+        self.published_rows += n
 
     async def flush(self, within: float) -> bool:
         """Put every row handed so far now, and wait until etcd has them, for at most
@@ -603,14 +611,17 @@ class ClusterHistory:
 
 
 def _rows_after(path: Path, after: int, upto: int, since: float) -> list[tuple[Any, ...]]:
-    """The rows ``after < seq <= upto`` from ``since`` on, in row-number order (a reader of
-    its own: the server's writer may be writing)."""
+    """The rows ``after < seq <= upto`` from ``since`` on, in row-number order, the newest
+    ``MAX_PENDING_ROWS`` at most (a reader of its own: the server's writer may be writing)."""
     db = hist.open_reader(path)
     try:
-        return db.execute(_SELECT + " WHERE seq > ? AND seq <= ? AND at >= ? ORDER BY seq",
-                          (after, upto, since)).fetchall()  # fmt: skip
+        got = db.execute(
+            _SELECT + " WHERE seq > ? AND seq <= ? AND at >= ? ORDER BY seq DESC LIMIT ?",
+            (after, upto, since, MAX_PENDING_ROWS),
+        ).fetchall()
     finally:
         db.close()
+    return got[::-1]
 
 
 class MemberHistoryStore(Store):
@@ -628,7 +639,9 @@ class MemberHistoryStore(Store):
             self.set_meta(TAG_KEY, tag)
         self._last_seq = int(self._db.execute("SELECT coalesce(max(seq), 0) FROM history")
                              .fetchone()[0])  # fmt: skip
-        history.attach(self.path, tag, self._last_seq)
+        served_by = self.meta(MEMBER_KEY) or ""  # the folder's last run: its rows' member
+        self.set_meta(MEMBER_KEY, history.member)
+        history.attach(self.path, tag, self._last_seq, served_by)
 
     def append_history_rows(self, rows: Sequence[Sequence[object]]) -> None:
         super().append_history_rows(rows)  # raises if not written: the server keeps them

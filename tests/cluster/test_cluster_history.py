@@ -218,6 +218,7 @@ async def test_a_member_killed_with_sigkill_loses_at_most_its_last_unsent_batch(
     finally:
         await http.close()
     assert sorted(x["user"] for x in rows) == sorted(local)  # none twice
+    assert len({x["member"] for x in rows}) == 1  # the run that served them, not the new one
     for m in (a, b):
         assert m.member.proc.stop() == 0
 
