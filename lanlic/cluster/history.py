@@ -30,8 +30,8 @@ SIGKILL has not put the rows of its last ``PUBLISH_INTERVAL`` and the key in fli
 etcd did not answer, all since); they are in its ``lanlic.db`` but for the last second its
 server had not written (a single server loses that too). Keys go out in row-number order, so
 when it starts again with its data folder it reads the last row number etcd has of its tag
-(``CATCH_UP_SECONDS`` back) and puts the rows after it first: once restarted, it has lost from
-the cluster's history only that last unwritten second.
+(``CATCH_UP_SECONDS`` back) and puts the rows after it first, named for the run that served
+them: once restarted, it has lost from the cluster's history only that last unwritten second.
 
 **Reading** is by key range, ``KEYS_PER_READ`` keys per request: the admin page's table reads
 backwards from its end until it holds the page's rows, the CSV export forwards a page at a time,
