@@ -726,6 +726,8 @@ class AdminServer:
     async def _cluster_csv(self, request: web.Request, filters: hist.Filters) -> web.StreamResponse:
         """The cluster's history as CSV: the single server's columns and ``member``, a few
         hundred keys' rows read and written at a time (memory is that, however long)."""
+        from lanlic.cluster import view
+
         history = await self._cluster_history()
         stamp = dt.datetime.fromtimestamp(self.server.wall(), dt.UTC).strftime("%Y%m%d-%H%M")
         response = web.StreamResponse(
@@ -736,8 +738,6 @@ class AdminServer:
             }
         )
         await response.prepare(request)
-        from lanlic.cluster import view
-
         await response.write(view.CSV_HEADER.encode())
         try:
             async for rows in history.rows(filters):
@@ -764,7 +764,8 @@ class AdminServer:
         events = list(views.CHART_EVENTS)
         if self.cluster is not None:
             # The cluster's counts (the mirror) walked back through every member's rows. Another
-            # member's last second may not be in etcd yet: the chart's recent edge lags by it.
+            # member's last 5-6 s may not be in etcd yet, and the walk then never undoes them:
+            # the whole chart is off by their net checkouts (docs/cluster.md).
             from lanlic.cluster import view
 
             now = srv.loop.time()
