@@ -276,7 +276,7 @@ class ClusterHistory:
         self._rows: list[Packed] = []
         """Rows handed and not yet cut into a key, in row-number order."""
         self._caught_up: asyncio.Event | None = None
-        """Set once the rows a previous run of this member wrote and never put are queued
+        """Set once the rows a previous run of this member wrote and never put are in etcd
         (``attach``): keys go out in row-number order, so the next run knows what is out."""
         self._flight: tuple[bytes, bytes, int] | None = None
         """The key being put: the same key and value until etcd took it (a put whose reply
