@@ -23,6 +23,7 @@ import aiohttp
 import pytest
 from cliproc import ok, run
 from etcd_cluster import EtcdCluster
+from tcp_proxy import TcpProxy
 from test_cluster_admin import AdminMember, admin_session, get, start, user_client
 from test_cluster_members import SEATS, Site, closed, open_site, prefix_of, until
 
@@ -354,3 +355,40 @@ async def test_a_read_of_full_keys_stays_under_grpcs_message_limit(
         assert len(await history.events_since(t0, ["checkout"])) == len(rows)
     finally:
         await store.close()
+
+
+async def test_a_put_etcd_does_not_take_is_tried_again_and_counted(
+    etcd_cluster: EtcdCluster, etcd: aetcd.Client
+) -> None:
+    """The member's only etcd endpoint blackholes its requests (a loopback proxy): the batch
+    handed meanwhile is not lost nor blocking; each failed put is counted; once etcd answers
+    again the batch is put, once, under one key."""
+    prefix = "/test-history-retry"
+    proxy = TcpProxy("127.0.0.1", etcd_cluster.members[0].client_port)
+    await proxy.start()
+    store = EtcdSeats([proxy.endpoint], prefix=prefix, products={}, member="m", call_timeout=0.5)
+    history = ClusterHistory(store)
+    try:
+        await store.start()
+        history.start()
+        proxy.mode = "blackhole"
+        t0 = time.time()
+        rows = [(i + 1, t0 + i, "checkout", "cad", f"u{i}", "pc", "", 1) for i in range(5)]
+        await asyncio.to_thread(history.handed, rows)  # as the database's writer thread does
+        assert not await history.flush(within=0.1)  # the caller waits no longer than it said
+
+        async def failed_twice() -> bool:
+            return history.put_failures >= 2
+
+        assert await until(failed_twice, 10)
+        assert history.waiting == 5
+        proxy.mode = "pass"
+        assert await history.flush(within=15)
+        got = await batches(etcd, prefix)
+        assert [(m, [r.user for r in rs]) for _k, m, rs in got] == [("m", [r[4] for r in rows])]
+        assert history.published_rows == 5 and history.waiting == 0
+    finally:
+        proxy.mode = "pass"
+        await history.close(within=1)
+        await store.close()
+        await proxy.close()
