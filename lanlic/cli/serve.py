@@ -347,10 +347,10 @@ def _serve_cluster(
     import socket
 
     from lanlic.cluster.etcd import EtcdSeats, Unreachable
+    from lanlic.cluster.history import MemberHistoryStore
     from lanlic.cluster.service import ClusterService, etcd_ttl_for
     from lanlic.core.service import ServiceConfig
     from lanlic.net.server import LicenseServer
-    from lanlic.store import Store
 
     config = ServiceConfig(lease_seconds=args.lease, heartbeat_seconds=args.heartbeat)
     server_key = datadir.server_key()
@@ -373,11 +373,11 @@ def _serve_cluster(
             raise CliError(
                 f"--store: etcd at {', '.join(plan.endpoints)} did not answer: {exc}"
             ) from None
-        # The member's own history (what it served), in its data folder as a single server's:
-        # `lanlic admin history --data` reads it; a cluster's whole history is the members'
-        # merged by time (docs/cluster.md).
+        # The member's own history (what it served), in its data folder as a single server's
+        # (`lanlic admin history --data` reads it); each batch written there is also put in
+        # etcd, where every member's admin page reads the cluster's (docs/cluster.md).
         try:
-            history = Store(datadir.path / DB_NAME)
+            history = MemberHistoryStore(datadir.path / DB_NAME, service.history)
         except BaseException:
             await service.close()
             raise

@@ -6,6 +6,7 @@
 - :mod:`lanlic.cluster.borrows`: borrows and enrollments as keys in etcd with no etcd lease.
 - :mod:`lanlic.cluster.desk`: a member's borrowing desk (the single server's rules, etcd's records).
 - :mod:`lanlic.cluster.service`: the licence service of one member.
+- :mod:`lanlic.cluster.history`: the cluster's history, every member's batches as etcd keys.
 
 docs/cluster.md has the design, the measurements and what remains.
 """

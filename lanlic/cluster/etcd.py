@@ -1024,6 +1024,49 @@ class EtcdSeats:
         self.mirror.put(key, state.mod_revision, holder.lease)
         return state
 
+    # -- ranges of plain keys: the history's batches (lanlic.cluster.history) ---------------------
+    # Apart from the seats' code on purpose: keys with no etcd lease (the history outlives the
+    # member that wrote it), read a page at a time and pruned by time.
+
+    async def read_range(
+        self,
+        start: bytes,
+        end: bytes,
+        *,
+        limit: int,
+        descending: bool = False,
+        keys_only: bool = False,
+    ) -> tuple[list[tuple[bytes, bytes]], bool]:
+        """At most ``limit`` keys of ``[start, end)`` with their values (empty if
+        ``keys_only``), in key order (reversed if ``descending``), and whether the range holds
+        more (linearizable). aetcd's ``get_range`` has no limit: the request is built here.
+        Unreachable if etcd did not answer."""
+        rpc = aetcd.rpc
+        request = rpc.RangeRequest(
+            key=start,
+            range_end=end,
+            limit=limit,
+            sort_order=rpc.RangeRequest.DESCEND if descending else rpc.RangeRequest.ASCEND,
+            sort_target=rpc.RangeRequest.KEY,
+            keys_only=keys_only,
+        )
+
+        async def ranged(c: Any) -> Any:
+            await c.connect()
+            try:
+                return await c.kvstub.Range(request, timeout=self.call_timeout, metadata=c.metadata)
+            except grpc.aio.AioRpcError as e:
+                raise aetcd.exceptions.ClientError(e.details()) from e
+
+        got = await self._call(ranged)
+        return [(bytes(kv.key), bytes(kv.value)) for kv in got.kvs], bool(got.more)
+
+    async def delete_range(self, start: bytes, end: bytes) -> int:
+        """Delete every key of ``[start, end)``; how many there were (0 if another member
+        deleted them first). Unreachable if etcd did not answer."""
+        got = await self._call(lambda c: c.delete_range(start, end))
+        return int(got.deleted)
+
 
 async def read_holders(client: Any, prefix: str) -> dict[bytes, tuple[Holder | None, int]]:
     """Every seat key under the prefix with its holder and etcd lease (for auditors and status)."""

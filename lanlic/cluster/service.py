@@ -27,6 +27,9 @@ What differs from a single server (``LicenseService``), request by request:
   their end on its anchored wall clock, racing the others' with a ``mod_revision`` compare.
 - the queue (``wait``): one line per product shared by every member, a waiter key per place in
   etcd (``lanlic.cluster.queue``); a plain checkout never jumps a non-empty line.
+- the history: written to the member's own ``lanlic.db`` as a single server's, and each batch
+  also put in etcd in the background (``history``, ``lanlic.cluster.history``), where every
+  member's admin page reads the whole cluster's.
 
 Not sans-IO: it starts tasks on the running loop (``start`` inside it).
 """
@@ -43,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from lanlic.cluster.borrows import EtcdBorrows
 from lanlic.cluster.desk import ClusterDesk
 from lanlic.cluster.etcd import EtcdSeats, SeatHold, Unreachable
+from lanlic.cluster.history import ClusterHistory
 from lanlic.cluster.queue import MemberQueue
 from lanlic.cluster.stopping import end_within
 from lanlic.cluster.view import cluster_status
@@ -103,6 +107,9 @@ class ClusterService(LicenseService):
         """Borrows this member's reaper ended (another member's may have ended others)."""
         self.queue = MemberQueue(self)
         seats.on_change = self.queue.drain  # a seat freed or the line moved: serve its head
+        self.history = ClusterHistory(seats)
+        """The cluster's history in etcd: fed by the member's database (``MemberHistoryStore``),
+        read by the admin page."""
 
     # ---------------------------------------------------------------------------- life
 
@@ -112,6 +119,7 @@ class ClusterService(LicenseService):
         loop = asyncio.get_running_loop()
         self._guard_task = loop.create_task(self._guard_lease())
         self._reaper_task = loop.create_task(self._reap_borrows())
+        self.history.start()
 
     async def close(self) -> None:
         """Stop. The seats stay in etcd under this member's lease until it expires, so their
@@ -121,6 +129,8 @@ class ClusterService(LicenseService):
         if self._tasks:  # key deletes in flight: a moment to finish, then cancelled
             await asyncio.wait(list(self._tasks), timeout=bound)
         await end_within(list(self._tasks), bound, "member: stopping")
+        # The server has stopped and written its last batch: put what waits, bounded.
+        await self.history.close(within=self.seats.call_timeout * 5)
         await self.seats.close()
 
     def _spawn(self, work: Awaitable[None]) -> None:

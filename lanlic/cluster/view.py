@@ -18,14 +18,18 @@ borrows, and ``lanlic status``, the same from any member.
   meanwhile. Remove it on that member's page.
 - **Enrollments** are read from etcd when asked; one accepted on the page is written there, as
   ``lanlic admin enroll --accept`` through any member does.
-- **History** is the member's own (what it served, in its data folder's ``lanlic.db``), as the
-  page says; the usage chart is not drawn (``HistoryNotKept``): it walks the history back from
-  the current counts, which are the cluster's, while the history is one member's.
+- **History** is the cluster's (``lanlic.cluster.history``): every member's rows from etcd,
+  merged by time, each naming the member that served it; the usage chart walks them back from
+  the cluster's counts. The CSV export has the single server's columns and ``member``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import csv
+import datetime as dt
+import io
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 from lanlic.admin import views
 from lanlic.cluster.etcd import Unreachable
@@ -35,15 +39,18 @@ from lanlic.proto import messages as m
 
 if TYPE_CHECKING:
     from lanlic.cluster.etcd import SeatRecord
+    from lanlic.cluster.history import MemberRow
     from lanlic.cluster.service import ClusterService
 
 __all__ = [
+    "CSV_HEADER",
     "HeldByOtherMember",
     "HistoryNotKept",
     "active_borrows",
     "cluster_holders",
     "cluster_status",
     "enrollment_rows",
+    "history_csv",
     "product_rows",
     "remove_refusal",
 ]
@@ -56,8 +63,8 @@ class HeldByOtherMember(LanlicError):
 
 
 class HistoryNotKept(LanlicError):
-    """What a cluster member's history cannot answer: the usage chart (the cluster's history is
-    not kept in one place), or any history if the member runs without its database."""
+    """A cluster member that runs without its database keeps no history (it hands the rows it
+    writes there to the cluster's history in etcd)."""
 
     code = "history_not_kept"
 
@@ -206,3 +213,20 @@ async def cluster_status(service: ClusterService, request_id: int) -> m.Message:
         ]  # fmt: skip
         p["holders_total"] = len(mine)
     return reply
+
+
+#: The single server's export columns (``lanlic.admin.export``) and the member that served it.
+CSV_HEADER: Final = "time_utc,unix_time,event,product,user,host,detail,count,member\r\n"
+
+
+def history_csv(rows: Sequence[MemberRow]) -> bytes:
+    """The CSV lines of the cluster's rows, as ``lanlic.admin.export`` writes a single server's
+    (every cell through ``views.csv_cell``; the member's name too, which comes from etcd)."""
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\r\n")
+    for r in rows:
+        when = dt.datetime.fromtimestamp(int(r.at), dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        cells = [when, f"{r.at:.3f}", r.event, r.product, r.user, r.host, r.detail, str(r.count),
+                 r.member]  # fmt: skip
+        w.writerow([views.csv_cell(c) for c in cells])
+    return out.getvalue().encode()

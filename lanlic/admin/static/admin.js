@@ -493,7 +493,7 @@ function noHistory() {
   return c && !c.history ? c.history_note : "";
 }
 
-// A cluster member draws no usage chart (each member keeps only its own history): why, else "".
+// A cluster member without its database draws no usage chart: why, else "".
 function noChart() {
   const c = state.overview && state.overview.cluster;
   return c ? c.chart_note : "";
@@ -510,13 +510,19 @@ async function loadHistory() {
   q.set("offset", state.historyOffset);
   q.set("limit", PAGE);
   const page = await api("GET", `/api/history?${q}`);
+  // A cluster member's history is every member's: each row names the member that served it.
+  const cluster = Boolean(state.overview && state.overview.cluster);
+  $("history-member").hidden = !cluster;
   const rows = page.items.map((r) => el("tr", {},
     el("td", { text: fmtTime(r.at) }), el("td", { text: r.event }), el("td", { text: r.product }),
     el("td", { text: r.user }), el("td", { text: r.host }), el("td", { class: "detail", text: r.count > 1 ? `${r.detail} (×${r.count})` : r.detail }),
+    ...(cluster ? [el("td", { class: "mono", text: r.member })] : []),
   ));
   fillTable($("history-table"), rows, "No history matches.");
   const end = page.offset + page.items.length;
-  $("history-range").textContent = page.total ? `${page.offset + 1}–${end} of ${page.total}` : "0 rows";
+  // page.more: a cluster's read stopped once it held the page; the total is a lower bound.
+  const of = page.more ? `more than ${page.total}` : String(page.total);
+  $("history-range").textContent = page.total ? `${page.offset + 1}–${end} of ${of}` : "0 rows";
   $("history-prev").disabled = page.offset === 0;
   $("history-next").disabled = end >= page.total;
 }
