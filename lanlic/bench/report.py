@@ -204,7 +204,9 @@ def ratios(scenarios: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | 
 
 
 def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets, each met, missed, or not measured at these sizes."""
+    """Issue 14's targets, each met, missed, or not measured at these sizes. Throughput is
+    judged by its ratio to the ceiling and to Redis in the same run (the VM's noise moves all
+    targets alike); latency and memory by their bounds."""
     sc = data["scenarios"]
     rt = data.get("ratios", {})
     out: list[dict[str, Any]] = []
@@ -215,8 +217,8 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     r = rt.get("saturate-renew", {})
     if "lanlic/ceiling" in r:
         add(
-            "saturate renew >= 70% of ceiling",
-            r["lanlic/ceiling"] >= 0.70,
+            "saturate renew >= 75% of the ceiling",
+            r["lanlic/ceiling"] >= 0.75,
             f"{r['lanlic/ceiling']:.0%}",
         )
     if "lanlic/redis" in r:
@@ -224,17 +226,26 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     r = rt.get("saturate-checkout", {})
     if "lanlic/ceiling" in r:
         add(
-            "saturate checkout+release >= 50% of ceiling",
-            r["lanlic/ceiling"] >= 0.50,
+            "saturate checkout+release >= 70% of the ceiling",
+            r["lanlic/ceiling"] >= 0.70,
             f"{r['lanlic/ceiling']:.0%}",
         )
+    if "lanlic/redis" in r:
+        add(
+            "saturate checkout+release above Redis",
+            r["lanlic/redis"] > 1.0,
+            f"{r['lanlic/redis']:.2f}x",
+        )
+    co = sc.get("saturate-checkout", {}).get("lanlic", {}).get("latency", {})
+    if co.get("p999") is not None:
+        add("saturate checkout+release p99.9 < 20 ms", co["p999"] < 20.0, f"{co['p999']} ms")
     st = sc.get("steady", {}).get("lanlic")
     if st and "latency" in st:
         big = st["held"] >= 10_000 and abs(data["params"]["heartbeat"] - 1.0) < 1e-9
         p99 = st["latency"].get("p99")
-        ok = p99 is not None and p99 < 5.0 and st["lost"] == 0 and st["unanswered"] == 0
+        ok = p99 is not None and p99 < 2.0 and st["lost"] == 0 and st["unanswered"] == 0
         add(
-            "steady 10k seats renewing 1/s: p99 < 5 ms, none lost",
+            "steady 10k seats renewing 1/s: p99 < 2 ms, none lost",
             ok if big else None,
             f"{st['held']} seats, p99 {p99} ms, lost {st['lost']}"
             + ("" if big else " (not at full size)"),
@@ -242,18 +253,28 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     b = sc.get("burst", {}).get("lanlic")
     if b and "seated" in b:
         big = b["n"] >= 10_000
-        ok = b["seated"] == b["n"] and b["refused"] == 0 and (b["all_seated_s"] or 99) <= 3.0
+        took = b["all_seated_s"] or 99.0
+        redis = sc["burst"].get("redis", {}).get("all_seated_s")
+        ok = b["seated"] == b["n"] and b["refused"] == 0 and took < 2.0
+        ok = ok and (redis is None or took <= redis)
         add(
-            "burst 10k within 3 s, none refused",
+            "burst of 10,000 seated no slower than Redis and under 2 s, none refused",
             ok if big else None,
-            f"{b['seated']}/{b['n']} in {b['all_seated_s']} s, refused {b['refused']}"
-            + ("" if big else " (not at full size)"),
+            f"{b['seated']}/{b['n']} in {b['all_seated_s']} s (Redis {redis} s), "
+            f"refused {b['refused']}" + ("" if big else " (not at full size)"),
+        )
+    r = rt.get("churn", {})
+    if "lanlic/redis" in r:
+        add(
+            "churn sessions/s at least Redis's",
+            r["lanlic/redis"] >= 1.0,
+            f"{r['lanlic/redis']:.2f}x",
         )
     mem = [sc.get(k, {}).get("lanlic", {}).get("bytes_per_seat") for k in ("burst", "steady")]
     mem = [m for m in mem if m is not None]
     if mem:
         worst = max(mem)
-        add("<= 4 KiB per held seat", worst <= 4096, f"{worst:,} B (RSS, seat + connection)")
+        add("<= 3 KiB per held seat", worst <= 3072, f"{worst:,} B (RSS, seat + connection)")
     return out
 
 
