@@ -238,12 +238,23 @@ class Procs(ProcGroup):
     def serve(
         self, network_key: Path, vendor: Path, data: Path, *extra: str
     ) -> tuple[Proc, int, str]:
-        """Start a server on ``data`` and wait for its ``listening`` line: (proc, port, id)."""
-        proc = self.start(serve_args(network_key, vendor, data, *extra))
-        event = proc.read_json()
-        if event.get("event") == "restored":
+        """Start a server on ``data`` and wait for its ``listening`` line: (proc, port, id).
+
+        A restart on the port a stopped server had (``--port N``) is tried again for up to 5 s
+        while the port is in use: between the stop and the start any process on the machine
+        may take it for a moment (a connection's source port, a free-port probe; CI runs two
+        suites at once), which the server rightly refuses."""
+        for _ in range(20):
+            proc = self.start(serve_args(network_key, vendor, data, *extra))
             event = proc.read_json()
-        assert event["event"] == "listening" and event["host"] == "127.0.0.1", event
+            if event.get("event") == "restored":
+                event = proc.read_json()
+            taken = "address already in use" in str(event.get("message", ""))
+            if not (taken and "--port" in extra):
+                break
+            proc.popen.wait(timeout=10)
+            time.sleep(0.25)
+        assert event.get("event") == "listening" and event["host"] == "127.0.0.1", event
         return proc, event["port"], event["server_id"]
 
     def checkout(self, laptop: Laptop, port: int, product: str, hold: float = 30) -> Proc:

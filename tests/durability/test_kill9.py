@@ -304,10 +304,11 @@ async def test_sigkill_at_random_moments_loses_nothing_and_never_over_grants(
     print(f"kill9: {KILLS} kills, seed {SEED}, {observations} observations, {stats}")
     assert observations > KILLS * 10
     # The rounds did work: seats and files out at the kills. With the slowed store every grant
-    # past the reservation waits 0.25 s, so fewer are out when the kill comes (31 and 10 of 50
-    # kills measured on a loaded machine).
-    seats = KILLS // 2 if slow else KILLS
-    assert stats["seats"] > seats and stats["files"] >= KILLS / 10, stats
+    # past the reservation waits 0.25 s and every borrow 0.25 s more, so fewer are out when the
+    # kill comes (seats 31-45 and files 4-10 of 50 kills measured on loaded machines; plain
+    # store seats 73-74 and files 15-18).
+    seats, files = (KILLS // 2, KILLS / 20) if slow else (KILLS, KILLS / 10)
+    assert stats["seats"] > seats and stats["files"] >= files, stats
     assert not violations, violations[:3]
 
 
