@@ -272,6 +272,23 @@ class SeatPool:
             lease_id = self._new_lease_id() if mint is None else mint(owner, product)
         return Granted(self._add(lease_id, p, product, owner, holder, now))
 
+    def grant(
+        self, product: str, version: str, owner: bytes, holder: Holder, now: float
+    ) -> Lease | None:
+        """``checkout`` for the server's fast path: the new lease, or None where ``checkout``
+        has more to do or to say (an unknown product, a version the key does not license, no
+        seat free before a sweep). The same count is checked: never a seat more."""
+        p = self._products.get(product)
+        if p is None or p.in_use + p.borrowed + p.held >= p.entitlement.seats:
+            return None
+        if version and not p.entitlement.allows_version(version):
+            return None
+        mint = self.mint
+        lease_id = self._new_lease_id() if mint is None else mint(owner, product)
+        if lease_id in self._leases:  # pragma: no cover - 2**-128 (minted: 2**-32 a batch)
+            return None
+        return self._add(lease_id, p, product, owner, holder, now)
+
     @staticmethod
     def _full_message(product: str, p: _Product) -> str:
         why = [f"{n} {what}" for n, what in ((p.borrowed, "borrowed"), (p.held, "held for "
@@ -379,6 +396,25 @@ class SeatPool:
                 lease.renewed = now
                 renewed.append(lease_id)
         return renewed, lost
+
+    def renew_one(self, lease_id: bytes, owner: bytes, now: float) -> bool:
+        """Renew one live lease of ``owner``; False (nothing changed) when ``renew`` would call
+        it lost, which the caller then asks ``renew`` to settle."""
+        lease = self._leases.get(lease_id)
+        if lease is None or lease.owner != owner or lease.expires <= now:
+            return False
+        lease.expires = now + self.lease_seconds
+        lease.renewed = now
+        return True
+
+    def release_one(self, lease_id: bytes, owner: bytes, now: float) -> Lease | None:
+        """Release one live lease of ``owner`` and return it; None (nothing changed) when
+        ``release`` would call it lost, which the caller then asks ``release`` to settle."""
+        lease = self._leases.get(lease_id)
+        if lease is None or lease.owner != owner or lease.expires <= now:
+            return None
+        self._remove(lease)
+        return lease
 
     def release(self, lease_ids: Iterable[bytes], owner: bytes | None, now: float) -> ReleaseResult:
         """Give seats back. ``owner=None`` is the admin's remove: any lease, whoever holds it."""

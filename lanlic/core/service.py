@@ -26,6 +26,8 @@ from lanlic.core.pool import Denied, Granted, Holder, Lease, SeatPool
 from lanlic.core.queue import Waiter
 from lanlic.core.restart import RestartGuard
 from lanlic.proto import messages as m
+from lanlic.proto import replybytes
+from lanlic.proto.framing import encode_frame
 
 if TYPE_CHECKING:  # the store is the adapter's; the core only names its interface
     from lanlic.store import Store
@@ -188,6 +190,9 @@ class LicenseService:
         self.server_id = signing.fingerprint(self.server_pub)
         self._on_event = on_event
         self._expiry_day = (0.0, 0.0, False)  # (start, end, expired) of the last UTC day asked
+        self._tails: dict[str, tuple[int, float, bytes]] = {}
+        """Per product: the epoch and lease period a packed ``granted`` end was made for, and
+        it (``_granted_tail``)."""
         self.desk = BorrowDesk(key, self.pool, server_key, self.server_id, self._event)
         self.guard = RestartGuard(self.pool)
         self.gate = SeatGate(self.pool, self._borrowers)
@@ -629,54 +634,89 @@ class LicenseService:
     # ``handle``, which say what is wrong. tests/test_fastpath.py holds both paths to the same
     # bytes and the same pool. The caller has checked the connection's state table.
 
-    def renew_wire(
-        self, session: Session, wire: dict[str, Any], now: float, wall: float
-    ) -> dict[str, Any] | None:
-        req = m.lease_request(wire)
-        if req is None:
-            return None
-        renewed, gone = self.pool.renew_pair(_once(req[1]), session.client_id, now)
-        if gone:
-            if self.guard.reclaimable():
-                return None  # may be a reclaim (SPEC section 13): the general path does it
-            lost = [{"lease": x, "code": "lease_unknown"} for x in gone]
-        else:
-            lost = []
-        return {"t": "renewed", "id": req[0], "leases": renewed, "lost": lost}
+    # The fast path: renew, release and checkout from wire map to frame bytes (the adapter
+    # answers them without building message objects; ``None``: hand the map to ``handle``).
+    # The same checks as ``handle``, the same replies: tests/net/test_fastpath.py holds the two
+    # paths to the same answers. The common cases (one lease, a seat free, nothing lost) take
+    # the pool's one-lease calls and the packed replies of ``lanlic.proto.replybytes``.
 
-    def release_wire(
+    def renew_frame(
         self, session: Session, wire: dict[str, Any], now: float, wall: float
-    ) -> dict[str, Any] | None:
+    ) -> bytes | None:
         req = m.lease_request(wire)
         if req is None:
             return None
-        released, gone = self.pool.release_pair(_once(req[1]), session.client_id, now)
+        rid, leases = req
+        if len(leases) == 1 and self.pool.renew_one(leases[0], session.client_id, now):
+            return replybytes.renewed(rid, leases)
+        renewed, gone = self.pool.renew_pair(_once(leases), session.client_id, now)
+        if not gone:
+            return replybytes.renewed(rid, renewed)
+        if self.guard.reclaimable():
+            return None  # may be a reclaim (SPEC section 13): the general path does it
+        lost = [{"lease": x, "code": "lease_unknown"} for x in gone]
+        return encode_frame({"t": "renewed", "id": rid, "leases": renewed, "lost": lost})
+
+    def release_frame(
+        self, session: Session, wire: dict[str, Any], now: float, wall: float
+    ) -> bytes | None:
+        req = m.lease_request(wire)
+        if req is None:
+            return None
+        rid, leases = req
+        if len(leases) == 1:
+            lease = self.pool.release_one(leases[0], session.client_id, now)
+            if lease is not None:
+                sink = self._on_event
+                if sink is not None:
+                    h = lease.holder
+                    sink(("release", lease.product, h.user, h.host, "release"))
+                return replybytes.released_one(rid, lease.id)
+        released, gone = self.pool.release_pair(_once(leases), session.client_id, now)
         for lease in released:
             self._lease_event("release", lease, "release")
         lost = [{"lease": x, "code": "lease_unknown"} for x in gone] if gone else []
-        return {"t": "released", "id": req[0], "leases": [x.id for x in released], "lost": lost}
+        return encode_frame(
+            {"t": "released", "id": rid, "leases": [x.id for x in released], "lost": lost}
+        )
 
-    def checkout_wire(
+    def checkout_frame(
         self, session: Session, wire: dict[str, Any], now: float, wall: float
-    ) -> dict[str, Any] | None:
+    ) -> bytes | None:
         req = m.checkout_request(wire)
         if req is None:
             return None
-        rid = req[0]
+        rid, product, version = req
         guard = self.guard
-        if guard.enabled and req[1] in self.pool.products and guard.needed(req[1]) is not None:
+        pool = self.pool
+        if guard.enabled and product in pool.products and guard.needed(product) is not None:
             return None  # a reservation must be written first: the general path does that
-        lease = self._take_seat(session, rid, req[1], req[2], now, wall)
-        if isinstance(lease, m.Error):
-            return m.to_wire(lease)
-        return {
-            "t": "granted",
-            "id": rid,
-            "lease": lease.id,
-            "product": lease.product,
-            "lease_s": self.pool.lease_seconds,
-            "epoch": guard.epoch,
-        }
+        start, end, expired = self._expiry_day  # ``_key_expired``'s answer for today
+        if start <= wall < end and not expired and product not in self.gate.rules:
+            h = session.holder
+            holder = h if h.version == version else Holder(h.user, h.host, h.app, version, h.addr)
+            lease = pool.grant(product, version, session.client_id, holder, now)
+            if lease is not None:
+                sink = self._on_event
+                if sink is not None:
+                    sink(("checkout", product, holder.user, holder.host, version))
+                return replybytes.granted(rid, lease.id, self._granted_tail(product))
+        # Anything else (no seat free before a sweep, seat rules, a new day) as ``handle``
+        # does it, refusals included.
+        taken = self._take_seat(session, rid, product, version, now, wall)
+        if isinstance(taken, m.Error):
+            return encode_frame(m.to_wire(taken))
+        return replybytes.granted(rid, taken.id, self._granted_tail(product))
+
+    def _granted_tail(self, product: str) -> bytes:
+        """The packed end of a ``granted`` of ``product`` (the same for every grant of an
+        epoch), made once per product and epoch."""
+        epoch, lease_s = self.guard.epoch, self.pool.lease_seconds
+        cached = self._tails.get(product)
+        if cached is None or cached[0] != epoch or cached[1] != lease_s:
+            cached = (epoch, lease_s, replybytes.granted_tail(product, lease_s, epoch))
+            self._tails[product] = cached
+        return cached[2]
 
     def _release(self, session: Session, msg: m.Release, now: float) -> Reply:
         result = self.pool.release(_once(msg.leases), session.client_id, now)

@@ -4,10 +4,10 @@ One ``asyncio.Protocol`` per connection (cheaper than streams: no reader task pe
 benchmark's bare servers measured streams at about a third of Protocol's rate). Every
 ``data_received`` decodes all complete frames of that read, handles them in order, and writes all
 replies with one ``transport.write``, so a pipelining client costs one syscall per read, not per
-request. Renew, release and checkout, when the state table allows them, take a fast path from wire
-map to wire map (``LicenseService.renew_wire`` and friends: the same checks, no message objects);
-every other frame, and any the fast path does not accept, goes through ``parse`` and ``handle``.
-Lease expiry is driven by exactly one ``loop.call_at`` timer armed at the pool's next
+request. Renew, release and checkout, when the state table allows them, take a fast path from
+wire map to frame bytes (``LicenseService.renew_frame`` and friends: the same checks, no message
+objects); every other frame, and any the fast path does not accept, goes through ``parse`` and
+``handle``. Lease expiry is driven by exactly one ``loop.call_at`` timer armed at the pool's next
 deadline; the loop's clock is monotonic, so wall-clock jumps do not touch leases. A stall of the
 loop itself (the process stopped, its VM paused) is noticed by the first callback after it, which
 gives every lease the stalled time back before anything expires (``now``); the wall clock, used
@@ -44,7 +44,6 @@ from lanlic.core.service import Session as _Session
 from lanlic.errors import BadFrame
 from lanlic.proto import messages as m
 from lanlic.proto.connection import ConnState, FatalError, RequestError, ServerConnection
-from lanlic.proto.framing import encode_frame
 from lanlic.server.policyfile import PolicyWatch
 from lanlic.store import Store
 from lanlic.store import history as hist
@@ -64,9 +63,9 @@ _encode = ServerConnection.send
 
 #: Requests answered on the fast path, by wire type.
 _FAST: dict[str, Callable[[LicenseService, _Session, dict[str, Any], float, float], Any]] = {
-    "renew": LicenseService.renew_wire,
-    "release": LicenseService.release_wire,
-    "checkout": LicenseService.checkout_wire,
+    "renew": LicenseService.renew_frame,
+    "release": LicenseService.release_frame,
+    "checkout": LicenseService.checkout_frame,
 }
 
 
@@ -264,18 +263,18 @@ class _Protocol(asyncio.Protocol):
         steady = conn.steady_types
         for index, item in enumerate(frames):
             # The fast path: a well-formed renew, release or checkout that the state table
-            # allows here goes from wire map to wire map (see LicenseService.renew_wire).
+            # allows here goes from wire map to frame bytes (see LicenseService.renew_frame).
             if type(item) is dict:
                 t = item.get("t")
                 fast = fast_path.get(t) if type(t) is str else None
                 if fast is not None and t in steady:
                     try:
-                        wire = fast(service, session, item, now, wall)
+                        frame = fast(service, session, item, now, wall)
                     except Exception:
                         log.exception("internal error handling %s", t)
-                        wire = m.to_wire(m.Error(m.request_id_of(item), "internal_error", ""))
-                    if wire is not None:
-                        out.append(encode_frame(wire))
+                        frame = _encode(m.Error(m.request_id_of(item), "internal_error", ""))
+                    if frame is not None:
+                        out.append(frame)
                         continue
             event = conn.event_for(item)
             if isinstance(event, m.Message):
@@ -397,7 +396,7 @@ class LicenseServer:
     ) -> None:
         self.service = service
         self.fast_path = _FAST if service.wire_fast_path else {}
-        """The requests answered from wire map to wire map (none when the seats are elsewhere)."""
+        """The requests answered from wire map to frame bytes (none: the seats are elsewhere)."""
         self.store = store
         self.history_store = store if store is not None else history_store
         """Where the history goes: the store, or (a cluster member, whose seats are in etcd) a

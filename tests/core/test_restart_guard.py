@@ -13,6 +13,7 @@ from lanlic.core.pool import Granted
 from lanlic.core.restart import RestartGuard, RestartState
 from lanlic.core.service import LicenseService, Session
 from lanlic.proto import messages as m
+from lanlic.proto.framing import decode_body
 from lanlic.store import Store
 
 
@@ -34,7 +35,7 @@ def test_grants_waiting_for_a_reservation_keep_their_room(
     assert a is not None and b is not None  # both wait for a reservation write
     assert isinstance(a.commit(a.write(store)), m.Granted)
     # A third checkout arrives on the fast path while b's write is still under way.
-    fast = service.checkout_wire(sessions[2], {"t": "checkout", "id": 4, "product": "cad"}, 0, 0)
+    fast = service.checkout_frame(sessions[2], {"t": "checkout", "id": 4, "product": "cad"}, 0, 0)
     if fast is None:  # it has to write a reservation of its own first
         c = service.handle(sessions[2], m.Checkout(4, "cad"), 0.0, 0.0).durable
         assert c is not None
@@ -42,7 +43,7 @@ def test_grants_waiting_for_a_reservation_keep_their_room(
         c_reply = c.commit(c.write(store))
         assert isinstance(c_reply, m.Granted), c_reply
     else:
-        assert fast["t"] == "granted"
+        assert decode_body(fast[4:])["t"] == "granted"
         b_reply = b.commit(b.write(store))
     assert isinstance(b_reply, m.Granted), b_reply
     assert service.pool.in_use("cad") == 3
