@@ -163,6 +163,30 @@ class SeatPoolMachine(RuleBasedStateMachine):
         assert isinstance(result, Granted), result
         self.granted(result, product, owner, holder)
 
+    @rule(data=st.data(), version_ok=st.booleans(), owner=st.sampled_from(OWNERS))
+    def grant(self, data: st.DataObject, version_ok: bool, owner: bytes) -> None:
+        """The fast path's checkout: a lease exactly where one fits without a sweep, else
+        nothing at all (the caller then asks ``checkout``)."""
+        product = data.draw(st.sampled_from([*sorted(self.seats), UNKNOWN]), label="product")
+        version = data.draw(
+            st.sampled_from(VERSIONS_IN if version_ok else VERSIONS_OUT), label="version"
+        )
+        holder = Holder("user", "host", "app", version)
+        before = self.pool.changes
+        lease = self.pool.grant(product, version, owner, holder, self.now)
+        taken = self.borrowed.get(product, 0) + self.held_seats.get(product, 0)
+        fits = (
+            product in self.seats
+            and (version_ok or not self.ranged[product])
+            and self.count(product, alive_only=False) + taken < self.seats[product]
+        )
+        if not fits:
+            assert lease is None
+            assert self.pool.changes == before
+            return
+        assert lease is not None
+        self.granted(Granted(lease), product, owner, holder)
+
     def fits(self, product: str) -> bool:
         """Whether one more seat fits, sweeping first if the product looks full (as the pool
         does for a checkout, an adopt and a borrow with ``now``)."""
@@ -206,6 +230,43 @@ class SeatPoolMachine(RuleBasedStateMachine):
                 renewed.append(lid)
         assert result.renewed == renewed
         assert result.lost == lost
+
+    @rule(data=st.data())
+    def renew_one(self, data: st.DataObject) -> None:
+        """The fast path's renew of one lease: renewed if alive and the owner's, else nothing
+        changes (the caller then asks ``renew``, which says what became of it)."""
+        ids = self.draw_ids(data)[:1]
+        if not ids:
+            return
+        owner = self.draw_owner(data, ids)
+        m = self.held.get(ids[0])
+        ok = m is not None and m.owner == owner and self.now < m.deadline
+        before = self.pool.changes
+        assert self.pool.renew_one(ids[0], owner, self.now) is ok
+        if ok:
+            assert m is not None
+            m.deadline = self.now + LEASE
+        assert self.pool.changes == before
+
+    @rule(data=st.data())
+    def release_one(self, data: st.DataObject) -> None:
+        """The fast path's release of one lease: freed if alive and the owner's, else nothing
+        changes (the caller then asks ``release``)."""
+        ids = self.draw_ids(data)[:1]
+        if not ids:
+            return
+        owner = self.draw_owner(data, ids)
+        m = self.held.get(ids[0])
+        ok = m is not None and m.owner == owner and self.now < m.deadline
+        before = {p: self.pool.in_use(p) for p in self.seats}
+        lease = self.pool.release_one(ids[0], owner, self.now)
+        if not ok:
+            assert lease is None
+            assert {p: self.pool.in_use(p) for p in self.seats} == before
+            return
+        assert lease is not None and lease.id == ids[0]
+        product = self.held.pop(ids[0]).product
+        assert self.pool.in_use(product) == before[product] - 1
 
     @rule(data=st.data(), admin=st.booleans())
     def release(self, data: st.DataObject, admin: bool) -> None:
