@@ -637,13 +637,15 @@ class LicenseService:
     # The fast path: renew, release and checkout from wire map to frame bytes (the adapter
     # answers them without building message objects; ``None``: hand the map to ``handle``).
     # The same checks as ``handle``, the same replies: tests/net/test_fastpath.py holds the two
-    # paths to the same answers. The common cases (one lease, a seat free, nothing lost) take
-    # the pool's one-lease calls and the packed replies of ``lanlic.proto.replybytes``.
+    # paths to the same answers. Only maps with no field but the known ones are taken, every
+    # one checked here: the adapter's maps have not been through ``framing.check_map``. The
+    # common cases (one lease, a seat free, nothing lost) take the pool's one-lease calls and
+    # the packed replies of ``lanlic.proto.replybytes``.
 
     def renew_frame(
         self, session: Session, wire: dict[str, Any], now: float, wall: float
     ) -> bytes | None:
-        req = m.lease_request(wire)
+        req = m.lease_request(wire) if len(wire) == 3 else None  # t, id, leases: nothing else
         if req is None:
             return None
         rid, leases = req
@@ -660,7 +662,7 @@ class LicenseService:
     def release_frame(
         self, session: Session, wire: dict[str, Any], now: float, wall: float
     ) -> bytes | None:
-        req = m.lease_request(wire)
+        req = m.lease_request(wire) if len(wire) == 3 else None  # t, id, leases: nothing else
         if req is None:
             return None
         rid, leases = req
@@ -683,7 +685,8 @@ class LicenseService:
     def checkout_frame(
         self, session: Session, wire: dict[str, Any], now: float, wall: float
     ) -> bytes | None:
-        req = m.checkout_request(wire)
+        fields = 4 if "version" in wire else 3  # t, id, product, maybe version: nothing else
+        req = m.checkout_request(wire) if len(wire) == fields else None
         if req is None:
             return None
         rid, product, version = req

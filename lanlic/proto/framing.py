@@ -23,6 +23,7 @@ __all__ = [
     "MAX_FRAME",
     "FrameDecoder",
     "FrameTooLarge",
+    "check_map",
     "decode_body",
     "encode_frame",
 ]
@@ -91,11 +92,18 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise BadFrame(f"msgpack extension type {code} is not allowed")
 
 
-def decode_body(body: bytes | bytearray) -> dict[str, Any]:
+def check_map(obj: dict[str, Any]) -> None:
+    """Raise ``BadFrame`` if a decoded map nests deeper than the protocol allows or has a key
+    that is not a string, at any depth (what ``decode_body`` checks after msgpack)."""
+    _check_depth(obj)
+
+
+def decode_body(body: bytes | bytearray, check: bool = True) -> dict[str, Any]:
     """Decode one frame body into a map with string keys, or raise ``BadFrame``.
 
     Anything msgpack can raise on hostile bytes is turned into ``BadFrame`` here, so callers
-    have one error path.
+    have one error path. ``check=False`` leaves out ``check_map`` (the nesting and the keys),
+    for a caller that checks every map it does not take apart field by field itself.
     """
     n = len(body)
     try:
@@ -128,7 +136,8 @@ def decode_body(body: bytes | bytearray) -> dict[str, Any]:
         raise BadFrame(f"frame body is not valid msgpack ({type(exc).__name__})") from exc
     if not isinstance(obj, dict):
         raise BadFrame(f"frame body is a msgpack {type(obj).__name__}, not a map")
-    _check_depth(obj)
+    if check:
+        _check_depth(obj)
     return obj
 
 
@@ -155,10 +164,12 @@ class FrameDecoder:
     be closed.
     """
 
-    __slots__ = ("_buf", "_need", "max_frame")
+    __slots__ = ("_buf", "_need", "check", "max_frame")
 
-    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+    def __init__(self, max_frame: int = MAX_FRAME, check: bool = True) -> None:
         self.max_frame = max_frame
+        self.check = check
+        """False: maps are not yet put through ``check_map`` (see ``decode_body``)."""
         self._buf = bytearray()
         self._need = -1  # body length once a header is read, else -1
 
@@ -178,6 +189,7 @@ class FrameDecoder:
         else:
             src = data
         out: list[dict[str, Any] | BadFrame] = []
+        check = self.check
         pos = 0
         end = len(src)
         need = self._need
@@ -202,7 +214,7 @@ class FrameDecoder:
                 out.append(BadFrame("empty frame"))
                 continue
             try:
-                out.append(decode_body(body))
+                out.append(decode_body(body, check))
             except BadFrame as exc:
                 out.append(exc)
         if src is buf:

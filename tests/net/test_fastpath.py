@@ -13,6 +13,7 @@ import itertools
 import secrets
 from typing import Any
 
+import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from helpers import make_key
 from hypothesis import HealthCheck, given, settings
@@ -218,3 +219,33 @@ async def test_fast_path_follows_the_state_table_within_one_read(start_server, r
     assert renewed["t"] == "renewed" and renewed["lost"][0]["lease"] == lease
     assert fatal["code"] == "bad_frame" and "limit" in fatal["message"]
     assert await peer.closed_by_server()
+
+
+async def test_fast_requests_with_a_bad_map_get_the_frame_errors_of_the_general_path(
+    start_server, raw_peer
+) -> None:  # type: ignore[no-untyped-def]
+    """The server's maps are not checked for nesting and key types before the fast path looks
+    at them: a renew, release or checkout carrying anything beyond its own fields goes to the
+    general path, which checks, so a field nested too deep or a key that is not a string is
+    still a ``bad_frame`` there, and a harmless unknown field is still ignored."""
+    server = await start_server()
+    peer = await raw_peer(server.address)
+    lease = (await peer.request("checkout", product="cad"))["lease"]
+    deep: Any = 1
+    for _ in range(17):
+        deep = [deep]
+    frames = [
+        msgpack.packb({"t": "renew", "id": 1, "leases": [lease], "x": deep}),
+        msgpack.packb({"t": "checkout", "id": 2, "product": "cad", "x": {"y": deep}}),
+        msgpack.packb({"t": "release", "id": 3, "leases": [lease], b"k": 1}),
+        msgpack.packb({"t": "checkout", "id": 4, "product": "cad", "version": "", "x": [[1]]}),
+        msgpack.packb({"t": "release", "id": 5, "leases": [lease], "x": {"y": [1]}}),
+    ]
+    await peer.send_raw(b"".join(len(f).to_bytes(4, "big") + f for f in frames))
+    replies = [await peer.recv() for _ in range(5)]
+    assert [(r["id"], r.get("code")) for r in replies[:3]] == [(0, "bad_frame")] * 3
+    assert "nests deeper" in replies[0]["message"] and "nests deeper" in replies[1]["message"]
+    assert replies[2]["message"] == "map keys must be msgpack str"
+    assert (replies[3]["t"], replies[3]["id"]) == ("granted", 4)
+    assert (replies[4]["t"], replies[4]["leases"]) == ("released", [lease])
+    assert server.service.pool.in_use("cad") == 1  # the second checkout's seat
