@@ -140,6 +140,10 @@ class _LeaseIds:
         self._pos = 0
 
     def __call__(self, n: int = 16) -> bytes:
+        return self.take(n)
+
+    def take(self, n: int) -> bytes:
+        """``n`` bytes (a plain method: a call through ``__call__`` costs more)."""
         pos = self._pos
         if pos + n > len(self._buf):
             self._buf = secrets.token_bytes(4096)
@@ -319,10 +323,8 @@ class SeatPool:
         heapq.heappush(self._heap, (expires, lease_id))
         return lease
 
-    @staticmethod
-    def random_bytes(n: int) -> bytes:
-        """``n`` bytes from the OS's CSPRNG (the lease ids' buffer)."""
-        return _lease_ids(n)
+    #: ``n`` bytes from the OS's CSPRNG (the lease ids' buffer).
+    random_bytes = staticmethod(_lease_ids.take)
 
     def take_peak(self, product: str) -> int:
         """The most seats of ``product`` in use since the last call; starts a new period."""

@@ -106,6 +106,11 @@ class RestartGuard:
         """Reservation writes in flight per product: each will cover one more grant."""
         self.batch_no = 1
         """The number of the next lease batch; lease ids granted now carry it."""
+        self._head_no = 0
+        self._head = b""
+        """``batch_no`` (when it was ``_head_no``) as a lease id's first bytes (``mint``)."""
+        self._names: dict[str, bytes] = {}
+        """Product names as bytes, for ``mint`` (the products of the key: a few)."""
         self._key = b""
         self._tag = _tagger(b"\0" * 32, 0)
         self._recorded: dict[bytes, LeaseRecord] = {}
@@ -162,9 +167,17 @@ class RestartGuard:
     def mint(self, owner: bytes, product: str) -> bytes:
         """A new lease id: batch number, random part, and the tag that proves, after a
         restart, which client it was granted to, for which product, in this epoch."""
-        head = self.batch_no.to_bytes(_BATCH, "big") + self.pool.random_bytes(_NONCE)
+        # Every checkout mints: the batch number's bytes and the product's are made once
+        # (a tenth of a mint each).
+        if self._head_no != self.batch_no:
+            self._head_no = self.batch_no
+            self._head = self.batch_no.to_bytes(_BATCH, "big")
+        name = self._names.get(product)
+        if name is None:
+            name = self._names[product] = product.encode()
+        head = self._head + self.pool.random_bytes(_NONCE)
         h = self._tag.copy()
-        h.update(head + owner + product.encode())
+        h.update(head + owner + name)
         return head + h.digest()
 
     def _granted_to(self, lease_id: bytes, owner: bytes, product: str) -> int | None:
