@@ -9,6 +9,7 @@ import sys
 assert sys.platform == "darwin"  # mypy checks this module for macOS only
 
 import fcntl
+import functools
 import os
 import subprocess
 import time
@@ -46,9 +47,8 @@ def fsync_file(fd: int) -> None:
         os.fsync(fd)
 
 
-def uptime() -> float:
-    """``CLOCK_MONOTONIC``, which on macOS (unlike ``time.monotonic``) counts sleep."""
-    return time.clock_gettime(time.CLOCK_MONOTONIC)
+#: ``CLOCK_MONOTONIC``, which on macOS (unlike ``time.monotonic``) counts sleep.
+uptime = functools.partial(time.clock_gettime, time.CLOCK_MONOTONIC)
 
 
 def run_tool(argv: tuple[str, ...]) -> str:

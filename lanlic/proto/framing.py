@@ -92,6 +92,9 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise BadFrame(f"msgpack extension type {code} is not allowed")
 
 
+_unpackb = msgpack.unpackb
+
+
 def check_map(obj: dict[str, Any]) -> None:
     """Raise ``BadFrame`` if a decoded map nests deeper than the protocol allows or has a key
     that is not a string, at any depth (what ``decode_body`` checks after msgpack)."""
@@ -213,6 +216,18 @@ class FrameDecoder:
             if not body:
                 out.append(BadFrame("empty frame"))
                 continue
+            if not check and len(body) <= _MAX_CONTAINER:
+                # ``decode_body(body, False)`` inlined for the frames of every request: a
+                # valid map goes out as is; anything else is decoded again by
+                # ``decode_body``, which says exactly what is wrong.
+                try:
+                    obj = _unpackb(body, ext_hook=_no_ext, max_ext_len=0)
+                except Exception:  # noqa: S110 - decode_body below names the error
+                    pass
+                else:
+                    if type(obj) is dict:
+                        out.append(obj)
+                        continue
             try:
                 out.append(decode_body(body, check))
             except BadFrame as exc:

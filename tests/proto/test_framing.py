@@ -20,6 +20,7 @@ from lanlic.proto.framing import (
     MAX_FRAME,
     FrameDecoder,
     FrameTooLarge,
+    check_map,
     decode_body,
     encode_frame,
 )
@@ -463,3 +464,60 @@ def test_decode_errors_name_what_was_wrong() -> None:
     with pytest.raises(BadFrame) as info:
         decode_body(large)
     assert info.value.message == "msgpack extension type 5 is not allowed"
+
+
+# ----------------------------------------------------------------------- the unchecked decoder
+# The server's decoder leaves ``check_map`` to whoever takes a map (ServerConnection.event_for,
+# or the fast path for the shapes it checks field by field): apart from that, it must decode
+# every body exactly as ``decode_body`` does.
+
+_bodies = st.one_of(
+    st.binary(max_size=40),
+    st.builds(
+        packed,
+        st.recursive(
+            st.none()
+            | st.integers(-(2**63), 2**64 - 1)
+            | st.text(max_size=4)
+            | st.binary(max_size=4),
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.dictionaries(st.text(max_size=3) | st.binary(max_size=2), inner, max_size=3)
+            ),
+            max_leaves=25,
+        ),
+    ),
+    st.sampled_from(
+        [
+            b"\x81\xa1t\xc7\x00\x05",
+            b"\x81\xa1t\xd4\x05x",
+            b"\x81\xa1t\xd6\xff\x00\x00\x00\x01",
+            packed(nested_maps(17)),
+            packed({"a": {b"k": 1}}),
+            b"\xc1",
+            packed([1]),
+        ]
+    ),
+)
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_bodies, max_size=6))
+def test_the_unchecked_decoder_decodes_as_decode_body_less_the_map_check(
+    bodies: list[bytes],
+) -> None:
+    stream = b"".join(struct.pack(">I", len(b)) + b for b in bodies)
+    unchecked = FrameDecoder(check=False).feed(stream)
+    checked = FrameDecoder().feed(stream)
+    assert len(unchecked) == len(checked) == len(bodies)
+    for got, want in zip(unchecked, checked, strict=True):
+        if isinstance(want, BadFrame):
+            if isinstance(got, dict):  # only the map check is left to the taker
+                with pytest.raises(BadFrame) as info:
+                    check_map(got)
+                assert info.value.message == want.message
+            else:
+                assert isinstance(got, BadFrame) and got.message == want.message
+        else:
+            assert got == want
+            check_map(got)
