@@ -277,13 +277,18 @@ class SeatPool:
         return Granted(self._add(lease_id, p, product, owner, holder, now))
 
     def grant(
-        self, product: str, version: str, owner: bytes, holder: Holder, now: float
+        self, product: str, version: str, owner: bytes, holder: Holder, now: float, room: int
     ) -> Lease | None:
         """``checkout`` for the server's fast path: the new lease, or None where ``checkout``
         has more to do or to say (an unknown product, a version the key does not license, no
-        seat free before a sweep). The same count is checked: never a seat more."""
+        seat free before a sweep), or where the seats in use and held already reach ``room``
+        (the restart guard's reservation bound). The same count is checked: never a seat more."""
         p = self._products.get(product)
-        if p is None or p.in_use + p.borrowed + p.held >= p.entitlement.seats:
+        if (
+            p is None
+            or p.in_use + p.borrowed + p.held >= p.entitlement.seats
+            or p.in_use + p.held >= room
+        ):
             return None
         if version and not p.entitlement.allows_version(version):
             return None

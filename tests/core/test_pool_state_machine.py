@@ -173,12 +173,15 @@ class SeatPoolMachine(RuleBasedStateMachine):
         )
         holder = Holder("user", "host", "app", version)
         before = self.pool.changes
-        lease = self.pool.grant(product, version, owner, holder, self.now)
+        room = data.draw(st.integers(0, 8), label="room")  # the restart guard's bound
+        lease = self.pool.grant(product, version, owner, holder, self.now, room)
         taken = self.borrowed.get(product, 0) + self.held_seats.get(product, 0)
+        in_use = self.count(product, alive_only=False)
         fits = (
             product in self.seats
             and (version_ok or not self.ranged[product])
-            and self.count(product, alive_only=False) + taken < self.seats[product]
+            and in_use + taken < self.seats[product]
+            and in_use + self.held_seats[product] < room
         )
         if not fits:
             assert lease is None
