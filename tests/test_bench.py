@@ -272,3 +272,86 @@ def test_the_targets_printed_are_issue_14s() -> None:
     assert not run(0.8, 0.8, 1.1, 10, 1.5, 1.0, 1.1, 1.0, 2000)[
         "burst of 10,000 seated no slower than Redis and under 2 s, none refused"
     ]
+
+
+def test_the_churn_laptops_borrow_a_product_of_their_own_from_a_process_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The churn's pool is exactly its seats, the size of the Redis semaphore it is compared
+    with: the laptops borrow an add-on of their own, so with every churn seat taken they
+    still borrow (they met ``no_seat`` when they borrowed from the churn's product), and no
+    churn seat is ever out with them. They run beside the churn's generator, in another
+    process: its results hold none of their counts."""
+    import socket
+
+    from lanlic.bench import wire as w
+    from lanlic.bench.run import (
+        LAPTOP_PRODUCT,
+        Generators,
+        lanlic_status,
+        run_phase,
+        start_lanlic,
+    )
+
+    monkeypatch.setenv("LANLIC_CONFIG", str(tmp_path / "config"))  # never the user's pins
+    churn = {
+        "scenario": "churn",
+        "product": "bench",
+        "timeout": 30.0,
+        "duration": 1.0,
+        "hold_max": 0.2,
+        "vanish": 0.0,
+        "heartbeat": 0.5,
+        "grace": 1.0,
+    }
+    lend = {
+        "scenario": "laptops",
+        "product": LAPTOP_PRODUCT,
+        "n": 2,
+        "borrow_dir": str(tmp_path / "laptops"),
+        "timeout": 30.0,
+        "duration": 1.0,
+        "grace": 1.0,
+    }
+    with (
+        start_lanlic(1, 60.0, 20.0, laptops=2) as tgt,
+        socket.create_connection((tgt.host, tgt.port), timeout=10) as holder,
+    ):
+        wire, buf = w.FrameWire(), bytearray()
+
+        def ask(frame: bytes) -> Any:
+            holder.sendall(frame)
+            while True:
+                got = wire.feed(buf, holder.recv(65536))
+                if got:
+                    return got[0]
+
+        # A client holds the churn product's only seat for the whole run.
+        assert ask(wire.hello(1, os.urandom(16)))["t"] == "welcome"
+        assert ask(wire.checkout(2, "bench")[0])["t"] == "granted"
+        gens, laptops = Generators(1, "asyncio"), Generators(1, "asyncio")
+        try:
+            ph, status = run_phase(
+                gens,
+                tgt,
+                churn,
+                [2],
+                "churn",
+                20.0,
+                True,
+                lambda ph: lanlic_status(tgt.host, tgt.port),
+                (laptops, lend),
+            )
+        finally:
+            gens.close()
+            laptops.close()
+    (churned,), (lent,) = ph.results, ph.side
+    assert lent["counts"].get("borrowed", 0) > 0 and lent["counts"].get("returned", 0) > 0
+    assert not [k for k in lent["counts"] if k.startswith("borrow_")], lent["counts"]
+    assert churned["counts"].get("refused", 0) > 0 and "granted" not in churned["counts"]
+    assert not [k for k in churned["counts"] if "borrow" in k or "return" in k]
+    products = {p["name"]: p for p in status["products"]}
+    assert (products["bench"]["seats"], products["bench"]["borrowable"]) == (1, 0)
+    assert (products["bench"]["in_use"], products["bench"]["borrowed"]) == (1, 0)
+    lap = products[LAPTOP_PRODUCT]
+    assert (lap["seats"], lap["borrowable"], lap["addon"]) == (2, 2, True)

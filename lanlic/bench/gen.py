@@ -27,7 +27,6 @@ import contextlib
 import os
 import random
 import secrets
-import threading
 import time
 from array import array
 from collections import deque
@@ -490,13 +489,10 @@ async def churn(run: Run) -> None:
     stats = run.stats
     checkout_lat = stats.lat
     rng = random.Random(os.getpid())  # noqa: S311 - think times, not secrets
-    laptops = _Laptops(run, spec.get("borrowers", 0))
-    enrolled = await laptops.start()
-    run.ctl.send("ready", {"enrolled": enrolled})
+    run.ctl.send("ready", {})
     (_, t0) = await run.ctl.expect("go")
     await _sleep_until(t0)
     end = time.monotonic() + duration
-    laptops.go(end)
 
     async def client() -> None:
         while time.monotonic() < end:
@@ -545,124 +541,39 @@ async def churn(run: Run) -> None:
             finally:
                 conn.close()
 
-    try:
-        await run._bounded(
-            asyncio.gather(*(client() for _ in range(slots))),
-            duration + spec["grace"] + 10,
-            "churn",
-        )
-    finally:
-        await laptops.finish(spec["grace"] + 10)
+    await run._bounded(
+        asyncio.gather(*(client() for _ in range(slots))),
+        duration + spec["grace"] + 10,
+        "churn",
+    )
 
 
-class _Laptops:
-    """The churn's borrowing laptops, on a thread with an event loop of their own.
+async def laptops(run: Run) -> None:
+    """The churn's laptops: each borrows a seat and returns it, over and over.
 
-    A laptop's borrow and return also write its container (the licence file and its signed
-    state, each write fsynced): that is the laptop's own disk, on another machine. On the
-    generator's loop each of those fsyncs (tens of ms on a busy VM) held up every churn client
-    of the process, lanlic's only (the baselines have no laptops): its churn checkout p50 was
-    10-15 ms against 2 ms with no laptops. On a thread of their own the fsyncs (which release
-    the GIL) hold up only the laptops; what they send and what the server does are unchanged.
+    They stand for other machines, so they run in a generator process of their own, beside
+    the churn's (lanlic only: the baselines have no borrowing). On a thread of a churn
+    generator they took 41% of its CPU and held its GIL against 250 churn clients (whose
+    hold times then ran late); on its event loop each fsync of a laptop's container held up
+    every client. They borrow ``spec["product"]``, a product of their own in the bench key
+    (``run.LAPTOP_PRODUCT``): borrowing from the churn's product took seats out of its pool,
+    which was then smaller than the Redis semaphore it is compared with.
     """
+    from lanlic.errors import LanlicError
 
-    def __init__(self, run: Run, n: int) -> None:
-        self.run = run
-        self.n = n
-        self.enrolled = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready: asyncio.Future[None] | None = None
-        self._done: asyncio.Future[None] | None = None
-        self._go: asyncio.Future[float] | None = None
-        self._thread: threading.Thread | None = None
-        self.stats = Stats()
-        """The laptops' counters and samples, merged into the run's when they finish."""
-        self.error: BaseException | None = None
-        """What stopped the laptops' thread, if anything did."""
+    spec = run.spec
+    stats = run.stats
+    borrow_lat = stats.samples("borrow")
+    return_lat = stats.samples("return")
+    pairs: list[tuple[Any, Any]] = []
 
-    async def start(self) -> int:
-        """Enroll the laptops (on their thread); returns how many are enrolled."""
-        if not self.n:
-            return 0
-        outer = asyncio.get_running_loop()
-        self._ready = outer.create_future()
-        self._done = outer.create_future()
-        self._thread = threading.Thread(target=self._main, args=(outer,), daemon=True)
-        self._thread.start()
-        async with asyncio.timeout(60.0):
-            await self._ready
-        if self.error is not None:
-            raise self.error
-        return self.enrolled
-
-    def go(self, end: float) -> None:
-        """Start borrowing and returning until ``end`` (monotonic)."""
-        loop, go = self._loop, self._go
-        if loop is not None and go is not None:
-            with contextlib.suppress(RuntimeError):  # their loop is closed: they are done
-                loop.call_soon_threadsafe(_resolve, go, end)
-
-    async def finish(self, limit: float) -> None:
-        """Wait (bounded) for the laptops to stop, then count what they did in the run."""
-        thread = self._thread
-        if thread is None:
-            return
-        self.go(0.0)  # a run that failed before "go": stop at once
-        assert self._done is not None
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(limit):
-                await asyncio.shield(self._done)
-        if thread.is_alive():
-            self.run.stats.inc("laptops_timeout")
-        elif self.error is not None:
-            self.run.stats.inc(f"laptops_{type(self.error).__name__}")
-        for key, n in self.stats.counts.items():
-            self.run.stats.inc(key, n)
-        for key, values in self.stats.extra.items():
-            self.run.stats.samples(key).extend(values)
-
-    def _main(self, outer: asyncio.AbstractEventLoop) -> None:
-        def ended() -> None:
-            for fut in (self._ready, self._done):
-                if fut is not None:
-                    _resolve(fut, None)
-
-        try:
-            asyncio.run(self._laptops())
-        except BaseException as exc:  # told to the generator's loop, which raises or counts it
-            self.error = exc
-        finally:
-            outer.call_soon_threadsafe(ended)  # also when enrolling failed: nothing waits for ever
-
-    async def _laptops(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._go = self._loop.create_future()
-        laptops = []
-        try:
-            for i in range(self.n):
-                laptops.append(await _enroll(self.run, i))
-            self.enrolled = len(laptops)
-            assert self._ready is not None
-            self._ready.get_loop().call_soon_threadsafe(_resolve, self._ready, None)
-            async with asyncio.timeout(600.0):
-                end = await self._go
-            await asyncio.gather(*(self._borrower(b, c, end) for b, c in laptops))
-        finally:
-            for _, c in laptops:
-                await c.close()
-
-    async def _borrower(self, b: Any, client: Any, end: float) -> None:
-        # Laptops leaving with a seat and bringing it back: each borrow and return is written
-        # to the server's database before it is answered, and to the laptop's container.
-        from lanlic.errors import LanlicError
-
-        stats = self.stats
-        borrow_lat = stats.samples("borrow")
-        return_lat = stats.samples("return")
+    async def borrower(b: Any, client: Any, end: float) -> None:
+        # Each borrow and return is written to the server's database before it is answered,
+        # and to the laptop's container (its own disk, on another machine).
         while time.monotonic() < end:
             t = _perf()
             try:
-                await b.borrow(client, self.run.product, days=1.0)
+                await b.borrow(client, run.product, days=1.0)
             except LanlicError as exc:
                 stats.inc(f"borrow_{exc.code}")
                 await asyncio.sleep(0.05)
@@ -671,18 +582,29 @@ class _Laptops:
             stats.inc("borrowed")
             t = _perf()
             try:
-                await b.return_(client, self.run.product)
+                await b.return_(client, run.product)
             except LanlicError as exc:
                 stats.inc(f"return_{exc.code}")
                 continue
             return_lat.append(_perf() - t)
             stats.inc("returned")
+            run.progress += 1
 
-
-def _resolve(fut: asyncio.Future[Any], value: Any) -> None:
-    """Set ``fut``'s result unless it has one (called on its loop's thread)."""
-    if not fut.done():
-        fut.set_result(value)
+    try:
+        for i in range(spec["n"]):
+            pairs.append(await _enroll(run, i))
+        run.ctl.send("ready", {"enrolled": len(pairs)})
+        (_, t0) = await run.ctl.expect("go")
+        await _sleep_until(t0)
+        end = time.monotonic() + spec["duration"]
+        await run._bounded(
+            asyncio.gather(*(borrower(b, c, end) for b, c in pairs)),
+            spec["duration"] + spec["grace"] + 10,
+            "laptops",
+        )
+    finally:
+        for _, client in pairs:
+            await client.close()
 
 
 async def _enroll(run: Run, i: int) -> tuple[Any, Any]:
@@ -708,6 +630,7 @@ _SCENARIOS: dict[str, Callable[[Run], Awaitable[None]]] = {
     "steady": steady,
     "saturate": saturate,
     "churn": churn,
+    "laptops": laptops,
 }
 
 

@@ -416,7 +416,9 @@ def table(data: dict[str, Any]) -> str:
     if "churn" in sc:
         d = sc["churn"].get("lanlic", {})
         if "borrows" in d:
-            lines.append(f"churn borrows and returns (lanlic): {d['borrows']}")
+            cpu = d.get("laptops_cpu_pct")
+            laptops_cpu = f"; their CPU {cpu:.0f}%" if cpu is not None else ""
+            lines.append(f"churn borrows and returns (lanlic): {d['borrows']}{laptops_cpu}")
     tg = data.get("targets", [])
     if tg:
         lines.append("\ntargets:")

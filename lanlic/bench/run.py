@@ -45,6 +45,8 @@ __all__ = ["BenchError", "add_arguments", "main", "run_from_args"]
 #: Bound on one server process starting up, and on a generator answering one step.
 START_TIMEOUT = 20.0
 STEP_GRACE = 30.0
+#: The product the churn's laptops borrow: an add-on of the bench key, apart from the churn's.
+LAPTOP_PRODUCT = "bench-laptops"
 
 
 class BenchError(LanlicError):
@@ -67,7 +69,8 @@ class Params:
     churn_vanish: float = 0.05
     churn_lease: float = 2.0
     churn_borrowers: int = 4
-    """Laptops borrowing and returning a seat over and over, per generator (lanlic only)."""
+    """Laptops borrowing and returning a seat over and over, per generator (lanlic only): as
+    many times ``procs`` in all, in a process of their own, borrowing ``LAPTOP_PRODUCT``."""
     lease: float = 5.0
     heartbeat: float = 1.0
     max_connecting: int = 256
@@ -220,6 +223,8 @@ def _server_process(name: str, cmd: list[str]) -> Iterator[Target]:
             yield Target(name, "127.0.0.1", int(info["port"]), proc.pid, info)
         finally:
             _stop(proc)
+            if proc.stdout is not None:
+                proc.stdout.close()  # its pipe, else left for the garbage collector to find
 
 
 @contextlib.contextmanager
@@ -266,19 +271,31 @@ max_borrowed_per_user = {max(seats, 1)}
 def write_bench_key(
     root: Path,
     seats: int,
-    borrowable: int = 0,
+    laptops: int = 0,
     *,
     product: str = "bench",
     customer: str = "lanlic bench",
 ) -> tuple[Path, Path]:
     """A vendor key pair and a network key for ``product`` signed on the spot, in ``root``:
-    (the network key, the vendor's public key)."""
+    (the network key, the vendor's public key).
+
+    ``product`` has ``seats`` floating seats and lends none. With ``laptops``, the key also
+    sells ``LAPTOP_PRODUCT``, a borrowable add-on of that many seats, for the churn's laptops
+    to borrow: so they load the server's borrowing path while the churn's pool stays exactly
+    ``seats``, the size of the Redis semaphore it is compared with."""
     from lanlic.core import netkey
     from lanlic.vendorkeys import write_vendor_keypair
 
     vendor = netkey.generate_vendor_key()
     _, pub = write_vendor_keypair(root, vendor)
     today = dt.datetime.now(dt.UTC).date()
+    products = [netkey.ProductEntitlement(product, seats=max(seats, 1))]
+    if laptops > 0:
+        products.append(
+            netkey.ProductEntitlement(
+                LAPTOP_PRODUCT, seats=laptops, borrowable=laptops, max_borrow_days=30, addon=True
+            )
+        )
     lic = root / "bench.lic"
     lic.write_bytes(
         netkey.issue_network_key(
@@ -286,14 +303,7 @@ def write_bench_key(
             customer=customer,
             expires=today + dt.timedelta(days=30),
             borrow_kind="act",
-            products=(
-                netkey.ProductEntitlement(
-                    product,
-                    seats=max(seats, 1),
-                    borrowable=min(borrowable, max(seats, 1)),
-                    max_borrow_days=30 if borrowable else 0,
-                ),
-            ),
+            products=tuple(products),
             issued=today,
         )
     )
@@ -302,15 +312,16 @@ def write_bench_key(
 
 @contextlib.contextmanager
 def start_lanlic(
-    seats: int, lease: float, heartbeat: float, borrowable: int = 0, policy: str | None = None
+    seats: int, lease: float, heartbeat: float, laptops: int = 0, policy: str | None = None
 ) -> Iterator[Target]:
     """``lanlic serve`` as a user runs it, with its own data folder (and so its database),
     over a network key signed on the spot; on 127.0.0.1, with no mDNS and no admin page.
+    ``laptops``: seats of ``LAPTOP_PRODUCT`` to borrow (see ``write_bench_key``).
     ``policy``: a seat policy file's text (``realistic`` for ``realistic_policy``), in force
     from the server's first request; the target is then ``lanlic-policy``."""
     with tempfile.TemporaryDirectory(prefix="lanlic-bench-") as tmp:
         root = Path(tmp)
-        lic, pub = write_bench_key(root, seats, borrowable)
+        lic, pub = write_bench_key(root, seats, laptops)
         name = "lanlic"
         if policy is not None:
             from lanlic.server import policyfile
@@ -598,6 +609,8 @@ class Phase:
     t_done: float = 0.0
     ready: list[Any] = field(default_factory=list)
     results: list[Any] = field(default_factory=list)
+    side: list[Any] = field(default_factory=list)
+    """The results of ``run_phase``'s side generators (the churn's laptops)."""
 
 
 def run_phase(
@@ -609,20 +622,23 @@ def run_phase(
     run_timeout: float,
     quiet: bool,
     after: Any = None,
+    side: tuple[Generators, dict[str, Any]] | None = None,
 ) -> tuple[Phase, Any]:
-    """Prepare, go, collect; ``after(phase)`` runs while connections are still open."""
+    """Prepare, go, collect; ``after(phase)`` runs while connections are still open.
+
+    ``side``: other generator processes and their spec (each gets all of it), run in step
+    with ``gens`` against the same target; their results go to ``Phase.side``, apart."""
     ph = Phase()
     ph.rss0 = proc_rss(target.pid)
     gens.progress = [0] * len(gens.conns)
+    where = {"host": target.host, "port": target.port, "target": target.name}
     for i, c in enumerate(gens.conns):
         c.send(
             (
                 "run",
                 {
                     **spec,
-                    "host": target.host,
-                    "port": target.port,
-                    "target": target.name,
+                    **where,
                     "n": shares[i],
                     "worker": i,
                     "nworkers": len(gens.conns),
@@ -630,31 +646,45 @@ def run_phase(
                 },
             )
         )
+    crews = [gens]
+    if side is not None:
+        others, other_spec = side
+        crews.append(others)
+        for i, c in enumerate(others.conns):
+            c.send(("run", {**other_spec, **where, "worker": i, "nworkers": len(others.conns)}))
     extra = None
     try:
         prog = report.Progress(f"{label}: preparing", sum(shares), quiet)
         ph.ready = gens.gather("ready", spec.get("timeout", 60.0) + STEP_GRACE, prog)
+        if side is not None:
+            side[0].gather("ready", side[1].get("timeout", 60.0) + STEP_GRACE, None)
         prog.done()
         ph.rss_ready = proc_rss(target.pid)
         ph.cpu_ready = proc_cpu(target.pid)
         ph.t_go = time.monotonic() + 0.2
-        gens.send_all("go", ph.t_go)
+        for crew in crews:
+            crew.send_all("go", ph.t_go)
         prog = report.Progress(f"{label}: running", None, quiet, start=ph.t_go)
         ph.results = gens.gather("result", run_timeout + STEP_GRACE, prog)
         ph.t_done = time.monotonic()
         prog.done()
         ph.cpu_done = proc_cpu(target.pid)
         ph.rss_done = proc_rss(target.pid)
+        if side is not None:
+            ph.side = side[0].gather("result", run_timeout + STEP_GRACE, None)
         if after is not None:
             extra = after(ph)
     except BaseException:
         # Already failing: tidy up what can be, and let the first error be the one reported.
-        with contextlib.suppress(Exception):
-            gens.send_all("finish")
-            gens.gather("closed", 10.0, None)
+        for crew in crews:
+            with contextlib.suppress(Exception):
+                crew.send_all("finish")
+                crew.gather("closed", 10.0, None)
         raise
-    gens.send_all("finish")
-    gens.gather("closed", STEP_GRACE, None)
+    for crew in crews:
+        crew.send_all("finish")
+    for crew in crews:
+        crew.gather("closed", STEP_GRACE, None)
     return ph, extra
 
 
@@ -794,7 +824,7 @@ class Bench:
     # servers
 
     @contextlib.contextmanager
-    def server(self, name: str, seats: int, lease: float, borrowable: int = 0) -> Iterator[Target]:
+    def server(self, name: str, seats: int, lease: float, laptops: int = 0) -> Iterator[Target]:
         prm = self.prm
         if name == "lanlic" and self.external is not None:
             host, port = self.external
@@ -804,10 +834,10 @@ class Bench:
             with start_redis(seats, lease) as t:
                 yield t
         elif name == "lanlic":
-            with start_lanlic(seats, lease, prm.heartbeat, borrowable) as t:
+            with start_lanlic(seats, lease, prm.heartbeat, laptops) as t:
                 yield t
         elif name == "lanlic-policy":
-            with start_lanlic(seats, lease, prm.heartbeat, borrowable, self.policy) as t:
+            with start_lanlic(seats, lease, prm.heartbeat, laptops, self.policy) as t:
                 yield t
         elif name == "cluster":
             with self._cluster(seats, lease) as t:
@@ -1097,14 +1127,32 @@ class Bench:
                 continue
             seats = prm.churn_clients
             # Borrowers (laptops taking seats off the network and back) only exist in lanlic.
+            # They borrow a product of their own (the churn's pool stays the size of the Redis
+            # semaphore) from a process of their own: they stand for other machines.
             borrowers = prm.churn_borrowers if name in ("lanlic", "lanlic-policy") else 0
-            with (
-                tempfile.TemporaryDirectory(prefix="lanlic-bench-laptops-") as laptops,
-                self.server(name, seats, prm.churn_lease, borrowers * prm.procs) as tgt,
-            ):
+            nlaptops = borrowers * prm.procs
+            with contextlib.ExitStack() as stack:
+                laptops = stack.enter_context(
+                    tempfile.TemporaryDirectory(prefix="lanlic-bench-laptops-")
+                )
+                tgt = stack.enter_context(self.server(name, seats, prm.churn_lease, nlaptops))
+                side = None
+                if nlaptops:
+                    crew = Generators(1, self.loop)
+                    stack.callback(crew.close)
+                    side = (
+                        crew,
+                        {
+                            "scenario": "laptops",
+                            "product": LAPTOP_PRODUCT,
+                            "n": nlaptops,
+                            "borrow_dir": laptops,
+                            "timeout": 60.0,
+                            "duration": prm.churn_s,
+                            "grace": 2.0,
+                        },
+                    )
                 spec = {
-                    "borrowers": borrowers,
-                    "borrow_dir": laptops,
                     "scenario": "churn",
                     "product": self.ext_product,
                     "timeout": 60.0,
@@ -1135,30 +1183,33 @@ class Bench:
                     prm.churn_s + 20,
                     self.quiet,
                     leak_check,
+                    side,
                 )
-            counts = report.merge_counts(ph.results)
+            counts = report.merge_counts(ph.results + ph.side)
             lat = report.merge_lat(ph.results)
             out = self._common(ph, seats, prm.churn_s)
-            if borrowers:
-                pairs = min(counts.get("borrowed", 0), counts.get("returned", 0))
+            pairs = min(counts.get("borrowed", 0), counts.get("returned", 0))
+            if nlaptops:
                 borrows = (
-                    f"{borrowers * prm.procs} laptops borrowed and returned {pairs} times "
-                    f"({pairs / prm.churn_s:.1f}/s)"
+                    f"{nlaptops} laptops (a process of their own, product {LAPTOP_PRODUCT}) "
+                    f"borrowed and returned {pairs} times ({pairs / prm.churn_s:.1f}/s)"
                 )
             else:
                 borrows = (
                     "none run" if name in ("lanlic", "lanlic-policy") else "n/a: no borrowing here"
                 )
+            laptops_cpu = sum(r["cpu"] for r in ph.side)
             out.update(
                 {
-                    "borrowers": borrowers * prm.procs,
+                    "borrowers": nlaptops,
                     "borrowed": counts.get("borrowed", 0),
                     "returned": counts.get("returned", 0),
-                    "borrow_pairs_per_s": round(
-                        min(counts.get("borrowed", 0), counts.get("returned", 0)) / prm.churn_s, 1
-                    ),
-                    "borrow_latency": report.latency(report.merge_samples(ph.results, "borrow")),
-                    "return_latency": report.latency(report.merge_samples(ph.results, "return")),
+                    "borrow_pairs_per_s": round(pairs / prm.churn_s, 1),
+                    "borrow_latency": report.latency(report.merge_samples(ph.side, "borrow")),
+                    "return_latency": report.latency(report.merge_samples(ph.side, "return")),
+                    "laptops_cpu_pct": round(100 * laptops_cpu / prm.churn_s, 1)
+                    if ph.side
+                    else None,
                 }
             )
             out.update(
