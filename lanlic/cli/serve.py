@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import sys
@@ -37,6 +38,12 @@ from lanlic.cli.common import (
 from lanlic.errors import NetworkKeyError
 
 __all__ = ["register", "restore"]
+
+#: Allocations between two young collections of a serving process (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 10_000
+#: Young collections between two of the middle generation, and those between two full ones
+#: (the full ones also wait for a quarter more long-lived objects, CPython's own rule).
+GC_OLDER_THRESHOLDS = (20, 100)
 
 #: The files SQLite keeps beside a database; they belong to it and move with it.
 _SIDE_FILES = ("-wal", "-shm", "-journal", "-ledger")  # the ledger belongs to its database
@@ -70,6 +77,22 @@ def check_timing(lease: float, heartbeat: float, *, short_ok: bool = False) -> N
             f"threshold of {STALL_THRESHOLD:g} s (SPEC section 6), so above "
             f"{heartbeat + STALL_THRESHOLD:g} s; the defaults are 60 and 20"
         )
+
+
+def settle_gc() -> None:
+    """Once the server is up: move everything made so far (the imported modules, the key, the
+    store's state) out of the cyclic collector's sight, and collect the young less often.
+
+    A burst of 10,000 connections keeps every object it makes (connection, session, lease), so
+    the collector's passes find nothing, yet with CPython's defaults they cost the burst bench's
+    server about 0.1 s of its 1.7 s (gc.callbacks: 230 young passes, 20 middle ones and 2-3
+    full ones of 18-66 ms, each a pause of the loop), the full ones walking the 100k+ objects
+    of the startup again. Frozen (``gc.freeze``), those are never walked again, and with a
+    young threshold of 10,000 the same burst spent 0.016 s in 14 young passes and no full one.
+    Garbage is still freed: by reference counts at once, cycles at the next pass."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *GC_OLDER_THRESHOLDS)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -179,6 +202,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 await server.stop()
                 raise
         h, p = server.address
+        settle_gc()  # the server is up: what exists now lives as long as it
         datadir.write_address(h, p)
         if args.json:
             _print_listening(
@@ -417,6 +441,7 @@ def _serve_cluster(
                 history.close()
                 raise
         h, p = server.address
+        settle_gc()  # the server is up: what exists now lives as long as it
         datadir.write_address(h, p)
         if args.json:
             _print_listening(
