@@ -249,7 +249,7 @@ class Procs(ProcGroup):
             event = proc.read_json()
             if event.get("event") == "restored":
                 event = proc.read_json()
-            taken = "address already in use" in str(event.get("message", ""))
+            taken = "address already in use" in str(event.get("message", "")).lower()
             if not (taken and "--port" in extra):
                 break
             proc.popen.wait(timeout=10)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json as jsonlib
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -327,3 +329,26 @@ def test_output_into_a_closed_pipe_ends_quietly(site: dict[str, Any]) -> None:
         assert "Traceback" not in err and "Exception ignored" not in err, (args, err)
         assert err == "", (args, err)
         assert code in (0, 1), (args, code)
+
+
+def test_a_port_in_use_is_its_own_error(tmp_path: Path) -> None:
+    """``serve`` on a port another process holds says so under the code ``listen`` (not
+    ``usage``: nothing was typed wrongly), in one line and in its JSON."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        done = subprocess.run(
+            [*CLI, "serve", "--demo", "--host", "127.0.0.1", "--port", str(port), "--no-admin",
+             "--no-mdns", "--data", str(tmp_path / "data"), "--json"],
+            capture_output=True, text=True, timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL,
+            check=False,
+        )  # fmt: skip
+    finally:
+        taken.close()
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"lanlic: listen: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+    assert jsonlib.loads(done.stdout.strip().splitlines()[-1])["error"] == "listen"

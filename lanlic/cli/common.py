@@ -72,6 +72,20 @@ class CliError(LanlicError):
     code = "usage"
 
 
+class CannotListen(LanlicError):
+    """``serve`` cannot listen where it was told: the port is taken (often by another lanlic
+    still running), or the address is not this machine's. Its own code, so a script or service
+    manager can tell it from a command line typed wrongly (``usage``)."""
+
+    code = "listen"
+
+    @classmethod
+    def of(cls, exc: OSError, host: str, port: int) -> CannotListen:
+        # The OS's words for the errno (uvloop's own message repeats the address).
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        return cls(f"cannot listen on {host}:{port}: {reason}")
+
+
 class FileProblem(LanlicError):
     """A file or folder named on the command line cannot be read or written."""
 

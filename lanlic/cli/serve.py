@@ -24,6 +24,7 @@ from lanlic.cli.common import (
     DB_NAME,
     DEMO_PORT,
     KEY_TERMS,
+    CannotListen,
     CliError,
     Commands,
     FileProblem,
@@ -179,7 +180,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             await server.start()
         except OSError as exc:
-            raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            raise CannotListen.of(exc, host, port) from None
         try:
             announcer = None if args.no_mdns else _announcer(service, server, args.interface)
         except CliError:
@@ -411,7 +412,7 @@ def _serve_cluster(
         except OSError as exc:
             await service.close()
             history.close()
-            raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            raise CannotListen.of(exc, host, port) from None
         try:
             announcer = (
                 None if args.no_mdns else _announcer(service, server, args.interface, member=True)
