@@ -696,15 +696,7 @@ class AdminServer:
         if self.cluster is not None:
             return await self._cluster_csv(request, filters)
         await self.server.flush_history(refusals=True)
-        stamp = dt.datetime.fromtimestamp(self.server.wall(), dt.UTC).strftime("%Y%m%d-%H%M")
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/csv; charset=utf-8",
-                "Content-Disposition": f'attachment; filename="lanlic-history-{stamp}.csv"',
-                "Cache-Control": "no-store",
-            }
-        )
-        await response.prepare(request)
+        response = await self._csv_response(request)
         await response.write(export.CSV_HEADER.encode())
         # A page at a time, each its own short read on the history's connection, written out
         # before the next is read: memory is one page, however long the history.
@@ -723,12 +715,8 @@ class AdminServer:
         await response.write_eof()
         return response
 
-    async def _cluster_csv(self, request: web.Request, filters: hist.Filters) -> web.StreamResponse:
-        """The cluster's history as CSV: the single server's columns and ``member``, a few
-        hundred keys' rows read and written at a time (memory is that, however long)."""
-        from lanlic.cluster import view
-
-        history = await self._cluster_history()
+    async def _csv_response(self, request: web.Request) -> web.StreamResponse:
+        """A history CSV download begun: its headers sent, the file named for the moment."""
         stamp = dt.datetime.fromtimestamp(self.server.wall(), dt.UTC).strftime("%Y%m%d-%H%M")
         response = web.StreamResponse(
             headers={
@@ -738,6 +726,15 @@ class AdminServer:
             }
         )
         await response.prepare(request)
+        return response
+
+    async def _cluster_csv(self, request: web.Request, filters: hist.Filters) -> web.StreamResponse:
+        """The cluster's history as CSV: the single server's columns and ``member``, a few
+        hundred keys' rows read and written at a time (memory is that, however long)."""
+        from lanlic.cluster import view
+
+        history = await self._cluster_history()
+        response = await self._csv_response(request)
         await response.write(view.CSV_HEADER.encode())
         try:
             async for rows in history.rows(filters):
