@@ -46,14 +46,9 @@ DAY = 86400.0
 
 
 @pytest.fixture(scope="module")
-def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
-    """One etcd for the module: each test's site has a key, so a prefix, of its own."""
-    cluster = EtcdCluster(tmp_path_factory.mktemp("etcd"))
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.close()
+def etcd_cluster(module_etcd_cluster: EtcdCluster) -> EtcdCluster:
+    """The module's tests kill no etcd member: they share one (conftest)."""
+    return module_etcd_cluster
 
 
 @pytest.fixture

@@ -108,15 +108,9 @@ async def start_member(site: Site, data: Path, endpoints: list[str], *extra: str
 
 
 @pytest.fixture(scope="module")
-def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
-    """One 3-member etcd for this module's tests that kill no etcd member (about 3 s saved per
-    test): each test's site has a network key of its own, so a pool, a prefix, of its own."""
-    cluster = EtcdCluster(tmp_path_factory.mktemp("etcd"))
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.close()
+def etcd_cluster(module_etcd_cluster: EtcdCluster) -> EtcdCluster:
+    """The module's tests kill no etcd member: they share one (conftest)."""
+    return module_etcd_cluster
 
 
 @pytest.fixture
