@@ -234,20 +234,28 @@ class SeatPoolMachine(RuleBasedStateMachine):
         assert result.renewed == renewed
         assert result.lost == lost
 
+    def draw_one(self, data: st.DataObject) -> tuple[bytes, bytes, ModelLease | None] | None:
+        """A lease id and an owner for a one-lease call, and the model's lease when the call
+        must act on it (alive and the owner's), else None; None for nothing drawn."""
+        ids = self.draw_ids(data)[:1]
+        if not ids:
+            return None
+        owner = self.draw_owner(data, ids)
+        m = self.held.get(ids[0])
+        ok = m is not None and m.owner == owner and self.now < m.deadline
+        return ids[0], owner, m if ok else None
+
     @rule(data=st.data())
     def renew_one(self, data: st.DataObject) -> None:
         """The fast path's renew of one lease: renewed if alive and the owner's, else nothing
         changes (the caller then asks ``renew``, which says what became of it)."""
-        ids = self.draw_ids(data)[:1]
-        if not ids:
+        drawn = self.draw_one(data)
+        if drawn is None:
             return
-        owner = self.draw_owner(data, ids)
-        m = self.held.get(ids[0])
-        ok = m is not None and m.owner == owner and self.now < m.deadline
+        lease_id, owner, m = drawn
         before = self.pool.changes
-        assert self.pool.renew_one(ids[0], owner, self.now) is ok
-        if ok:
-            assert m is not None
+        assert self.pool.renew_one(lease_id, owner, self.now) is (m is not None)
+        if m is not None:
             m.deadline = self.now + LEASE
         assert self.pool.changes == before
 
@@ -255,20 +263,18 @@ class SeatPoolMachine(RuleBasedStateMachine):
     def release_one(self, data: st.DataObject) -> None:
         """The fast path's release of one lease: freed if alive and the owner's, else nothing
         changes (the caller then asks ``release``)."""
-        ids = self.draw_ids(data)[:1]
-        if not ids:
+        drawn = self.draw_one(data)
+        if drawn is None:
             return
-        owner = self.draw_owner(data, ids)
-        m = self.held.get(ids[0])
-        ok = m is not None and m.owner == owner and self.now < m.deadline
+        lease_id, owner, m = drawn
         before = {p: self.pool.in_use(p) for p in self.seats}
-        lease = self.pool.release_one(ids[0], owner, self.now)
-        if not ok:
+        lease = self.pool.release_one(lease_id, owner, self.now)
+        if m is None:
             assert lease is None
             assert {p: self.pool.in_use(p) for p in self.seats} == before
             return
-        assert lease is not None and lease.id == ids[0]
-        product = self.held.pop(ids[0]).product
+        assert lease is not None and lease.id == lease_id
+        product = self.held.pop(lease_id).product
         assert self.pool.in_use(product) == before[product] - 1
 
     @rule(data=st.data(), admin=st.booleans())

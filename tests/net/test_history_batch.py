@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 from lanlic.core.netkey import ProductEntitlement
+from lanlic.core.restart import RestartGuard
 from lanlic.store import Store
 
 PRODUCTS = (ProductEntitlement("cad", seats=8), ProductEntitlement("render", seats=4))
@@ -92,6 +93,32 @@ async def test_checkouts_queued_behind_a_reservation_raise_share_its_write(
     assert len(raises) == 1, raises
 
 
+class _SlowFirstRaise:
+    """A store whose first reservation raise stays on disk until ``done`` is set; ``calls``
+    lists every raise asked of it."""
+
+    def __init__(self, store: Store) -> None:
+        self.calls: list[dict[str, int]] = []
+        self.done = threading.Event()
+        real = store.raise_reservations
+
+        def raise_reservations(seats: dict[str, int]) -> None:
+            self.calls.append(dict(seats))
+            if len(self.calls) == 1:
+                self.done.wait(10)
+            real(seats)
+
+        store.raise_reservations = raise_reservations  # type: ignore[method-assign]
+
+    async def pending(self, guard: RestartGuard, n: int) -> None:
+        """Until ``n`` grants wait for a raise (and one was asked for); bounded: 5 s."""
+        for _ in range(500):
+            if guard.pending["cad"] == n and self.calls:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"pending {guard.pending['cad']}, not {n}; calls {self.calls}")
+
+
 async def test_checkouts_arriving_during_a_raise_share_the_next_write(
     start_server, raw_peer, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -103,27 +130,11 @@ async def test_checkouts_arriving_during_a_raise_share_the_next_write(
     from lanlic.proto.framing import encode_frame
 
     store = Store(tmp_path / "lanlic.db")
-    calls: list[dict[str, int]] = []
-    slow_disk = threading.Event()
-    real = store.raise_reservations
-
-    def raise_reservations(seats: dict[str, int]) -> None:
-        calls.append(dict(seats))
-        if len(calls) == 1:
-            slow_disk.wait(10)  # the first write takes until every read below has arrived
-        real(seats)
-
-    store.raise_reservations = raise_reservations  # type: ignore[method-assign]
+    slow = _SlowFirstRaise(store)  # the first write takes until every read below has arrived
+    calls = slow.calls
     server = await start_server(products=(ProductEntitlement("cad", seats=80),), store=store)
     guard = server.service.guard
     peers = [await raw_peer(server.address) for _ in range(5)]
-
-    async def pending(n: int) -> None:
-        for _ in range(500):  # bounded: 5 s
-            if guard.pending["cad"] == n and calls:
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError(f"pending {guard.pending['cad']}, not {n}; calls {calls}")
 
     ids = iter(range(1, 41))
     for k, peer in enumerate(peers):
@@ -132,8 +143,8 @@ async def test_checkouts_arriving_during_a_raise_share_the_next_write(
                 encode_frame({"t": "checkout", "id": next(ids), "product": "cad"}) for _ in range(8)
             )
         )
-        await pending(8 * (k + 1))  # every checkout so far waits for a raise
-    slow_disk.set()
+        await slow.pending(guard, 8 * (k + 1))  # every checkout so far waits for a raise
+    slow.done.set()
     replies = [await peer.recv() for peer in peers for _ in range(8)]
     assert sorted(r["id"] for r in replies) == list(range(1, 41))
     assert [r["t"] for r in replies] == ["granted"] * 40, replies
@@ -152,38 +163,22 @@ async def test_checkouts_arriving_during_a_raise_that_covers_them_need_no_second
     from lanlic.proto.framing import encode_frame
 
     store = Store(tmp_path / "lanlic.db")
-    calls: list[dict[str, int]] = []
-    slow_disk = threading.Event()
-    real = store.raise_reservations
-
-    def raise_reservations(seats: dict[str, int]) -> None:
-        calls.append(dict(seats))
-        if len(calls) == 1:
-            slow_disk.wait(10)  # the first write lasts until the second peer's checkouts wait
-        real(seats)
-
-    store.raise_reservations = raise_reservations  # type: ignore[method-assign]
+    slow = _SlowFirstRaise(store)  # the first write lasts until the second peer's checkouts wait
+    calls = slow.calls
     server = await start_server(products=(ProductEntitlement("cad", seats=80),), store=store)
     guard = server.service.guard
     first, second = await raw_peer(server.address), await raw_peer(server.address)
 
-    async def pending(n: int) -> None:
-        for _ in range(500):  # bounded: 5 s
-            if guard.pending["cad"] == n and calls:
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError(f"pending {guard.pending['cad']}, not {n}; calls {calls}")
-
     await first.send_raw(
         b"".join(encode_frame({"t": "checkout", "id": i, "product": "cad"}) for i in range(1, 9))
     )
-    await pending(8)  # the raise to 10 (one chunk) is on disk for these 8
+    await slow.pending(guard, 8)  # the raise to 10 (one chunk) is on disk for these 8
     await second.send_raw(
         b"".join(encode_frame({"t": "checkout", "id": i, "product": "cad"}) for i in (9, 10))
     )
-    await pending(10)  # two more that fit in the chunk under way
+    await slow.pending(guard, 10)  # two more that fit in the chunk under way
     assert server.service.pool.in_use("cad") == 0  # nothing granted before the write lands
-    slow_disk.set()
+    slow.done.set()
     replies = [await first.recv() for _ in range(8)] + [await second.recv() for _ in range(2)]
     assert [r["t"] for r in replies] == ["granted"] * 10, replies
     assert calls == [{"cad": 10}]
