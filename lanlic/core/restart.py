@@ -38,6 +38,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Final
 
 from lanlic.core.pool import Denied, Granted, Holder, SeatPool
 from lanlic.core.records import LeaseRecord
@@ -46,6 +47,8 @@ __all__ = ["LeaseBatch", "RestartGuard", "RestartState"]
 
 #: Bytes of a lease id: batch number, random part, tag.
 _BATCH, _NONCE, _TAG = 4, 4, 8
+#: ``RestartGuard.room`` with no store to keep a reservation: no bound at all.
+NO_BOUND: Final = 1 << 62
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,19 +201,26 @@ class RestartGuard:
 
     # ------------------------------------------------------------------------- reservations
 
+    def room(self, product: str) -> int:
+        """How far the seats of ``product`` in use and held may go with no reservation write:
+        the reservation less the claims of the writes under way (grants waiting for a write
+        have a claim on the room below it, which a grant that skips the write must not take
+        from under them). ``NO_BOUND`` with no store. ``SeatPool.grant`` takes it as is."""
+        if not self.enabled:
+            return NO_BOUND
+        # ``get``: a Counter's missing key costs a Python call, and every checkout asks.
+        return self.reserved.get(product, 0) - self.pending.get(product, 0)
+
     def needed(self, product: str, more: int = 1) -> int | None:
         """The reservation to make durable before ``more`` seats of ``product`` are granted,
-        or None when the current one covers them."""
-        reserved = self.reserved.get(product, 0)
+        or None when the current one covers them (``room``)."""
         # Held seats stand for leases of an older epoch that may still be in use: the
         # reservation must cover them as well as the live ones.
         in_use = self.pool.in_use(product) + self.pool.held(product)
-        # Grants waiting for a reservation write have a claim on the room below it: a grant
-        # that skips the write must not take that room from under them. (``get``: a Counter's
-        # missing key costs a Python call, and the fast path asks this on every checkout.)
-        claimed = in_use + self.pending.get(product, 0)
-        if claimed + more <= reserved:
+        if in_use + more <= self.room(product):
             return None
+        reserved = self.reserved.get(product, 0)
+        claimed = in_use + self.pending.get(product, 0)
         seats = self.pool.seats(product)
         chunk = max(1, -(-seats // 8))
         # Whole chunks above the reservation: the grants that queue up behind one raise (a

@@ -12,7 +12,7 @@ import datetime as dt
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -115,10 +115,6 @@ class _Client:
         self.nonces: list[bytes] = []
 
 
-#: The fast path's reservation bound when there is no store to keep one (no bound at all).
-_NO_BOUND: Final = 1 << 62
-
-
 def _once(leases: list[bytes]) -> list[bytes]:
     """A renew's or release's leases, each once, in the order of first mention (SPEC 6): the
     reply then says once what became of each, and a release never reports a lease it has just
@@ -198,9 +194,8 @@ class LicenseService:
         self.server_id = signing.fingerprint(self.server_pub)
         self._on_event = on_event
         self._expiry_day = (0.0, 0.0, False)  # (start, end, expired) of the last UTC day asked
-        self._tails: dict[str, tuple[int, float, bytes]] = {}
-        """Per product: the epoch and lease period a packed ``granted`` end was made for, and
-        it (``_granted_tail``)."""
+        self._tails: dict[tuple[str, int], bytes] = {}
+        """Packed ends of ``granted`` by (product, epoch) (``_granted_tail``)."""
         self.desk = BorrowDesk(key, self.pool, server_key, self.server_id, self._event)
         self.guard = RestartGuard(self.pool)
         self.gate = SeatGate(self.pool, self._borrowers)
@@ -702,24 +697,17 @@ class LicenseService:
         pool = self.pool
         start, end, expired = self._expiry_day  # ``_key_expired``'s answer for today
         if start <= wall < end and not expired and product not in self.gate.rules:
-            # With a store, the grant must also fit under the reservation on disk less the room
-            # claimed by grants waiting for a raise: where ``RestartGuard.needed`` says None.
-            room = (
-                guard.reserved.get(product, 0) - guard.pending.get(product, 0)
-                if guard.enabled
-                else _NO_BOUND
-            )
             h = session.holder
             holder = h if h.version == version else Holder(h.user, h.host, h.app, version, h.addr)
+            # With a store, the grant must also fit under the reservation on disk (``room``:
+            # where ``RestartGuard.needed`` says None).
+            room = guard.room(product)
             lease = pool.grant(product, version, session.client_id, holder, now, room)
             if lease is not None:
                 sink = self._on_event
                 if sink is not None:
                     sink(("checkout", product, holder.user, holder.host, version))
-                tail = self._tails.get(product)
-                if tail is None or tail[0] != guard.epoch or tail[1] != pool.lease_seconds:
-                    tail = self._granted_tail(product)
-                return replybytes.granted(rid, lease.id, tail[2])
+                return replybytes.granted(rid, lease.id, self._granted_tail(product))
         if guard.enabled and product in pool.products and guard.needed(product) is not None:
             return None  # a reservation must be written first: the general path does that
         # Anything else (no seat free before a sweep, seat rules, a new day) as ``handle``
@@ -727,17 +715,18 @@ class LicenseService:
         taken = self._take_seat(session, rid, product, version, now, wall)
         if isinstance(taken, m.Error):
             return encode_frame(m.to_wire(taken))
-        return replybytes.granted(rid, taken.id, self._granted_tail(product)[2])
+        return replybytes.granted(rid, taken.id, self._granted_tail(product))
 
-    def _granted_tail(self, product: str) -> tuple[int, float, bytes]:
-        """The packed end of a ``granted`` of ``product`` (the same for every grant of an
-        epoch), made once per product and epoch: (epoch, lease period, bytes)."""
-        epoch, lease_s = self.guard.epoch, self.pool.lease_seconds
-        cached = self._tails.get(product)
-        if cached is None or cached[0] != epoch or cached[1] != lease_s:
-            cached = (epoch, lease_s, replybytes.granted_tail(product, lease_s, epoch))
-            self._tails[product] = cached
-        return cached
+    def _granted_tail(self, product: str) -> bytes:
+        """The packed end of a ``granted`` of ``product``: the same for every grant of an
+        epoch (the lease period is the pool's, fixed), so made once per product and epoch."""
+        key = (product, self.guard.epoch)
+        tail = self._tails.get(key)
+        if tail is None:
+            tail = self._tails[key] = replybytes.granted_tail(
+                product, self.pool.lease_seconds, key[1]
+            )
+        return tail
 
     def _release(self, session: Session, msg: m.Release, now: float) -> Reply:
         result = self.pool.release(_once(msg.leases), session.client_id, now)
