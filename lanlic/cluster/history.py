@@ -242,15 +242,6 @@ def decode_batch(value: bytes) -> tuple[str, list[MemberRow]] | None:
     return member, rows
 
 
-def _matches(row: MemberRow, f: hist.Filters) -> bool:
-    return (
-        (f.since is None or row.at >= f.since)
-        and (f.until is None or row.at < f.until)
-        and (f.product is None or row.product == f.product)
-        and (f.event is None or row.event == f.event)
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class HistoryPage:
     """One page of the cluster's history, newest first (as the admin page's table reads it)."""
@@ -517,7 +508,7 @@ class ClusterHistory:
             if got is None:
                 log.warning("history: %r in etcd is not a history batch; skipped", key)
                 continue
-            out += [(r.at, key, i, r) for i, r in enumerate(got[1]) if _matches(r, f)]
+            out += [(r.at, key, i, r) for i, r in enumerate(got[1]) if f.matches(r)]
             done += len(value)
             if done >= YIELD_BYTES:
                 done = 0

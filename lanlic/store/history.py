@@ -19,6 +19,7 @@ Functions take a ``sqlite3.Connection``: the ``Store`` (the writer) and the read
 from __future__ import annotations
 
 import dataclasses
+import operator
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -61,6 +62,8 @@ KEEP_DAYS_KEY: Final = "history_keep_days"
 MAX_ROWS_KEY: Final = "history_max_rows"
 
 _COLUMNS: Final = "at, event, product, user, host, detail, count"
+#: ``Filters.matches``: the SQL operators of ``Filters.where`` in Python.
+_SQL_OPS: Final[dict[str, Any]] = {">=": operator.ge, "<": operator.lt, "=": operator.eq}
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,20 +77,33 @@ class Filters:
     product: str | None = None
     event: str | None = None
 
+    def _clauses(self) -> tuple[tuple[str, str, object], ...]:
+        """(column, SQL operator, value) per filter: the one statement of what a filter means,
+        which ``where`` writes as SQL and ``matches`` applies in Python."""
+        return (
+            ("at", ">=", self.since),
+            ("at", "<", self.until),
+            ("product", "=", self.product),
+            ("event", "=", self.event),
+        )
+
     def where(self) -> tuple[str, list[object]]:
         """The WHERE clause (fixed text, every value bound) and its parameters."""
         sql = " WHERE 1"
         params: list[object] = []
-        for clause, value in (
-            (" AND at >= ?", self.since),
-            (" AND at < ?", self.until),
-            (" AND product = ?", self.product),
-            (" AND event = ?", self.event),
-        ):
+        for column, op, value in self._clauses():
             if value is not None:
-                sql += clause
+                sql += f" AND {column} {op} ?"
                 params.append(value)
         return sql, params
+
+    def matches(self, row: object) -> bool:
+        """Whether ``row`` (anything with ``at``, ``product`` and ``event``: a ``HistoryRow``,
+        a cluster member's row) passes, as ``where`` would select it in SQLite."""
+        return all(
+            value is None or _SQL_OPS[op](getattr(row, column), value)
+            for column, op, value in self._clauses()
+        )
 
 
 @dataclass(frozen=True, slots=True)
