@@ -25,6 +25,7 @@ from lanlic.conformance import CaseResult, find_vectors
 from lanlic.conformance import run as run_cases
 from lanlic.core import service as service_module
 from lanlic.core.netkey import ProductEntitlement
+from lanlic.proto import messages as messages_module
 
 VECTORS = Path(__file__).resolve().parents[1] / "protocol" / "vectors"
 #: What the sessions need of a server (protocol/README.md): cadpro, 2024.1 licensed, seats free.
@@ -78,6 +79,25 @@ def test_lanlic_serve_passes_every_case(
     assert again.returncode == 0, again.stdout
 
 
+def test_versions_judges_a_server_by_the_versions_it_implements(
+    procs: Procs, served_key: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``--versions 1``: the runner's own hello offers 1 only, each welcome must be in 1, and
+    the session that needs version 2 is N/A (counted apart), so a server of 1.0 can pass."""
+    key, vendor = served_key
+    _, port, _ = procs.serve(key, vendor, tmp_path / "data")
+    result = conformance(port, "--versions", "1")
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0, result.stdout + result.stderr
+    na = [x for x in lines if x.startswith("N/A ")]
+    assert na == ["N/A session version_2: needs protocol version 2, which the server does not "
+                  "implement"], lines  # fmt: skip
+    assert lines[-1] == f"{len(lines) - 2} passed, 0 failed, 1 not applicable"
+    for bad in ("3", "1,x", ""):
+        refused = conformance(port, "--versions", bad)
+        assert refused.returncode == 2 and "--versions" in refused.stderr, refused.stderr
+
+
 def test_the_runner_reports_a_server_that_is_not_there(tmp_path: Path) -> None:
     free = runner_module.socket.socket()
     free.bind(("127.0.0.1", 0))
@@ -106,9 +126,11 @@ def test_the_runner_uses_no_server_internals() -> None:
                 assert not name.startswith("lanlic.") or name.startswith("lanlic.conformance")
 
 
-async def _play(port: int) -> dict[str, CaseResult]:
+async def _play(port: int, versions: tuple[int, ...] = (1, 2)) -> dict[str, CaseResult]:
     out: list[CaseResult] = []
-    thread = threading.Thread(target=lambda: out.extend(run_cases("127.0.0.1", port, VECTORS, 3)))
+    thread = threading.Thread(
+        target=lambda: out.extend(run_cases("127.0.0.1", port, VECTORS, 3, versions))
+    )
     thread.start()
     for _ in range(1200):  # bounded: at most 60 s
         if not thread.is_alive():
@@ -179,3 +201,23 @@ async def test_a_server_whose_v2_signature_leaves_out_the_time_fails_every_v2_ca
 
 def test_find_vectors_default_is_the_source_tree() -> None:
     assert find_vectors() == VECTORS
+
+
+async def test_a_server_of_version_1_only_passes_with_versions_1(
+    start_server: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real server made to speak version 1 only (as a server of SPEC 1.0 would): judged as
+    implementing 1, it passes every case but the version-2 session, which is not applicable;
+    judged as implementing 1 and 2, every invalid frame fails at its hello's welcome."""
+    monkeypatch.setattr(messages_module, "PROTOCOL_VERSIONS", (1,))
+    server = await start_server(products=PRODUCTS)  # type: ignore[operator]
+    results = await _play(server.port, (1,))
+    not_played = {name for name, r in results.items() if not r.applicable}
+    assert not_played == {"version_2"}
+    assert all(r.passed for name, r in results.items() if name not in not_played), results
+    assert not results["version_2"].passed
+    assert results["version_2"].line().startswith("N/A session version_2: needs protocol version 2")
+    both = await _play(server.port)
+    invalid = [r for r in both.values() if r.kind == "invalid"]
+    assert invalid and all("welcome.version is 1, not 2" in r.reason for r in invalid)
+    assert both["happy_path"].passed  # its hello offers 1 only

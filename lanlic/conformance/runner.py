@@ -51,6 +51,10 @@ class Failed(Exception):
     """The server did not answer as the SPEC says; the message says how."""
 
 
+class NotApplicable(Exception):
+    """The case needs a protocol version the server does not implement (``versions``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class CaseResult:
     kind: str
@@ -58,10 +62,13 @@ class CaseResult:
     name: str
     passed: bool
     reason: str = ""
-    """Why it failed ("" when it passed)."""
+    """Why it failed, or why it does not apply ("" when it passed)."""
+    applicable: bool = True
+    """False: the case needs a protocol version the server does not implement, so it was not
+    played (``passed`` is False too; it counts as neither a pass nor a failure)."""
 
     def line(self) -> str:
-        verdict = "PASS" if self.passed else "FAIL"
+        verdict = "N/A" if not self.applicable else "PASS" if self.passed else "FAIL"
         return f"{verdict} {self.kind} {self.name}" + (f": {self.reason}" if self.reason else "")
 
 
@@ -170,13 +177,16 @@ def _show(obj: dict[str, Any]) -> str:
     return f"{t!r} id {obj.get('id')!r}"
 
 
-def check_welcome(welcome: dict[str, Any], hello: dict[str, Any]) -> None:
-    """SPEC 4 and 7: a welcome a client may accept for this hello."""
+def check_welcome(
+    welcome: dict[str, Any], hello: dict[str, Any], versions: tuple[int, ...] = VERSIONS
+) -> None:
+    """SPEC 4 and 7: a welcome a client may accept for this hello, from a server that
+    implements ``versions``."""
     for name, kind in (("server_id", str), ("server_key", bytes), ("signature", bytes)):
         if type(welcome.get(name)) is not kind:
             raise Failed(f"welcome.{name} is missing or not {kind.__name__}")
     offered = hello.get("versions")
-    shared = set(offered).intersection(VERSIONS) if type(offered) is list else set()
+    shared = set(offered).intersection(versions) if type(offered) is list else set()
     if not shared:
         raise Failed(f"a welcome to a hello of versions {offered!r}: none is in the SPEC")
     version = max(shared)
@@ -209,7 +219,12 @@ def check_welcome(welcome: dict[str, Any], hello: dict[str, Any]) -> None:
         ) from None
 
 
-def check_reply(got: dict[str, Any] | None, step: dict[str, Any], sent: bytes) -> None:
+def check_reply(
+    got: dict[str, Any] | None,
+    step: dict[str, Any],
+    sent: bytes,
+    versions: tuple[int, ...] = VERSIONS,
+) -> None:
     expect: str = step["expect"]
     kind, _, what = expect.partition(":")
     if got is None:
@@ -223,7 +238,7 @@ def check_reply(got: dict[str, Any] | None, step: dict[str, Any], sent: bytes) -
         if got.get(name) != value:
             raise Failed(f"{what}.{name} is {got.get(name)!r}, expected {value!r}")
     if what == "welcome":
-        check_welcome(got, msgpack.unpackb(sent[4:], raw=False))
+        check_welcome(got, msgpack.unpackb(sent[4:], raw=False), versions)
 
 
 def _groups(steps: list[dict[str, Any]]) -> Iterator[list[tuple[int, dict[str, Any]]]]:
@@ -238,7 +253,34 @@ def _groups(steps: list[dict[str, Any]]) -> Iterator[list[tuple[int, dict[str, A
         yield group
 
 
-def play_session(session: dict[str, Any], host: str, port: int, timeout: float) -> None:
+def needs(session: dict[str, Any], versions: tuple[int, ...]) -> str | None:
+    """Why ``session`` does not apply to a server of ``versions`` (None: it does). A session
+    applies unless one of its hellos that must be welcomed offers none of them, or its welcome
+    must be in a version other than the highest the hello and the server share."""
+    for step in session["steps"]:
+        if step.get("expect") != "reply:welcome" or "hex" not in step:
+            continue
+        hello = msgpack.unpackb(bytes.fromhex(step["hex"])[4:], raw=False)
+        offered = hello.get("versions") if type(hello) is dict else None
+        shared = set(offered).intersection(versions) if type(offered) is list else set()
+        wanted = step.get("match", {}).get("version")
+        if not shared:
+            return f"its hello offers versions {offered!r}, none of them the server's"
+        if wanted is not None and wanted != max(shared):
+            return f"needs protocol version {wanted}, which the server does not implement"
+    return None
+
+
+def play_session(
+    session: dict[str, Any],
+    host: str,
+    port: int,
+    timeout: float,
+    versions: tuple[int, ...] = VERSIONS,
+) -> None:
+    why = needs(session, versions)
+    if why is not None:
+        raise NotApplicable(why)
     conns = [Conn(host, port, timeout)]
     try:
         for group in _groups(session["steps"]):
@@ -252,7 +294,7 @@ def play_session(session: dict[str, Any], host: str, port: int, timeout: float) 
                     if step["expect"] == "closed":
                         conn.expect_close("the step before")
                         break  # the connection is gone: no later step of the batch is read
-                    check_reply(conn.frame(), step, bytes.fromhex(step["hex"]))
+                    check_reply(conn.frame(), step, bytes.fromhex(step["hex"]), versions)
                     if step["expect"].startswith("fatal:"):
                         conn.expect_close(step["expect"])
                 except Failed as exc:
@@ -262,13 +304,19 @@ def play_session(session: dict[str, Any], host: str, port: int, timeout: float) 
             c.close()
 
 
-def play_invalid(vector: dict[str, Any], host: str, port: int, timeout: float) -> None:
+def play_invalid(
+    vector: dict[str, Any],
+    host: str,
+    port: int,
+    timeout: float,
+    versions: tuple[int, ...] = VERSIONS,
+) -> None:
     conn = Conn(host, port, timeout)
     try:
         hello = {
             "t": "hello",
             "id": 1,
-            "versions": list(VERSIONS),
+            "versions": list(versions),
             "client_id": secrets.token_bytes(16),
             "user": "conformance",
             "host": "conformance",
@@ -279,7 +327,7 @@ def play_invalid(vector: dict[str, Any], host: str, port: int, timeout: float) -
         welcome = conn.frame()
         if welcome is None or welcome.get("t") != "welcome" or welcome.get("id") != 1:
             raise Failed(f"the hello got {_show(welcome) if welcome else 'a close'}")
-        check_welcome(welcome, hello)
+        check_welcome(welcome, hello, versions)
         conn.send(bytes.fromhex(vector["hex"]))
         step = {"expect": f"error:{vector['error']}", "id": vector["id"]}
         check_reply(conn.frame(), step, b"")
@@ -293,8 +341,20 @@ def play_invalid(vector: dict[str, Any], host: str, port: int, timeout: float) -
         conn.close()
 
 
-def run(host: str, port: int, vectors: Path, timeout: float = 5.0) -> Iterator[CaseResult]:
-    """Every case, in the vectors' order; each result as soon as its case is over."""
+def run(
+    host: str,
+    port: int,
+    vectors: Path,
+    timeout: float = 5.0,
+    versions: tuple[int, ...] = VERSIONS,
+) -> Iterator[CaseResult]:
+    """Every case, in the vectors' order; each result as soon as its case is over.
+    ``versions``: the protocol versions the server implements (a server of 1.0 only: ``(1,)``);
+    the runner's own hello offers them, each welcome is checked against them, and a session
+    that needs another is reported not applicable rather than played."""
+    unknown = set(versions) - set(VERSIONS)
+    if not versions or unknown:
+        raise ValueError(f"versions {sorted(unknown) or '(none)'}: the SPEC defines {VERSIONS}")
     sessions = json.loads((vectors / "sessions.json").read_text("utf-8"))
     frames = json.loads((vectors / "frames.json").read_text("utf-8"))
     cases: list[tuple[str, dict[str, Any]]] = [("session", s) for s in sessions]
@@ -302,9 +362,11 @@ def run(host: str, port: int, vectors: Path, timeout: float = 5.0) -> Iterator[C
     for kind, case in cases:
         try:
             if kind == "session":
-                play_session(case, host, port, timeout)
+                play_session(case, host, port, timeout, versions)
             else:
-                play_invalid(case, host, port, timeout)
+                play_invalid(case, host, port, timeout, versions)
+        except NotApplicable as exc:
+            yield CaseResult(kind, case["name"], False, str(exc), applicable=False)
         except Failed as exc:
             yield CaseResult(kind, case["name"], False, str(exc))
         except OSError as exc:
