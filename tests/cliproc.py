@@ -185,19 +185,25 @@ class Proc:
             return "<still running>"
         return self.popen.stderr.read().decode(errors="replace")
 
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        """Send ``sig`` (SIGKILL after 5 s if it is still running); return the exit code."""
+    def stop(self, sig: int = signal.SIGTERM, grace: float = 5.0) -> int:
+        """Send ``sig`` (SIGKILL after ``grace`` s if it is still running); return the exit
+        code."""
         if self.popen.poll() is None:
             self.popen.send_signal(sig)
+        return self._reap(grace)
+
+    def _reap(self, grace: float) -> int:
+        """Wait up to ``grace`` s for the exit (SIGKILL then); the exit code."""
+        if self.popen.poll() is None:
             try:
-                self.popen.wait(timeout=5)
+                self.popen.wait(timeout=max(grace, 0.0))
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(timeout=5)
         return self.popen.returncode
 
-    def close(self) -> None:
-        self.stop()
+    def close(self, grace: float = 5.0) -> None:
+        self.stop(grace=grace)
         for f in (self.popen.stdout, self.popen.stderr):
             if f is not None:
                 f.close()
@@ -216,13 +222,26 @@ class ProcGroup:
 
     @classmethod
     def running(cls) -> Iterator[Self]:
-        """A new group for a fixture to yield; then each process closed, the last started first."""
+        """A new group for a fixture to yield; then ``close_all``. (One after the other, two
+        cluster members whose etcd a test had already stopped took their 5 s each, their stop
+        waiting on etcd, bounded: 10 s a test.)"""
         p = cls()
         try:
             yield p
         finally:
-            for proc in reversed(p.started):
-                proc.close()
+            p.close_all()
+
+    def close_all(self, grace: float = 5.0) -> None:
+        """End every process: each still running is sent SIGCONT (one a test stopped would not
+        die of SIGTERM) and SIGTERM, the last started first, then they share one ``grace``
+        before SIGKILL."""
+        for proc in reversed(self.started):
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGCONT)
+                proc.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in reversed(self.started):
+            proc.close(grace=deadline - time.monotonic())
 
 
 def serve_args(network_key: Path, vendor: Path, data: Path, *extra: str) -> list[str]:

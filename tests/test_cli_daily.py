@@ -56,8 +56,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         yield {"env": env, "laptop": laptop_env, "server": server, "data": Path(event["data"]),
                "home": home, "tmp": tmp, "vendor": vendor, "lic": lic, "procs": procs}  # fmt: skip
     finally:
-        for started in reversed(procs.started):
-            started.close()
+        procs.close_all()
 
 
 def test_serve_and_the_admin_commands_share_the_default_data_folder(site: dict[str, Any]) -> None:

@@ -61,8 +61,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         yield {"tmp": str(tmp), "server": server, "vendor": str(vendor), "lic": str(lic),
                "garbage": str(garbage), "home": home, "env": env}  # fmt: skip
     finally:
-        for started in reversed(procs.started):
-            started.close()
+        procs.close_all()
 
 
 def bad_arguments(s: dict[str, Any]) -> list[list[str]]:

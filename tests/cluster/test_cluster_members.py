@@ -86,9 +86,7 @@ def open_site(tmp_path: Path, *products: str) -> Iterator[Site]:
     try:
         yield s
     finally:
-        for proc in reversed(s.procs.started):
-            proc.popen.send_signal(signal.SIGCONT)  # a stopped one would not die of SIGTERM
-            proc.close()
+        s.procs.close_all()
 
 
 @pytest.fixture
