@@ -49,7 +49,9 @@ BORROWABLE = 3
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
+def site(tmp_path: Path, etcd_cluster: EtcdCluster) -> Iterator[Site]:
+    """The site; it asks for ``etcd_cluster`` (every test here has one) so that its members stop
+    before their etcd does: stopping after it, each waited on etcd for its bounded time."""
     with open_site(tmp_path, f"cad:{SEATS}:borrowable={BORROWABLE}:max-days=30") as s:
         yield s
 

@@ -502,7 +502,8 @@ async def test_clients_of_a_cut_off_member_move_to_another_with_their_seats(
 
 
 async def test_killing_the_etcd_leader_then_a_follower_during_checkouts_loses_and_doubles_nothing(
-    site: Site, own_etcd: EtcdCluster
+    own_etcd: EtcdCluster,
+    site: Site,  # this order: the members stop before their etcd does
 ) -> None:
     async with etcd_client(own_etcd) as etcd:
         await leader_then_follower(site, own_etcd, etcd)
@@ -632,7 +633,9 @@ async def test_a_seat_moved_to_another_member_and_back_is_adopted_back(
 
 
 async def test_a_member_serves_over_tls_to_etcd_with_its_client_certificate(
-    site: Site, tls_etcd: tuple[str, EtcdTls], tmp_path: Path
+    tls_etcd: tuple[str, EtcdTls],
+    site: Site,
+    tmp_path: Path,  # the members stop before etcd
 ) -> None:
     endpoint, tls = tls_etcd
     probe = EtcdSeats([endpoint], prefix="/probe", products={"cad": 1}, member="p", tls=tls)
