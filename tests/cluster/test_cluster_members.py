@@ -634,8 +634,8 @@ async def test_a_seat_moved_to_another_member_and_back_is_adopted_back(
 
 async def test_a_member_serves_over_tls_to_etcd_with_its_client_certificate(
     tls_etcd: tuple[str, EtcdTls],
-    site: Site,
-    tmp_path: Path,  # the members stop before etcd
+    site: Site,  # this order: the members stop before their etcd does
+    tmp_path: Path,
 ) -> None:
     endpoint, tls = tls_etcd
     probe = EtcdSeats([endpoint], prefix="/probe", products={"cad": 1}, member="p", tls=tls)
