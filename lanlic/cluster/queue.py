@@ -243,7 +243,7 @@ class MemberQueue:
         ticket = secrets.token_bytes(16)
         key = waiter_key(self.seats.prefix, msg.product, self.seats.member, ticket)
         w = _Waiter(ticket, msg.product, msg.version, session.client_id,
-                    Holder(h.user, h.host, h.app, msg.version, h.addr), key, msg.id)  # fmt: skip
+                    h.at_version(msg.version), key, msg.id)  # fmt: skip
         self.mine[ticket] = w
         self._by_key[key] = ticket  # before the put: the watch may show it before etcd answers
         who: dict[str, str | int] = {"member": self.seats.member, "client": session.client_id.hex(),

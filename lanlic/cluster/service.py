@@ -253,7 +253,7 @@ class ClusterService(LicenseService):
             if not (queued and denied.code == "no_seat"):
                 self._event("refusal", product, h.user, h.host, denied.code)
             return Reply(m.Error(rid, denied.code, denied.message))
-        holder = Holder(h.user, h.host, h.app, version, h.addr)
+        holder = h.at_version(version)
         owner = session.client_id
         lease_id = self.pool.random_bytes(16)
 
@@ -374,7 +374,7 @@ class ClusterService(LicenseService):
             hold = await self.seats.adopt(seat[0], seat[1], owner.hex(), lease_id.hex(), who)
         except LanlicError as exc:
             return lease_id, exc.code
-        got = self._hold(hold, lease_id, owner, Holder(h.user, h.host, h.app, version, h.addr))
+        got = self._hold(hold, lease_id, owner, h.at_version(version))
         if isinstance(got, m.Error):
             return lease_id, got.code
         self._event("adopt", got.product, h.user, h.host, version)

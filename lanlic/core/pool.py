@@ -56,6 +56,13 @@ class Holder:
     addr: str = ""
     """The connection's peer address as the server saw it (seat policy subnets)."""
 
+    def at_version(self, version: str) -> Holder:
+        """This holder checking out ``version`` (itself when that is its version already: the
+        commonest checkout makes no new object)."""
+        if version == self.version:
+            return self
+        return Holder(self.user, self.host, self.app, version, self.addr)
+
 
 @dataclass(slots=True)
 class Lease:

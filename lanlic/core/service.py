@@ -219,7 +219,7 @@ class LicenseService:
                 msg.id, "license_expired", f"the network key expired on {self.key.expires}"
             )
         h = session.holder
-        holder = Holder(h.user, h.host, h.app, msg.version, h.addr)
+        holder = h.at_version(msg.version)
         ticket = secrets.token_bytes(16)
         result = self.gate.join(ticket, msg.product, msg.version, session.client_id, holder, now)
         if isinstance(result, Joined):
@@ -463,8 +463,7 @@ class LicenseService:
     ) -> Lease | m.Error:
         if self._key_expired(wall):
             return m.Error(rid, "license_expired", f"the network key expired on {self.key.expires}")
-        h = session.holder
-        holder = h if h.version == version else Holder(h.user, h.host, h.app, version, h.addr)
+        holder = session.holder.at_version(version)
         if product in self.gate.rules:  # the one lookup a product without seat rules pays
             result = self.gate.checkout(product, version, session.client_id, holder, now)
         else:
@@ -621,7 +620,7 @@ class LicenseService:
         out: list[tuple[bytes, str | None]] = []
         h = session.holder
         for lease_id, product, version in items:
-            holder = Holder(h.user, h.host, h.app, version, h.addr)
+            holder = h.at_version(version)
             denied = self.guard.reclaim(lease_id, product, version, session.client_id, holder, now)
             if denied is None:
                 out.append((lease_id, None))
@@ -672,10 +671,7 @@ class LicenseService:
         if len(leases) == 1:
             lease = self.pool.release_one(leases[0], session.client_id, now)
             if lease is not None:
-                sink = self._on_event
-                if sink is not None:
-                    h = lease.holder
-                    sink(("release", lease.product, h.user, h.host, "release"))
+                self._lease_event("release", lease, "release")
                 return replybytes.released_one(rid, lease.id)
         released, gone = self.pool.release_pair(_once(leases), session.client_id, now)
         for lease in released:
@@ -695,18 +691,14 @@ class LicenseService:
         rid, product, version = req
         guard = self.guard
         pool = self.pool
-        start, end, expired = self._expiry_day  # ``_key_expired``'s answer for today
-        if start <= wall < end and not expired and product not in self.gate.rules:
-            h = session.holder
-            holder = h if h.version == version else Holder(h.user, h.host, h.app, version, h.addr)
+        if not self._key_expired(wall) and product not in self.gate.rules:
             # With a store, the grant must also fit under the reservation on disk (``room``:
             # where ``RestartGuard.needed`` says None).
             room = guard.room(product)
+            holder = session.holder.at_version(version)
             lease = pool.grant(product, version, session.client_id, holder, now, room)
             if lease is not None:
-                sink = self._on_event
-                if sink is not None:
-                    sink(("checkout", product, holder.user, holder.host, version))
+                self._lease_event("checkout", lease, version)
                 return replybytes.granted(rid, lease.id, self._granted_tail(product))
         if guard.enabled and product in pool.products and guard.needed(product) is not None:
             return None  # a reservation must be written first: the general path does that

@@ -140,7 +140,7 @@ def decode_body(body: bytes | bytearray, check: bool = True) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise BadFrame(f"frame body is a msgpack {type(obj).__name__}, not a map")
     if check:
-        _check_depth(obj)
+        check_map(obj)
     return obj
 
 

@@ -77,7 +77,7 @@ def granted_tail(product: str, lease_s: float, epoch: int) -> bytes:
 
 def granted(rid: int, lease_id: bytes, tail: bytes) -> bytes:
     """``{"t": "granted", "id": rid, "lease": lease_id, **tail}`` as a frame."""
-    rb = _UINTS[rid] if rid < _SMALL else _uint(rid)
+    rb = _UINTS[rid] if rid < _SMALL else _uint(rid)  # ``uint`` inlined: one call less a reply
     n = len(_GRANTED) + len(rb) + len(_GRANTED_LEASE) + LEASE_ID_SIZE + len(tail)
     head = _HEADERS[n] if n < 256 else _header(n)
     return b"".join((head, _GRANTED, rb, _GRANTED_LEASE, lease_id, tail))
@@ -92,7 +92,7 @@ _ONE_LEASE: Final = _LEASES + b"\x91" + _BIN_LEASE
 
 def released_one(rid: int, lease_id: bytes) -> bytes:
     """``{"t": "released", "id": rid, "leases": [lease_id], "lost": []}`` as a frame."""
-    rb = _UINTS[rid] if rid < _SMALL else _uint(rid)
+    rb = _UINTS[rid] if rid < _SMALL else _uint(rid)  # ``uint`` inlined: one call less a reply
     n = len(_RELEASED) + len(rb) + len(_ONE_LEASE) + LEASE_ID_SIZE + len(_NONE_LOST)
     return b"".join((_HEADERS[n], _RELEASED, rb, _ONE_LEASE, lease_id, _NONE_LOST))
 
@@ -100,7 +100,7 @@ def released_one(rid: int, lease_id: bytes) -> bytes:
 def renewed(rid: int, leases: list[bytes]) -> bytes:
     """``{"t": "renewed", "id": rid, "leases": leases, "lost": []}`` as a frame; every lease id
     must be ``LEASE_ID_SIZE`` bytes, and there must be fewer than 65,536 of them."""
-    rb = _UINTS[rid] if rid < _SMALL else _uint(rid)
+    rb = _UINTS[rid] if rid < _SMALL else _uint(rid)  # ``uint`` inlined: one call less a reply
     k = len(leases)
     if k == 1:
         n = len(_RENEWED) + len(rb) + len(_ONE_LEASE) + LEASE_ID_SIZE + len(_NONE_LOST)

@@ -749,3 +749,12 @@ def test_a_pool_with_a_mint_takes_its_lease_ids_from_it_and_draws_again_on_a_cla
     pool.mint = mint
     assert [take(pool).id, take(pool, owner=B).id] == [b"m-1", b"m-2"]
     assert asked == [(A, "cad"), (B, "cad"), (B, "cad")]
+
+
+def test_a_holder_at_another_version_is_a_new_holder_and_at_its_own_is_itself() -> None:
+    """``Holder.at_version``: what every checkout records as its holder (the hello's user,
+    host, app and address, and the version checked out)."""
+    ann = Holder("ann", "ws1", "cad", "16", "10.0.0.5")
+    assert ann.at_version("16") is ann
+    assert ann.at_version("17") == Holder("ann", "ws1", "cad", "17", "10.0.0.5")
+    assert ann.at_version("") == Holder("ann", "ws1", "cad", "", "10.0.0.5")

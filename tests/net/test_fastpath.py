@@ -152,9 +152,9 @@ def test_fast_and_general_paths_give_the_same_bytes_pool_and_history(
         assert answer == encode_frame(m.to_wire(reply)), (wire, answer)
     for product in ("cad", "render"):
         assert general.pool.in_use(product) == fast.pool.in_use(product)
-    assert sorted((x.id, x.owner, x.product, x.expires) for x in general.pool.leases()) == sorted(
-        (x.id, x.owner, x.product, x.expires) for x in fast.pool.leases()
-    )
+    assert sorted(
+        (x.id, x.owner, x.product, x.expires, x.holder) for x in general.pool.leases()
+    ) == sorted((x.id, x.owner, x.product, x.expires, x.holder) for x in fast.pool.leases())
     assert general_events == fast_events
     fast.pool.check_invariant()
 
