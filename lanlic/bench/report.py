@@ -428,11 +428,17 @@ def table(data: dict[str, Any]) -> str:
     p = data["params"]
     pressure = data.get("cpu_pressure_pct")
     lines.append(
-        f"\n{data['machine'].get('cpus')} CPUs, loop {p['loop']}, {p['procs']} generator "
-        f"processes, run took {data['duration_s']} s"
+        f"\n{data['machine'].get('cpus')} CPUs, loop {p['loop']}, {_build(data)}, {p['procs']} "
+        f"generator processes, run took {data['duration_s']} s"
         + (f"; some task waited for a CPU {pressure}% of the time" if pressure is not None else "")
     )
     return "\n".join(lines)
+
+
+def _build(data: dict[str, Any]) -> str:
+    """Which build of the server ran: pure Python or the compiled one (setup.py)."""
+    compiled = data["machine"].get("compiled")
+    return f"compiled build ({len(compiled)} modules)" if compiled else "pure Python"
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -558,7 +564,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
             bottom.annotate(f"{v:,.0f}", (i, v), ha="center", va="bottom", fontsize=8)
     p = data["params"]
     fig.suptitle(
-        f"lanlic bench: {data['machine'].get('cpus')} CPUs, loop {p['loop']}, "
+        f"lanlic bench: {data['machine'].get('cpus')} CPUs, loop {p['loop']}, {_build(data)}, "
         f"{data['started']}" + (" (quick)" if p.get("quick") else ""),
         fontsize=10,
     )

@@ -29,6 +29,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
+import lanlic
 from lanlic.bench import (
     CLUSTER_SCENARIOS,
     CLUSTER_TARGETS,
@@ -913,6 +914,8 @@ class Bench:
             "platform": platform.platform(),
             "python": platform.python_version(),
             "msgpack": ".".join(map(str, msgpack.version)),
+            # The optional compiled build (setup.py): which build of the server ran.
+            "compiled": lanlic.compiled_modules(),
         }
         with contextlib.suppress(ImportError):
             import uvloop

@@ -219,6 +219,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 + ", ".join(f"{x.name} ({x.seats} seats)" for x in key.products)
                 + f"\n  try: lanlic checkout {key.products[0].name} --server {h}:{p}"
                 + (f"\n  admin page: {admin.url}" if admin else "")
+                + _build_line()
                 + "\n  stop with Ctrl-C",
                 flush=True,
             )
@@ -258,6 +259,14 @@ class ClusterPlan:
     def __init__(self, endpoints: list[str], tls: Any) -> None:
         self.endpoints = endpoints
         self.tls = tls
+
+
+def _build_line() -> str:
+    """Names the optional compiled build (setup.py) when it is the one running."""
+    from lanlic import compiled_modules
+
+    compiled = compiled_modules()
+    return f"\n  compiled build: {', '.join(compiled)}" if compiled else ""
 
 
 def _print_listening(

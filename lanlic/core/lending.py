@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -83,6 +83,21 @@ class EnrollmentWrite(Durable):
     record in etcd instead of a store (``lanlic.cluster.desk``)."""
 
     record: EnrollmentRecord | None = None
+
+
+# The restart guard's raise (``LicenseService``) lives beside its base: a subclass of a class of
+# another module cannot be compiled to a native class (the optional compiled build, setup.py).
+@dataclass(frozen=True, slots=True)
+class ReservationRaise(Durable):
+    """A ``Durable`` whose whole write is raising reservations to ``seats`` (SPEC 13 rule 1).
+
+    The adapter may write several at once, the highest value per product: the grants that
+    arrive while one raise is on disk then share the next write, however many they are, instead
+    of each taking its own trip to the store's thread (and one fsync per chunk, in a row).
+    ``write`` and the grouped write both hand ``commit`` the values now on disk, each at least
+    the one asked for."""
+
+    seats: dict[str, int] = field(default_factory=dict)
 
 
 #: The seat policy's check of a borrow: (product, user, host) to a refusal, or None to go on.

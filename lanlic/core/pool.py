@@ -189,6 +189,9 @@ class SeatPool:
         """Counts leases added and removed: the restart guard's batch looks for changes only
         when it moved."""
         self._heap: list[tuple[float, bytes]] = []
+        self.random_bytes: Callable[[int], bytes] = _lease_ids.take
+        """``n`` bytes from the OS's CSPRNG (the lease ids' buffer). An attribute, not a static
+        method: the compiled build supports no class-level callable default."""
         self.mint: Callable[[bytes, str], bytes] | None = None
         """Makes lease ids from (owner, product) instead of ``new_lease_id`` when set: the
         restart guard's ids, which prove their owner after a restart (core/restart.py)."""
@@ -334,9 +337,6 @@ class SeatPool:
             p.watcher.count(holder, 1)
         heapq.heappush(self._heap, (expires, lease_id))
         return lease
-
-    #: ``n`` bytes from the OS's CSPRNG (the lease ids' buffer).
-    random_bytes = staticmethod(_lease_ids.take)
 
     def take_peak(self, product: str) -> int:
         """The most seats of ``product`` in use since the last call; starts a new period."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lanlic.core import signing
 from lanlic.core.gate import Joined, SeatGate
-from lanlic.core.lending import BorrowCheck, BorrowDesk, Durable
+from lanlic.core.lending import BorrowCheck, BorrowDesk, Durable, ReservationRaise
 from lanlic.core.netkey import NetworkKey
 from lanlic.core.policy import Asker, Policy
 from lanlic.core.pool import Denied, Granted, Holder, Lease, SeatPool
@@ -56,19 +56,6 @@ class ServiceConfig:
     """A seat not renewed for this long returns to the pool."""
     heartbeat_seconds: float = 20.0
     """How often clients are told to renew; a third of the lease leaves room for two misses."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReservationRaise(Durable):
-    """A ``Durable`` whose whole write is raising reservations to ``seats`` (SPEC 13 rule 1).
-
-    The adapter may write several at once, the highest value per product: the grants that
-    arrive while one raise is on disk then share the next write, however many they are, instead
-    of each taking its own trip to the store's thread (and one fsync per chunk, in a row).
-    ``write`` and the grouped write both hand ``commit`` the values now on disk, each at least
-    the one asked for."""
-
-    seats: dict[str, int] = field(default_factory=dict)
 
 
 def raise_to(store: Store, seats: dict[str, int]) -> dict[str, int]:

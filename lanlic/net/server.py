@@ -31,15 +31,15 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from lanlic import osdeps
 from lanlic.core.clock import STALL_THRESHOLD, WALL_TOLERANCE, StallWatch, WallGuard
-from lanlic.core.lending import Durable
+from lanlic.core.lending import Durable, ReservationRaise
 from lanlic.core.policy import PolicyError
 from lanlic.core.refusals import RefusalTally
 from lanlic.core.restart import RestartState
-from lanlic.core.service import EventFields, LicenseService, ReservationRaise, raise_to
+from lanlic.core.service import EventFields, LicenseService, raise_to
 from lanlic.core.service import Session as _Session
 from lanlic.errors import BadFrame
 from lanlic.proto import messages as m
@@ -58,6 +58,14 @@ BUSY_LOG_EVERY = 10.0
 PRUNE_INTERVAL = 600.0
 
 log = logging.getLogger("lanlic.server")
+
+
+class Replier(Protocol):
+    """Whom a durable change answers: a connection (``_Protocol``), or a test's stand-in. A
+    structural type, so the compiled build checks no class here (setup.py)."""
+
+    def send(self, msg: m.Message) -> None: ...
+
 
 _encode = ServerConnection.send
 
@@ -420,7 +428,7 @@ class LicenseServer:
             else None
         )
         self._durables: set[asyncio.Task[None]] = set()
-        self._raises: list[tuple[ReservationRaise, _Protocol | None]] = []
+        self._raises: list[tuple[ReservationRaise, Replier | None]] = []
         """Reservation raises waiting for the write under way (``_write_raises``)."""
         self._raise_task: asyncio.Task[None] | None = None
         self._policy_task: asyncio.Task[None] | None = None
@@ -480,7 +488,9 @@ class LicenseServer:
         self._server = await self.loop.create_server(
             lambda: _Protocol(self), self.host, self.port, backlog=4096, reuse_address=True
         )
-        sock = self._server.sockets[0]
+        # uvloop's ``sockets`` is a list where typeshed says tuple, which the compiled build
+        # checks at run time: read it untyped.
+        sock = cast(Any, self._server).sockets[0]
         self.host, self.port = sock.getsockname()[:2]
         self._housekeeping = self.loop.call_later(self.limits.housekeeping_interval, self._sweep)
         log.info("serving on %s:%d", self.host, self.port)
@@ -767,7 +777,7 @@ class LicenseServer:
 
     # ------------------------------------------------------------------- durable changes
 
-    def run_durable(self, durable: Durable, conn: _Protocol | None) -> None:
+    def run_durable(self, durable: Durable, conn: Replier | None) -> None:
         """Write to the store on its thread, then commit (or abort) and answer ``conn``."""
         if isinstance(durable, ReservationRaise) and self.store is not None:
             # Raises go to disk as a group: one write at a time, the next one for every raise
@@ -798,7 +808,7 @@ class LicenseServer:
             self.flush_queue()
         self.arm_expiry_timer()
 
-    async def _durable(self, durable: Durable, conn: _Protocol | None) -> None:
+    async def _durable(self, durable: Durable, conn: Replier | None) -> None:
         if self.store is None:
             reply = durable.abort(RuntimeError("this server runs without a data folder"))
         else:
@@ -813,7 +823,7 @@ class LicenseServer:
                 reply = durable.commit(result)
         self._answer_durables([(reply, conn)])
 
-    def _answer_durables(self, replies: list[tuple[m.Message, _Protocol | None]]) -> None:
+    def _answer_durables(self, replies: list[tuple[m.Message, Replier | None]]) -> None:
         """Send what written (or failed) durables answer, then what they may have changed:
         a seat freed for the queue (a borrow returned, a raise refused), the next expiry."""
         for reply, conn in replies:

@@ -4,13 +4,13 @@ folders, with controllable wall clocks on both sides (days pass in numbers, not 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from frame_proxy import FrameProxy
 
 from lanlic.core.netkey import ProductEntitlement
 from lanlic.errors import (
@@ -23,7 +23,6 @@ from lanlic.errors import (
 from lanlic.laptop.borrower import Borrower
 from lanlic.net.client import Client
 from lanlic.net.server import LicenseServer, ServerLimits
-from lanlic.proto import messages as m
 from lanlic.store import Store
 
 DAY = 86400.0
@@ -246,7 +245,7 @@ async def test_a_clock_set_back_is_refused(start_server: Any, tmp_path: Path, cl
 @pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("welcome", ["genuine", "forged", "unsigned", "replayed"])
 async def test_a_clock_once_ahead_recovers_when_the_laptop_reaches_the_server(
-    start_server: Any, tmp_path: Path, clock: Clock, welcome: str, version: int, monkeypatch: Any
+    start_server: Any, tmp_path: Path, clock: Clock, welcome: str, version: int
 ) -> None:
     """A laptop clock that jumped a day ahead once (then was put right) locks a still-valid
     file with clock_set_back; reaching the server re-anchors the latest time seen to the time
@@ -256,61 +255,68 @@ async def test_a_clock_once_ahead_recovers_when_the_laptop_reaches_the_server(
     on; in version 2 the handshake's one signature covers the time, so the handshake fails."""
     site = Site(start_server, tmp_path, clock, "act")
     server = await site.start()
-    recorded: list[m.Welcome] = []
-    real_hello = server.service._hello
+    recorded: list[dict[str, Any]] = []
 
-    def hello(session: Any, msg: m.Hello, wall: float) -> Any:
-        if version == 1:
-            msg = dataclasses.replace(msg, versions=[1])
-        reply = real_hello(session, msg, wall)
-        sent = reply.message
-        assert isinstance(sent, m.Welcome) and sent.version == version
-        assert bool(sent.time_signature) == (version == 1)
-        recorded.append(sent)
+    def edit_hello(frame: dict[str, Any]) -> dict[str, Any]:
+        if frame.get("t") == "hello" and version == 1:
+            frame["versions"] = [1]  # a server that speaks version 1 alone
+        return frame
+
+    def edit_welcome(frame: dict[str, Any]) -> dict[str, Any]:
+        if frame.get("t") != "welcome":
+            return frame
+        recorded.append(dict(frame))
         if len(recorded) == 1 or welcome == "genuine":
-            return reply
+            return frame
         signature = "time_signature" if version == 1 else "signature"
         if welcome == "forged":
-            sent = dataclasses.replace(sent, time=sent.time - 1.0)
+            frame["time"] -= 1.0
         elif welcome == "unsigned":
-            sent = dataclasses.replace(sent, **{signature: b""})
+            frame[signature] = b""
         else:  # the welcome of the first connection, played back
             old = recorded[0]
-            sent = dataclasses.replace(sent, time=old.time, **{signature: getattr(old, signature)})
-        return dataclasses.replace(reply, message=sent)
+            frame["time"], frame[signature] = old["time"], old[signature]
+        return frame
 
-    monkeypatch.setattr(server.service, "_hello", hello)
-    laptop_clock = Clock()
-    ann = make_laptop(tmp_path, "ann", laptop_clock)
-    async with Client(server.address) as c:
-        await ann.enroll(c, "ann", "lt")
-        await ann.borrow(c, "cad", days=10)
-    laptop_clock.t += DAY  # the laptop's clock jumps a day ahead, and lanlic runs
-    ann.offline("cad")
-    clock.t += 3600.0
-    laptop_clock.t = clock.t  # put right: an hour after the borrow
-    with pytest.raises(BorrowedFileError) as refused:
+    proxy = await FrameProxy(server.address, up=edit_hello, down=edit_welcome).start()
+    address = proxy.address
+    try:
+        laptop_clock = Clock()
+        ann = make_laptop(tmp_path, "ann", laptop_clock)
+        async with Client(address) as c:
+            await ann.enroll(c, "ann", "lt")
+            await ann.borrow(c, "cad", days=10)
+        laptop_clock.t += DAY  # the laptop's clock jumps a day ahead, and lanlic runs
         ann.offline("cad")
-    assert refused.value.code == "clock_set_back"
-    assert "connect to the server once" in refused.value.message
-    assert "or wait until 2027-01-16 07:50 UTC" in refused.value.message  # last_seen - 10 min
-
-    if welcome != "genuine" and version >= 2:
-        with pytest.raises(ServerUntrusted, match="did not sign"):
-            async with Client(server.address) as c:
-                await ann.check_online(c)
-    else:
-        async with Client(server.address) as c:
-            await ann.check_online(c)
-    if welcome == "genuine":
-        assert ann.offline("cad").product == "cad"
-        await site.stop()  # and on, offline
-        laptop_clock.t += DAY
-        assert ann.offline("cad").product == "cad"
-    else:
-        with pytest.raises(BorrowedFileError) as still:
+        clock.t += 3600.0
+        laptop_clock.t = clock.t  # put right: an hour after the borrow
+        with pytest.raises(BorrowedFileError) as refused:
             ann.offline("cad")
-        assert still.value.code == "clock_set_back"
+        assert refused.value.code == "clock_set_back"
+        assert "connect to the server once" in refused.value.message
+        assert "or wait until 2027-01-16 07:50 UTC" in refused.value.message  # last_seen - 10 min
+
+        if welcome != "genuine" and version >= 2:
+            with pytest.raises(ServerUntrusted, match="did not sign"):
+                async with Client(address) as c:
+                    await ann.check_online(c)
+        else:
+            async with Client(address) as c:
+                await ann.check_online(c)
+        if welcome == "genuine":
+            assert ann.offline("cad").product == "cad"
+            await site.stop()  # and on, offline
+            laptop_clock.t += DAY
+            assert ann.offline("cad").product == "cad"
+        else:
+            with pytest.raises(BorrowedFileError) as still:
+                ann.offline("cad")
+            assert still.value.code == "clock_set_back"
+    finally:
+        await proxy.close()
+    assert {(w["version"], bool(w["time_signature"])) for w in recorded} == {
+        (version, version == 1)
+    }
 
 
 async def test_admin_lowers_the_terms_while_the_server_runs(

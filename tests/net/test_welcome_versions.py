@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from frame_proxy import FrameProxy
 from helpers import make_key
 
 from lanlic.core import signing
@@ -138,63 +139,68 @@ def test_a_hello_without_a_nonce_gets_no_time_in_either_version(
 # ----------------------------------------------------------------- the reference client on TCP
 
 
-async def test_the_client_speaks_v2_and_refuses_an_edited_time(
-    start_server: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_the_client_speaks_v2_and_refuses_an_edited_time(start_server: Any) -> None:
     """The reference client offers [1, 2], gets version 2 and takes the signed time; a welcome
     whose time was edited on the way fails the handshake like a bad signature does today."""
     server = await start_server()
     offered: list[list[int]] = []
     edit = {"on": False}
-    real_hello = server.service._hello
 
-    def hello_seen(session: Any, msg: m.Hello, wall: float) -> Any:
-        offered.append(list(msg.versions))
-        reply = real_hello(session, msg, wall)
-        if edit["on"]:
-            sent = reply.message
-            assert isinstance(sent, m.Welcome)
-            reply = dataclasses.replace(
-                reply, message=dataclasses.replace(sent, time=sent.time - 5)
-            )
-        return reply
+    def hello_seen(frame: dict[str, Any]) -> dict[str, Any]:
+        if frame.get("t") == "hello":
+            offered.append(list(frame["versions"]))
+        return frame
 
-    monkeypatch.setattr(server.service, "_hello", hello_seen)
-    async with Client(server.address) as c:
-        assert c.server_time is not None and c.server_time > 0
-    assert offered == [list(m.PROTOCOL_VERSIONS)] and 2 in m.PROTOCOL_VERSIONS
-    edit["on"] = True
-    client = Client(server.address)
-    with pytest.raises(ServerUntrusted, match="did not sign"):
-        await client.connect()
-    await client.close()
+    def welcome_edited(frame: dict[str, Any]) -> dict[str, Any]:
+        if frame.get("t") == "welcome" and edit["on"]:
+            frame["time"] -= 5
+        return frame
+
+    proxy = await FrameProxy(server.address, up=hello_seen, down=welcome_edited).start()
+    try:
+        async with Client(proxy.address) as c:
+            assert c.server_time is not None and c.server_time > 0
+        assert offered == [list(m.PROTOCOL_VERSIONS)] and 2 in m.PROTOCOL_VERSIONS
+        edit["on"] = True
+        client = Client(proxy.address)
+        with pytest.raises(ServerUntrusted, match="did not sign"):
+            await client.connect()
+        await client.close()
+    finally:
+        await proxy.close()
 
 
 @pytest.mark.parametrize("forge", [False, True])
 async def test_the_client_checks_both_signatures_of_a_v1_server(
-    start_server: Any, monkeypatch: pytest.MonkeyPatch, forge: bool
+    start_server: Any, forge: bool
 ) -> None:
     """A server that speaks only version 1 answers the reference client in version 1: the client
     checks the handshake signature and the time's apart, and an edited time costs only the time."""
     server = await start_server()
-    real_hello = server.service._hello
+    welcomes: list[dict[str, Any]] = []
 
-    def v1_only(session: Any, msg: m.Hello, wall: float) -> Any:
-        reply = real_hello(session, dataclasses.replace(msg, versions=[1]), wall)
-        sent = reply.message
-        assert isinstance(sent, m.Welcome) and sent.version == 1 and sent.time_signature
-        if forge:
-            reply = dataclasses.replace(
-                reply, message=dataclasses.replace(sent, time=sent.time - 5)
-            )
-        return reply
+    def v1_only(frame: dict[str, Any]) -> dict[str, Any]:
+        if frame.get("t") == "hello":
+            frame["versions"] = [1]  # what a server that speaks version 1 alone would pick
+        return frame
 
-    monkeypatch.setattr(server.service, "_hello", v1_only)
-    async with Client(server.address) as c:
-        if forge:
-            assert c.server_time is None
-        else:
-            assert c.server_time is not None and c.server_time > 0
+    def welcome(frame: dict[str, Any]) -> dict[str, Any]:
+        if frame.get("t") == "welcome":
+            welcomes.append(dict(frame))
+            if forge:
+                frame["time"] -= 5
+        return frame
+
+    proxy = await FrameProxy(server.address, up=v1_only, down=welcome).start()
+    try:
+        async with Client(proxy.address) as c:
+            if forge:
+                assert c.server_time is None
+            else:
+                assert c.server_time is not None and c.server_time > 0
+    finally:
+        await proxy.close()
+    assert [(w["version"], bool(w["time_signature"])) for w in welcomes] == [(1, True)]
 
 
 async def test_a_v1_only_peer_on_tcp_gets_both_signatures(start_server: Any, raw_peer: Any) -> None:
