@@ -10,6 +10,7 @@ and method assignment (tests/test_compiled.py runs the suites against the compil
 MODULES = (
     "lanlic.proto.framing",
     "lanlic.proto.connection",
+    "lanlic.proto.requests",
     "lanlic.net.server",
     "lanlic.core.service",
     "lanlic.core.pool",

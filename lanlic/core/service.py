@@ -28,6 +28,7 @@ from lanlic.core.restart import RestartGuard
 from lanlic.proto import messages as m
 from lanlic.proto import replybytes
 from lanlic.proto.framing import encode_frame
+from lanlic.proto.requests import checkout_request, lease_request
 
 if TYPE_CHECKING:  # the store is the adapter's; the core only names its interface
     from lanlic.store import Store
@@ -634,7 +635,7 @@ class LicenseService:
     def renew_frame(
         self, session: Session, wire: dict[str, Any], now: float, wall: float
     ) -> bytes | None:
-        req = m.lease_request(wire) if len(wire) == 3 else None  # t, id, leases: nothing else
+        req = lease_request(wire) if len(wire) == 3 else None  # t, id, leases: nothing else
         if req is None:
             return None
         rid, leases = req
@@ -651,7 +652,7 @@ class LicenseService:
     def release_frame(
         self, session: Session, wire: dict[str, Any], now: float, wall: float
     ) -> bytes | None:
-        req = m.lease_request(wire) if len(wire) == 3 else None  # t, id, leases: nothing else
+        req = lease_request(wire) if len(wire) == 3 else None  # t, id, leases: nothing else
         if req is None:
             return None
         rid, leases = req
@@ -672,7 +673,7 @@ class LicenseService:
         self, session: Session, wire: dict[str, Any], now: float, wall: float
     ) -> bytes | None:
         fields = 4 if "version" in wire else 3  # t, id, product, maybe version: nothing else
-        req = m.checkout_request(wire) if len(wire) == fields else None
+        req = checkout_request(wire) if len(wire) == fields else None
         if req is None:
             return None
         rid, product, version = req

@@ -99,7 +99,7 @@ class ServerConnection:
 
     # ``receive_data`` in three steps, for an adapter with a fast path (lanlic.net.server): it
     # takes this read's frames, answers some itself (requests of a type in ``steady_types``,
-    # through ``messages.lease_request`` and friends), hands every other frame to ``event_for``
+    # through ``requests.lease_request`` and friends), hands every other frame to ``event_for``
     # in order, and ends with ``fail`` if a fatal error followed the frames.
 
     def receive_frames(

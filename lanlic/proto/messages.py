@@ -53,9 +53,7 @@ __all__ = [
     "Status",
     "StatusReply",
     "Welcome",
-    "checkout_request",
     "is_version",
-    "lease_request",
     "parse",
     "to_wire",
 ]
@@ -698,45 +696,6 @@ def to_wire(msg: Message) -> dict[str, Any]:
 
 # Field names per message class, in declaration order: ``dataclasses.fields`` is slow per call.
 _WIRE_FIELDS: dict[type[Message], tuple[str, ...]] = {}
-
-
-def lease_request(wire: dict[str, Any]) -> tuple[int, list[bytes]] | None:
-    """``(id, leases)`` of a ``renew`` or ``release`` map that ``parse`` accepts, else None.
-
-    The server's fast path for its commonest requests: the same checks as ``parse`` (unknown
-    fields ignored), without building a message. On None, ``parse`` says what is wrong.
-    tests/test_fastpath.py holds the two to the same answer on generated maps.
-    """
-    rid = wire.get("id")
-    leases = wire.get("leases")
-    if (
-        type(rid) is not int
-        or not 0 < rid <= MAX_REQUEST_ID
-        or type(leases) is not list
-        or len(leases) > MAX_LEASES_PER_REQUEST
-    ):
-        return None
-    for item in leases:
-        if type(item) is not bytes or len(item) != LEASE_ID_SIZE:
-            return None
-    return rid, leases
-
-
-def checkout_request(wire: dict[str, Any]) -> tuple[int, str, str] | None:
-    """``(id, product, version)`` of a ``checkout`` map that ``parse`` accepts, else None."""
-    rid = wire.get("id")
-    product = wire.get("product")
-    version = wire.get("version", "")
-    if (
-        type(rid) is not int
-        or not 0 < rid <= MAX_REQUEST_ID
-        or type(product) is not str
-        or len(product) > MAX_NAME
-        or type(version) is not str
-        or not (version == "" or _VERSION_RE.fullmatch(version))
-    ):
-        return None
-    return rid, product, version
 
 
 def request_id_of(wire: dict[str, Any]) -> int:

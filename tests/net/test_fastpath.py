@@ -24,6 +24,7 @@ from lanlic.core.service import LicenseService, ServiceConfig, Session
 from lanlic.errors import ProtocolError
 from lanlic.proto import messages as m
 from lanlic.proto.framing import encode_frame
+from lanlic.proto.requests import checkout_request, lease_request
 
 # ------------------------------------------------------------------------------- the fields
 
@@ -59,7 +60,7 @@ _maps = st.fixed_dictionaries(
 @given(t=st.sampled_from(["renew", "release", "checkout"]), fields=_maps)
 def test_fast_fields_accept_exactly_what_parse_accepts(t: str, fields: dict[str, Any]) -> None:
     wire = {"t": t, **fields}
-    fast = m.checkout_request(wire) if t == "checkout" else m.lease_request(wire)
+    fast = checkout_request(wire) if t == "checkout" else lease_request(wire)
     try:
         msg = m.parse(wire)
     except ProtocolError:
