@@ -111,10 +111,13 @@ class Watcher(Protocol):
 
 
 class _Product:
-    __slots__ = ("borrowed", "entitlement", "held", "in_use", "over", "peak", "watcher")
+    __slots__ = ("borrowed", "entitlement", "held", "in_use", "name", "over", "peak", "watcher")
 
     def __init__(self, entitlement: ProductEntitlement) -> None:
         self.entitlement = entitlement
+        self.name = entitlement.name
+        """The one string every lease of the product names it by: not the request's copy, which
+        each lease kept (50-odd bytes a seat) and each history event hashed afresh."""
         self.in_use = 0
         self.borrowed = 0
         self.held = 0
@@ -284,7 +287,7 @@ class SeatPool:
         lease_id = self._new_lease_id() if mint is None else mint(owner, product)
         while lease_id in self._leases:  # pragma: no cover - 2**-128 (minted: 2**-32 a batch)
             lease_id = self._new_lease_id() if mint is None else mint(owner, product)
-        return Granted(self._add(lease_id, p, product, owner, holder, now))
+        return Granted(self._add(lease_id, p, owner, holder, now))
 
     def grant(
         self, product: str, version: str, owner: bytes, holder: Holder, now: float, room: int
@@ -306,7 +309,7 @@ class SeatPool:
         lease_id = self._new_lease_id() if mint is None else mint(owner, product)
         if lease_id in self._leases:  # pragma: no cover - 2**-128 (minted: 2**-32 a batch)
             return None
-        return self._add(lease_id, p, product, owner, holder, now)
+        return self._add(lease_id, p, owner, holder, now)
 
     @staticmethod
     def _full_message(product: str, p: _Product) -> str:
@@ -316,11 +319,9 @@ class SeatPool:
             f" ({', '.join(why)})" if why else ""
         )
 
-    def _add(
-        self, lease_id: bytes, p: _Product, product: str, owner: bytes, holder: Holder, now: float
-    ) -> Lease:
+    def _add(self, lease_id: bytes, p: _Product, owner: bytes, holder: Holder, now: float) -> Lease:
         expires = now + self.lease_seconds
-        lease = Lease(lease_id, product, owner, holder, now, now, expires)
+        lease = Lease(lease_id, p.name, owner, holder, now, now, expires)
         self._leases[lease_id] = lease
         owned = self._by_owner.get(owner)
         if owned is None:
@@ -369,7 +370,7 @@ class SeatPool:
             self.expire(now)
             if p.in_use + p.borrowed + p.held >= p.entitlement.seats:
                 return Denied("no_seat", self._full_message(product, p))
-        return Granted(self._add(lease_id, p, product, owner, holder, now))
+        return Granted(self._add(lease_id, p, owner, holder, now))
 
     def hold(self, product: str, seats: int) -> int:
         """Hold up to ``seats`` free seats out of the pool (for reclaim after a restart);

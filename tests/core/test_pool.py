@@ -502,7 +502,7 @@ def test_check_invariant_catches_one_seat_too_many(field: str) -> None:
     pool.check_invariant()
     p = pool._products["cad"]
     if field == "in_use":
-        pool._add(b"extra", p, "cad", B, HOLDER, T0)  # bypasses the seat check
+        pool._add(b"extra", p, B, HOLDER, T0)  # bypasses the seat check
     else:
         setattr(p, field, getattr(p, field) + 1)
     with pytest.raises(AssertionError):
@@ -758,3 +758,15 @@ def test_a_holder_at_another_version_is_a_new_holder_and_at_its_own_is_itself() 
     assert ann.at_version("16") is ann
     assert ann.at_version("17") == Holder("ann", "ws1", "cad", "17", "10.0.0.5")
     assert ann.at_version("") == Holder("ann", "ws1", "cad", "", "10.0.0.5")
+
+
+def test_every_lease_of_a_product_names_it_by_one_string() -> None:
+    """A lease keeps the product's own name, not the request's copy of it: 50-odd bytes a held
+    seat, and a string the history's counts hash once instead of once a checkout."""
+    pool = SeatPool([ProductEntitlement("cad", seats=4)])
+    asked = ["".join(["c", "ad"]) for _ in range(3)]  # three equal strings, three objects
+    assert len({id(x) for x in asked}) == 3
+    leases = [pool.grant(x, "", bytes([i]) * 16, HOLDER, T0, 10) for i, x in enumerate(asked)]
+    leases.append(pool.checkout("".join(["ca", "d"]), "", B, HOLDER, T0).lease)  # type: ignore[union-attr]
+    names = [x.product for x in leases if x is not None]
+    assert len(names) == 4 and all(x is names[0] for x in names)
