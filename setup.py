@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import runpy
 from pathlib import Path
+from typing import Any
 
 from setuptools import setup
 
@@ -27,7 +28,7 @@ COMPILED = [
 ]
 
 
-def _ext_modules() -> list:  # type: ignore[type-arg]
+def _ext_modules() -> list[Any]:
     if os.environ.get("LANLIC_COMPILE", "0") in ("", "0"):
         return []
     try:

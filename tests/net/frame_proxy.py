@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
+from tcp_proxy import TcpProxy
 
 Edit = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -22,37 +23,22 @@ def _same(frame: dict[str, Any]) -> dict[str, Any]:
     return frame
 
 
-class FrameProxy:
-    """``up`` edits each frame from the client, ``down`` each frame from the server."""
+class FrameProxy(TcpProxy):
+    """``up`` edits each frame from the client, ``down`` each frame from the server (the
+    connections and their closing are ``TcpProxy``'s; only the pumping differs)."""
 
     def __init__(self, target: tuple[str, int], up: Edit = _same, down: Edit = _same) -> None:
-        self.target = target
+        super().__init__(*target)
         self.up, self.down = up, down
-        self._server: asyncio.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def address(self) -> tuple[str, int]:
-        assert self._server is not None
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return host, port
+        host, port = self.endpoint.rsplit(":", 1)
+        return host, int(port)
 
-    async def start(self) -> FrameProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+    async def start(self) -> FrameProxy:  # type: ignore[override]
+        await super().start()
         return self
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.close()
-            return
-        self._writers += [writer, up_writer]
-        for src, dst, edit in ((reader, up_writer, "up"), (up_reader, writer, "down")):
-            t = asyncio.create_task(self._pump(src, dst, edit))
-            self._tasks.add(t)
-            t.add_done_callback(self._tasks.discard)
 
     async def _pump(
         self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, direction: str
@@ -67,14 +53,3 @@ class FrameProxy:
                 await dst.drain()
         with contextlib.suppress(Exception):
             dst.close()
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for w in self._writers:
-            w.close()
-        for t in list(self._tasks):
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
