@@ -8,7 +8,7 @@ be forged by anyone on the LAN.
 The TXT record (protocol/SPEC.md, "Discovery"), every string at most 255 bytes::
 
     txtvers=1                 this TXT layout
-    proto=1,2                 protocol versions the server speaks, comma-separated
+    proto=1,2,3               protocol versions the server speaks, comma-separated
     id=sha256:...             the server id
     sfp=sha256:...            fingerprint of the server's key (equal to id in protocol 1)
     vfp=sha256:...            fingerprint of the vendor key that signed the served network key

@@ -1,5 +1,6 @@
 """The modules every checkout, renew and release passes through, in the order a request meets
-them: what the optional compiled build compiles (setup.py, ``LANLIC_COMPILE=1``).
+them, and the hash tree a burst of hellos is signed under (``welcomebatch``): what the optional
+compiled build compiles (setup.py, ``LANLIC_COMPILE=1``).
 
 Plain data with no imports, so setup.py reads it without importing lanlic. A module here must
 keep to what mypyc compiles (no subclass of a class of another module, no class-level callable
@@ -16,4 +17,5 @@ MODULES = (
     "lanlic.core.pool",
     "lanlic.core.restart",
     "lanlic.proto.replybytes",
+    "lanlic.core.welcomebatch",
 )

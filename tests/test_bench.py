@@ -216,8 +216,10 @@ def test_the_generators_hello_is_the_reference_clients(vendor_key: Any) -> None:
     assert isinstance(hello, m.Hello)
     assert hello.versions == list(m.PROTOCOL_VERSIONS) and len(hello.nonce) == m.NONCE_SIZE
     service = LicenseService(make_key(vendor_key), Ed25519PrivateKey.generate())
-    welcome = service.handle(Session(), hello, 0.0, 1.8e9).message
-    assert isinstance(welcome, m.Welcome) and welcome.version == max(m.PROTOCOL_VERSIONS) == 2
+    reply = service.handle(Session(), hello, 0.0, 1.8e9)
+    assert reply.message is None and reply.welcome is not None  # signed with its batch
+    (welcome,) = service.sign_welcomes([reply.welcome])
+    assert welcome.version == max(m.PROTOCOL_VERSIONS) == 3
     verify_welcome(welcome, hello.nonce, client_id)
     assert verify_server_time(welcome, hello.nonce, client_id) == 1.8e9
 

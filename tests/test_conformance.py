@@ -24,6 +24,7 @@ import lanlic.conformance.runner as runner_module
 from lanlic.conformance import CaseResult, find_vectors
 from lanlic.conformance import run as run_cases
 from lanlic.core import service as service_module
+from lanlic.core import welcomebatch as welcomebatch_module
 from lanlic.core.netkey import ProductEntitlement
 from lanlic.proto import messages as messages_module
 
@@ -83,17 +84,19 @@ def test_versions_judges_a_server_by_the_versions_it_implements(
     procs: Procs, served_key: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """``--versions 1``: the runner's own hello offers 1 only, each welcome must be in 1, and
-    the session that needs version 2 is N/A (counted apart), so a server of 1.0 can pass."""
+    the sessions that need version 2 or 3 are N/A (counted apart), so a server of 1.0 can pass."""
     key, vendor = served_key
     _, port, _ = procs.serve(key, vendor, tmp_path / "data")
     result = conformance(port, "--versions", "1")
     lines = result.stdout.splitlines()
     assert result.returncode == 0, result.stdout + result.stderr
     na = [x for x in lines if x.startswith("N/A ")]
-    assert na == ["N/A session version_2: needs protocol version 2, which the server does not "
-                  "implement"], lines  # fmt: skip
-    assert lines[-1] == f"{len(lines) - 2} passed, 0 failed, 1 not applicable"
-    for bad in ("3", "1,x", ""):
+    assert na == [
+        f"N/A session version_{v}: needs protocol version {v}, which the server does not implement"
+        for v in (2, 3)
+    ], lines
+    assert lines[-1] == f"{len(lines) - 3} passed, 0 failed, 2 not applicable"
+    for bad in ("4", "1,x", ""):
         refused = conformance(port, "--versions", bad)
         assert refused.returncode == 2 and "--versions" in refused.stderr, refused.stderr
 
@@ -126,7 +129,9 @@ def test_the_runner_uses_no_server_internals() -> None:
                 assert not name.startswith("lanlic.") or name.startswith("lanlic.conformance")
 
 
-async def _play(port: int, versions: tuple[int, ...] = (1, 2)) -> dict[str, CaseResult]:
+async def _play(
+    port: int, versions: tuple[int, ...] = runner_module.VERSIONS
+) -> dict[str, CaseResult]:
     out: list[CaseResult] = []
     thread = threading.Thread(
         target=lambda: out.extend(run_cases("127.0.0.1", port, VECTORS, 3, versions))
@@ -171,17 +176,17 @@ async def test_a_server_whose_handshake_signature_is_wrong_fails_every_case(
     server = await start_server(products=PRODUCTS)  # type: ignore[operator]
     results = await _play(server.port)
     failed = {name for name, r in results.items() if not r.passed}
-    assert "happy_path" in failed and "version_2" not in failed
-    assert not any(results[name].kind == "invalid" for name in failed)  # their hello is [1, 2]
+    assert "happy_path" in failed and not {"version_2", "version_3"} & failed
+    assert not any(results[name].kind == "invalid" for name in failed)  # their hello is [1, 2, 3]
     assert all("version-1 handshake" in results[name].reason for name in failed)
 
 
 async def test_a_server_whose_v2_signature_leaves_out_the_time_fails_every_v2_case(
     start_server: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A version-2 welcome whose signature does not cover its time: the version-2 session and
-    every invalid frame (played after the runner's own hello of versions 1 and 2) fail at the
-    hello; the version-1 sessions pass."""
+    """A version-2 welcome whose signature does not cover its time: judged as a server of
+    versions 1 and 2, the version-2 session and every invalid frame (played after the runner's
+    own hello of versions 1 and 2) fail at the hello; the version-1 sessions pass."""
     real = service_module.handshake_v2_payload
     monkeypatch.setattr(
         service_module,
@@ -191,7 +196,7 @@ async def test_a_server_whose_v2_signature_leaves_out_the_time_fails_every_v2_ca
         ),
     )
     server = await start_server(products=PRODUCTS)  # type: ignore[operator]
-    results = await _play(server.port)
+    results = await _play(server.port, (1, 2))
     invalid = [r for r in results.values() if r.kind == "invalid"]
     assert invalid and not any(r.passed for r in invalid)
     assert all("version-2 handshake" in r.reason for r in invalid)
@@ -213,11 +218,36 @@ async def test_a_server_of_version_1_only_passes_with_versions_1(
     server = await start_server(products=PRODUCTS)  # type: ignore[operator]
     results = await _play(server.port, (1,))
     not_played = {name for name, r in results.items() if not r.applicable}
-    assert not_played == {"version_2"}
+    assert not_played == {"version_2", "version_3"}
     assert all(r.passed for name, r in results.items() if name not in not_played), results
     assert not results["version_2"].passed
     assert results["version_2"].line().startswith("N/A session version_2: needs protocol version 2")
-    both = await _play(server.port)
+    both = await _play(server.port, (1, 2))
     invalid = [r for r in both.values() if r.kind == "invalid"]
     assert invalid and all("welcome.version is 1, not 2" in r.reason for r in invalid)
     assert both["happy_path"].passed  # its hello offers 1 only
+
+
+async def test_a_server_whose_batch_paths_are_wrong_fails_every_v3_case(
+    start_server: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version-3 welcomes whose paths lead elsewhere (each step's side flipped): the version-3
+    session and every invalid frame (played after the runner's own hello of versions 1 to 3)
+    fail at the hello; the sessions of versions 1 and 2 pass."""
+    real = welcomebatch_module.build
+
+    def flipped(leaves: list[bytes]) -> tuple[bytes, list[bytes]]:
+        root, paths = real([*leaves, bytes(32)])  # never a batch of one: every path has a step
+        return root, [
+            bytes(1 - b if i % welcomebatch_module.STEP == 0 else b for i, b in enumerate(path))
+            for path in paths[:-1]
+        ]
+
+    monkeypatch.setattr(welcomebatch_module, "build", flipped)
+    server = await start_server(products=PRODUCTS)  # type: ignore[operator]
+    results = await _play(server.port)
+    invalid = [r for r in results.values() if r.kind == "invalid"]
+    assert invalid and not any(r.passed for r in invalid)
+    assert all("version-3 handshake" in r.reason for r in invalid)
+    assert "version-3 handshake" in results["version_3"].reason
+    assert results["happy_path"].passed and results["version_2"].passed

@@ -42,9 +42,13 @@ __all__ = ["CaseResult", "find_vectors", "run"]
 #: SPEC 2: the largest frame body.
 MAX_FRAME = 262144
 #: SPEC 4: the handshake signature's domain prefix, by protocol version.
-HANDSHAKE_DOMAINS = {1: b"lanlic/v1/handshake\x00", 2: b"lanlic/v2/handshake\x00"}
+HANDSHAKE_DOMAINS = {
+    1: b"lanlic/v1/handshake\x00",
+    2: b"lanlic/v2/handshake\x00",
+    3: b"lanlic/v3/handshake-batch\x00",
+}
 #: The protocol versions the SPEC defines; the runner's own hello offers them all.
-VERSIONS = (1, 2)
+VERSIONS = (1, 2, 3)
 
 
 class Failed(Exception):
@@ -200,7 +204,7 @@ def check_welcome(
         raise Failed(f"welcome.server_id {welcome['server_id']!r} is not server_key's fingerprint")
     vendor_fp = welcome.get("vendor_fp", "")
     items = [hello.get("nonce", b""), hello["client_id"], welcome["server_id"], vendor_fp]
-    if version == 2:
+    if version >= 2:
         time = welcome.get("time", 0)
         if type(time) not in (int, float) or not 0 <= time < 1e12:
             raise Failed(f"welcome.time {time!r} is not a time")
@@ -208,15 +212,34 @@ def check_welcome(
             raise Failed(f"welcome.time is {time!r} for a hello {'with' if time else 'without'}"
                          " a nonce")  # fmt: skip
         if welcome.get("time_signature", b""):
-            raise Failed("a version-2 welcome has a time_signature (its signature covers time)")
+            raise Failed(
+                f"a version-{version} welcome has a time_signature (its signature covers time)"
+            )
         items.append(float(time))
-    signed = HANDSHAKE_DOMAINS[version] + msgpack.packb(items, use_bin_type=True)
+    handshake = msgpack.packb(items, use_bin_type=True)
+    signed = HANDSHAKE_DOMAINS[version] + (
+        _batch_root(handshake, welcome.get("batch_path", b"")) if version >= 3 else handshake
+    )
     try:
         Ed25519PublicKey.from_public_bytes(key).verify(welcome["signature"], signed)
     except (InvalidSignature, ValueError):
         raise Failed(
             f"welcome.signature does not verify over the version-{version} handshake (SPEC 4)"
         ) from None
+
+
+def _batch_root(handshake: bytes, path: Any) -> bytes:
+    """SPEC 4, version 3: the root the welcome's ``batch_path`` folds this handshake's leaf into."""
+    if type(path) is not bytes or len(path) % 33 or len(path) > 16 * 33:
+        raise Failed(f"welcome.batch_path is not 0 to 16 steps of 33 bytes: {path!r:.80}")
+    h = hashlib.sha256(b"\x00" + handshake).digest()
+    for at in range(0, len(path), 33):
+        side, sibling = path[at], path[at + 1 : at + 33]
+        if side not in (0, 1):
+            raise Failed(f"welcome.batch_path has a step whose side byte is {side}, not 0 or 1")
+        pair = h + sibling if side == 0 else sibling + h
+        h = hashlib.sha256(b"\x01" + pair).digest()
+    return h
 
 
 def check_reply(

@@ -8,6 +8,7 @@ the key's expiry date), and sends back what it returns. Expected refusals (``no_
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import secrets
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from lanlic.core import signing
+from lanlic.core import signing, welcomebatch
 from lanlic.core.gate import Joined, SeatGate
 from lanlic.core.lending import BorrowCheck, BorrowDesk, Durable, ReservationRaise
 from lanlic.core.netkey import NetworkKey
@@ -39,6 +40,7 @@ __all__ = [
     "ReservationRaise",
     "ServiceConfig",
     "Session",
+    "UnsignedWelcome",
     "handshake_payload",
     "handshake_v2_payload",
     "server_time_payload",
@@ -151,6 +153,18 @@ class Reply:
     later: Callable[[], Awaitable[m.Message]] | None = None
     """The answer, from work the adapter awaits on its loop first: a seat store that is not
     this process's memory (``lanlic.cluster``). The core itself never makes one."""
+    welcome: UnsignedWelcome | None = None
+    """A version-3 welcome, signed with the others of its batch (``sign_welcomes``) before it
+    is sent: the adapter makes a batch of the hellos it read in one turn of its loop."""
+
+
+@dataclass(frozen=True, slots=True)
+class UnsignedWelcome:
+    """A version-3 welcome with neither signature nor path yet, and the handshake it answers
+    (the bytes version 2 signs: its leaf in the batch's tree)."""
+
+    welcome: m.Welcome
+    handshake: bytes
 
 
 #: Holders listed in one status reply, in all products (about 150 bytes each on the wire).
@@ -407,7 +421,14 @@ class LicenseService:
         time = wall if msg.nonce else 0.0
         vendor_fp = self.key.vendor_fp
         time_sig = b""
-        if session.version >= 2:
+        signature = b""
+        handshake = b""
+        if session.version >= 3:
+            # Signed later, with every other hello of this turn of the loop (SPEC 4).
+            handshake = handshake_v2_payload(
+                msg.nonce, msg.client_id, self.server_id, vendor_fp, time
+            )
+        elif session.version == 2:
             # One signature for the handshake and the time (SPEC 4): an Ed25519 signature is
             # most of what a hello costs the server, and version 1 made two.
             signed = handshake_v2_payload(msg.nonce, msg.client_id, self.server_id, vendor_fp, time)
@@ -418,22 +439,33 @@ class LicenseService:
             if msg.nonce:
                 signed = server_time_payload(msg.nonce, msg.client_id, self.server_id, time)
                 time_sig = signing.sign(self._server_key, signing.DOMAIN_SERVER_TIME, signed)
-        return Reply(
-            m.Welcome(
-                id=msg.id,
-                version=session.version,
-                server_id=self.server_id,
-                lease_s=self.config.lease_seconds,
-                heartbeat_s=self.config.heartbeat_seconds,
-                server_key=self.server_pub,
-                signature=signature,
-                vendor_fp=vendor_fp,
-                customer=self.key.customer,
-                epoch=self.guard.epoch,
-                time=time,
-                time_signature=time_sig,
-            )
+        welcome = m.Welcome(
+            id=msg.id,
+            version=session.version,
+            server_id=self.server_id,
+            lease_s=self.config.lease_seconds,
+            heartbeat_s=self.config.heartbeat_seconds,
+            server_key=self.server_pub,
+            signature=signature,
+            vendor_fp=vendor_fp,
+            customer=self.key.customer,
+            epoch=self.guard.epoch,
+            time=time,
+            time_signature=time_sig,
         )
+        if handshake:
+            return Reply(None, welcome=UnsignedWelcome(welcome, handshake))
+        return Reply(welcome)
+
+    def sign_welcomes(self, unsigned: list[UnsignedWelcome]) -> list[m.Welcome]:
+        """The version-3 welcomes of one batch (at most ``welcomebatch.MAX_BATCH``), in its
+        order, under one signature over their tree's root: each carries its own path."""
+        root, paths = welcomebatch.build([welcomebatch.leaf(u.handshake) for u in unsigned])
+        signature = signing.sign(self._server_key, signing.DOMAIN_HANDSHAKE_V3, root)
+        return [
+            dataclasses.replace(u.welcome, signature=signature, batch_path=path)
+            for u, path in zip(unsigned, paths, strict=True)
+        ]
 
     def _key_expired(self, wall: float) -> bool:
         """Whether the network key has expired on the UTC day of ``wall`` (asked once a day)."""

@@ -28,6 +28,7 @@ __all__ = [
     "DOMAIN_ENROLLMENT",
     "DOMAIN_HANDSHAKE",
     "DOMAIN_HANDSHAKE_V2",
+    "DOMAIN_HANDSHAKE_V3",
     "DOMAIN_LOCAL_STATE",
     "DOMAIN_NETWORK_KEY",
     "DOMAIN_SERVER_TIME",
@@ -48,6 +49,8 @@ DOMAIN_NETWORK_KEY: Final = b"lanlic/v1/network-key\x00"
 DOMAIN_HANDSHAKE: Final = b"lanlic/v1/handshake\x00"
 #: Protocol version 2's welcome: one signature over the handshake and the server's time.
 DOMAIN_HANDSHAKE_V2: Final = b"lanlic/v2/handshake\x00"
+#: Protocol version 3's welcome: one signature over the root of a batch of handshakes.
+DOMAIN_HANDSHAKE_V3: Final = b"lanlic/v3/handshake-batch\x00"
 DOMAIN_BORROWED_FILE: Final = b"lanlic/v1/borrowed-file\x00"
 DOMAIN_ENROLLMENT: Final = b"lanlic/v1/enrollment\x00"
 #: Borrow and return requests, signed by the client's container key (proof it holds it).
@@ -62,6 +65,7 @@ DOMAINS: Final = frozenset(
         DOMAIN_NETWORK_KEY,
         DOMAIN_HANDSHAKE,
         DOMAIN_HANDSHAKE_V2,
+        DOMAIN_HANDSHAKE_V3,
         DOMAIN_BORROWED_FILE,
         DOMAIN_ENROLLMENT,
         DOMAIN_CONTAINER_REQUEST,

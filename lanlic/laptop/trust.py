@@ -41,7 +41,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from lanlic import osdeps
-from lanlic.core import signing
+from lanlic.core import signing, welcomebatch
 from lanlic.core.service import handshake_payload, handshake_v2_payload, server_time_payload
 from lanlic.errors import LanlicError, ServerKeyChanged, ServerUntrusted
 from lanlic.proto import messages as m
@@ -165,13 +165,19 @@ def _signed_handshake(
     public: Ed25519PublicKey, welcome: m.Welcome, nonce: bytes, client_id: bytes
 ) -> bool:
     """Whether ``welcome.signature`` is the handshake signature of its version (SPEC 4): in
-    version 2 it covers the welcome's ``time`` as well."""
+    version 2 it covers the welcome's ``time`` as well; in version 3 it covers the root that
+    this handshake's leaf and the welcome's ``batch_path`` fold into."""
     if welcome.version == 1:
         payload = handshake_payload(nonce, client_id, welcome.server_id, welcome.vendor_fp)
         return signing.verify(public, signing.DOMAIN_HANDSHAKE, payload, welcome.signature)
     payload = handshake_v2_payload(
         nonce, client_id, welcome.server_id, welcome.vendor_fp, welcome.time
     )
+    if welcome.version >= 3:
+        root = welcomebatch.root_of(welcomebatch.leaf(payload), welcome.batch_path)
+        return root is not None and signing.verify(
+            public, signing.DOMAIN_HANDSHAKE_V3, root, welcome.signature
+        )
     return signing.verify(public, signing.DOMAIN_HANDSHAKE_V2, payload, welcome.signature)
 
 

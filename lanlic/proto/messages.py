@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 #: Protocol versions this implementation speaks, newest last.
-PROTOCOL_VERSIONS: Final = (1, 2)
+PROTOCOL_VERSIONS: Final = (1, 2, 3)
 LEASE_ID_SIZE: Final = 16
 NONCE_SIZE: Final = 32
 MAX_REQUEST_ID: Final = 2**63 - 1
@@ -194,7 +194,8 @@ class Welcome(Message):
     """The server's Ed25519 public key (32 bytes)."""
     signature: bytes = b""
     """Signature by the server key over the handshake domain, the client's nonce and ids; in
-    version 2 over the version-2 handshake domain, and ``time`` too."""
+    version 2 over the version-2 handshake domain, and ``time`` too; in version 3 over the root
+    of a batch of handshakes (``batch_path``)."""
     vendor_fp: str = ""
     """Fingerprint of the vendor key that signed the served network key."""
     customer: str = ""
@@ -206,6 +207,9 @@ class Welcome(Message):
     time_signature: bytes = b""
     """Version 1: signature by the server key over the server-time domain, the nonce, ids and
     ``time``. Version 2 sends none (``signature`` covers ``time``)."""
+    batch_path: bytes = b""
+    """Version 3: the path from this handshake's leaf to the root ``signature`` signs, shared by
+    the welcomes of one batch (``lanlic.core.welcomebatch``); empty in versions 1 and 2."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -586,6 +590,7 @@ _BY_NAME: Final[dict[str, Checker]] = {
     "server_key": _ANY_BYTES,
     "signature": _ANY_BYTES,
     "time_signature": _ANY_BYTES,
+    "batch_path": _ANY_BYTES,
     "versions": _list(
         lambda v: 0 < len(v) <= 64, "a non-empty list of protocol versions",
         lambda i: type(i) is int and 0 < i < 2**31, "a list of positive integers",
@@ -690,6 +695,8 @@ def to_wire(msg: Message) -> dict[str, Any]:
         v = getattr(msg, name)
         if name == "lost":
             v = [{"lease": x.lease, "code": x.code} for x in v]
+        elif name == "batch_path" and not v:
+            continue  # versions 1 and 2 have none: their welcomes stay byte for byte as they were
         out[name] = v
     return out
 

@@ -68,12 +68,17 @@ HELLO = m.Hello(
 
 #: The reference client's hello: every version it speaks (1 and 2), so the server answers in 2.
 HELLO_V2 = dataclasses.replace(HELLO, versions=[1, 2])
+#: The reference client's hello since version 3: versions 1, 2 and 3, answered in 3.
+HELLO_V3 = dataclasses.replace(HELLO, versions=[1, 2, 3])
+#: A version-3 welcome's path: one step, its sibling on the right (SPEC 4, "Version 3").
+BATCH_PATH = b"\x00" + bytes(range(32))
 #: A server time for the version-2 welcome (UTC seconds, float64 in the signed bytes).
 TIME = 1800000000.25
 
 VALID: list[tuple[str, m.Message]] = [
     ("hello", HELLO),
     ("hello_v2", HELLO_V2),
+    ("hello_v3", HELLO_V3),
     (
         "hello_several_versions_unicode",
         m.Hello(
@@ -106,7 +111,7 @@ VALID: list[tuple[str, m.Message]] = [
     ("bye", m.Bye(id=8)),
     (
         "hello_no_shared_version",
-        m.Hello(id=1, versions=[3, 7], client_id=CLIENT_ID, user="alice", host="h", nonce=NONCE),
+        m.Hello(id=1, versions=[4, 7], client_id=CLIENT_ID, user="alice", host="h", nonce=NONCE),
     ),
     (
         "welcome",
@@ -135,6 +140,22 @@ VALID: list[tuple[str, m.Message]] = [
             vendor_fp=VENDOR_FP,
             customer="Acme Engineering Ltd",
             time=TIME,
+        ),
+    ),
+    (
+        "welcome_v3",
+        m.Welcome(
+            id=1,
+            version=3,
+            server_id=SERVER_ID,
+            lease_s=60.0,
+            heartbeat_s=20.0,
+            server_key=SERVER_KEY,
+            signature=SIGNATURE,
+            vendor_fp=VENDOR_FP,
+            customer="Acme Engineering Ltd",
+            time=TIME,
+            batch_path=BATCH_PATH,
         ),
     ),
     ("granted", m.Granted(id=2, lease=LEASE_A, product="cadpro", lease_s=60.0)),
@@ -711,6 +732,11 @@ def _sessions() -> list[dict[str, Any]]:
         S("version_2", "the reference client's hello (versions 1 and 2) is answered in version 2, "
           "whose one signature covers the server's time")
         .send("hello_v2", "reply:welcome", version=2)
+        .send("checkout", "reply:granted", product="cadpro")
+        .send("bye", "reply:goodbye", released=1),
+        S("version_3", "the reference client's hello (versions 1, 2 and 3) is answered in version "
+          "3, whose signature covers a batch of handshakes")
+        .send("hello_v3", "reply:welcome", version=3)
         .send("checkout", "reply:granted", product="cadpro")
         .send("bye", "reply:goodbye", released=1),
         S("no_shared_version", "a hello with no version the server speaks")

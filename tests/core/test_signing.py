@@ -19,6 +19,7 @@ ALL_DOMAINS = [
     signing.DOMAIN_NETWORK_KEY,
     signing.DOMAIN_HANDSHAKE,
     signing.DOMAIN_HANDSHAKE_V2,
+    signing.DOMAIN_HANDSHAKE_V3,
     signing.DOMAIN_BORROWED_FILE,
     signing.DOMAIN_ENROLLMENT,
     signing.DOMAIN_CONTAINER_REQUEST,
@@ -34,6 +35,7 @@ def test_domain_values_are_fixed() -> None:
     assert signing.DOMAIN_NETWORK_KEY == b"lanlic/v1/network-key\x00"
     assert signing.DOMAIN_HANDSHAKE == b"lanlic/v1/handshake\x00"
     assert signing.DOMAIN_HANDSHAKE_V2 == b"lanlic/v2/handshake\x00"
+    assert signing.DOMAIN_HANDSHAKE_V3 == b"lanlic/v3/handshake-batch\x00"
     assert signing.DOMAIN_BORROWED_FILE == b"lanlic/v1/borrowed-file\x00"
     assert signing.DOMAIN_ENROLLMENT == b"lanlic/v1/enrollment\x00"
     assert signing.DOMAIN_CONTAINER_REQUEST == b"lanlic/v1/container-request\x00"

@@ -223,7 +223,7 @@ async def test_no_common_protocol_version(start_server, raw_peer) -> None:  # ty
     server = await start_server()
     peer = await raw_peer(server.address, hello=False)
     reply = await peer.request(
-        "hello", versions=[3, 4], client_id=peer.client_id, user="u", host="h"
+        "hello", versions=[4, 5], client_id=peer.client_id, user="u", host="h"
     )
     assert reply["t"] == "error" and reply["code"] == "unsupported_version"
     assert await peer.closed_by_server()

@@ -4,6 +4,7 @@ and in neither can a time be edited past the client."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 from typing import Any
@@ -25,6 +26,7 @@ from lanlic.errors import ServerUntrusted
 from lanlic.laptop.trust import verify_server_time, verify_welcome
 from lanlic.net.client import Client
 from lanlic.proto import messages as m
+from lanlic.proto.framing import encode_frame
 
 WALL = 1.9e9
 
@@ -111,8 +113,8 @@ def test_a_welcome_in_a_version_the_client_does_not_speak_is_refused(
     service: LicenseService,
 ) -> None:
     nonce, cid = os.urandom(32), os.urandom(16)
-    w = dataclasses.replace(welcome_of(service, hello([1, 2], nonce, cid)), version=3)
-    with pytest.raises(ServerUntrusted, match="version 3"):
+    w = dataclasses.replace(welcome_of(service, hello([1, 2], nonce, cid)), version=4)
+    with pytest.raises(ServerUntrusted, match="version 4"):
         verify_welcome(w, nonce, cid)
     assert verify_server_time(w, nonce, cid) is None
 
@@ -139,9 +141,10 @@ def test_a_hello_without_a_nonce_gets_no_time_in_either_version(
 # ----------------------------------------------------------------- the reference client on TCP
 
 
-async def test_the_client_speaks_v2_and_refuses_an_edited_time(start_server: Any) -> None:
-    """The reference client offers [1, 2], gets version 2 and takes the signed time; a welcome
-    whose time was edited on the way fails the handshake like a bad signature does today."""
+async def test_the_client_speaks_its_newest_and_refuses_an_edited_time(start_server: Any) -> None:
+    """The reference client offers every version it speaks, gets the newest (3: the time is in
+    its handshake's leaf) and takes the signed time; a welcome whose time was edited on the way
+    fails the handshake like a bad signature does."""
     server = await start_server()
     offered: list[list[int]] = []
     edit = {"on": False}
@@ -160,7 +163,7 @@ async def test_the_client_speaks_v2_and_refuses_an_edited_time(start_server: Any
     try:
         async with Client(proxy.address) as c:
             assert c.server_time is not None and c.server_time > 0
-        assert offered == [list(m.PROTOCOL_VERSIONS)] and 2 in m.PROTOCOL_VERSIONS
+        assert offered == [list(m.PROTOCOL_VERSIONS)] and m.PROTOCOL_VERSIONS[-1] == 3
         edit["on"] = True
         client = Client(proxy.address)
         with pytest.raises(ServerUntrusted, match="did not sign"):
@@ -215,3 +218,97 @@ async def test_a_v1_only_peer_on_tcp_gets_both_signatures(start_server: Any, raw
     assert w.version == 1 and len(w.time_signature) == 64
     verify_welcome(w, nonce, peer.client_id)
     assert verify_server_time(w, nonce, peer.client_id) == w.time
+
+
+# ----------------------------------------------------------------------- version 3: batches
+
+
+def test_a_v3_hello_waits_for_its_batch_and_each_welcome_proves_its_own_nonce(
+    service: LicenseService,
+) -> None:
+    """The core leaves a version-3 welcome unsigned; ``sign_welcomes`` signs a batch once, and
+    each welcome verifies for its own nonce only."""
+    hellos = [hello([1, 2, 3], os.urandom(32), os.urandom(16)) for _ in range(5)]
+    replies = [service.handle(Session(), h, 0.0, WALL) for h in hellos]
+    assert all(r.message is None and r.welcome is not None for r in replies)
+    welcomes = service.sign_welcomes([r.welcome for r in replies if r.welcome is not None])
+    assert len({w.signature for w in welcomes}) == 1 and all(w.version == 3 for w in welcomes)
+    for h, w in zip(hellos, welcomes, strict=True):
+        assert verify_welcome(w, h.nonce, h.client_id).server_key == w.server_key
+        assert verify_server_time(w, h.nonce, h.client_id) == WALL
+    with pytest.raises(ServerUntrusted, match="did not sign"):
+        verify_welcome(welcomes[0], hellos[1].nonce, hellos[0].client_id)
+    with pytest.raises(ServerUntrusted, match="did not sign"):
+        verify_welcome(dataclasses.replace(welcomes[0], time=WALL + 1), *_ids(hellos[0]))
+    with pytest.raises(ServerUntrusted, match="did not sign"):
+        verify_welcome(dataclasses.replace(welcomes[0], batch_path=b""), *_ids(hellos[0]))
+    # Presented as version 2, a version-3 signature proves nothing.
+    with pytest.raises(ServerUntrusted, match="did not sign"):
+        verify_welcome(dataclasses.replace(welcomes[0], version=2), *_ids(hellos[0]))
+
+
+def _ids(h: m.Hello) -> tuple[bytes, bytes]:
+    return h.nonce, h.client_id
+
+
+async def test_hellos_arriving_together_share_one_signature(
+    start_server: Any, raw_peer: Any
+) -> None:
+    """On TCP: clients saying hello at once get version-3 welcomes under one signature, each
+    with its own path; a version-2 peer among them gets its own signature, as before."""
+    server = await start_server()
+    peers = [await raw_peer(server.address, hello=False) for _ in range(9)]
+    nonces = [os.urandom(32) for _ in peers]
+
+    async def say_hello(i: int) -> dict[str, Any]:
+        versions = [1, 2] if i == 0 else [1, 2, 3]
+        wire: dict[str, Any] = await peers[i].request(
+            "hello", versions=versions, client_id=peers[i].client_id, user="u", host="h",
+            nonce=nonces[i],
+        )  # fmt: skip
+        wire.pop("t")
+        return wire
+
+    wires = await asyncio.gather(*(say_hello(i) for i in range(len(peers))))
+    welcomes = [m.Welcome(**w) for w in wires]
+    assert welcomes[0].version == 2 and "batch_path" not in wires[0]
+    assert {w.version for w in welcomes[1:]} == {3}
+    assert len({w.signature for w in welcomes[1:]}) < len(welcomes) - 1  # batched
+    assert welcomes[0].signature not in {w.signature for w in welcomes[1:]}
+    for w, nonce, peer in zip(welcomes, nonces, peers, strict=True):
+        verify_welcome(w, nonce, peer.client_id)
+        assert verify_server_time(w, nonce, peer.client_id) == w.time
+
+
+@pytest.mark.parametrize("split", [False, True])
+async def test_a_v3_welcome_is_the_first_reply_to_requests_sent_behind_it(
+    start_server: Any, raw_peer: Any, split: bool
+) -> None:
+    """A client that sends its checkout right behind its hello (in the same write, or in the
+    next one before the welcome came) still gets the welcome first: what follows the hello waits
+    for the batch's signature."""
+    server = await start_server()
+    peer = await raw_peer(server.address, hello=False)
+    nonce = os.urandom(32)
+    hello_frame = encode_frame(
+        {"t": "hello", "id": 1, "versions": [1, 2, 3], "client_id": peer.client_id,
+         "user": "u", "host": "h", "nonce": nonce}
+    )  # fmt: skip
+    rest = encode_frame({"t": "checkout", "id": 2, "product": "cad"}) + encode_frame(
+        {"t": "status", "id": 3}
+    )
+    if split:
+        await peer.send_raw(hello_frame)
+        for _ in range(10_000):  # bounded: until the server has read the hello (about 1 ms)
+            if any(c.welcoming for c in server.connections):
+                break
+            await asyncio.sleep(0)
+        assert any(c.welcoming for c in server.connections)
+        await peer.send_raw(rest)
+    else:
+        await peer.send_raw(hello_frame + rest)
+    replies = [await peer.recv() for _ in range(3)]
+    assert [r["t"] for r in replies] == ["welcome", "granted", "status_reply"]
+    welcome = dict(replies[0])
+    welcome.pop("t")
+    assert verify_server_time(m.Welcome(**welcome), nonce, peer.client_id) == welcome["time"]

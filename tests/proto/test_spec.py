@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from helpers import make_key
 
 from lanlic.conformance.runner import Failed, check_welcome
-from lanlic.core import borrowing, netkey, signing
+from lanlic.core import borrowing, netkey, signing, welcomebatch
 from lanlic.core.netkey import ProductEntitlement
 from lanlic.core.service import (
     LicenseService,
@@ -421,6 +421,22 @@ def test_handshake_examples_of_section_4_for_each_version() -> None:
         welcome_v2["time"],
     )
     assert f"`{v1.hex()}`" in text and f"`{v2.hex()}`" in text
+    # Version 3 signs the root its handshake's leaf and path fold into.
+    hello_v3, welcome_v3 = decode_vector("hello_v3"), decode_vector("welcome_v3")
+    assert (hello_v3["versions"], welcome_v3["version"]) == ([1, 2, 3], 3)
+    leaf = welcomebatch.leaf(
+        handshake_v2_payload(
+            hello_v3["nonce"],
+            hello_v3["client_id"],
+            welcome_v3["server_id"],
+            welcome_v3["vendor_fp"],
+            welcome_v3["time"],
+        )
+    )
+    root = welcomebatch.root_of(leaf, welcome_v3["batch_path"])
+    assert root is not None and len(welcome_v3["batch_path"]) == welcomebatch.STEP
+    assert f"`{leaf.hex()}`" in text and f"`{root.hex()}`" in text
+    assert f"`{(signing.DOMAIN_HANDSHAKE_V3 + root).hex()}`" in text
     assert v2.endswith(b"\xcb" + struct.pack(">d", welcome_v2["time"]))
     domains = {row[0] for row in table_after(section("Signatures and domains"), "| domain")}
     assert {d.decode().replace("\x00", "\\x00") for d in signing.DOMAINS} == domains
