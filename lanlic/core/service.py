@@ -155,7 +155,7 @@ class Reply:
     this process's memory (``lanlic.cluster``). The core itself never makes one."""
     welcome: UnsignedWelcome | None = None
     """A version-3 welcome, signed with the others of its batch (``sign_welcomes``) before it
-    is sent: the adapter makes a batch of the hellos it read in one turn of its loop."""
+    is sent: the adapter makes a batch of the hellos that reach it within a moment."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,7 +424,7 @@ class LicenseService:
         signature = b""
         handshake = b""
         if session.version >= 3:
-            # Signed later, with every other hello of this turn of the loop (SPEC 4).
+            # Signed later, with the other hellos of its batch (``sign_welcomes``, SPEC 4).
             handshake = handshake_v2_payload(
                 msg.nonce, msg.client_id, self.server_id, vendor_fp, time
             )

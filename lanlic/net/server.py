@@ -185,11 +185,12 @@ class _Protocol(asyncio.Protocol):
         self.queued = 0
         """Unsent reply bytes when last looked at (counted in ``LicenseServer.queued_bytes``)."""
         self.held: tuple[list[dict[str, Any] | BadFrame], FatalError | None] | None = None
+        """Frames already read but not yet handled, and the fatal error after them: kept while
+        the peer does not read its replies (``write_buffer_high``), handled once it does, and
+        while its welcome waits for a signature (``welcoming``)."""
         self.welcoming = False
         """A version-3 welcome waits for its batch's signature: what the peer sent after its
         hello is ``held`` until the welcome is written (``welcome_sent``), so it comes first."""
-        """Frames already read but not yet handled, and the fatal error after them: kept while
-        the peer does not read its replies (``write_buffer_high``), handled once it does."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
@@ -222,19 +223,27 @@ class _Protocol(asyncio.Protocol):
         self._server.note_queued(self)
         if self.frame_started is not None:
             self.frame_started = self._server.loop.time()  # its rest waited on us, not the peer
-        if self.welcoming:
-            return  # ``welcome_sent`` goes on
-        held, self.held = self.held, None
-        if held is not None and not self._closing:
-            self._handle(*held, self._server.now())  # may pile replies up past the mark again
-        if self._transport is not None and not self._closing and self.write_paused is None:
-            self._transport.resume_reading()
+        self._go_on()
 
     def welcome_sent(self) -> None:
         """The welcome of a version-3 hello is written: handle what came after the hello."""
         self.welcoming = False
         if self.write_paused is None:
-            self.resume_writing()
+            self._go_on()
+
+    def _go_on(self) -> None:
+        """Handle the frames held back, then read again (unless they held it up once more)."""
+        if self.welcoming:
+            return  # ``welcome_sent`` goes on
+        t = self._transport
+        if t is None or self._closing or t.is_closing():
+            self.held = None
+            return
+        held, self.held = self.held, None
+        if held is not None:
+            self._handle(*held, self._server.now())  # may pile replies up past the mark again
+        if not self._closing and self.write_paused is None and not self.welcoming:
+            t.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         # Leases stay: a client that vanished keeps its seats until they expire, so one that
@@ -469,9 +478,9 @@ class LicenseServer:
         self._history: list[Sequence[object]] = []
         """(at, event, product, user, host, detail[, count]): the store's row, built once."""
         self._counted: dict[EventFields, list[Any]] = {}
-        # Version-3 welcomes read in this turn of the loop, signed together after it.
-        self._welcomes: list[tuple[UnsignedWelcome, _Protocol]] = []
         """Lease events of the batch under way: [time of the first, count] per event fields."""
+        self._welcomes: list[tuple[UnsignedWelcome, _Protocol]] = []
+        """Version-3 welcomes waiting for their batch's signature (``queue_welcome``)."""
         self.refusals = RefusalTally()
         """Refusals counted per client, product and code per interval (``core.refusals``)."""
         # Reads of the history (admin page, exports) have a connection and a thread of their

@@ -312,3 +312,35 @@ async def test_a_v3_welcome_is_the_first_reply_to_requests_sent_behind_it(
     welcome = dict(replies[0])
     welcome.pop("t")
     assert verify_server_time(m.Welcome(**welcome), nonce, peer.client_id) == welcome["time"]
+
+
+@pytest.mark.parametrize("how", ["close", "abort"])
+async def test_a_client_gone_before_its_welcome_costs_nothing(
+    start_server: Any, raw_peer: Any, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    """A client that says hello and checks out, and goes before its batch is signed: nothing is
+    logged as an error and the next client is served. A peer that closed its side had its
+    checkout read before its end, and answered as always (the seat's lease then runs out); a
+    connection the server aborts has what it held dropped unread."""
+    server = await start_server()
+    peer = await raw_peer(server.address, hello=False)
+    hello_frame = encode_frame(
+        {"t": "hello", "id": 1, "versions": [3], "client_id": peer.client_id,
+         "user": "u", "host": "h", "nonce": os.urandom(32)}
+    )  # fmt: skip
+    await peer.send_raw(hello_frame + encode_frame({"t": "checkout", "id": 2, "product": "cad"}))
+    for _ in range(10_000):  # bounded: until the server has read the hello
+        if any(c.welcoming for c in server.connections):
+            break
+        await asyncio.sleep(0)
+    conn = next(c for c in server.connections if c.welcoming)
+    if how == "close":
+        peer.close()
+    else:
+        conn.abort()  # the server's side gives up on it (a stalled connection's sweep)
+    await asyncio.sleep(0.05)
+    assert not conn.welcoming and conn.held is None
+    assert server.service.pool.in_use("cad") == (1 if how == "close" else 0)
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    async with Client(server.address) as c:
+        assert (await c.acquire("cad")).lease_id
