@@ -25,7 +25,7 @@ def lease_request(wire: dict[str, Any]) -> tuple[int, list[bytes]] | None:
 
     The server's fast path for its commonest requests: the same checks as ``parse`` (unknown
     fields ignored), without building a message. On None, ``parse`` says what is wrong.
-    tests/test_fastpath.py holds the two to the same answer on generated maps.
+    tests/net/test_fastpath.py holds the two to the same answer on generated maps.
     """
     rid = wire.get("id")
     leases = wire.get("leases")
