@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from cliproc import RUN_TIMEOUT, Procs, base_env, run
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import lanlic.conformance.runner as runner_module
 from lanlic.conformance import CaseResult, find_vectors
@@ -251,3 +253,29 @@ async def test_a_server_whose_batch_paths_are_wrong_fails_every_v3_case(
     assert all("version-3 handshake" in r.reason for r in invalid)
     assert "version-3 handshake" in results["version_3"].reason
     assert results["happy_path"].passed and results["version_2"].passed
+
+
+def test_the_runner_folds_a_batch_path_the_way_the_server_builds_it(
+    vendor_key: Ed25519PrivateKey,
+) -> None:
+    """The runner's own fold of a version-3 path (it imports nothing of the server) accepts
+    each welcome of a real batch for its own hello, and no other hello's."""
+    from helpers import make_key
+
+    service = service_module.LicenseService(make_key(vendor_key), Ed25519PrivateKey.generate())
+    hellos = [
+        {"t": "hello", "id": 1, "versions": [1, 2, 3], "client_id": os.urandom(16),
+         "user": "u", "host": "h", "nonce": os.urandom(32)}
+        for _ in range(5)
+    ]  # fmt: skip
+    replies = [
+        service.handle(service_module.Session(), messages_module.parse(h), 0.0, 1.8e9)
+        for h in hellos
+    ]
+    welcomes = service.sign_welcomes([r.welcome for r in replies if r.welcome is not None])
+    wires = [messages_module.to_wire(w) for w in welcomes]
+    assert all(len(w["batch_path"]) >= runner_module.BATCH_STEP for w in wires)
+    for hello, wire in zip(hellos, wires, strict=True):
+        runner_module.check_welcome(wire, hello)
+    with pytest.raises(runner_module.Failed, match="version-3 handshake"):
+        runner_module.check_welcome(wires[0], hellos[1])

@@ -49,6 +49,10 @@ HANDSHAKE_DOMAINS = {
 }
 #: The protocol versions the SPEC defines; the runner's own hello offers them all.
 VERSIONS = (1, 2, 3)
+#: SPEC 4, version 3: a step of a welcome's ``batch_path`` (side byte, sibling hash), and the
+#: most steps a path may have.
+BATCH_STEP = 33
+BATCH_MAX_STEPS = 16
 
 
 class Failed(Exception):
@@ -230,15 +234,19 @@ def check_welcome(
 
 def _batch_root(handshake: bytes, path: Any) -> bytes:
     """SPEC 4, version 3: the root the welcome's ``batch_path`` folds this handshake's leaf into."""
-    if type(path) is not bytes or len(path) % 33 or len(path) > 16 * 33:
-        raise Failed(f"welcome.batch_path is not 0 to 16 steps of 33 bytes: {path!r:.80}")
-    h = hashlib.sha256(b"\x00" + handshake).digest()
-    for at in range(0, len(path), 33):
-        side, sibling = path[at], path[at + 1 : at + 33]
+    whole = type(path) is bytes and len(path) % BATCH_STEP == 0
+    if not whole or len(path) > BATCH_MAX_STEPS * BATCH_STEP:
+        raise Failed(
+            f"welcome.batch_path is not 0 to {BATCH_MAX_STEPS} steps of {BATCH_STEP} bytes: "
+            f"{path!r:.80}"
+        )
+    h = hashlib.sha256(b"\x00" + handshake).digest()  # the leaf
+    for at in range(0, len(path), BATCH_STEP):
+        side, sibling = path[at], path[at + 1 : at + BATCH_STEP]
         if side not in (0, 1):
             raise Failed(f"welcome.batch_path has a step whose side byte is {side}, not 0 or 1")
         pair = h + sibling if side == 0 else sibling + h
-        h = hashlib.sha256(b"\x01" + pair).digest()
+        h = hashlib.sha256(b"\x01" + pair).digest()  # a node
     return h
 
 
