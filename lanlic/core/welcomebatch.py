@@ -2,9 +2,10 @@
 
 An Ed25519 signature is most of what a hello costs the server: a crowd arriving at once (the
 morning's logins, every client of a server that restarted or failed over) waits on one core's
-signing rate. In version 3 the server signs, once for all the hellos it read in one turn of its
-loop, the root of a hash tree whose leaves are their handshakes; each welcome carries that one
-signature and its own path from its leaf to the root.
+signing rate. In version 3 the server signs, once for the hellos that reach it within a moment
+of each other (``lanlic.net.server.WELCOME_BATCH_WAIT``), the root of a hash tree whose leaves
+are their handshakes; each welcome carries that one signature and its own path from its leaf
+to the root.
 
 A client checks its welcome by hashing its own handshake (its fresh nonce is in it) into a leaf,
 folding the path into a root and verifying the server's signature over that root. The leaf and

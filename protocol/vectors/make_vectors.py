@@ -75,6 +75,19 @@ BATCH_PATH = b"\x00" + bytes(range(32))
 #: A server time for the version-2 welcome (UTC seconds, float64 in the signed bytes).
 TIME = 1800000000.25
 
+#: The welcome to ``HELLO`` (version 1); the welcomes of versions 2 and 3 add to it.
+WELCOME = m.Welcome(
+    id=1,
+    version=1,
+    server_id=SERVER_ID,
+    lease_s=60.0,
+    heartbeat_s=20.0,
+    server_key=SERVER_KEY,
+    signature=SIGNATURE,
+    vendor_fp=VENDOR_FP,
+    customer="Acme Engineering Ltd",
+)
+
 VALID: list[tuple[str, m.Message]] = [
     ("hello", HELLO),
     ("hello_v2", HELLO_V2),
@@ -113,51 +126,9 @@ VALID: list[tuple[str, m.Message]] = [
         "hello_no_shared_version",
         m.Hello(id=1, versions=[4, 7], client_id=CLIENT_ID, user="alice", host="h", nonce=NONCE),
     ),
-    (
-        "welcome",
-        m.Welcome(
-            id=1,
-            version=1,
-            server_id=SERVER_ID,
-            lease_s=60.0,
-            heartbeat_s=20.0,
-            server_key=SERVER_KEY,
-            signature=SIGNATURE,
-            vendor_fp=VENDOR_FP,
-            customer="Acme Engineering Ltd",
-        ),
-    ),
-    (
-        "welcome_v2",
-        m.Welcome(
-            id=1,
-            version=2,
-            server_id=SERVER_ID,
-            lease_s=60.0,
-            heartbeat_s=20.0,
-            server_key=SERVER_KEY,
-            signature=SIGNATURE,
-            vendor_fp=VENDOR_FP,
-            customer="Acme Engineering Ltd",
-            time=TIME,
-        ),
-    ),
-    (
-        "welcome_v3",
-        m.Welcome(
-            id=1,
-            version=3,
-            server_id=SERVER_ID,
-            lease_s=60.0,
-            heartbeat_s=20.0,
-            server_key=SERVER_KEY,
-            signature=SIGNATURE,
-            vendor_fp=VENDOR_FP,
-            customer="Acme Engineering Ltd",
-            time=TIME,
-            batch_path=BATCH_PATH,
-        ),
-    ),
+    ("welcome", WELCOME),
+    ("welcome_v2", dataclasses.replace(WELCOME, version=2, time=TIME)),
+    ("welcome_v3", dataclasses.replace(WELCOME, version=3, time=TIME, batch_path=BATCH_PATH)),
     ("granted", m.Granted(id=2, lease=LEASE_A, product="cadpro", lease_s=60.0)),
     (
         "renewed",
