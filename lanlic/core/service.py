@@ -8,7 +8,6 @@ the key's expiry date), and sends back what it returns. Expected refusals (``no_
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import secrets
 from collections.abc import Awaitable, Callable
@@ -29,7 +28,7 @@ from lanlic.core.restart import RestartGuard
 from lanlic.proto import messages as m
 from lanlic.proto import replybytes
 from lanlic.proto.framing import encode_frame
-from lanlic.proto.requests import checkout_request, lease_request
+from lanlic.proto.requests import HelloFields, checkout_request, lease_request
 
 if TYPE_CHECKING:  # the store is the adapter's; the core only names its interface
     from lanlic.store import Store
@@ -160,10 +159,12 @@ class Reply:
 
 @dataclass(frozen=True, slots=True)
 class UnsignedWelcome:
-    """A version-3 welcome with neither signature nor path yet, and the handshake it answers
-    (the bytes version 2 signs: its leaf in the batch's tree)."""
+    """A version-3 welcome before its batch is signed: what differs from one welcome to the
+    next (the hello's id, the server's time), and the handshake it answers (the bytes version 2
+    signs: its leaf in the batch's tree). The rest of a welcome is the server's own."""
 
-    welcome: m.Welcome
+    id: int
+    time: float
     handshake: bytes
 
 
@@ -198,6 +199,8 @@ class LicenseService:
         self._expiry_day = (0.0, 0.0, False)  # (start, end, expired) of the last UTC day asked
         self._tails: dict[tuple[str, int], bytes] = {}
         """Packed ends of ``granted`` by (product, epoch) (``_granted_tail``)."""
+        self._welcome_parts: tuple[int, tuple[bytes, bytes]] | None = None
+        """The epoch, and the fixed parts of a version-3 welcome in it (``welcome_frames``)."""
         self.desk = BorrowDesk(key, self.pool, server_key, self.server_id, self._event)
         self.guard = RestartGuard(self.pool)
         self.gate = SeatGate(self.pool, self._borrowers)
@@ -385,23 +388,30 @@ class LicenseService:
         return Reply(result)
 
     def _hello(self, session: Session, msg: m.Hello, wall: float) -> Reply:
-        common = set(msg.versions).intersection(m.PROTOCOL_VERSIONS)
+        fields = (msg.id, msg.versions, msg.client_id, msg.user, msg.host, msg.app, msg.nonce)
+        return self.hello(session, fields, wall)
+
+    def hello(self, session: Session, fields: HelloFields, wall: float) -> Reply:
+        """Answer a hello, given its fields (``requests.hello_request``, the adapter's fast
+        path, or a parsed ``Hello``)."""
+        rid, versions, client_id, user, host, app, nonce = fields
+        common = set(versions).intersection(m.PROTOCOL_VERSIONS)
         if not common:
             return Reply(
                 m.Error(
-                    msg.id,
+                    rid,
                     "unsupported_version",
                     f"server speaks protocol versions {list(m.PROTOCOL_VERSIONS)}, "
-                    f"client offered {msg.versions[:8]}",
+                    f"client offered {versions[:8]}",
                 ),
                 close=True,
             )
-        client = self._clients.get(msg.client_id)
-        if msg.nonce and client is not None and msg.nonce in client.nonces:
-            self._event("refusal", "", msg.user, msg.host, "replayed_hello")
+        client = self._clients.get(client_id)
+        if nonce and client is not None and nonce in client.nonces:
+            self._event("refusal", "", user, host, "replayed_hello")
             return Reply(
                 m.Error(
-                    msg.id,
+                    rid,
                     "replayed_hello",
                     "this hello's nonce was used before by the same client id: a recorded "
                     "session played back? (a client makes a fresh nonce for every connection)",
@@ -409,61 +419,98 @@ class LicenseService:
                 close=True,
             )
         if client is None:
-            client = self._clients[msg.client_id] = _Client()
+            client = self._clients[client_id] = _Client()
         client.connections += 1
-        if msg.nonce:
-            client.nonces.append(msg.nonce)
+        if nonce:
+            client.nonces.append(nonce)
             del client.nonces[:-MAX_NONCES_PER_CLIENT]
         session.version = max(common)
-        session.client_id = msg.client_id
-        session.holder = Holder(msg.user, msg.host, msg.app, "", session.addr)
+        session.client_id = client_id
+        session.holder = Holder(user, host, app, "", session.addr)
         # The time is sent only over a nonce: without one it could be a recording (SPEC 12).
-        time = wall if msg.nonce else 0.0
+        time = wall if nonce else 0.0
         vendor_fp = self.key.vendor_fp
-        time_sig = b""
-        signature = b""
-        handshake = b""
         if session.version >= 3:
-            # Signed later, with the other hellos of its batch (``sign_welcomes``, SPEC 4).
-            handshake = handshake_v2_payload(
-                msg.nonce, msg.client_id, self.server_id, vendor_fp, time
-            )
-        elif session.version == 2:
+            # Signed later, with the other hellos of its batch (``welcome_frames``, SPEC 4).
+            handshake = handshake_v2_payload(nonce, client_id, self.server_id, vendor_fp, time)
+            return Reply(None, welcome=UnsignedWelcome(rid, time, handshake))
+        time_sig = b""
+        if session.version == 2:
             # One signature for the handshake and the time (SPEC 4): an Ed25519 signature is
             # most of what a hello costs the server, and version 1 made two.
-            signed = handshake_v2_payload(msg.nonce, msg.client_id, self.server_id, vendor_fp, time)
+            signed = handshake_v2_payload(nonce, client_id, self.server_id, vendor_fp, time)
             signature = signing.sign(self._server_key, signing.DOMAIN_HANDSHAKE_V2, signed)
         else:
-            signed = handshake_payload(msg.nonce, msg.client_id, self.server_id, vendor_fp)
+            signed = handshake_payload(nonce, client_id, self.server_id, vendor_fp)
             signature = signing.sign(self._server_key, signing.DOMAIN_HANDSHAKE, signed)
-            if msg.nonce:
-                signed = server_time_payload(msg.nonce, msg.client_id, self.server_id, time)
+            if nonce:
+                signed = server_time_payload(nonce, client_id, self.server_id, time)
                 time_sig = signing.sign(self._server_key, signing.DOMAIN_SERVER_TIME, signed)
-        welcome = m.Welcome(
-            id=msg.id,
-            version=session.version,
+        return Reply(self._welcome(rid, session.version, signature, time, time_sig))
+
+    def _welcome(
+        self,
+        rid: int,
+        version: int,
+        signature: bytes,
+        time: float,
+        time_signature: bytes = b"",
+        batch_path: bytes = b"",
+    ) -> m.Welcome:
+        return m.Welcome(
+            id=rid,
+            version=version,
             server_id=self.server_id,
             lease_s=self.config.lease_seconds,
             heartbeat_s=self.config.heartbeat_seconds,
             server_key=self.server_pub,
             signature=signature,
-            vendor_fp=vendor_fp,
+            vendor_fp=self.key.vendor_fp,
             customer=self.key.customer,
             epoch=self.guard.epoch,
             time=time,
-            time_signature=time_sig,
+            time_signature=time_signature,
+            batch_path=batch_path,
         )
-        if handshake:
-            return Reply(None, welcome=UnsignedWelcome(welcome, handshake))
-        return Reply(welcome)
+
+    def _sign_batch(self, unsigned: list[UnsignedWelcome]) -> tuple[bytes, list[bytes]]:
+        """One signature over the root of a batch's tree (at most ``welcomebatch.MAX_BATCH``
+        welcomes), and each welcome's path to it, in the batch's order."""
+        root, paths = welcomebatch.build([welcomebatch.leaf(u.handshake) for u in unsigned])
+        return signing.sign(self._server_key, signing.DOMAIN_HANDSHAKE_V3, root), paths
 
     def sign_welcomes(self, unsigned: list[UnsignedWelcome]) -> list[m.Welcome]:
-        """The version-3 welcomes of one batch (at most ``welcomebatch.MAX_BATCH``), in its
-        order, under one signature over their tree's root: each carries its own path."""
-        root, paths = welcomebatch.build([welcomebatch.leaf(u.handshake) for u in unsigned])
-        signature = signing.sign(self._server_key, signing.DOMAIN_HANDSHAKE_V3, root)
+        """The version-3 welcomes of one batch, in its order, under one signature over their
+        tree's root: each carries its own path."""
+        signature, paths = self._sign_batch(unsigned)
         return [
-            dataclasses.replace(u.welcome, signature=signature, batch_path=path)
+            self._welcome(u.id, 3, signature, u.time, batch_path=path)
+            for u, path in zip(unsigned, paths, strict=True)
+        ]
+
+    def welcome_frames(self, unsigned: list[UnsignedWelcome]) -> list[bytes]:
+        """``sign_welcomes`` as frames, byte for byte ``encode_frame(to_wire(welcome))``, made
+        from the parts every welcome of this server shares (``replybytes.welcome_v3``): the
+        adapter's way, as a burst of clients has one each."""
+        signature, paths = self._sign_batch(unsigned)
+        epoch = self.guard.epoch
+        parts = self._welcome_parts
+        if parts is None or parts[0] != epoch:
+            parts = self._welcome_parts = (
+                epoch,
+                replybytes.welcome_v3_parts(
+                    self.server_id,
+                    self.config.lease_seconds,
+                    self.config.heartbeat_seconds,
+                    self.server_pub,
+                    self.key.vendor_fp,
+                    self.key.customer,
+                    epoch,
+                ),
+            )
+        fixed = parts[1]
+        return [
+            replybytes.welcome_v3(u.id, fixed, signature, u.time, path)
             for u, path in zip(unsigned, paths, strict=True)
         ]
 

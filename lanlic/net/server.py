@@ -317,13 +317,23 @@ class _Protocol(asyncio.Protocol):
                     if frame is not None:
                         out.append(frame)
                         continue
-            event = conn.event_for(item)
-            if isinstance(event, m.Message):
+            # A well-formed hello (every connection starts with one) is read without building
+            # a message too; any other frame, or a hello it does not take, becomes an event.
+            hello = None
+            if type(item) is dict and item.get("t") == "hello":
+                hello = conn.take_hello(item)
+            event = None if hello is not None else conn.event_for(item)
+            if hello is not None or isinstance(event, m.Message):
                 try:
-                    reply = service.handle(session, event, now, wall)
+                    if hello is not None:
+                        reply = service.hello(session, hello, wall)
+                    else:
+                        reply = service.handle(session, cast(m.Message, event), now, wall)
                 except Exception:
-                    log.exception("internal error handling %s", event.TYPE)
-                    out.append(_encode(m.Error(getattr(event, "id", 0), "internal_error", "")))
+                    what = "hello" if hello is not None else cast(m.Message, event).TYPE
+                    log.exception("internal error handling %s", what)
+                    rid = hello[0] if hello is not None else getattr(event, "id", 0)
+                    out.append(_encode(m.Error(rid, "internal_error", "")))
                     continue
                 if reply.message is not None:
                     answer = _encode(reply.message)
@@ -335,7 +345,7 @@ class _Protocol(asyncio.Protocol):
                     srv.run_later(reply.later, self)
                 elif reply.welcome is not None:
                     srv.queue_welcome(reply.welcome, self)
-                if isinstance(event, m.Hello) and not reply.close:
+                if (hello is not None or isinstance(event, m.Hello)) and not reply.close:
                     srv.owner_connected(session.client_id, self)
                 if reply.close:
                     close = True
@@ -389,8 +399,11 @@ class _Protocol(asyncio.Protocol):
         return None  # close our side too
 
     def send(self, msg: m.Message) -> None:
+        self.send_frame(_encode(msg))
+
+    def send_frame(self, frame: bytes) -> None:
         if self._transport is not None and not self._closing:
-            self._transport.write(_encode(msg))
+            self._transport.write(frame)
             self._server.note_queued(self)
 
     def unsent(self) -> int:
@@ -848,15 +861,15 @@ class LicenseServer:
         for at in range(0, len(batch), welcomebatch.MAX_BATCH):
             part = batch[at : at + welcomebatch.MAX_BATCH]
             try:
-                welcomes = self.service.sign_welcomes([u for u, _ in part])
+                frames = self.service.welcome_frames([u for u, _ in part])
             except Exception:
                 log.exception("internal error signing welcomes")
                 for u, conn in part:
-                    conn.send(m.Error(u.welcome.id, "internal_error", ""))
+                    conn.send(m.Error(u.id, "internal_error", ""))
                     conn.abort()
                 continue
-            for welcome, (_, conn) in zip(welcomes, part, strict=True):
-                conn.send(welcome)  # nothing, if it closed meanwhile
+            for frame, (_, conn) in zip(frames, part, strict=True):
+                conn.send_frame(frame)  # nothing, if it closed meanwhile
                 conn.welcome_sent()
 
     def run_later(self, work: Callable[[], Awaitable[m.Message]], conn: _Protocol) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from lanlic.errors import BadFrame, ProtocolError, UnexpectedMessage
 from lanlic.proto import messages as m
 from lanlic.proto.framing import MAX_FRAME, FrameDecoder, FrameTooLarge, check_map, encode_frame
+from lanlic.proto.requests import HelloFields, hello_request
 
 __all__ = ["TRANSITIONS", "ConnState", "FatalError", "RequestError", "ServerConnection"]
 
@@ -122,6 +123,20 @@ class ServerConnection:
         """The stream cannot be trusted any more: no request is taken after this."""
         self.state = ConnState.CLOSED
         return fatal
+
+    def take_hello(self, item: dict[str, Any]) -> HelloFields | None:
+        """The fields of ``item``, a ``hello`` map, if it is the well-formed hello this state
+        awaits and has no field but a hello's (so ``check_map`` could not fail it), read with
+        no message built (``requests.hello_request``); the state moves on as ``event_for``
+        would move it. None: hand the frame to ``event_for``, which says what is wrong."""
+        if self.state is not ConnState.AWAIT_HELLO:
+            return None
+        if len(item) != 6 + ("app" in item) + ("nonce" in item):  # t, id, versions, client_id,
+            return None  # user, host (app and nonce may be left out): nothing else
+        fields = hello_request(item)
+        if fields is not None:
+            self.state = ConnState.READY
+        return fields
 
     def event_for(self, item: dict[str, Any] | BadFrame) -> Event | None:
         """Turn one frame into a request (moving the state along the table) or an error; None

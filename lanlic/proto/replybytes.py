@@ -21,13 +21,22 @@ import msgpack
 
 from lanlic.proto.messages import LEASE_ID_SIZE
 
-__all__ = ["granted", "granted_tail", "released_one", "renewed", "uint"]
+__all__ = [
+    "granted",
+    "granted_tail",
+    "released_one",
+    "renewed",
+    "uint",
+    "welcome_v3",
+    "welcome_v3_parts",
+]
 
 _u8 = struct.Struct(">BB").pack
 _u16 = struct.Struct(">BH").pack
 _u32 = struct.Struct(">BI").pack
 _u64 = struct.Struct(">BQ").pack
 _header = struct.Struct(">I").pack
+_f64 = struct.Struct(">Bd").pack
 
 
 def _uint(v: int) -> bytes:
@@ -110,5 +119,77 @@ def renewed(rid: int, leases: list[bytes]) -> bytes:
         (_RENEWED, rb, _LEASES, array, _BIN_LEASE, _BIN_LEASE.join(leases), _NONE_LOST)
         if k
         else (_RENEWED, rb, _LEASES, array, _NONE_LOST)
+    )
+    return _header(len(body)) + body
+
+
+# A version-3 welcome (SPEC 4): every hello of a burst is answered with one, so it is made here
+# too. Its entries in ``to_wire`` order: t, id, version, server_id, lease_s, heartbeat_s,
+# server_key | signature | vendor_fp, customer, epoch | time | time_signature (empty in version
+# 3) | batch_path (left out when empty: a batch of one). Only the request id, the signature, the
+# time and the path differ from one welcome to the next.
+_WELCOME: Final = _str("t") + _str("welcome") + _str("id")
+_NO_TIME_SIGNATURE: Final = _str("time_signature") + b"\xc4\x00"
+_BATCH_PATH: Final = _str("batch_path")
+
+
+def welcome_v3_parts(
+    server_id: str,
+    lease_s: float,
+    heartbeat_s: float,
+    server_key: bytes,
+    vendor_fp: str,
+    customer: str,
+    epoch: int,
+) -> tuple[bytes, bytes]:
+    """The fixed parts of a server's version-3 welcomes (the same for every welcome of one
+    epoch): make them once and pass them to ``welcome_v3``."""
+    first: bytes = msgpack.packb(
+        {
+            "version": 3,
+            "server_id": server_id,
+            "lease_s": lease_s,
+            "heartbeat_s": heartbeat_s,
+            "server_key": server_key,
+        },
+        use_bin_type=True,
+    )
+    second: bytes = msgpack.packb(
+        {"vendor_fp": vendor_fp, "customer": customer, "epoch": epoch}, use_bin_type=True
+    )
+    # Without their own map headers: these are entries of the welcome's map.
+    return first[1:] + _str("signature"), second[1:] + _str("time")
+
+
+def _bin(b: bytes) -> bytes:
+    n = len(b)
+    if n < 0x100:
+        return bytes((0xC4, n)) + b
+    if n < 0x10000:
+        return _u16(0xC5, n) + b
+    return _u32(0xC6, n) + b
+
+
+def welcome_v3(
+    rid: int, parts: tuple[bytes, bytes], signature: bytes, time: float, batch_path: bytes
+) -> bytes:
+    """The version-3 ``welcome`` frame answering request ``rid``: ``parts`` from
+    ``welcome_v3_parts``, then the batch's ``signature``, the server's ``time`` and this
+    welcome's ``batch_path``."""
+    first, second = parts
+    rb = _UINTS[rid] if rid < _SMALL else _uint(rid)
+    t: bytes = _f64(0xCB, time) if type(time) is float else msgpack.packb(time)
+    body = b"".join(
+        (
+            b"\x8e" if batch_path else b"\x8d",  # a map of 14 entries, or 13 without the path
+            _WELCOME,
+            rb,
+            first,
+            _bin(signature),
+            second,
+            t,
+            _NO_TIME_SIGNATURE,
+            _BATCH_PATH + _bin(batch_path) if batch_path else b"",
+        )
     )
     return _header(len(body)) + body

@@ -1,5 +1,6 @@
 """The fast path's readers of the commonest requests: ``renew``, ``release`` and ``checkout``
-maps checked as ``messages.parse`` checks them, without building a message.
+maps, and the ``hello`` every connection starts with, checked as ``messages.parse`` checks
+them, without building a message.
 
 A module of their own so that they are compiled with the rest of the hot path
 (lanlic/hotpath.py); ``messages`` is not (mypyc does not build its dataclass hierarchy).
@@ -14,10 +15,18 @@ from lanlic.proto.messages import (
     MAX_LEASES_PER_REQUEST,
     MAX_NAME,
     MAX_REQUEST_ID,
+    NONCE_SIZE,
     is_version,
 )
 
-__all__ = ["checkout_request", "lease_request"]
+__all__ = ["HelloFields", "checkout_request", "hello_request", "lease_request"]
+
+#: A hello's fields: (id, versions, client_id, user, host, app, nonce).
+HelloFields = tuple[int, list[int], bytes, str, str, str, bytes]
+
+#: The most protocol versions a hello may offer, and the range of each (as ``parse`` checks).
+_MAX_VERSIONS = 64
+_VERSION_LIMIT = 2**31
 
 
 def lease_request(wire: dict[str, Any]) -> tuple[int, list[bytes]] | None:
@@ -57,3 +66,36 @@ def checkout_request(wire: dict[str, Any]) -> tuple[int, str, str] | None:
     ):
         return None
     return rid, product, version
+
+
+def hello_request(wire: dict[str, Any]) -> HelloFields | None:
+    """The fields of a ``hello`` map that ``parse`` accepts (``app`` and ``nonce`` empty when
+    left out), else None."""
+    rid = wire.get("id")
+    versions = wire.get("versions")
+    client_id = wire.get("client_id")
+    user = wire.get("user")
+    host = wire.get("host")
+    app = wire.get("app", "")
+    nonce = wire.get("nonce", b"")
+    if (
+        type(rid) is not int
+        or not 0 < rid <= MAX_REQUEST_ID
+        or type(versions) is not list
+        or not 0 < len(versions) <= _MAX_VERSIONS
+        or type(client_id) is not bytes
+        or len(client_id) != 16
+        or type(user) is not str
+        or len(user) > MAX_NAME
+        or type(host) is not str
+        or len(host) > MAX_NAME
+        or type(app) is not str
+        or len(app) > MAX_NAME
+        or type(nonce) is not bytes
+        or (len(nonce) != NONCE_SIZE and len(nonce) != 0)
+    ):
+        return None
+    for v in versions:
+        if type(v) is not int or not 0 < v < _VERSION_LIMIT:
+            return None
+    return rid, versions, client_id, user, host, app, nonce

@@ -16,7 +16,7 @@ from typing import Any
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from helpers import make_key
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lanlic.core.netkey import ProductEntitlement
@@ -24,7 +24,8 @@ from lanlic.core.service import LicenseService, ServiceConfig, Session
 from lanlic.errors import ProtocolError
 from lanlic.proto import messages as m
 from lanlic.proto.framing import encode_frame
-from lanlic.proto.requests import checkout_request, lease_request
+from lanlic.proto.connection import ConnState, RequestError, ServerConnection
+from lanlic.proto.requests import checkout_request, hello_request, lease_request
 
 # ------------------------------------------------------------------------------- the fields
 
@@ -72,6 +73,74 @@ def test_fast_fields_accept_exactly_what_parse_accepts(t: str, fields: dict[str,
     else:
         assert isinstance(msg, (m.Renew, m.Release))
         assert fast == (msg.id, msg.leases)
+
+
+_hello_values = st.one_of(
+    _values,
+    st.sampled_from([[1, 2, 3], [3], [0], [2**31 - 1], [2**31], [True], [1.0], list(range(1, 66)),
+                     list(range(1, 65)), [], "x" * 256]),
+    st.binary(min_size=15, max_size=17),
+    st.binary(min_size=31, max_size=33),
+)  # fmt: skip
+_hello_maps = st.fixed_dictionaries(
+    {},
+    optional={
+        name: _hello_values
+        for name in ("id", "versions", "client_id", "user", "host", "app", "nonce", "extra")
+    },
+)
+_good_hello = st.fixed_dictionaries(
+    {
+        "id": st.integers(1, 2**63 - 1),
+        "versions": st.lists(st.integers(1, 2**31 - 1), min_size=1, max_size=64),
+        "client_id": st.binary(min_size=16, max_size=16),
+        "user": st.text(max_size=256),
+        "host": st.text(max_size=256),
+    },
+    optional={"app": st.text(max_size=256), "nonce": st.sampled_from([b"", bytes(32)])},
+)
+
+
+_HELLO = {"id": 1, "versions": [3], "client_id": bytes(16), "user": "u", "host": "h"}
+
+
+@settings(max_examples=600, deadline=None)
+@given(fields=_hello_maps | _good_hello)
+@example(fields={**_HELLO, "versions": list(range(1, 65))})
+@example(fields={**_HELLO, "versions": list(range(1, 66))})
+@example(fields={**_HELLO, "versions": [2**31]})
+@example(fields={**_HELLO, "nonce": bytes(31)})
+@example(fields={**_HELLO, "app": "x" * 257})
+def test_the_hello_reader_accepts_exactly_what_parse_accepts(fields: dict[str, Any]) -> None:
+    wire = {"t": "hello", **fields}
+    fast = hello_request(wire)
+    try:
+        msg = m.parse(wire)
+    except ProtocolError:
+        assert fast is None
+        return
+    assert isinstance(msg, m.Hello)
+    assert fast == (msg.id, msg.versions, msg.client_id, msg.user, msg.host, msg.app, msg.nonce)
+
+
+def test_a_hello_taken_on_the_fast_path_moves_the_state_as_event_for_does() -> None:
+    """``take_hello`` takes the awaited hello of nothing but a hello's fields; a second hello,
+    or one with a field of its own, is left to ``event_for`` (which refuses the second and
+    checks the other's map)."""
+    hello: dict[str, Any] = {"t": "hello", "id": 1, "versions": [3],
+                             "client_id": bytes(16), "user": "u", "host": "h"}  # fmt: skip
+    conn = ServerConnection()
+    assert conn.take_hello({**hello, "extra": [[1]]}) is None
+    assert conn.take_hello({**hello, "id": 0}) is None
+    assert conn.state is ConnState.AWAIT_HELLO
+    assert conn.take_hello(hello) == (1, [3], bytes(16), "u", "h", "", b"")
+    assert conn.state is ConnState.READY
+    assert conn.take_hello(hello) is None
+    event = conn.event_for(hello)
+    assert isinstance(event, RequestError) and event.error.code == "unexpected_message"
+    other = ServerConnection()
+    assert isinstance(other.event_for({**hello, "extra": 1}), m.Hello)
+    assert other.state is ConnState.READY
 
 
 # ------------------------------------------------------------------------------ the service
@@ -250,3 +319,24 @@ async def test_fast_requests_with_a_bad_map_get_the_frame_errors_of_the_general_
     assert (replies[3]["t"], replies[3]["id"]) == ("granted", 4)
     assert (replies[4]["t"], replies[4]["leases"]) == ("released", [lease])
     assert server.service.pool.in_use("cad") == 1  # the second checkout's seat
+
+
+async def test_a_hello_with_a_bad_map_gets_the_frame_error_of_the_general_path(
+    start_server, raw_peer
+) -> None:  # type: ignore[no-untyped-def]
+    """A hello with a field of its own goes to the general path: one nested too deep is a
+    ``bad_frame`` there, the connection still awaits its hello, and a good one is welcomed."""
+    server = await start_server()
+    peer = await raw_peer(server.address, hello=False)
+    deep: Any = 1
+    for _ in range(17):
+        deep = [deep]
+    hello = {"t": "hello", "id": 1, "versions": [1, 2, 3], "client_id": peer.client_id,
+             "user": "u", "host": "h", "nonce": secrets.token_bytes(32)}  # fmt: skip
+    await peer.send_raw(encode_frame({**hello, "x": deep}))
+    refused = await peer.recv()
+    assert (refused["id"], refused["code"]) == (0, "bad_frame")
+    assert "nests deeper" in refused["message"]
+    await peer.send_raw(encode_frame({**hello, "id": 2, "x": "harmless"}))
+    welcome = await peer.recv()
+    assert (welcome["t"], welcome["id"], welcome["version"]) == ("welcome", 2, 3)

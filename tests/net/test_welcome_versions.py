@@ -245,6 +245,13 @@ def test_a_v3_hello_waits_for_its_batch_and_each_welcome_proves_its_own_nonce(
     # Presented as version 2, a version-3 signature proves nothing.
     with pytest.raises(ServerUntrusted, match="did not sign"):
         verify_welcome(dataclasses.replace(welcomes[0], version=2), *_ids(hellos[0]))
+    # What the server sends: the same welcomes as frames made from the server's fixed parts.
+    unsigned = [r.welcome for r in replies if r.welcome is not None]
+    frames = service.welcome_frames(unsigned)
+    assert frames == [encode_frame(m.to_wire(w)) for w in welcomes]
+    assert service.welcome_frames(unsigned[:1]) == [
+        encode_frame(m.to_wire(w)) for w in service.sign_welcomes(unsigned[:1])
+    ]  # a batch of one: no path, so the frame has one entry less
 
 
 def _ids(h: m.Hello) -> tuple[bytes, bytes]:

@@ -45,3 +45,32 @@ def test_uint(v: int) -> None:
     import msgpack
 
     assert replybytes.uint(v) == msgpack.packb(v)
+
+
+names = st.text(max_size=300)
+
+
+@given(
+    rids,
+    st.tuples(names, st.floats(0.001, 1e6) | st.integers(1, 10**6), st.floats(0.001, 1e6),
+              st.binary(max_size=40), names, names, st.integers(0, 2**63 - 1)),
+    st.binary(max_size=100),
+    st.floats(0, 1e12) | st.just(0.0),
+    st.binary(max_size=600),
+)  # fmt: skip
+def test_welcome_v3(
+    rid: int,
+    server: tuple[str, float, float, bytes, str, str, int],
+    signature: bytes,
+    time: float,
+    path: bytes,
+) -> None:
+    server_id, lease_s, heartbeat_s, server_key, vendor_fp, customer, epoch = server
+    wire = {"t": "welcome", "id": rid, "version": 3, "server_id": server_id, "lease_s": lease_s,
+            "heartbeat_s": heartbeat_s, "server_key": server_key, "signature": signature,
+            "vendor_fp": vendor_fp, "customer": customer, "epoch": epoch, "time": time,
+            "time_signature": b""}  # fmt: skip
+    if path:  # left out when empty (a batch of one), as ``to_wire`` leaves it out
+        wire["batch_path"] = path
+    parts = replybytes.welcome_v3_parts(*server)
+    assert replybytes.welcome_v3(rid, parts, signature, time, path) == encode_frame(wire)
