@@ -23,8 +23,8 @@ from lanlic.core.netkey import ProductEntitlement
 from lanlic.core.service import LicenseService, ServiceConfig, Session
 from lanlic.errors import ProtocolError
 from lanlic.proto import messages as m
-from lanlic.proto.framing import encode_frame
 from lanlic.proto.connection import ConnState, RequestError, ServerConnection
+from lanlic.proto.framing import encode_frame
 from lanlic.proto.requests import checkout_request, hello_request, lease_request
 
 # ------------------------------------------------------------------------------- the fields
