@@ -62,6 +62,10 @@ __all__ = [
 PROTOCOL_VERSIONS: Final = (1, 2, 3)
 LEASE_ID_SIZE: Final = 16
 NONCE_SIZE: Final = 32
+CLIENT_ID_SIZE: Final = 16
+#: A hello offers 1 to MAX_VERSIONS_OFFERED protocol versions, each in 1..VERSION_LIMIT - 1.
+MAX_VERSIONS_OFFERED: Final = 64
+VERSION_LIMIT: Final = 2**31
 MAX_REQUEST_ID: Final = 2**63 - 1
 #: Request ids are 1..MAX_REQUEST_ID: an error with id 0 is one no request can be matched to
 #: (the frame's id could not be read, or the error concerns the stream, not a request).
@@ -583,7 +587,7 @@ _NUMBER: Final = _rule(_number, "a non-negative number", float)
 
 #: The checks of fields known by their name, whatever the message.
 _BY_NAME: Final[dict[str, Checker]] = {
-    "client_id": _bytes(16),
+    "client_id": _bytes(CLIENT_ID_SIZE),
     # Empty (no signed time wanted) or a fresh 32 bytes.
     "nonce": _rule(lambda v: type(v) is bytes and len(v) in (0, NONCE_SIZE), f"{NONCE_SIZE} bytes"),
     "lease": _bytes(LEASE_ID_SIZE),
@@ -592,8 +596,8 @@ _BY_NAME: Final[dict[str, Checker]] = {
     "time_signature": _ANY_BYTES,
     "batch_path": _ANY_BYTES,
     "versions": _list(
-        lambda v: 0 < len(v) <= 64, "a non-empty list of protocol versions",
-        lambda i: type(i) is int and 0 < i < 2**31, "a list of positive integers",
+        lambda v: 0 < len(v) <= MAX_VERSIONS_OFFERED, "a non-empty list of protocol versions",
+        lambda i: type(i) is int and 0 < i < VERSION_LIMIT, "a list of positive integers",
     ),
     "leases": _list(
         lambda v: len(v) <= MAX_LEASES_PER_REQUEST,

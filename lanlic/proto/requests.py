@@ -11,11 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 from lanlic.proto.messages import (
+    CLIENT_ID_SIZE,
     LEASE_ID_SIZE,
     MAX_LEASES_PER_REQUEST,
     MAX_NAME,
     MAX_REQUEST_ID,
+    MAX_VERSIONS_OFFERED,
     NONCE_SIZE,
+    VERSION_LIMIT,
     is_version,
 )
 
@@ -23,10 +26,6 @@ __all__ = ["HelloFields", "checkout_request", "hello_request", "lease_request"]
 
 #: A hello's fields: (id, versions, client_id, user, host, app, nonce).
 HelloFields = tuple[int, list[int], bytes, str, str, str, bytes]
-
-#: The most protocol versions a hello may offer, and the range of each (as ``parse`` checks).
-_MAX_VERSIONS = 64
-_VERSION_LIMIT = 2**31
 
 
 def lease_request(wire: dict[str, Any]) -> tuple[int, list[bytes]] | None:
@@ -82,9 +81,9 @@ def hello_request(wire: dict[str, Any]) -> HelloFields | None:
         type(rid) is not int
         or not 0 < rid <= MAX_REQUEST_ID
         or type(versions) is not list
-        or not 0 < len(versions) <= _MAX_VERSIONS
+        or not 0 < len(versions) <= MAX_VERSIONS_OFFERED
         or type(client_id) is not bytes
-        or len(client_id) != 16
+        or len(client_id) != CLIENT_ID_SIZE
         or type(user) is not str
         or len(user) > MAX_NAME
         or type(host) is not str
@@ -96,6 +95,6 @@ def hello_request(wire: dict[str, Any]) -> HelloFields | None:
     ):
         return None
     for v in versions:
-        if type(v) is not int or not 0 < v < _VERSION_LIMIT:
+        if type(v) is not int or not 0 < v < VERSION_LIMIT:
             return None
     return rid, versions, client_id, user, host, app, nonce

@@ -1,7 +1,8 @@
 """The server's fast path against the general path.
 
 Renew, release and checkout are answered from wire map to frame bytes (``lease_request``,
-``LicenseService.renew_frame`` ...) without building message objects; everything else, and every
+``LicenseService.renew_frame`` ...) and the awaited hello is read (``hello_request``,
+``ServerConnection.take_hello``) without building message objects; everything else, and every
 request the fast path does not accept, goes through ``parse`` and ``handle``. These tests hold the
 two to the same answers: the same fields accepted, the same bytes out, the same pool and history
 after any sequence, and the connection's state table and reply order kept over real sockets.
