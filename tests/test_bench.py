@@ -100,6 +100,18 @@ def test_tiny_run_of_every_scenario_reports_numbers(
     assert sc["saturate-renew"]["ceiling-streams"]["ops_per_s"] > 0
     assert data["ratios"]["saturate-renew"]["lanlic/ceiling"] > 0
 
+    # CPU per client, the server's and the generators': what a burst or a churn is bound by
+    # when both share the cores. The server's is its CPU share over the same span, per client.
+    for key in ("burst", "churn"):
+        for target in ("lanlic", "ceiling", *(("redis",) if has_redis else ())):
+            d = sc[key][target]
+            # The server's CPU time is read in clock ticks (10 ms): a tiny burst may take none.
+            assert d["server_cpu_us_per_client"] >= 0 and d["gen_cpu_us_per_client"] > 0, d
+    clients = burst["n"]
+    from_share = burst["server_cpu_pct"] / 100 * burst["wall_s"] / clients * 1e6
+    assert abs(burst["server_cpu_us_per_client"] - from_share) <= 0.05 * from_share + 0.5
+    assert "CPU us a client server/gen" in proc.stdout
+
     churn = sc["churn"]["lanlic"]
     assert churn["granted"] > 0 and churn["leaked_after_expiry"] == 0
     # Two laptops enrolled and tried to borrow (a try may meet a full pool: that is churn).

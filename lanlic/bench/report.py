@@ -340,6 +340,7 @@ def table(data: dict[str, Any]) -> str:
         row("burst", "p50/p99/p99.9/max ms", lat3)
         row("burst", "bytes per held seat", mem)
         row("burst", "CPU % server/gen", cpu)
+        row("burst", "CPU us a client server/gen", _cpu_us)
     if "steady" in sc:
         row(
             "steady",
@@ -368,6 +369,7 @@ def table(data: dict[str, Any]) -> str:
         row("churn", "borrow+return pairs/s", _borrows)
         row("churn", "borrow/return p50 ms", _borrow_lat)
         row("churn", "CPU % server/gen", cpu)
+        row("churn", "CPU us a client server/gen", _cpu_us)
 
     if "failover" in sc:
         row(
@@ -441,6 +443,10 @@ def _build(data: dict[str, Any]) -> str:
     return f"compiled build ({len(compiled)} modules)" if compiled else "pure Python"
 
 
+def _cpu_us(d: dict[str, Any]) -> str:
+    return f"{_f(d['server_cpu_us_per_client'])} / {_f(d['gen_cpu_us_per_client'])}"
+
+
 def markdown(data: dict[str, Any]) -> str:
     """The headline figures as a Markdown table (for a README)."""
     sc = data["scenarios"]
@@ -479,6 +485,7 @@ def markdown(data: dict[str, Any]) -> str:
     add("burst", burst, "all seated, s", lambda d: f"{d['all_seated_s']:.2f}")
     add("burst", "", "refused / errors", lambda d: f"{d['refused']} / {d['errors']}")
     add("burst", "", "RSS per held seat, bytes", lambda d: f"{d['bytes_per_seat']:,}")
+    add("burst", "", "CPU per client, server / generators, us", _cpu_us)
     steady = f"steady: {p['steady_n']:,} seats renewing every {p['heartbeat']:g} s"
     add("steady", steady, "renew p50 / p99 / p99.9, ms", lat)
     add("steady", "", "leases lost", lambda d: d["lost"])
@@ -489,6 +496,7 @@ def markdown(data: dict[str, Any]) -> str:
     add("churn", churn, "sessions/s", lambda d: f"{d['sessions_per_s']:,.0f}")
     add("churn", "", "seats held after expiry", lambda d: _f(d["leaked_after_expiry"]))
     add("churn", "", "borrow + return pairs/s", _borrows)
+    add("churn", "", "CPU per client, server / generators, us", _cpu_us)
     rt = data.get("ratios", {})
     notes = []
     for scn, label in (("saturate-renew", "renew"), ("saturate-checkout", "checkout+release")):

@@ -962,6 +962,19 @@ class Bench:
             out["server_cpu_pct"] = round(100 * (ph.cpu_done - ph.cpu_ready) / wall, 1)
         return out
 
+    def _cpu_per_client(self, out: dict[str, Any], ph: Phase, clients: int) -> None:
+        """CPU time per client, in us, of the server and of the generators together.
+
+        A burst or a churn is bound by the two shares of the same cores: what the server spends
+        on a client and what the generators spend making it. Their sum says how many clients a
+        second the machine can seat, whatever the split; the percentages alone do not.
+        """
+        gen = sum(r["cpu"] for r in ph.results)
+        out["gen_cpu_us_per_client"] = round(1e6 * gen / clients, 1) if clients else None
+        out["server_cpu_us_per_client"] = None
+        if ph.cpu_ready is not None and ph.cpu_done is not None and clients:
+            out["server_cpu_us_per_client"] = round(1e6 * (ph.cpu_done - ph.cpu_ready) / clients, 1)
+
     def _memory(self, out: dict[str, Any], before: int | None, held: int | None, n: int) -> None:
         out["rss_held"] = held
         if before is not None and held is not None and n > 0:
@@ -1001,6 +1014,7 @@ class Bench:
                 }
             )
             self._memory(out, ph.rss0, ph.rss_done, seated)
+            self._cpu_per_client(out, ph, n)
             self._record("burst", name, out)
 
     def _sc_steady(self, gens: Generators) -> None:
@@ -1233,6 +1247,9 @@ class Bench:
                     "latency": report.latency(lat),
                 }
             )
+            # A churn client is a connection: a hello and a checkout, granted or refused (the
+            # laptops' borrows are in lanlic's server time too, not in the generators').
+            self._cpu_per_client(out, ph, counts.get("granted", 0) + counts.get("refused", 0))
             self._record("churn", name, out)
 
 
