@@ -340,7 +340,7 @@ def table(data: dict[str, Any]) -> str:
         row("burst", "p50/p99/p99.9/max ms", lat3)
         row("burst", "bytes per held seat", mem)
         row("burst", "CPU % server/gen", cpu)
-        row("burst", "CPU us a client server/gen", _cpu_us)
+        row("burst", "CPU us a client server/gen", _cpu_us("client"))
     if "steady" in sc:
         row(
             "steady",
@@ -369,7 +369,7 @@ def table(data: dict[str, Any]) -> str:
         row("churn", "borrow+return pairs/s", _borrows)
         row("churn", "borrow/return p50 ms", _borrow_lat)
         row("churn", "CPU % server/gen", cpu)
-        row("churn", "CPU us a client server/gen", _cpu_us)
+        row("churn", "CPU us a session server/gen", _cpu_us("session"))
 
     if "failover" in sc:
         row(
@@ -443,8 +443,11 @@ def _build(data: dict[str, Any]) -> str:
     return f"compiled build ({len(compiled)} modules)" if compiled else "pure Python"
 
 
-def _cpu_us(d: dict[str, Any]) -> str:
-    return f"{_f(d['server_cpu_us_per_client'])} / {_f(d['gen_cpu_us_per_client'])}"
+def _cpu_us(unit: str) -> Any:
+    def cell(d: dict[str, Any]) -> str:
+        return f"{_f(d[f'server_cpu_us_per_{unit}'])} / {_f(d[f'gen_cpu_us_per_{unit}'])}"
+
+    return cell
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -485,7 +488,7 @@ def markdown(data: dict[str, Any]) -> str:
     add("burst", burst, "all seated, s", lambda d: f"{d['all_seated_s']:.2f}")
     add("burst", "", "refused / errors", lambda d: f"{d['refused']} / {d['errors']}")
     add("burst", "", "RSS per held seat, bytes", lambda d: f"{d['bytes_per_seat']:,}")
-    add("burst", "", "CPU per client, server / generators, us", _cpu_us)
+    add("burst", "", "CPU per client, server / generators, us", _cpu_us("client"))
     steady = f"steady: {p['steady_n']:,} seats renewing every {p['heartbeat']:g} s"
     add("steady", steady, "renew p50 / p99 / p99.9, ms", lat)
     add("steady", "", "leases lost", lambda d: d["lost"])
@@ -496,7 +499,7 @@ def markdown(data: dict[str, Any]) -> str:
     add("churn", churn, "sessions/s", lambda d: f"{d['sessions_per_s']:,.0f}")
     add("churn", "", "seats held after expiry", lambda d: _f(d["leaked_after_expiry"]))
     add("churn", "", "borrow + return pairs/s", _borrows)
-    add("churn", "", "CPU per client, server / generators, us", _cpu_us)
+    add("churn", "", "CPU per session, server / generators, us", _cpu_us("session"))
     rt = data.get("ratios", {})
     notes = []
     for scn, label in (("saturate-renew", "renew"), ("saturate-checkout", "checkout+release")):

@@ -962,18 +962,20 @@ class Bench:
             out["server_cpu_pct"] = round(100 * (ph.cpu_done - ph.cpu_ready) / wall, 1)
         return out
 
-    def _cpu_per_client(self, out: dict[str, Any], ph: Phase, clients: int) -> None:
-        """CPU time per client, in us, of the server and of the generators together.
+    def _cpu_per(self, out: dict[str, Any], ph: Phase, count: int, unit: str) -> None:
+        """CPU time per ``unit`` (a burst's client, a churn's session), in us, of the server and
+        of the generators: ``server_cpu_us_per_<unit>`` and ``gen_cpu_us_per_<unit>``.
 
-        A burst or a churn is bound by the two shares of the same cores: what the server spends
-        on a client and what the generators spend making it. Their sum says how many clients a
-        second the machine can seat, whatever the split; the percentages alone do not.
+        A burst or a churn is bound by the two together when they share the cores: what the
+        server spends on a client and what the generators spend making it. Their sum says how
+        many a second the machine can serve, whatever the split; the percentages alone do not.
         """
         gen = sum(r["cpu"] for r in ph.results)
-        out["gen_cpu_us_per_client"] = round(1e6 * gen / clients, 1) if clients else None
-        out["server_cpu_us_per_client"] = None
-        if ph.cpu_ready is not None and ph.cpu_done is not None and clients:
-            out["server_cpu_us_per_client"] = round(1e6 * (ph.cpu_done - ph.cpu_ready) / clients, 1)
+        out[f"gen_cpu_us_per_{unit}"] = round(1e6 * gen / count, 1) if count else None
+        out[f"server_cpu_us_per_{unit}"] = None
+        if ph.cpu_ready is not None and ph.cpu_done is not None and count:
+            server = ph.cpu_done - ph.cpu_ready
+            out[f"server_cpu_us_per_{unit}"] = round(1e6 * server / count, 1)
 
     def _memory(self, out: dict[str, Any], before: int | None, held: int | None, n: int) -> None:
         out["rss_held"] = held
@@ -1014,7 +1016,7 @@ class Bench:
                 }
             )
             self._memory(out, ph.rss0, ph.rss_done, seated)
-            self._cpu_per_client(out, ph, n)
+            self._cpu_per(out, ph, n, "client")
             self._record("burst", name, out)
 
     def _sc_steady(self, gens: Generators) -> None:
@@ -1247,9 +1249,9 @@ class Bench:
                     "latency": report.latency(lat),
                 }
             )
-            # A churn client is a connection: a hello and a checkout, granted or refused (the
-            # laptops' borrows are in lanlic's server time too, not in the generators').
-            self._cpu_per_client(out, ph, counts.get("granted", 0) + counts.get("refused", 0))
+            # Per session served, the refused tries it took included (Redis's are cheap, and the
+            # ceiling refuses none); lanlic's server time includes the laptops' borrows.
+            self._cpu_per(out, ph, out["sessions"], "session")
             self._record("churn", name, out)
 
 
