@@ -120,7 +120,6 @@ def test_tiny_run_of_every_scenario_reports_numbers(
     assert "CPU us a client server/gen" in proc.stdout
     assert "CPU us a session server/gen" in proc.stdout
 
-    churn = sc["churn"]["lanlic"]
     assert churn["granted"] > 0 and churn["leaked_after_expiry"] == 0
     # Two laptops enrolled and tried to borrow (a try may meet a full pool: that is churn).
     assert churn["borrowers"] == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -443,7 +443,9 @@ def _build(data: dict[str, Any]) -> str:
     return f"compiled build ({len(compiled)} modules)" if compiled else "pure Python"
 
 
-def _cpu_us(unit: str) -> Any:
+def _cpu_us(unit: str) -> Callable[[dict[str, Any]], str]:
+    """The cell of ``server_cpu_us_per_<unit>`` and ``gen_cpu_us_per_<unit>`` (Bench._cpu_per)."""
+
     def cell(d: dict[str, Any]) -> str:
         return f"{_f(d[f'server_cpu_us_per_{unit}'])} / {_f(d[f'gen_cpu_us_per_{unit}'])}"
 
