@@ -613,6 +613,16 @@ class Phase:
     side: list[Any] = field(default_factory=list)
     """The results of ``run_phase``'s side generators (the churn's laptops)."""
 
+    def server_cpu(self) -> float | None:
+        """The server's CPU seconds from ready to done, if its process could be read."""
+        if self.cpu_ready is None or self.cpu_done is None:
+            return None
+        return self.cpu_done - self.cpu_ready
+
+    def gen_cpu(self) -> float:
+        """The CPU seconds of the (main) generators' runs, together."""
+        return float(sum(r["cpu"] for r in self.results))
+
 
 def run_phase(
     gens: Generators,
@@ -948,18 +958,19 @@ class Bench:
         self.say(report.one_line(scenario, name, data))
 
     def _common(self, ph: Phase, seats: int, wall: float) -> dict[str, Any]:
-        gen_cpu = [r["cpu"] for r in ph.results]
+        gen_max = max(r["cpu"] for r in ph.results)
+        server = ph.server_cpu()
         out: dict[str, Any] = {
             "wall_s": round(wall, 3),
-            "gen_cpu_pct": round(100 * sum(gen_cpu) / wall, 1) if wall > 0 else None,
-            "gen_cpu_max_pct": round(100 * max(gen_cpu) / wall, 1) if wall > 0 else None,
-            "server_cpu_pct": None,
+            "gen_cpu_pct": round(100 * ph.gen_cpu() / wall, 1) if wall > 0 else None,
+            "gen_cpu_max_pct": round(100 * gen_max / wall, 1) if wall > 0 else None,
+            "server_cpu_pct": round(100 * server / wall, 1)
+            if server is not None and wall > 0
+            else None,
             "rss_before": ph.rss0,
             "rss_held": None,
             "bytes_per_seat": None,
         }
-        if ph.cpu_ready is not None and ph.cpu_done is not None and wall > 0:
-            out["server_cpu_pct"] = round(100 * (ph.cpu_done - ph.cpu_ready) / wall, 1)
         return out
 
     def _cpu_per(self, out: dict[str, Any], ph: Phase, count: int, unit: str) -> None:
@@ -970,12 +981,11 @@ class Bench:
         server spends on a client and what the generators spend making it. Their sum says how
         many a second the machine can serve, whatever the split; the percentages alone do not.
         """
-        gen = sum(r["cpu"] for r in ph.results)
-        out[f"gen_cpu_us_per_{unit}"] = round(1e6 * gen / count, 1) if count else None
-        out[f"server_cpu_us_per_{unit}"] = None
-        if ph.cpu_ready is not None and ph.cpu_done is not None and count:
-            server = ph.cpu_done - ph.cpu_ready
-            out[f"server_cpu_us_per_{unit}"] = round(1e6 * server / count, 1)
+        server = ph.server_cpu()
+        out[f"gen_cpu_us_per_{unit}"] = round(1e6 * ph.gen_cpu() / count, 1) if count else None
+        out[f"server_cpu_us_per_{unit}"] = (
+            round(1e6 * server / count, 1) if server is not None and count else None
+        )
 
     def _memory(self, out: dict[str, Any], before: int | None, held: int | None, n: int) -> None:
         out["rss_held"] = held
